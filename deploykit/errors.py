@@ -1,0 +1,34 @@
+"""One small exception hierarchy: every error a user can cause is a DeployKitError.
+
+The CLI prints ``str(error)`` as one line and exits non-zero; a traceback means a bug in deploykit.
+"""
+
+from __future__ import annotations
+
+
+class DeployKitError(Exception):
+    """Base class of every user-facing error."""
+
+
+class ModelError(DeployKitError):
+    """Unknown model name, unloadable weights, or a model deploykit cannot prune."""
+
+
+class BlockSelectionError(DeployKitError):
+    """A block index out of range or naming a block that cannot be pruned."""
+
+
+class MergeError(DeployKitError):
+    """Merging was asked for in a state where it is not exact (train mode, λ < 1)."""
+
+
+class ConfigError(DeployKitError):
+    """A bad option value, or a malformed configuration / target file."""
+
+
+class RuntimeUnavailableError(DeployKitError):
+    """A runtime, execution provider or device is absent, or would silently fall back."""
+
+
+class TableError(DeployKitError):
+    """A latency table that is malformed or does not match what is asked."""

@@ -1,0 +1,33 @@
+"""Counting multiply-accumulates of a module on a given input shape (batch 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put ``module`` in eval mode, restoring each submodule's own flag afterwards."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def count_macs(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype | None = None) -> int:
+    """MACs of one forward at batch 1: convolutions, matmuls and attention (aten-level count / 2)."""
+    param = next(module.parameters(), None)
+    dtype = dtype or (param.dtype if param is not None else torch.float32)
+    device = param.device if param is not None else "cpu"
+    x = torch.zeros(1, *input_shape, dtype=dtype, device=device)
+    with torch.no_grad(), eval_mode(module), FlopCounterMode(display=False) as counter:
+        module(x)
+    return int(counter.get_total_flops()) // 2

@@ -1,0 +1,48 @@
+"""Creating timm models without network access, with clear errors for bad names and weights."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deploykit.errors import ModelError
+
+
+def create_model(name: str, *, weights: str | Path | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model(name, pretrained=False)``, then load a local ``weights`` file if given."""
+    import timm
+
+    if not timm.is_model(name):
+        raise ModelError(f"unknown model {name!r}{_suggest(name, timm.list_models())}; "
+                         "see `timm.list_models()` for every name")
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local checkpoint (a state dict, or a dict holding one under ``state_dict``/``model``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for unreadable files
+        raise ModelError(f"cannot read weights file {path}: {error}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise ModelError(f"weights in {path} do not fit the model: {' '.join(first[:3])[:400]}") from None
+
+
+def _suggest(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
