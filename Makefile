@@ -1,0 +1,28 @@
+# Everything installs into .venv with the pinned torch pair from constraints.txt.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+MODEL  ?= convnext_tiny
+
+.PHONY: install run test lint clean
+
+$(BIN)/deploykit: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,openvino]'
+	touch $@
+
+install: $(BIN)/deploykit
+
+run: install
+	$(BIN)/deploykit blocks $(MODEL)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

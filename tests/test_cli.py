@@ -1,0 +1,57 @@
+"""The CLI: help, version, the blocks command in every format, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from deploykit import __version__
+from deploykit.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "deploykit.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "blocks" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert __version__ in capsys.readouterr().out
+
+
+def test_blocks_table(capsys):
+    assert main(["blocks", "convnext_atto", "--input-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "convnext_atto at 64x64: 12 blocks, 12 prunable" in out
+    assert "stages.0.blocks.0" in out and "merging all 12 prunable blocks" in out
+
+
+def test_blocks_json_and_csv(capsys):
+    assert main(["blocks", "convnext_atto", "--input-size", "64x96", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["in_shape"] == [40, 16, 24] and rows[0]["merged_macs"] < rows[0]["macs"]
+    assert main(["blocks", "convnext_atto", "--input-size", "64", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("index,name,family") and len(lines) == 13
+
+
+@pytest.mark.parametrize("args,message", [
+    (["blocks", "no_such_model"], "unknown model 'no_such_model'"),
+    (["blocks", "convnext_atto", "--input-size", "0"], "expected a size like 224 or 96x128"),
+    (["blocks", "convnext_atto", "--format", "xml"], "invalid choice"),
+    (["blocks", "convnextv2_atto", "--input-size", "64"], "no prunable block: GlobalResponseNorm"),
+])
+def test_bad_input_is_one_line_without_traceback(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
