@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -54,7 +55,7 @@ def _run_blocks(args) -> int:
     from deploykit.prune import prunable
     from deploykit.report import blocks_frame, format_blocks_table
 
-    net = prunable(create_model(args.model), input_size=args.input_size)
+    net = prunable(create_model(args.model, input_size=args.input_size), input_size=args.input_size)
     if args.format == "json":
         print(json.dumps([info.as_dict() for info in net.blocks], indent=2))
     elif args.format == "csv":
@@ -64,9 +65,78 @@ def _run_blocks(args) -> int:
     return 0
 
 
+# --- deploykit targets -----------------------------------------------------------------------------
+
+def _add_targets(sub) -> None:
+    p = sub.add_parser(
+        "targets", help="list the deployment targets and whether each can be profiled here (and why not)",
+        description="List every target (targets/*.yaml): the runtime and execution provider or device "
+                    "that serves it, precision, default batch and input size, the hardware it stands "
+                    "for, and whether it can be profiled on this machine, or exactly why not.")
+    p.add_argument("names", nargs="*", metavar="TARGET",
+                   help="target names or YAML paths to show (default: every target)")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="output format (default: table)")
+    p.set_defaults(func=_run_targets)
+
+
+def _run_targets(args) -> int:
+    from deploykit.targets import describe, format_targets, list_targets, load_target, targets_dir
+
+    targets = [load_target(name) for name in args.names] if args.names else list_targets()
+    rows = [describe(target) for target in targets]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{len(rows)} target(s) from {targets_dir() if not args.names else 'the command line'}")
+        print(format_targets(rows))
+    return 0
+
+
+# --- deploykit profile -----------------------------------------------------------------------------
+
+def _add_profile(sub) -> None:
+    from deploykit.latency.protocol import add_protocol_arguments
+
+    p = sub.add_parser(
+        "profile", help="measure a model's block latency table on a target (or --estimate it)",
+        description="Time every distinct block of a timm model in original and merged form, plus the "
+                    "fixed parts (stem, downsampling, head) and the whole model, each exported to ONNX "
+                    "and run on the target's runtime in a fresh process. Writes a latency table (CSV + "
+                    ".meta.json) after every entry: rerun the same command to resume an interrupted "
+                    "profile. --estimate builds a roofline table from the target's peak figures instead.")
+    p.add_argument("--target", required=True, help="target name (see `deploykit targets`) or YAML path")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
+    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+                   help="input resolution, 224 or HxW (default: the target's)")
+    p.add_argument("--batch", type=int, default=None, metavar="B", help="batch size (default: the target's)")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="table CSV path (default: latency_tables/<target>/<model>_<size>_b<batch>.csv)")
+    p.add_argument("--estimate", action="store_true",
+                   help="roofline estimates from the target's peak figures, for hardware that is not here")
+    p.add_argument("--force", action="store_true", help="start an existing table at --out over")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="resume a table measured on another device or runtime version")
+    add_protocol_arguments(p)
+    p.set_defaults(func=_run_profile)
+
+
+def _run_profile(args) -> int:
+    from deploykit.latency.profile import profile
+    from deploykit.latency.protocol import Protocol
+    from deploykit.targets import load_target
+
+    result = profile(args.model, load_target(args.target), input_size=args.input_size, batch=args.batch,
+                     out=args.out, protocol=None if args.estimate else Protocol.from_args(args),
+                     estimate=args.estimate, force=args.force, allow_mismatch=args.allow_mismatch,
+                     progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(result.summary())
+    return 0
+
+
 # --- entry point -----------------------------------------------------------------------------------
 
-COMMANDS = (_add_blocks,)
+COMMANDS = (_add_blocks, _add_targets, _add_profile)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"deploykit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit-time flush quiet
+        return 0
 
 
 if __name__ == "__main__":

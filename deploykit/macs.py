@@ -7,7 +7,15 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+
+def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)  # the counter passes shapes, not tensors
+
+
+# On the CPU, attention dispatches to an op the stock flop counter does not know (it would count 0).
+_CUSTOM_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
 
 
 @contextmanager
@@ -28,6 +36,6 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dty
     dtype = dtype or (param.dtype if param is not None else torch.float32)
     device = param.device if param is not None else "cpu"
     x = torch.zeros(1, *input_shape, dtype=dtype, device=device)
-    with torch.no_grad(), eval_mode(module), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), eval_mode(module), FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS) as counter:
         module(x)
     return int(counter.get_total_flops()) // 2

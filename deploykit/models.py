@@ -11,14 +11,22 @@ from torch import nn
 from deploykit.errors import ModelError
 
 
-def create_model(name: str, *, weights: str | Path | None = None, **kwargs) -> nn.Module:
-    """``timm.create_model(name, pretrained=False)``, then load a local ``weights`` file if given."""
+def create_model(name: str, *, weights: str | Path | None = None,
+                 input_size: tuple[int, int] | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model(name, pretrained=False)``, then load a local ``weights`` file if given.
+
+    ``input_size`` matters only for models built for one resolution (ViT/DeiT patch embedding):
+    they are built for that size (position embeddings resampled by timm), CNNs ignore it.
+    """
     import timm
 
     if not timm.is_model(name):
         raise ModelError(f"unknown model {name!r}{_suggest(name, timm.list_models())}; "
                          "see `timm.list_models()` for every name")
     model = timm.create_model(name, pretrained=False, **kwargs)
+    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if input_size is not None and fixed is not None and tuple(fixed) != tuple(input_size):
+        model = timm.create_model(name, pretrained=False, img_size=tuple(input_size), **kwargs)
     if weights is not None:
         load_weights(model, weights)
     return model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import timm
 import torch
@@ -64,19 +66,25 @@ def check_lambda0(model_name: str, size: tuple[int, int], tol: float = 1e-6, **k
         assert rel_error(expected, actual) <= tol, (model_name, training, rel_error(expected, actual))
 
 
-def merged_pair(model_name: str, size: tuple[int, int], dtype=torch.float32, indices=None, **kwargs):
-    """(unmerged pruned net at λ = 1, merged module), both in eval mode, with trained-looking new BNs."""
+def pruned_net(model_name: str, size: tuple[int, int], indices=None, **kwargs):
+    """A net with the given (default: all) blocks pruned at λ = 1 and trained-looking new BNs."""
     _, net = make(model_name, size, **kwargs)
     net.prune(net.prunable_indices if indices is None else indices).set_progress(1.0)
-    randomize_(net, seed=3)
-    net = net.to(dtype).eval()
+    return randomize_(net, seed=3).eval()
+
+
+def merged_pair(model_name: str, size: tuple[int, int], dtype=torch.float32, indices=None, **kwargs):
+    """(unmerged pruned net at λ = 1, merged module), both in eval mode."""
+    net = pruned_net(model_name, size, indices, **kwargs).to(dtype)
     return net, net.merge()
 
 
 def check_merge_exact(model_name: str, size: tuple[int, int], **kwargs) -> None:
     """λ = 1, eval: the merged network equals the unmerged pruned one (fp32 ≤ 1e-4, fp64 ≤ 1e-9)."""
+    base = pruned_net(model_name, size, **kwargs)
     for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
-        net, merged = merged_pair(model_name, size, dtype, **kwargs)
+        net = copy.deepcopy(base).to(dtype)
+        merged = net.merge()
         x = torch.randn(2, 3, *size, dtype=dtype, generator=torch.Generator().manual_seed(4))
         with torch.no_grad():
             error = rel_error(net(x), merged(x))

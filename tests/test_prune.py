@@ -59,21 +59,23 @@ def test_merge_refusals(net):
     with pytest.raises(MergeError, match="eval mode"):
         net.merge()
     net.eval()
-    with pytest.raises(MergeError, match="λ = 1 on every pruned block; not yet at 1: 1: λ=0.5"):
+    with pytest.raises(MergeError, match=r"λ = 1 on every pruned block; not yet at 1: 1: λ=0\.5"):
         net.merge()
 
 
 def test_not_prunable_block_is_refused_with_reason():
-    net = prunable(timm.create_model("convnext_atto", pretrained=False, use_grn=False), input_size=(64, 64))
-    net.blocks[0] = net.blocks[0].__class__(**{**net.blocks[0].as_dict(), "prunable": False})
-    # A GRN model mixes nothing here; emulate a non-prunable block through the wrapper table instead.
-    del net._wrappers[0]
-    with pytest.raises(BlockSelectionError, match="block 0 .* cannot be pruned"):
-        net.prune([0])
+    # At an odd input size the avg-pool shortcuts of resnet18d's stride-2 blocks have partial windows.
+    net = prunable(timm.create_model("resnet18d", pretrained=False), input_size=(65, 65))
+    refused = [b for b in net.blocks if not b.prunable]
+    assert [b.index for b in refused] == [2, 4, 6]
+    assert all("odd input size" in b.reason for b in refused)
+    with pytest.raises(BlockSelectionError, match=r"block 2 \(layer2.0\) cannot be pruned: odd input size"):
+        net.prune([0, 2])
+    assert net.pruned == ()
 
 
 def test_unknown_model_and_model_without_blocks():
-    with pytest.raises(ModelError, match="unknown model 'convnext_tinny'.*did you mean convnext_tiny"):
+    with pytest.raises(ModelError, match=r"unknown model 'convnext_tinny'.*did you mean convnext_tiny"):
         create_model("convnext_tinny")
     with pytest.raises(ModelError, match="no block of a supported family"):
         prunable(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), input_size=32)

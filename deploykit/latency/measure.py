@@ -1,0 +1,95 @@
+"""Measure an ONNX file on a target, each measurement in a fresh worker process.
+
+Every model or block is timed in its own ``python -m deploykit.latency.worker`` process: no session,
+allocator, thread pool or JIT cache carries over from one measurement to the next, and each runtime
+lives in a process of its own (onnxruntime, OpenVINO, TensorRT and MIGraphX never share one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from deploykit import errors
+from deploykit.errors import DeployKitError, ModelError
+from deploykit.latency.protocol import Measurement, Protocol
+from deploykit.targets import Target
+
+WORKER_MODULE = "deploykit.latency.worker"
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory that holds deploykit/
+
+
+def measure_onnx(onnx_path: str | Path, *, target: Target, protocol: Protocol,
+                 input_shape: Sequence[int], timeout_s: float | None = None) -> Measurement:
+    """Time ``onnx_path`` on ``target`` under ``protocol`` with one input of ``input_shape`` (batch
+    included), in a fresh subprocess. Any failure of the worker is a DeployKitError (the same
+    subclass the worker raised, e.g. RuntimeUnavailableError) carrying its one-line message."""
+    from deploykit.runtimes.base import check_input_shape
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise ModelError(f"ONNX file not found: {path}")
+    request = {"onnx_path": str(path.resolve()), "target": target.as_dict(),
+               "protocol": protocol.as_dict(), "input_shape": list(check_input_shape(input_shape))}
+    reply = _run_worker(request, what=f"{path.name} on {target.name}", timeout_s=timeout_s)
+    return Measurement.from_dict(reply["measurement"])
+
+
+def runtime_info(target: Target) -> dict[str, str]:
+    """The runtime name, its version and the device string for ``target``, as a table records them."""
+    from deploykit.runtimes import get_backend
+
+    backend = get_backend(target.runtime)
+    return {"runtime": backend.name, "runtime_version": backend.version(),
+            "device": backend.device_string(target)}
+
+
+def _run_worker(request: dict, *, what: str, timeout_s: float | None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+    try:
+        done = subprocess.run([sys.executable, "-m", WORKER_MODULE], input=json.dumps(request),
+                              capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise DeployKitError(f"measuring {what} did not finish within {timeout_s:g} s") from None
+    reply = _parse_reply(done.stdout)
+    if reply is None:
+        raise DeployKitError(f"the latency worker measuring {what} gave no reply "
+                             f"({_exit(done.returncode)}): {_last_line(done.stderr) or 'no message'}")
+    if not reply.get("ok"):
+        cls = getattr(errors, str(reply.get("type")), DeployKitError)
+        if not (isinstance(cls, type) and issubclass(cls, DeployKitError)):
+            cls = DeployKitError
+        raise cls(str(reply.get("error", "unknown worker error")))
+    return reply
+
+
+def _parse_reply(stdout: str) -> dict | None:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    if not lines:
+        return None
+    try:
+        reply = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return None
+    return reply if isinstance(reply, dict) else None
+
+
+def _exit(code: int) -> str:
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""

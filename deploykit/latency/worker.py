@@ -1,0 +1,68 @@
+"""The latency worker: ``python -m deploykit.latency.worker`` times one ONNX file and exits.
+
+Reads one JSON request on stdin (``onnx_path``, ``target`` as :meth:`Target.as_dict`, ``protocol`` as
+:meth:`Protocol.as_dict`, ``input_shape``) and writes one JSON line on stdout: ``{"ok": true,
+"measurement": {...}, "runtime_version": ..., "device": ...}`` or ``{"ok": false, "type":
+"<DeployKitError subclass>", "error": "<one line>"}``. Whatever the runtimes print goes to stderr, so
+stdout carries the reply only. Started by :func:`deploykit.latency.measure.measure_onnx`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+
+def handle(request: dict) -> dict:
+    """Run one measurement request; the reply as a dict."""
+    from deploykit.errors import ConfigError
+    from deploykit.latency.protocol import Protocol
+    from deploykit.runtimes import get_backend
+    from deploykit.targets import target_from_dict
+
+    try:
+        target = target_from_dict(request["target"])
+        protocol = Protocol.from_dict(request["protocol"])
+        onnx_path, input_shape = request["onnx_path"], tuple(request["input_shape"])
+    except (KeyError, TypeError) as error:
+        raise ConfigError(f"malformed latency worker request: {error!r}") from None
+    backend = get_backend(target.runtime)
+    measurement = backend.profile(onnx_path, target=target, protocol=protocol, input_shape=input_shape)
+    return {"ok": True, "measurement": measurement.as_dict(), "runtime_version": backend.version(),
+            "device": backend.device_string(target)}
+
+
+def main() -> int:
+    reply_stream = os.fdopen(os.dup(1), "w")  # the real stdout, for the reply only
+    os.dup2(2, 1)  # anything else written to fd 1, by Python or by a runtime's C++ code, goes to stderr
+    sys.stdout = sys.stderr
+    try:
+        from deploykit.errors import DeployKitError
+        from deploykit.runtimes.base import one_line
+
+        try:
+            request = json.loads(sys.stdin.read())
+            if not isinstance(request, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            reply = {"ok": False, "type": "ConfigError", "error": f"bad latency worker request: {error}"}
+        else:
+            try:
+                reply = handle(request)
+            except DeployKitError as error:
+                reply = {"ok": False, "type": type(error).__name__, "error": str(error)}
+            except Exception as error:  # a bug or an SDK failure: keep the traceback on stderr
+                traceback.print_exc()
+                reply = {"ok": False, "type": "DeployKitError",
+                         "error": f"latency worker failed: {type(error).__name__}: {one_line(error)}"}
+        reply_stream.write(json.dumps(reply) + "\n")
+        reply_stream.flush()
+        return 0 if reply["ok"] else 1
+    finally:
+        reply_stream.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

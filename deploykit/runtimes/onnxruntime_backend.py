@@ -1,0 +1,248 @@
+"""onnxruntime with any execution provider: CPU, CUDA, TensorRT, MIGraphX, ROCm, OpenVINO, DirectML...
+
+No silent fallback: onnxruntime creates a CPU-only session, with a mere warning, when the requested
+execution provider cannot load. Every session's real providers are checked against the requested one
+and a mismatch is a RuntimeUnavailableError naming both.
+
+fp16 goes through the provider's own switch where it has one (``migraphx_fp16_enable``,
+``trt_fp16_enable``, OpenVINO ``precision``); CUDA, ROCm and DirectML have none, so the model itself
+is converted to fp16 (inputs and outputs stay fp32) before the session is created.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from deploykit.errors import ModelError, RuntimeUnavailableError
+from deploykit.runtimes import hostinfo
+from deploykit.runtimes.base import (
+    RuntimeBackend,
+    device_index,
+    one_line,
+    random_input,
+    single_input,
+    time_and_measure,
+    timed,
+)
+from deploykit.runtimes.onnxfile import convert_to_fp16
+
+if TYPE_CHECKING:
+    from deploykit.latency.protocol import Measurement, Protocol
+    from deploykit.targets import Target
+
+CPU = "CPUExecutionProvider"
+_NVIDIA = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+_AMD = ("MIGraphXExecutionProvider", "ROCMExecutionProvider")
+
+# precision → provider options, for providers with their own precision switch
+_PRECISION_OPTIONS: dict[str, dict[str, dict[str, str]]] = {
+    "MIGraphXExecutionProvider": {"fp32": {}, "fp16": {"migraphx_fp16_enable": "1"}},
+    "TensorrtExecutionProvider": {"fp32": {}, "fp16": {"trt_fp16_enable": "True"}},
+    "OpenVINOExecutionProvider": {"fp32": {"precision": "FP32"}, "fp16": {"precision": "FP16"}},
+}
+# providers without an fp16 switch whose fp16 runs come from converting the model
+_FP16_BY_CONVERSION = ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider")
+# which provider option ``runtime_device`` sets, and whether it is a device index
+_DEVICE_OPTION: dict[str, tuple[str, bool]] = {
+    "CUDAExecutionProvider": ("device_id", True),
+    "TensorrtExecutionProvider": ("device_id", True),
+    "MIGraphXExecutionProvider": ("device_id", True),
+    "ROCMExecutionProvider": ("device_id", True),
+    "DmlExecutionProvider": ("device_id", True),
+    "OpenVINOExecutionProvider": ("device_type", False),
+}
+# where inputs live for an IOBinding: ORT's Python API calls GPU memory "cuda" on CUDA and ROCm builds
+_IO_DEVICE = {**dict.fromkeys((*_NVIDIA, *_AMD), "cuda"), "DmlExecutionProvider": "dml"}
+_HINTS = {
+    CPU: "pip install onnxruntime",
+    "CUDAExecutionProvider": "pip install onnxruntime-gpu; needs an NVIDIA GPU with CUDA",
+    "TensorrtExecutionProvider": "pip install onnxruntime-gpu tensorrt; needs an NVIDIA GPU",
+    "MIGraphXExecutionProvider": "pip install onnxruntime-migraphx on a ROCm machine; needs an AMD GPU",
+    "ROCMExecutionProvider": "an onnxruntime build with ROCm; needs an AMD GPU",
+    "OpenVINOExecutionProvider": "pip install onnxruntime-openvino (instead of onnxruntime)",
+    "DmlExecutionProvider": "pip install onnxruntime-directml on Windows",
+}
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+class OnnxRuntimeBackend(RuntimeBackend):
+    name: ClassVar[str] = "onnxruntime"
+    install_hint: ClassVar[str] = "pip install onnxruntime (or the build for your execution provider)"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+
+    # --- what it can serve ---------------------------------------------------------------------------
+
+    def target_problem(self, target: Target) -> tuple[str, str] | None:
+        provider = target.provider
+        if not provider:
+            return "provider", "runtime onnxruntime needs an execution provider, e.g. CPUExecutionProvider"
+        known = _all_providers()
+        if known is not None and provider not in known:
+            return "provider", (f"unknown execution provider {provider!r} "
+                                f"(onnxruntime knows: {', '.join(known)})")
+        if target.precision not in provider_precisions(provider):
+            return "precision", (f"{provider} supports precision "
+                                 f"{', '.join(provider_precisions(provider))}, not {target.precision}")
+        if target.runtime_device is not None:
+            if provider not in _DEVICE_OPTION:
+                return "runtime_device", f"{provider} takes no runtime_device (got {target.runtime_device!r})"
+            option, is_index = _DEVICE_OPTION[provider]
+            if is_index and not target.runtime_device.isdigit():
+                return "runtime_device", (f"{provider} expects a device index such as '0' for {option}, "
+                                          f"got {target.runtime_device!r}")
+        return None
+
+    def _unavailable_reason(self, target: Target) -> str | None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return f"onnxruntime is not installed ({self.install_hint})"
+        provider = target.provider or CPU
+        available = ort.get_available_providers()
+        if provider not in available:
+            prefix = ("no NVIDIA GPU / CUDA: " if provider in _NVIDIA
+                      else "no AMD GPU / ROCm: " if provider in _AMD else "")
+            return (f"{prefix}{provider} not in onnxruntime.get_available_providers() "
+                    f"(onnxruntime {ort.__version__} has {', '.join(available)}; {_HINTS.get(provider, '')})")
+        if provider in _NVIDIA and hostinfo.nvidia_gpu_name(device_index(target)) is None:
+            return f"{provider} is installed but no NVIDIA GPU was found (nvidia-smi, torch.cuda)"
+        if provider in _AMD and not hostinfo.amd_gpu_present():
+            return f"no AMD GPU / ROCm: {provider} is installed but /dev/kfd is missing"
+        return None
+
+    def version(self) -> str:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise self.unavailable(f"not installed ({self.install_hint})") from None
+        return ort.__version__
+
+    def device_string(self, target: Target) -> str:
+        provider = target.provider or CPU
+        if provider in _NVIDIA:
+            return hostinfo.nvidia_gpu_name(device_index(target)) or "no NVIDIA GPU"
+        if provider in _AMD:
+            return hostinfo.amd_gpu_name(device_index(target)) or "no AMD GPU"
+        if provider == CPU or (provider == "OpenVINOExecutionProvider"
+                               and (target.runtime_device or "CPU").upper().startswith("CPU")):
+            return hostinfo.cpu_name()
+        return f"{provider} {target.runtime_device or 'default device'}"
+
+    # --- measuring -------------------------------------------------------------------------------------
+
+    def _profile(self, onnx_path: Path, *, target: Target, protocol: Protocol,
+                 input_shape: tuple[int, ...]) -> Measurement:
+        provider = target.provider or CPU
+        threads = protocol.resolve_threads(target.threads)
+        with tempfile.TemporaryDirectory(prefix="deploykit-ort-") as scratch:
+            def build():
+                path = onnx_path
+                if target.precision == "fp16" and provider in _FP16_BY_CONVERSION:
+                    path = convert_to_fp16(onnx_path, Path(scratch) / "model_fp16.onnx")
+                return create_session(path, provider=provider,
+                                      options=provider_options(target, threads=threads), threads=threads)
+
+            session, compile_s = timed(build)
+            run_once = _runner(session, provider, device_index(target), input_shape, onnx_path)
+            return time_and_measure(run_once, protocol, compile_s=compile_s,
+                                    what=f"onnxruntime ({provider}) running {onnx_path.name} "
+                                         f"on input {input_shape}")
+
+
+def provider_precisions(provider: str) -> tuple[str, ...]:
+    """The precisions deploykit can run with ``provider``."""
+    if provider in _PRECISION_OPTIONS:
+        return tuple(_PRECISION_OPTIONS[provider])
+    if provider in _FP16_BY_CONVERSION:
+        return ("fp32", "fp16")
+    return ("fp32",)
+
+
+def provider_options(target: Target, *, threads: int | None = None) -> dict[str, str]:
+    """The provider options a target implies: its precision switch, its device, and (for the
+    OpenVINO provider, which runs its own thread pool) ``threads``, else the target's."""
+    provider = target.provider or CPU
+    options = dict(_PRECISION_OPTIONS.get(provider, {}).get(target.precision, {}))
+    if target.runtime_device is not None and provider in _DEVICE_OPTION:
+        options[_DEVICE_OPTION[provider][0]] = target.runtime_device
+    threads = threads or target.threads
+    if provider == "OpenVINOExecutionProvider" and threads:
+        options["num_of_threads"] = str(threads)
+    return options
+
+
+def create_session(onnx_path: str | Path, *, provider: str, options: dict[str, str] | None = None,
+                   threads: int | None = None):
+    """A fresh ``InferenceSession`` on exactly ``provider``; RuntimeUnavailableError if it is not.
+
+    onnxruntime adds the CPU provider behind any other one (for the few nodes a GPU provider leaves,
+    such as shape arithmetic), so CPU after the requested provider is accepted; a session whose
+    first provider is not the requested one would time the wrong device and is refused.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads or 0  # 0: onnxruntime's default, one per physical core
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only: a missing provider is reported by the check below
+    providers = [provider] if not options else [(provider, dict(options))]
+    try:
+        with warnings.catch_warnings():  # "Specified provider ... is not in available provider names":
+            warnings.filterwarnings("ignore", "Specified provider", UserWarning)  # refused just below
+            session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
+    except Exception as error:  # onnxruntime raises its own pybind exception types
+        raise ModelError(f"onnxruntime ({provider}) cannot load {onnx_path}: {one_line(error)}") from None
+    check_providers(session.get_providers(), provider)
+    return session
+
+
+def check_providers(actual: list[str], requested: str) -> None:
+    """Refuse a session that would silently run somewhere other than ``requested``."""
+    if not actual or actual[0] != requested:
+        raise RuntimeUnavailableError(
+            f"onnxruntime silently fell back: requested {requested}, the session has "
+            f"{', '.join(actual) or 'no provider'}; refusing to time {actual[0] if actual else 'it'} "
+            f"as {requested} ({_HINTS.get(requested, 'install a build with this provider')})")
+
+
+
+def _all_providers() -> list[str] | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    return list(ort.get_all_providers())
+
+
+def _runner(session, provider: str, index: int, input_shape: tuple[int, ...], path: Path):
+    """``run_once`` for a session: inputs bound once (on the device for GPU providers), outputs kept
+    where they are produced, so a timed run is the inference and nothing else."""
+    import onnxruntime as ort
+
+    inputs = session.get_inputs()
+    name = single_input([i.name for i in inputs], path)
+    x = random_input(input_shape, _ORT_DTYPES.get(inputs[0].type, "float32"))
+    binding = session.io_binding()
+    io_device = _IO_DEVICE.get(provider)
+    if io_device:
+        value = ort.OrtValue.ortvalue_from_numpy(x, io_device, index)
+        binding.bind_ortvalue_input(name, value)
+    else:
+        value = x
+        binding.bind_cpu_input(name, x)
+    for output in session.get_outputs():
+        if io_device:
+            binding.bind_output(output.name, io_device, index)
+        else:
+            binding.bind_output(output.name)
+
+    def run_once(_keep=value) -> None:  # _keep: the bound input must outlive the binding
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run_once

@@ -1,0 +1,135 @@
+"""OpenVINO native: ``Core().compile_model`` with a latency hint, fixed threads and precision.
+
+The model is read, reshaped to the static input shape asked for, and compiled with
+``PERFORMANCE_HINT=LATENCY``, ``INFERENCE_PRECISION_HINT`` and ``INFERENCE_NUM_THREADS``. No silent
+fallback: the precision the compiled model really uses is read back (OpenVINO's CPU plugin quietly
+runs an fp16 hint as bf16 on CPUs without native fp16) and a mismatch is refused, as is ``AUTO``,
+which picks a device by itself.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from deploykit.errors import ModelError, RuntimeUnavailableError
+from deploykit.runtimes import hostinfo
+from deploykit.runtimes.base import (
+    RuntimeBackend,
+    one_line,
+    random_input,
+    single_input,
+    time_and_measure,
+    timed,
+)
+from deploykit.runtimes.onnxfile import input_names
+
+if TYPE_CHECKING:
+    from deploykit.latency.protocol import Measurement, Protocol
+    from deploykit.targets import Target
+
+DEFAULT_DEVICE = "CPU"
+_PRECISION_HINT = {"fp32": "f32", "fp16": "f16"}
+_DEVICE_PATTERN = re.compile(r"^(CPU|GPU|NPU)(\.\d+)?$")
+
+
+class OpenVINOBackend(RuntimeBackend):
+    name: ClassVar[str] = "openvino"
+    install_hint: ClassVar[str] = "pip install openvino"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+
+    def target_problem(self, target: Target) -> tuple[str, str] | None:
+        problem = super().target_problem(target)
+        if problem:
+            return problem
+        device = target.runtime_device or DEFAULT_DEVICE
+        if not _DEVICE_PATTERN.match(device):
+            return "runtime_device", (f"OpenVINO device must be one device such as CPU, GPU, GPU.1 or NPU, "
+                                      f"got {device!r} (AUTO/MULTI/HETERO would choose the device silently)")
+        return None
+
+    def _unavailable_reason(self, target: Target) -> str | None:
+        try:
+            import openvino as ov
+        except ImportError:
+            return f"openvino is not installed ({self.install_hint})"
+        device = _device(target)
+        found = ov.Core().available_devices
+        if not any(d == device or d.startswith(f"{device}.") for d in found):
+            return (f"OpenVINO device {device} not found here (available: {', '.join(found) or 'none'}); "
+                    f"needs the hardware and its OpenVINO driver")
+        return None
+
+    def version(self) -> str:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise self.unavailable(f"not installed ({self.install_hint})") from None
+        return ov.__version__.split("-")[0]
+
+    def device_string(self, target: Target) -> str:
+        import openvino as ov
+
+        try:
+            return ov.Core().get_property(_device(target), "FULL_DEVICE_NAME")
+        except RuntimeError:
+            return hostinfo.cpu_name() if _device(target).startswith("CPU") else _device(target)
+
+    def _profile(self, onnx_path: Path, *, target: Target, protocol: Protocol,
+                 input_shape: tuple[int, ...]) -> Measurement:
+        import openvino as ov
+
+        device = _device(target)
+        single_input(input_names(onnx_path), onnx_path)  # a corrupt file fails here, fast and clearly
+        config = {"PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": _PRECISION_HINT[target.precision]}
+        threads = protocol.resolve_threads(target.threads)
+        if threads and device.startswith("CPU"):
+            config["INFERENCE_NUM_THREADS"] = threads
+
+        def build():
+            core = ov.Core()
+            try:
+                model = core.read_model(str(onnx_path))
+            except RuntimeError as error:
+                raise ModelError(f"OpenVINO cannot read {onnx_path}: {_last_line(error)}") from None
+            try:
+                model.reshape({model.inputs[0]: ov.PartialShape(list(input_shape))})
+                return core.compile_model(model, device, config)
+            except RuntimeError as error:
+                raise ModelError(f"OpenVINO cannot compile {onnx_path} for {device} with input "
+                                 f"{input_shape}: {_last_line(error)}") from None
+
+        compiled, compile_s = timed(build)
+        check_precision(compiled, target.precision, device)
+        request = compiled.create_infer_request()
+        x = random_input(input_shape, compiled.input(0).element_type.to_dtype())
+        request.set_input_tensor(ov.Tensor(x))
+
+        def run_once(_keep=x) -> None:  # _keep: the tensor shares x's memory
+            request.infer()
+
+        return time_and_measure(run_once, protocol, compile_s=compile_s,
+                                what=f"OpenVINO ({device}) running {onnx_path.name} on input {input_shape}")
+
+
+def check_precision(compiled, precision: str, device: str) -> None:
+    """Refuse a compiled model whose inference precision is not the one asked for."""
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    actual = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    if actual != _PRECISION_HINT[precision]:
+        raise RuntimeUnavailableError(
+            f"OpenVINO {device} silently runs {precision} as {actual} here (the device has no native "
+            f"{precision}); refusing to time it as {precision}")
+
+
+def _device(target: Target) -> str:
+    return target.runtime_device or DEFAULT_DEVICE
+
+
+def _last_line(error: BaseException) -> str:
+    """OpenVINO errors are a stack of 'Exception from file:line' lines; the last ones say what."""
+    lines = [ln.strip() for ln in str(error).splitlines()
+             if ln.strip() and not ln.strip().startswith("Exception from")]
+    return one_line(Exception(" ".join(lines[-2:]))) if lines else one_line(error)

@@ -1,0 +1,304 @@
+"""Targets: YAML files naming a piece of hardware, the runtime that serves it, and how to time it.
+
+A target file (``targets/<name>.yaml``) holds exactly these keys::
+
+    name: amd-mi100                       # optional; defaults to the file name without .yaml
+    description: one line for humans
+    device: AMD Instinct MI100            # the hardware the target stands for
+    runtime: onnxruntime                  # onnxruntime | openvino | tensorrt | migraphx
+    provider: MIGraphXExecutionProvider   # onnxruntime only: the execution provider (required there)
+    runtime_device: null                  # OpenVINO device ("CPU"), MIGraphX target ("gpu"), GPU index
+    precision: fp16                       # fp32 | fp16 | int8
+    batch: 128
+    input_size: [224, 224]                # height, width (or one int)
+    threads: null                         # intra-op CPU threads; null = the runtime's default
+    host_arch: null                       # x86_64 | aarch64: the machine must be of this architecture
+    device_match: MI100                   # the device name found here must contain this (case-insensitive)
+    peak:                                 # for roofline estimates only
+      flops: {fp32: 46.1e+12, fp16: 184.6e+12}   # FLOP/s per precision
+      bandwidth: 1.2288e+12                      # bytes/s
+      source: where the figures come from
+
+Unknown keys and bad values are ConfigErrors naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from deploykit.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+ARCHES = ("x86_64", "aarch64")
+TARGETS_ENV = "DEPLOYKIT_TARGETS_DIR"
+_SHIPPED = Path(__file__).resolve().parent.parent / "targets"
+
+
+@dataclass(frozen=True)
+class Peak:
+    """A device's peak figures, for roofline estimates only."""
+
+    flops: dict[str, float]  # precision → FLOP/s
+    bandwidth: float  # bytes/s
+    source: str  # where the figures come from (datasheet URL/name)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment target; see the module docstring for the meaning of each field."""
+
+    name: str
+    description: str
+    device: str
+    runtime: str
+    provider: str | None
+    runtime_device: str | None
+    precision: str
+    batch: int
+    input_size: tuple[int, int]
+    threads: int | None
+    peak: Peak
+    path: str
+    host_arch: str | None = None
+    device_match: str | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """The default full input: (batch, 3, height, width)."""
+        return (self.batch, 3, *self.input_size)
+
+    def as_dict(self) -> dict:
+        """The target as its YAML keys (plus ``path``); :func:`target_from_dict` reads it back."""
+        data = asdict(self)
+        data["input_size"] = list(self.input_size)
+        return data
+
+
+def targets_dir() -> Path:
+    """Where named targets live: ``$DEPLOYKIT_TARGETS_DIR`` if set, else the shipped ``targets/``."""
+    return Path(os.environ[TARGETS_ENV]) if os.environ.get(TARGETS_ENV) else _SHIPPED
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    """A target by name (``targets/<name>.yaml``) or by the path of a YAML file."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if text.endswith((".yaml", ".yml")) or os.sep in text or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"target file not found: {path}")
+        return _load_file(path)
+    candidate = targets_dir() / f"{text}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(p.stem for p in targets_dir().glob("*.yaml"))) or "none"
+        raise ConfigError(f"unknown target {text!r}; known targets: {known} (or give a YAML file path)")
+    return _load_file(candidate)
+
+
+def list_targets() -> list[Target]:
+    """Every target in :func:`targets_dir`, sorted by name."""
+    return sorted((_load_file(p) for p in targets_dir().glob("*.yaml")), key=lambda t: t.name)
+
+
+def availability(target: Target) -> tuple[bool, str]:
+    """``(True, "")`` when ``target`` can be profiled on this machine, else ``(False, why + hint)``."""
+    from deploykit.runtimes import get_backend
+
+    return get_backend(target.runtime).available(target)
+
+
+def target_from_dict(data: Mapping, *, path: str = "<dict>") -> Target:
+    """Validate a mapping of target keys (as in a YAML file, optionally with ``path``) into a Target."""
+    data = dict(data)
+    path = str(data.pop("path", path))
+    return _Parser(path).parse(data, default_name=Path(path).stem)
+
+
+def _load_file(path: Path) -> Target:
+    shown = _display(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{shown}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    except OSError as error:
+        raise ConfigError(f"{shown}: cannot read: {error.strerror}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{shown}: expected a mapping of target keys, got {type(raw).__name__}")
+    return _Parser(shown, path=str(path.resolve())).parse(raw, default_name=path.stem)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+_REQUIRED = ("description", "device", "runtime", "precision", "batch", "input_size", "peak")
+_OPTIONAL = ("name", "provider", "runtime_device", "threads", "host_arch", "device_match")
+_PEAK_KEYS = ("flops", "bandwidth", "source")
+
+
+class _Parser:
+    """Validates one target mapping; every error names the file and the key."""
+
+    def __init__(self, shown: str, *, path: str | None = None):
+        self.shown = shown  # how errors name the file
+        self.path = path or shown  # what Target.path records
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.shown}: {key}: {message}")
+
+    def parse(self, raw: dict, *, default_name: str) -> Target:
+        self.keys(raw, _REQUIRED, _OPTIONAL, prefix="")
+        runtime = self.text(raw, "runtime")
+        target = Target(
+            name=self.text(raw, "name", default=default_name),
+            description=self.text(raw, "description"),
+            device=self.text(raw, "device"),
+            runtime=self.runtime(runtime),
+            provider=self.text(raw, "provider", default=None),
+            runtime_device=self.text(raw, "runtime_device", default=None),
+            precision=self.choice(raw, "precision", PRECISIONS),
+            batch=self.positive_int(raw, "batch"),
+            input_size=self.input_size(raw),
+            threads=self.positive_int(raw, "threads", optional=True),
+            peak=self.peak(raw["peak"]),
+            path=self.path,
+            host_arch=self.choice(raw, "host_arch", ARCHES, optional=True),
+            device_match=self.text(raw, "device_match", default=None),
+        )
+        if target.precision not in target.peak.flops:
+            raise self.error("peak.flops", f"no figure for the target's precision {target.precision}")
+        from deploykit.runtimes import get_backend
+
+        problem = get_backend(target.runtime).target_problem(target)
+        if problem:
+            raise self.error(*problem)
+        return target
+
+    def keys(self, raw: Mapping, required, optional, *, prefix: str) -> None:
+        known = (*required, *optional)
+        for key in raw:
+            if key not in known:
+                raise self.error(f"{prefix}{key}", f"unknown key (known: {', '.join(known)})")
+        for key in required:
+            if key not in raw:
+                raise self.error(f"{prefix}{key}", "missing required key")
+
+    def text(self, raw: Mapping, key: str, *, default: object = ...) -> str | None:
+        if key not in raw or raw[key] is None:
+            if default is ...:
+                raise self.error(key, "must be a non-empty string")
+            return default
+        value = raw[key]
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, f"must be a non-empty string, got {value!r}")
+        return value.strip()
+
+    def runtime(self, value: str) -> str:
+        from deploykit.runtimes import backends
+
+        known = sorted(backends())
+        if value not in known:
+            raise self.error("runtime", f"unknown runtime {value!r} (known: {', '.join(known)})")
+        return value
+
+    def choice(self, raw: Mapping, key: str, choices, *, optional: bool = False) -> str | None:
+        value = raw.get(key)
+        if value is None and optional:
+            return None
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def positive_int(self, raw: Mapping, key: str, *, optional: bool = False) -> int | None:
+        value = raw.get(key)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.error(key, f"must be a positive integer{' or null' if optional else ''}, "
+                                  f"got {value!r}")
+        return value
+
+    def input_size(self, raw: Mapping) -> tuple[int, int]:
+        value = raw["input_size"]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value, value]
+        if (not isinstance(value, (list, tuple)) or len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            raise self.error("input_size", f"must be [height, width] of positive integers, got {value!r}")
+        return (value[0], value[1])
+
+    def peak(self, raw) -> Peak:
+        if not isinstance(raw, dict):
+            raise self.error("peak", f"must be a mapping with {', '.join(_PEAK_KEYS)}, got {raw!r}")
+        self.keys(raw, _PEAK_KEYS, (), prefix="peak.")
+        flops = raw["flops"]
+        if not isinstance(flops, dict) or not flops:
+            raise self.error("peak.flops", f"must map precisions to FLOP/s, got {flops!r}")
+        parsed = {}
+        for precision, value in flops.items():
+            if precision not in PRECISIONS:
+                raise self.error(f"peak.flops.{precision}",
+                                 f"unknown precision (known: {', '.join(PRECISIONS)})")
+            parsed[precision] = self.positive_number(value, f"peak.flops.{precision}")
+        source = raw["source"]
+        if not isinstance(source, str) or not source.strip():
+            raise self.error("peak.source", "must say where the figures come from (a datasheet)")
+        return Peak(flops=parsed, bandwidth=self.positive_number(raw["bandwidth"], "peak.bandwidth"),
+                    source=source.strip())
+
+    def positive_number(self, value, key: str) -> float:
+        # YAML 1.1 reads 1.2e12 (no sign in the exponent) as a string: accept numeric strings too
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number <= 0:
+            raise self.error(key, f"must be a positive number, got {value!r}")
+        return number
+
+
+def describe(target: Target) -> dict:
+    """What ``deploykit targets`` shows for one target: its settings and whether it can run here."""
+    from deploykit.runtimes import get_backend
+
+    ok, reason = availability(target)
+    row = {"name": target.name, "device": target.device, "runtime": target.runtime,
+           "provider": target.provider, "runtime_device": target.runtime_device,
+           "precision": target.precision, "batch": target.batch, "input_size": list(target.input_size),
+           "threads": target.threads, "available": ok, "reason": reason, "path": target.path}
+    if ok:
+        backend = get_backend(target.runtime)
+        row["runtime_version"] = backend.version()
+        row["device_here"] = backend.device_string(target)
+    return row
+
+
+def format_targets(rows: list[dict]) -> str:
+    """A table of :func:`describe` rows; each target that cannot run here is followed by why not."""
+    header = ("target", "runtime", "precision", "batch", "input", "stands for", "here")
+    table = [header]
+    for row in rows:
+        runtime = row["runtime"] + (f" / {row['provider']}" if row["provider"] else "")
+        if row["runtime_device"]:
+            runtime += f" ({row['runtime_device']})"
+        here = (f"yes: {row['device_here']}, {row['runtime']} {row['runtime_version']}"
+                if row["available"] else "no")
+        table.append((row["name"], runtime, row["precision"], str(row["batch"]),
+                      "x".join(map(str, row["input_size"])), row["device"], here))
+    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
+    lines = []
+    for index, line in enumerate(table):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
+        if index and not rows[index - 1]["available"]:
+            lines.append(f"    why not: {rows[index - 1]['reason']}")
+    return "\n".join(lines)

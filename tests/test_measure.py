@@ -1,0 +1,155 @@
+"""measure_onnx: one real measurement per fresh worker process, and clean errors when the worker fails."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deploykit.errors import (
+    ConfigError,
+    DeployKitError,
+    ModelError,
+    RuntimeUnavailableError,
+    TableError,
+)
+from deploykit.latency import Measurement, Protocol, measure_onnx, runtime_info, worker
+from deploykit.targets import load_target
+
+SHORT = Protocol(warmup_s=0.05, warmup_iters=3, min_time_s=0.05, min_iters=10, max_cv=10.0, max_repeats=2)
+SHAPE = (1, 3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """Conv 3→8 3×3 → ReLU → Conv 8→4 3×3, dynamic batch."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], [w1, w2]),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def check(m: Measurement) -> None:
+    assert isinstance(m, Measurement)
+    assert m.n >= SHORT.min_iters and len(m.samples_ms) == m.n and 1 <= m.repeats <= SHORT.max_repeats
+    assert 0 < min(m.samples_ms) <= m.median_ms <= m.p90_ms <= max(m.samples_ms)
+    assert m.compile_s > 0 and m.first_run_ms > 0 and m.std_ms >= 0 and m.cv >= 0
+    assert sum(m.samples_ms) / 1000.0 >= SHORT.min_time_s * 0.99
+
+
+def test_measure_onnx_on_cpu_ort_in_a_worker_process(model):
+    check(measure_onnx(model, target=load_target("cpu-ort"), protocol=SHORT, input_shape=SHAPE))
+
+
+@pytest.mark.openvino
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_measure_onnx_on_cpu_openvino_in_a_worker_process(model):
+    target = load_target("cpu-openvino")
+    from deploykit.targets import availability
+
+    ok, reason = availability(target)
+    if not ok:
+        pytest.skip(reason)
+    check(measure_onnx(model, target=target, protocol=SHORT, input_shape=(2, 3, 16, 16)))
+
+
+def test_a_corrupt_onnx_file_is_a_clean_error_from_the_worker(tmp_path):
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes(b"\x08\x07garbage that is not an ONNX protobuf")
+    with pytest.raises(ModelError) as info:
+        measure_onnx(bad, target=load_target("cpu-ort"), protocol=SHORT, input_shape=SHAPE)
+    message = str(info.value)
+    assert "corrupt.onnx" in message and "\n" not in message and "Traceback" not in message
+
+
+def test_missing_file_and_bad_shape_fail_before_any_process(tmp_path):
+    with pytest.raises(ModelError, match="ONNX file not found"):
+        measure_onnx(tmp_path / "none.onnx", target=load_target("cpu-ort"), protocol=SHORT, input_shape=SHAPE)
+    (tmp_path / "x.onnx").write_bytes(b"")
+    with pytest.raises(ConfigError, match="input shape"):
+        measure_onnx(tmp_path / "x.onnx", target=load_target("cpu-ort"), protocol=SHORT, input_shape=(0, 3))
+
+
+def test_a_worker_that_gives_no_reply_is_a_deploykit_error(model, monkeypatch):
+    from deploykit.latency import measure as measure_module
+
+    monkeypatch.setattr(measure_module, "WORKER_MODULE", "deploykit_no_such_worker_module")
+    with pytest.raises(DeployKitError, match=r"gave no reply .*No module named deploykit_no_such_worker"):
+        measure_onnx(model, target=load_target("cpu-ort"), protocol=SHORT, input_shape=SHAPE)
+
+
+@pytest.mark.parametrize(("reply", "error", "text"), [
+    ({"ok": False, "type": "RuntimeUnavailableError", "error": "no GPU"}, RuntimeUnavailableError, "no GPU"),
+    ({"ok": False, "type": "ModelError", "error": "bad model"}, ModelError, "bad model"),
+    ({"ok": False, "type": "SystemExit", "error": "odd"}, DeployKitError, "odd"),
+    ({"ok": False, "type": "path", "error": "odd"}, DeployKitError, "odd"),
+])
+def test_worker_errors_keep_their_type(model, monkeypatch, reply, error, text):
+    def fake_run(command, **kwargs):
+        assert command[1:] == ["-m", "deploykit.latency.worker"]
+        request = json.loads(kwargs["input"])
+        assert request["target"]["name"] == "cpu-ort" and request["input_shape"] == list(SHAPE)
+        return subprocess.CompletedProcess(command, 1, stdout="noise\n" + json.dumps(reply) + "\n", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(error, match=text) as info:
+        measure_onnx(model, target=load_target("cpu-ort"), protocol=SHORT, input_shape=SHAPE)
+    assert type(info.value) is error
+
+
+def test_a_malformed_measurement_reply_is_an_error(model, monkeypatch):
+    def fake_run(command, **kwargs):
+        return subprocess.CompletedProcess(command, 0, stdout='{"ok": true, "measurement": {"n": 1}}\n',
+                                           stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(TableError, match="malformed measurement"):
+        measure_onnx(model, target=load_target("cpu-ort"), protocol=SHORT, input_shape=SHAPE)
+
+
+def test_worker_request_handling_in_process(model):
+    request = {"onnx_path": str(model), "target": load_target("cpu-ort").as_dict(),
+               "protocol": SHORT.as_dict(), "input_shape": list(SHAPE)}
+    reply = worker.handle(request)
+    assert reply["ok"] and reply["runtime_version"] and reply["device"]
+    check(Measurement.from_dict(reply["measurement"]))
+    with pytest.raises(ConfigError, match="malformed latency worker request"):
+        worker.handle({"target": request["target"]})
+    with pytest.raises(ConfigError, match="unknown protocol key"):
+        worker.handle({**request, "protocol": {"bogus": 1}})
+    with pytest.raises(RuntimeUnavailableError):
+        worker.handle({**request, "target": load_target("nvidia-t4").as_dict()})
+
+
+def test_protocol_is_the_one_the_worker_uses(model):
+    """The parent's protocol reaches the worker unchanged: a long minimum count shows in n."""
+    many = dataclasses.replace(SHORT, min_iters=57, min_time_s=0.0)
+    reply = worker.handle({"onnx_path": str(model), "target": load_target("cpu-ort").as_dict(),
+                           "protocol": many.as_dict(), "input_shape": list(SHAPE)})
+    assert reply["measurement"]["n"] == 57
+
+
+def test_runtime_info_names_runtime_version_and_device():
+    info = runtime_info(load_target("cpu-ort"))
+    assert info["runtime"] == "onnxruntime" and info["runtime_version"] and info["device"]
+
+
+def test_the_measure_module_is_not_shadowed():
+    import deploykit.latency.measure as module
+
+    assert module.measure_onnx is measure_onnx

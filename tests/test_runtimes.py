@@ -1,0 +1,334 @@
+"""Runtime backends: registry, no silent fallback, refusal paths, real runs where the runtime is here."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import deploykit
+from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError
+from deploykit.latency.protocol import Protocol
+from deploykit.runtimes import backends, get_backend, hostinfo
+from deploykit.runtimes.base import random_input
+from deploykit.runtimes.onnxruntime_backend import check_providers, create_session, provider_options
+from deploykit.targets import load_target
+
+QUICK = Protocol(warmup_s=0.01, warmup_iters=2, min_time_s=0.02, min_iters=5, max_cv=10.0, max_repeats=1)
+SHAPE = (2, 3, 16, 16)
+
+
+def tiny_onnx(path: Path) -> Path:
+    """Conv 3→8 3×3 → ReLU → Conv 8→4 3×3, dynamic batch."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])
+    graph = helper.make_graph(nodes, "tiny", [x], [y], [w1, w2])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_onnx(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def variant(name: str, **changes):
+    return dataclasses.replace(load_target(name), **changes)
+
+
+# --- registry --------------------------------------------------------------------------------------
+
+def test_registry_by_name():
+    assert set(backends()) == {"onnxruntime", "openvino", "tensorrt", "migraphx"}
+    for name, backend in backends().items():
+        assert get_backend(name) is backend and backend.name == name and backend.install_hint
+    with pytest.raises(ConfigError, match=r"unknown runtime 'tvm' .*migraphx, onnxruntime, openvino"):
+        get_backend("tvm")
+
+
+SDKS = ("onnxruntime", "openvino", "tensorrt", "migraphx", "onnx")
+
+
+def test_vendor_sdks_are_imported_lazily():
+    """No module of runtimes/, latency/ or targets.py imports a runtime SDK at module level."""
+    package = Path(deploykit.__file__).parent
+    files = [*sorted((package / "runtimes").glob("*.py")), *sorted((package / "latency").glob("*.py")),
+             package / "targets.py"]
+    for path in files:
+        for node in ast.parse(path.read_text()).body:  # module level only; TYPE_CHECKING blocks are fine
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            sdks = [n for n in names if n.split(".")[0] in SDKS]
+            assert not sdks, f"{path.name} imports {sdks} at import time"
+
+
+def test_random_input_is_seeded_and_typed():
+    a, b = random_input(SHAPE), random_input(SHAPE, "float16")
+    assert a.dtype == np.float32 and b.dtype == np.float16 and a.shape == SHAPE
+    assert np.array_equal(a, random_input(SHAPE)) and abs(float(a.std()) - 1.0) < 0.1
+
+
+def test_profile_validates_its_arguments(model, tmp_path):
+    backend, target = get_backend("onnxruntime"), load_target("cpu-ort")
+    with pytest.raises(ModelError, match="ONNX file not found"):
+        backend.profile(tmp_path / "none.onnx", target=target, protocol=QUICK, input_shape=SHAPE)
+    for bad in ((), (1, 0, 16, 16), (1.5, 3), "1x3"):
+        with pytest.raises(ConfigError, match="input shape"):
+            backend.profile(model, target=target, protocol=QUICK, input_shape=bad)
+    with pytest.raises(ConfigError, match="uses runtime openvino"):
+        backend.profile(model, target=load_target("cpu-openvino"), protocol=QUICK, input_shape=SHAPE)
+
+
+# --- onnxruntime ----------------------------------------------------------------------------------
+
+def test_onnxruntime_cpu_profile_keeps_compile_and_first_run_apart(model):
+    m = get_backend("onnxruntime").profile(model, target=load_target("cpu-ort"), protocol=QUICK,
+                                           input_shape=SHAPE)
+    assert m.n >= QUICK.min_iters and len(m.samples_ms) == m.n and m.repeats == 1
+    assert m.median_ms > 0 and m.p90_ms >= m.median_ms and m.compile_s > 0 and m.first_run_ms > 0
+
+
+def test_onnxruntime_threads_come_from_protocol_then_target(model, monkeypatch):
+    import onnxruntime
+
+    seen = []
+    real = onnxruntime.InferenceSession
+
+    def spy(path, sess_options=None, providers=None):
+        seen.append(sess_options.intra_op_num_threads)
+        return real(path, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    backend = get_backend("onnxruntime")
+    backend.profile(model, target=variant("cpu-ort", threads=2), protocol=QUICK, input_shape=SHAPE)
+    one_thread = dataclasses.replace(QUICK, threads=1)
+    backend.profile(model, target=variant("cpu-ort", threads=2), protocol=one_thread, input_shape=SHAPE)
+    assert seen == [2, 1]
+
+
+@pytest.mark.parametrize("provider", ["CUDAExecutionProvider", "MIGraphXExecutionProvider",
+                                      "TensorrtExecutionProvider"])
+def test_no_silent_fallback_on_onnxruntime(model, provider):
+    import onnxruntime
+
+    if provider in onnxruntime.get_available_providers():
+        pytest.skip(f"{provider} is really available here")
+    # onnxruntime itself hands back a CPU-only session, with a mere warning ...
+    with pytest.warns(UserWarning):
+        plain = onnxruntime.InferenceSession(str(model), providers=[provider])
+    assert plain.get_providers() == ["CPUExecutionProvider"]
+    # ... deploykit refuses it, naming what was asked and what was got
+    with pytest.raises(RuntimeUnavailableError) as info:
+        create_session(model, provider=provider)
+    assert f"requested {provider}" in str(info.value) and "CPUExecutionProvider" in str(info.value)
+
+
+def test_provider_check_accepts_cpu_behind_the_requested_provider():
+    check_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], "CUDAExecutionProvider")
+    check_providers(["CPUExecutionProvider"], "CPUExecutionProvider")
+    with pytest.raises(RuntimeUnavailableError, match="requested MIGraphXExecutionProvider"):
+        check_providers(["CPUExecutionProvider"], "MIGraphXExecutionProvider")
+
+
+def test_provider_options_carry_precision_and_device():
+    assert provider_options(load_target("amd-mi100")) == {"migraphx_fp16_enable": "1", "device_id": "0"}
+    trt = variant("amd-mi100", provider="TensorrtExecutionProvider")
+    assert provider_options(trt) == {"trt_fp16_enable": "True", "device_id": "0"}
+    ov = variant("cpu-ort", provider="OpenVINOExecutionProvider", runtime_device="CPU", threads=3)
+    assert provider_options(ov) == {"precision": "FP32", "device_type": "CPU", "num_of_threads": "3"}
+    assert provider_options(ov, threads=1)["num_of_threads"] == "1"
+    assert provider_options(load_target("cpu-ort")) == {}
+
+
+def test_unavailable_provider_refuses_to_profile(model):
+    import onnxruntime
+
+    target = load_target("amd-mi100")
+    if "MIGraphXExecutionProvider" in onnxruntime.get_available_providers() and hostinfo.amd_gpu_present():
+        pytest.skip("MIGraphX EP and an AMD GPU are here")
+    backend = get_backend("onnxruntime")
+    ok, reason = backend.available(target)
+    assert not ok and "MIGraphXExecutionProvider" in reason
+    with pytest.raises(RuntimeUnavailableError, match="cannot profile on target amd-mi100 here"):
+        backend.profile(model, target=target, protocol=QUICK, input_shape=(1, 3, 16, 16))
+
+
+def test_corrupt_model_is_a_model_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"definitely not protobuf")
+    with pytest.raises(ModelError, match="cannot load"):
+        get_backend("onnxruntime").profile(bad, target=load_target("cpu-ort"), protocol=QUICK,
+                                           input_shape=SHAPE)
+
+
+def test_wrong_input_shape_is_a_model_error(model):
+    with pytest.raises(ModelError, match="failed"):
+        get_backend("onnxruntime").profile(model, target=load_target("cpu-ort"), protocol=QUICK,
+                                           input_shape=(1, 5, 16, 16))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not hostinfo.nvidia_gpu_name(), reason="needs an NVIDIA GPU")
+def test_onnxruntime_cuda_fp16_profile(model):
+    target = variant("cpu-ort", provider="CUDAExecutionProvider", precision="fp16",
+                     peak=load_target("nvidia-t4").peak)
+    ok, reason = get_backend("onnxruntime").available(target)
+    if not ok:
+        pytest.skip(reason)
+    m = get_backend("onnxruntime").profile(model, target=target, protocol=QUICK, input_shape=SHAPE)
+    assert m.median_ms > 0
+
+
+@pytest.mark.migraphx
+def test_onnxruntime_migraphx_ep_profile(model):
+    target = variant("amd-mi100", batch=2, device_match=None)
+    ok, reason = get_backend("onnxruntime").available(target)
+    if not ok:
+        pytest.skip(reason)
+    m = get_backend("onnxruntime").profile(model, target=target, protocol=QUICK, input_shape=SHAPE)
+    assert m.median_ms > 0 and m.compile_s > 0
+
+
+# --- OpenVINO -------------------------------------------------------------------------------------
+
+@pytest.mark.openvino
+@pytest.mark.skipif(not _has("openvino"), reason="openvino is not installed")
+def test_openvino_cpu_profile(model):
+    target = load_target("cpu-openvino")
+    ok, reason = get_backend("openvino").available(target)
+    if not ok:
+        pytest.skip(reason)
+    m = get_backend("openvino").profile(model, target=variant("cpu-openvino", threads=1), protocol=QUICK,
+                                        input_shape=SHAPE)
+    assert m.n >= QUICK.min_iters and m.median_ms > 0 and m.compile_s > 0 and m.first_run_ms > 0
+    assert get_backend("openvino").version()[0].isdigit()
+
+
+@pytest.mark.openvino
+@pytest.mark.skipif(not _has("openvino"), reason="openvino is not installed")
+def test_openvino_refuses_a_precision_it_would_silently_change():
+    import openvino as ov
+
+    from deploykit.runtimes.openvino_backend import check_precision
+
+    class Compiled:  # what the CPU plugin reports for an f16 hint on a CPU without native fp16
+        def get_property(self, key):
+            assert key == "INFERENCE_PRECISION_HINT"
+            return ov.Type.bf16
+
+    with pytest.raises(RuntimeUnavailableError, match="silently runs fp16 as bf16"):
+        check_precision(Compiled(), "fp16", "CPU")
+
+
+@pytest.mark.openvino
+@pytest.mark.skipif(not _has("openvino"), reason="openvino is not installed")
+def test_openvino_missing_device_is_refused(model):
+    import openvino as ov
+
+    if any(d.startswith("NPU") for d in ov.Core().available_devices):
+        pytest.skip("an NPU is here")
+    target = variant("cpu-openvino", runtime_device="NPU", host_arch=None)
+    ok, reason = get_backend("openvino").available(target)
+    assert not ok and "OpenVINO device NPU not found" in reason
+    with pytest.raises(RuntimeUnavailableError):
+        get_backend("openvino").profile(model, target=target, protocol=QUICK, input_shape=SHAPE)
+
+
+# --- TensorRT and MIGraphX: refusal here, real runs where the hardware is -------------------------
+
+def test_tensorrt_refuses_without_tensorrt_or_gpu(model):
+    backend, target = get_backend("tensorrt"), load_target("nvidia-t4")
+    ok, reason = backend.available(target)
+    if ok:
+        pytest.skip("TensorRT and a T4 are here")
+    if not _has("tensorrt"):
+        assert reason == "tensorrt is not installed (pip install tensorrt; needs an NVIDIA GPU)"
+        with pytest.raises(RuntimeUnavailableError, match="not installed"):
+            backend.version()
+    with pytest.raises(RuntimeUnavailableError, match="cannot profile on target nvidia-t4 here: ") as info:
+        backend.profile(model, target=target, protocol=QUICK, input_shape=(1, 3, 16, 16))
+    assert reason in str(info.value)
+
+
+def test_migraphx_refuses_without_migraphx_or_gpu(model):
+    backend, target = get_backend("migraphx"), load_target("amd-mi100-migraphx")
+    ok, reason = backend.available(target)
+    if ok:
+        pytest.skip("MIGraphX and an MI100 are here")
+    if not _has("migraphx"):
+        assert reason.startswith("migraphx is not installed (MIGraphX ships with ROCm")
+    elif not hostinfo.amd_gpu_present():
+        assert "no AMD GPU / ROCm" in reason
+    with pytest.raises(RuntimeUnavailableError, match="cannot profile on target amd-mi100-migraphx here"):
+        backend.profile(model, target=target, protocol=QUICK, input_shape=(1, 3, 16, 16))
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_profile(model, precision):
+    target = variant("nvidia-t4", precision=precision, device_match=None)
+    ok, reason = get_backend("tensorrt").available(target)
+    if not ok:
+        pytest.skip(reason)
+    m = get_backend("tensorrt").profile(model, target=target, protocol=QUICK, input_shape=SHAPE)
+    assert m.n >= QUICK.min_iters and m.median_ms > 0 and m.compile_s > 0 and m.first_run_ms > 0
+
+
+@pytest.mark.migraphx
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_migraphx_profile(model, precision):
+    target = variant("amd-mi100-migraphx", precision=precision, device_match=None)
+    ok, reason = get_backend("migraphx").available(target)
+    if not ok:
+        pytest.skip(reason)
+    m = get_backend("migraphx").profile(model, target=target, protocol=QUICK, input_shape=SHAPE)
+    assert m.n >= QUICK.min_iters and m.median_ms > 0 and m.compile_s > 0 and m.first_run_ms > 0
+
+
+# --- host information -----------------------------------------------------------------------------
+
+def test_cpu_names_from_cpuinfo():
+    from deploykit.runtimes.hostinfo import _name_from_cpuinfo
+
+    x86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+    assert _name_from_cpuinfo(x86) == "Intel(R) Xeon(R) Platinum 8480+"
+    pi5 = "processor\t: 0\nBogoMIPS\t: 108.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0b\n"
+    assert _name_from_cpuinfo(pi5) == "Arm Cortex-A76"
+    graviton3 = pi5.replace("0xd0b", "0xd40")
+    assert _name_from_cpuinfo(graviton3) == "Arm Neoverse-V1"
+    assert hostinfo.cpu_name()
+    assert hostinfo.normalize_arch("AMD64") == "x86_64" and hostinfo.normalize_arch("arm64") == "aarch64"
+
+
+def test_gpu_names_from_rocminfo():
+    from deploykit.runtimes.hostinfo import _gpu_agents_from_rocminfo
+
+    text = ("Agent 1\n  Name: AMD EPYC 7763\n  Marketing Name: AMD EPYC 7763\n  Device Type: CPU\n"
+            "Agent 2\n  Name: gfx908\n  Marketing Name: AMD Instinct MI100\n  Device Type: GPU\n")
+    assert _gpu_agents_from_rocminfo(text) == ["AMD Instinct MI100"]
+
+
+def test_device_match_refuses_other_hardware(model):
+    target = variant("cpu-ort", device_match="Definitely-Not-This-CPU", device="Some CPU")
+    ok, reason = get_backend("onnxruntime").available(target)
+    assert not ok and "not a Definitely-Not-This-CPU" in reason and hostinfo.cpu_name() in reason
