@@ -36,6 +36,7 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dty
     dtype = dtype or (param.dtype if param is not None else torch.float32)
     device = param.device if param is not None else "cpu"
     x = torch.zeros(1, *input_shape, dtype=dtype, device=device)
-    with torch.no_grad(), eval_mode(module), FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS) as counter:
+    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS)
+    with torch.no_grad(), eval_mode(module), counter:
         module(x)
     return int(counter.get_total_flops()) // 2
