@@ -92,20 +92,40 @@ def compose_convs(first: Tensor, first_bias: Tensor | None, second: Tensor, seco
     """One conv equal to ``second(first(x))`` for two *unpadded* convs (dilation 1).
 
     The result has kernel ``k1 + (k2 − 1)·s1``, stride ``s1·s2`` (the caller multiplies) and groups
-    ``g`` when both convs have the same ``g``, else 1. Derivation: the composed kernel at offset
-    ``r = s1·u + t`` sums ``w2[o, m, u]·w1[m, i, t]`` over m, which is exactly a transposed conv of
-    w2 (as a batch over o) with w1 at stride s1.
+    ``g`` when both convs have the same ``g``, else 1.
     """
-    w1 = dense_kernel(first, first_groups)
-    w2 = dense_kernel(second, second_groups)
-    weight = F.conv_transpose2d(w2, w1, stride=first_stride)
-    bias = w2.sum(dim=(2, 3)) @ first_bias if first_bias is not None else None
+    weight = _compose_kernels(first, second, first_stride, first_groups, second_groups)
+    taps = dense_kernel(second.sum(dim=(2, 3), keepdim=True), second_groups).flatten(1)
+    bias = taps @ first_bias if first_bias is not None else weight.new_zeros(weight.shape[0])
     if second_bias is not None:
-        bias = second_bias.clone() if bias is None else bias + second_bias
-    if bias is None:
-        bias = weight.new_zeros(weight.shape[0])
+        bias = bias + second_bias
     groups = first_groups if first_groups == second_groups else 1
     return grouped_kernel(weight, groups), bias
+
+
+def _is_depthwise(weight: Tensor, groups: int) -> bool:
+    return groups > 1 and groups == weight.shape[0] and weight.shape[1] == 1
+
+
+def _compose_kernels(first: Tensor, second: Tensor, first_stride: int, first_groups: int,
+                     second_groups: int) -> Tensor:
+    """The composed dense kernel ``W[o, i, r] = Σ_m Σ_{s1·u + t = r} w2[o, m, u]·w1[m, i, t]``.
+
+    With a 1×1 on one side it is a product over channels (cheap even for EfficientNet's wide
+    depthwise layers); otherwise a transposed conv of w2 (a batch over o) with w1 at stride s1.
+    """
+    first_pointwise = first.shape[-2:] == (1, 1) and first_groups == 1 and first_stride == 1
+    second_pointwise = second.shape[-2:] == (1, 1) and second_groups == 1
+    if first_pointwise and _is_depthwise(second, second_groups):
+        return second * first.flatten(1)[:, :, None, None]
+    if first_pointwise and second_groups == 1:
+        return torch.einsum("omuv,mi->oiuv", second, first.flatten(1))
+    if second_pointwise and _is_depthwise(first, first_groups):
+        return second.flatten(1)[:, :, None, None] * first.permute(1, 0, 2, 3)
+    if second_pointwise and first_groups == 1:
+        return torch.einsum("om,miuv->oiuv", second.flatten(1), first)
+    return F.conv_transpose2d(dense_kernel(second, second_groups), dense_kernel(first, first_groups),
+                              stride=first_stride)
 
 
 def total_padding(kernel_sizes: Sequence[int], strides: Sequence[int], paddings: Sequence[int]) -> int:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploykit.blocks.blend import Blend, appended, ring_batch_norm, scale_ring
+from deploykit.blocks.blend import Blend, appended, pointwise_with_ring, ring_batch_norm, scale_ring
 
 
 def test_blend_endpoints_and_midpoint():
@@ -38,7 +38,7 @@ def test_ring_batch_norm_train_matches_bn_on_grid(momentum):
     bn = nn.BatchNorm2d(3, momentum=momentum).train()
     reference = copy.deepcopy(bn)
     x = torch.randn(4, 3, 10, 12) * 3 + 1
-    grid = x[..., 2:-2, 2:-2]
+    grid = x[..., 2:-2, 2:-2].contiguous()  # what the original model's BN sees: a dense map
     for _ in range(2):
         out = ring_batch_norm(bn, x, 2)
         expected = reference(grid)
@@ -58,3 +58,19 @@ def test_ring_batch_norm_eval_is_plain_bn():
     bn.running_mean.normal_()
     x = torch.randn(2, 3, 6, 6)
     assert torch.allclose(ring_batch_norm(bn, x, 1), bn(x))
+
+
+def test_ring_batch_norm_trains_with_gradients():
+    bn = nn.BatchNorm2d(3).train()
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    ring_batch_norm(bn, x, 1).square().sum().backward()
+    assert x.grad is not None and bn.weight.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_pointwise_with_ring_equals_conv_of_padded_input():
+    conv = nn.Conv2d(3, 5, 1)
+    x = torch.randn(2, 3, 6, 7)
+    expected = conv(F.pad(x, (2, 2, 2, 2)))
+    actual = pointwise_with_ring(conv, x, 2)
+    assert torch.allclose(actual, expected, atol=1e-6)
+    assert torch.equal(actual[..., 2:-2, 2:-2], conv(x))

@@ -80,6 +80,10 @@ def test_fold_affine_before_linear_and_1x1(dtype):
     (7, 1, 12, 1, 1, 1),   # ConvNeXt dw 7×7 then 1×1
     (3, 1, 12, 3, 2, 12),  # depthwise ∘ depthwise keeps its groups
     (3, 1, 3, 3, 1, 3),    # grouped ∘ grouped
+    (1, 1, 1, 3, 2, 12),   # 1×1 then strided depthwise
+    (1, 1, 1, 1, 1, 1),    # 1×1 ∘ 1×1
+    (5, 2, 12, 1, 1, 1),   # strided depthwise then 1×1
+    (1, 2, 1, 3, 1, 1),    # strided 1×1 then 3×3: kernel with holes, the general path
 ])
 def test_compose_convs(dtype, k1, s1, g1, k2, s2, g2):
     in_ch = 12

@@ -39,6 +39,22 @@ def appended(op: nn.Module) -> Blend:
     return Blend(nn.Identity(), op)
 
 
+def pointwise_with_ring(conv: nn.Conv2d, x: Tensor, width: int) -> Tensor:
+    """A 1×1 conv of ``x`` zero-padded by ``width``, computed as ``conv(x)`` with the ring set to the bias.
+
+    Same values as convolving the padded input, but the grid is bit-identical to the original
+    model's (a conv over a larger input may round differently), which keeps λ = 0 exact in training.
+    """
+    out = conv(x)
+    if width == 0:
+        return out
+    ring = conv.bias if conv.bias is not None else out.new_zeros(out.shape[1])
+    padded = F.pad(out, (width,) * 4)
+    inside = torch.zeros((1, 1, *padded.shape[-2:]), dtype=torch.bool, device=x.device)
+    inside[..., width:-width, width:-width] = True
+    return torch.where(inside, padded, ring.reshape(1, -1, 1, 1).to(out.dtype))
+
+
 def scale_ring(x: Tensor, width: int, lam: float) -> Tensor:
     """Multiply the outer ``width`` pixels of a feature map by λ (λ = 0 is the original zero padding)."""
     if width == 0 or lam == 1.0:
@@ -47,10 +63,6 @@ def scale_ring(x: Tensor, width: int, lam: float) -> Tensor:
     mask = x.new_full((height, breadth), lam)
     mask[width:height - width, width:breadth - width] = 1.0
     return x * mask
-
-
-def _grid(x: Tensor, width: int) -> Tensor:
-    return x[..., width:x.shape[-2] - width, width:x.shape[-1] - width]
 
 
 def ring_batch_norm(bn: nn.BatchNorm2d, x: Tensor, width: int) -> Tensor:
@@ -62,13 +74,21 @@ def ring_batch_norm(bn: nn.BatchNorm2d, x: Tensor, width: int) -> Tensor:
     """
     if width == 0 or not _uses_batch_stats(bn):
         return batch_norm(bn, x)
-    grid = x[..., width:x.shape[-2] - width, width:x.shape[-1] - width]
+    height, breadth = x.shape[-2:]
+    # contiguous: normalizing a strided view rounds differently from the original's dense map.
+    grid = x[..., width:height - width, width:breadth - width].contiguous()
     grid_out = batch_norm(bn, grid)
-    mean = grid.mean(dim=(0, 2, 3))
-    var = grid.var(dim=(0, 2, 3), unbiased=False)
-    full = F.batch_norm(x, mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
-    inside = torch.zeros_like(x[:1, :1], dtype=torch.bool)
-    inside[..., width:x.shape[-2] - width, width:x.shape[-1] - width] = True
+    # The ring's statistics are the grid's batch statistics, written out so that autograd flows
+    # through them (F.batch_norm treats its mean/var arguments as constants).
+    mean = grid.mean(dim=(0, 2, 3), keepdim=True)
+    var = grid.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    full = (x - mean) * torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        full = full * bn.weight.reshape(1, -1, 1, 1)
+    if bn.bias is not None:
+        full = full + bn.bias.reshape(1, -1, 1, 1)
+    inside = torch.zeros((1, 1, height, breadth), dtype=torch.bool, device=x.device)
+    inside[..., width:height - width, width:breadth - width] = True
     return torch.where(inside, F.pad(grid_out, (width,) * 4), full)
 
 

@@ -1,0 +1,12 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    # The tensors in these tests are small: one thread is as fast, and far faster when the two cores
+    # are shared (two OpenMP threads on a busy machine spend most of their time waiting on each other).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
