@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from deploykit import reparam
 from deploykit.blocks.blend import Blend
 
 
@@ -95,6 +96,12 @@ def symmetric_padding(conv: nn.Conv2d) -> int | None:
         return None
     pad_h, pad_w = conv.padding
     return pad_h if pad_h == pad_w else None
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    """Kernel and bias of ``bn(conv(x))`` in eval mode (timm's BatchNormAct2d: its norm part only)."""
+    return reparam.fold_bn(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                           bn.eps)
 
 
 def conv_from(weight: Tensor, bias: Tensor | None, *, stride: int = 1, padding: int = 0,

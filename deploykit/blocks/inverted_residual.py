@@ -34,7 +34,7 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from torch import Tensor, nn
 
 from deploykit import reparam
-from deploykit.blocks.base import PrunableBlock, conv_from, conv_unpadded, symmetric_padding
+from deploykit.blocks.base import PrunableBlock, conv_from, conv_unpadded, fold_conv_bn, symmetric_padding
 from deploykit.blocks.blend import (
     Blend,
     appended,
@@ -102,11 +102,6 @@ def _common_reason(block: nn.Module) -> str | None:
     if getattr(block, "conv_s2d", None) is not None:
         return "space-to-depth (conv_s2d) is not supported"
     return None
-
-
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d):
-    return reparam.fold_bn(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                           bn.eps)
 
 
 class _InvertedResidualBase(PrunableBlock):
@@ -194,11 +189,12 @@ class InvertedResidualPrunable(_InvertedResidualBase):
     def merged(self) -> nn.Module:
         block = self.block
         pw, dw, pwl = block.conv_pw, block.conv_dw, block.conv_pwl
-        weight, bias = reparam.compose_convs(*_fold(pw, block.bn1), *_fold(dw, block.bn2), first_stride=1,
-                                first_groups=pw.groups, second_groups=dw.groups)
+        weight, bias = reparam.compose_convs(*fold_conv_bn(pw, block.bn1), *fold_conv_bn(dw, block.bn2),
+                                             first_groups=pw.groups, second_groups=dw.groups)
         groups = pw.groups if pw.groups == dw.groups else 1
-        weight, bias = reparam.compose_convs(weight, bias, *_fold(pwl, block.bn3), first_stride=dw.stride[0],
-                                first_groups=groups, second_groups=pwl.groups)
+        weight, bias = reparam.compose_convs(weight, bias, *fold_conv_bn(pwl, block.bn3),
+                                             first_stride=dw.stride[0], first_groups=groups,
+                                             second_groups=pwl.groups)
         groups = groups if groups == pwl.groups else 1
         return self._merged_module(weight, bias, groups, dw.stride[0], self.padding)
 
@@ -231,7 +227,7 @@ class DepthwiseSeparablePrunable(_InvertedResidualBase):
     def merged(self) -> nn.Module:
         block = self.block
         dw, pw = block.conv_dw, block.conv_pw
-        weight, bias = reparam.compose_convs(*_fold(dw, block.bn1), *_fold(pw, block.bn2),
+        weight, bias = reparam.compose_convs(*fold_conv_bn(dw, block.bn1), *fold_conv_bn(pw, block.bn2),
                                              first_stride=dw.stride[0], first_groups=dw.groups,
                                              second_groups=pw.groups)
         groups = dw.groups if dw.groups == pw.groups else 1
