@@ -98,6 +98,23 @@ def symmetric_padding(conv: nn.Conv2d) -> int | None:
     return pad_h if pad_h == pad_w else None
 
 
+def plain_conv_reason(conv: nn.Module, name: str) -> str | None:
+    """Why ``conv`` cannot be composed exactly (None if it can): the merge math assumes a plain
+    ``nn.Conv2d`` with square kernel and stride, symmetric zero padding and no dilation."""
+    if isinstance(getattr(conv, "padding", None), str) or "Same" in type(conv).__name__:
+        return (f"{name} uses TF 'same' padding ({type(conv).__name__}), which is asymmetric; "
+                "a merged conv needs symmetric zero padding")
+    if type(conv) is not nn.Conv2d:
+        return f"{name} is a {type(conv).__name__}, not a plain Conv2d"
+    if symmetric_padding(conv) is None:
+        return f"{name} has asymmetric or non-zero padding"
+    if conv.dilation != (1, 1):
+        return f"{name} is dilated (dilation {conv.dilation[0]})"
+    if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1]:
+        return f"{name} has a non-square kernel or stride"
+    return None
+
+
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     """Kernel and bias of ``bn(conv(x))`` in eval mode (timm's BatchNormAct2d: its norm part only)."""
     return reparam.fold_bn(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias,

@@ -14,7 +14,7 @@ from timm.models.convnext import ConvNeXtBlock
 from torch import Tensor, nn
 
 from deploykit import reparam
-from deploykit.blocks.base import PrunableBlock, conv_from, residual_module, symmetric_padding
+from deploykit.blocks.base import PrunableBlock, conv_from, plain_conv_reason, residual_module
 from deploykit.blocks.blend import Blend, appended
 from deploykit.blocks.registry import register
 
@@ -46,9 +46,7 @@ class ConvNeXtPrunable(PrunableBlock):
             return "a norm inside the MLP is not supported"
         if not isinstance(block.shortcut, nn.Identity):
             return "a downsampling shortcut inside the block is not supported"
-        if symmetric_padding(block.conv_dw) is None or block.conv_dw.dilation != (1, 1):
-            return "the depthwise conv has asymmetric ('same') padding or dilation"
-        return None
+        return plain_conv_reason(block.conv_dw, "conv_dw")
 
     def __init__(self, block: ConvNeXtBlock, in_shape):
         super().__init__(block, in_shape)

@@ -29,12 +29,18 @@ from __future__ import annotations
 
 import copy
 
-from timm.layers import BatchNormAct2d, Conv2dSame
+from timm.layers import BatchNormAct2d
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from torch import Tensor, nn
 
 from deploykit import reparam
-from deploykit.blocks.base import PrunableBlock, conv_from, conv_unpadded, fold_conv_bn, symmetric_padding
+from deploykit.blocks.base import (
+    PrunableBlock,
+    conv_from,
+    conv_unpadded,
+    fold_conv_bn,
+    plain_conv_reason,
+)
 from deploykit.blocks.blend import (
     Blend,
     appended,
@@ -56,21 +62,6 @@ def _act(bn: nn.Module) -> nn.Module:
 
 def _is_identity(module: nn.Module | None) -> bool:
     return module is None or isinstance(module, nn.Identity)
-
-
-def _conv_reason(conv: nn.Module, name: str) -> str | None:
-    if isinstance(conv, Conv2dSame) or (isinstance(conv, nn.Conv2d) and isinstance(conv.padding, str)):
-        return (f"{name} uses TF 'same' padding ({type(conv).__name__}), which is asymmetric; "
-                "a merged conv needs symmetric zero padding")
-    if type(conv) is not nn.Conv2d:
-        return f"{name} is a {type(conv).__name__}, not a plain Conv2d"
-    if symmetric_padding(conv) is None:
-        return f"{name} has asymmetric or non-zero padding"
-    if conv.dilation != (1, 1):
-        return f"{name} is dilated"
-    if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1]:
-        return f"{name} has a non-square kernel or stride"
-    return None
 
 
 def _pointwise_reason(conv: nn.Conv2d, name: str, what: str) -> str | None:
@@ -157,7 +148,7 @@ class InvertedResidualPrunable(_InvertedResidualBase):
     def unsupported_reason(cls, block: InvertedResidual, in_shape) -> str | None:
         reason = _common_reason(block)
         for name in ("conv_pw", "conv_dw", "conv_pwl"):
-            reason = reason or _conv_reason(getattr(block, name), name)
+            reason = reason or plain_conv_reason(getattr(block, name), name)
         reason = reason or _pointwise_reason(block.conv_pw, "conv_pw", "expansion")
         reason = reason or _pointwise_reason(block.conv_pwl, "conv_pwl", "projection")
         for name in ("bn1", "bn2", "bn3"):
@@ -206,7 +197,7 @@ class DepthwiseSeparablePrunable(_InvertedResidualBase):
     def unsupported_reason(cls, block: DepthwiseSeparableConv, in_shape) -> str | None:
         reason = _common_reason(block)
         for name in ("conv_dw", "conv_pw"):
-            reason = reason or _conv_reason(getattr(block, name), name)
+            reason = reason or plain_conv_reason(getattr(block, name), name)
         reason = reason or _pointwise_reason(block.conv_pw, "conv_pw", "pointwise")
         for name in ("bn1", "bn2"):
             reason = reason or _norm_reason(getattr(block, name), name)

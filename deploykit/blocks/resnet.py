@@ -22,7 +22,13 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import Tensor, nn
 
 from deploykit import reparam
-from deploykit.blocks.base import PrunableBlock, conv_from, conv_unpadded, fold_conv_bn, symmetric_padding
+from deploykit.blocks.base import (
+    PrunableBlock,
+    conv_from,
+    conv_unpadded,
+    fold_conv_bn,
+    plain_conv_reason,
+)
 from deploykit.blocks.blend import Blend, appended, ring_batch_norm, scale_ring
 from deploykit.blocks.registry import register
 
@@ -33,18 +39,6 @@ def _square(value) -> int | None:
         return value
     first, second = value
     return first if first == second else None
-
-
-def _conv_reason(conv: nn.Module, name: str) -> str | None:
-    if type(conv) is not nn.Conv2d:
-        return f"{name} is a {type(conv).__name__}, not a plain Conv2d"
-    if symmetric_padding(conv) is None:
-        return f"{name} has non-symmetric or 'same' padding"
-    if conv.dilation != (1, 1):
-        return f"{name} is dilated (dilation {conv.dilation[0]})"
-    if _square(conv.kernel_size) is None or _square(conv.stride) is None:
-        return f"{name} has a non-square kernel or stride"
-    return None
 
 
 def _bn_reason(bn: nn.Module, name: str) -> str | None:
@@ -78,7 +72,7 @@ def _shortcut_reason(downsample: nn.Module | None, stride: int, in_shape, out_ch
         if stride != 1 or channels != out_channels:
             return "identity shortcut with a stride or a change of channels"
         return None
-    reason = _conv_reason(conv, "shortcut conv") or _bn_reason(bn, "shortcut norm")
+    reason = plain_conv_reason(conv, "shortcut conv") or _bn_reason(bn, "shortcut norm")
     if reason:
         return reason
     if conv.groups != 1:
@@ -118,7 +112,7 @@ class _ResNetPrunable(PrunableBlock):
         if not isinstance(getattr(block, "drop_block", nn.Identity()), nn.Identity):
             return "DropBlock inside the block is not supported"
         for conv_name, norm_name, _ in cls.stages:
-            reason = (_conv_reason(getattr(block, conv_name), conv_name)
+            reason = (plain_conv_reason(getattr(block, conv_name), conv_name)
                       or _bn_reason(getattr(block, norm_name), norm_name))
             if reason:
                 return reason
