@@ -9,7 +9,7 @@ MODEL  ?= convnext_tiny
 $(BIN)/deploykit: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,openvino]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,openvino,data]'
 	touch $@
 
 install: $(BIN)/deploykit

@@ -1,0 +1,148 @@
+"""The ``Subnet`` artifact: which blocks of which model run pruned, and where that choice came from.
+
+The search stage writes it (``subnet.json``); progressive subnet training reads it. On disk it is one
+JSON object::
+
+    {"model": "convnext_atto", "input_size": [32, 32], "pruned": [1, 4, 7],
+     "predicted_ms": 1.23, "table": "latency_tables/x.csv", "proxy": {"kind": "supernet", "top1": 97.1}}
+
+``predicted_ms``, ``table`` and ``proxy`` are optional; any other key is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """A model name, its input size, the indices of the blocks that run pruned, and provenance."""
+
+    model: str
+    input_size: tuple[int, int]
+    pruned: tuple[int, ...]
+    predicted_ms: float | None = None
+    table: str | None = None
+    proxy: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError(f"subnet 'model' must be a non-empty string, got {self.model!r}")
+        size = self.input_size
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = (size, size)
+        if not _int_list(size) or len(size) != 2 or min(size) <= 0:
+            raise ConfigError(f"subnet 'input_size' must be [height, width], got {self.input_size!r}")
+        if not _int_list(self.pruned) or min(self.pruned, default=0) < 0:
+            raise ConfigError(f"subnet 'pruned' must be a list of block indices ≥ 0, got {self.pruned!r}")
+        if len(set(self.pruned)) != len(self.pruned):
+            raise ConfigError(f"subnet 'pruned' lists a block twice: {list(self.pruned)}")
+        if self.predicted_ms is not None and (isinstance(self.predicted_ms, bool)
+                                              or not isinstance(self.predicted_ms, (int, float))):
+            raise ConfigError(f"subnet 'predicted_ms' must be a number, got {self.predicted_ms!r}")
+        if self.table is not None and not isinstance(self.table, str):
+            raise ConfigError(f"subnet 'table' must be a path string, got {self.table!r}")
+        if self.proxy is not None and not isinstance(self.proxy, dict):
+            raise ConfigError(f"subnet 'proxy' must be an object, got {self.proxy!r}")
+        object.__setattr__(self, "input_size", tuple(size))
+        object.__setattr__(self, "pruned", tuple(sorted(self.pruned)))
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_size"], data["pruned"] = list(self.input_size), list(self.pruned)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "subnet") -> Subnet:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} "
+                              f"(allowed: {', '.join(sorted(known))})")
+        missing = [name for name in ("model", "input_size", "pruned") if name not in data]
+        if missing:
+            raise ConfigError(f"{source}: missing key(s) {', '.join(missing)}")
+        try:
+            return cls(**data)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+
+    @classmethod
+    def read(cls, path: str | Path) -> Subnet:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"subnet file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"subnet file {path} is not valid JSON: {error}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def write(self, path: str | Path) -> Path:
+        """Write atomically (temporary file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as stream:
+                json.dump(self.as_dict(), stream, indent=2)
+                stream.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def parse_block_list(text: str) -> tuple[int, ...]:
+    """``"0,3,5"`` → (0, 3, 5); ranges such as ``"2-4"`` are allowed; the empty string → ()."""
+    indices: list[int] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                low, high = part.split("-", 1)
+                indices.extend(range(int(low), int(high) + 1))
+            else:
+                indices.append(int(part))
+        except ValueError:
+            raise ConfigError(f"malformed block list {text!r} (expected e.g. 0,3,5 or 2-4)") from None
+    if any(i < 0 for i in indices):
+        raise ConfigError(f"block indices must be ≥ 0, got {text!r}")
+    return tuple(sorted(set(indices)))
+
+
+def _int_list(values: Any) -> bool:
+    return isinstance(values, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def choose_subnet(*, path: str | Path | None = None, prune: str | None = None, model: str | None = None,
+                  input_size: tuple[int, int] | None = None) -> Subnet:
+    """The subnet a command was given: a ``subnet.json`` file, or a model and a block list.
+
+    ``model`` and ``input_size`` may accompany a file only if they agree with it.
+    """
+    if (path is None) == (prune is None):
+        raise ConfigError("give the subnet either as --subnet subnet.json or as --prune 0,3,5 (not both)")
+    if prune is not None:
+        if model is None:
+            raise ConfigError("--prune needs --model (the file given by --subnet names its model)")
+        return Subnet(model=model, input_size=input_size or (224, 224), pruned=parse_block_list(prune))
+    subnet = Subnet.read(path)
+    if model is not None and model != subnet.model:
+        raise ConfigError(f"--model {model} disagrees with {path}, which is for {subnet.model}")
+    if input_size is not None and tuple(input_size) != subnet.input_size:
+        raise ConfigError(f"--input-size {list(input_size)} disagrees with {path}, which was chosen at "
+                          f"{list(subnet.input_size)}")
+    return subnet

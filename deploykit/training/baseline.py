@@ -1,0 +1,77 @@
+"""``deploykit train baseline``: train the original model (from scratch, or fine-tune local weights).
+
+Pretrained weights cannot be downloaded, so the original that pruning starts from is trained here:
+from random initialization, or from a local checkpoint whose classifier is re-initialized when its
+class count differs from the data's. Writes ``model.pt`` (usable as ``--weights``), ``log.csv``,
+``checkpoint.pt`` and ``result.json`` into ``run.out``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deploykit.data import DataConfig, load_datasets
+from deploykit.macs import count_macs
+from deploykit.training.build import (
+    count_params,
+    data_meta,
+    original_model,
+    set_threads,
+    validate_plain,
+    write_json,
+)
+from deploykit.training.checkpoint import FORMAT, save_atomic
+from deploykit.training.config import OptimConfig, RunConfig
+from deploykit.training.distributed import distributed
+from deploykit.training.loop import Policy, Task, fit
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """Final validation figures of a baseline run and where its weights are."""
+
+    out: Path
+    weights_path: Path
+    top1: float
+    loss: float
+    params: int
+    macs: int
+    wall_s: float
+    history: tuple[dict[str, Any], ...]
+
+
+def train_baseline(model: str, *, data: DataConfig, run: RunConfig, optim: OptimConfig | None = None,
+                   weights: str | Path | None = None,
+                   on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> BaselineResult:
+    """Train ``model`` on ``data`` with cross-entropy; the seed fixes initialization and data order."""
+    optim = optim or OptimConfig()
+    with distributed(run.device) as ctx:
+        set_threads(run)
+        datasets = load_datasets(data)
+        ctx.log(f"data: {datasets.describe}")
+        torch.manual_seed(run.seed)
+        net = original_model(model, num_classes=datasets.num_classes, weights=weights, new_head=True, ctx=ctx)
+        meta = {"model": model, "input_size": data.input_size, "num_classes": datasets.num_classes,
+                "weights": str(weights) if weights is not None else None, "data": data_meta(data)}
+        task = Task(kind="baseline", student=net, datasets=datasets, meta=meta,
+                    make_policy=lambda steps_per_epoch: Policy(), validate=validate_plain)
+        fitted = fit(task, run=run, optim=optim, ctx=ctx, on_epoch_end=on_epoch_end)
+        last = fitted.history[-1]
+        result = BaselineResult(out=run.out, weights_path=run.out / "model.pt", top1=last["val_top1"],
+                                loss=last["val_loss"], params=count_params(net),
+                                macs=count_macs(net, (3, *data.input_size)), wall_s=fitted.wall_s,
+                                history=tuple(fitted.history))
+        if ctx.is_main:
+            save_atomic({"format": FORMAT, "kind": "baseline-weights", "meta": meta,
+                         "state_dict": net.state_dict()}, result.weights_path)
+            write_json({"kind": "baseline", **meta, "top1": result.top1, "loss": result.loss,
+                        "params": result.params, "macs": result.macs, "train_wall_s": round(fitted.wall_s, 3),
+                        "weights_path": result.weights_path}, run.out / "result.json")
+            ctx.log(f"baseline {model}: val top-1 {result.top1:.2f}%, loss {result.loss:.4f}; "
+                    f"wrote {result.weights_path}, {run.out / 'log.csv'}, {run.out / 'result.json'}")
+        return result

@@ -1,0 +1,89 @@
+"""What every stage builds before training: the process settings, the original model with its weights,
+the plain validation, and a model with blocks dropped outright (the plain depth-pruning baseline)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from deploykit.errors import BlockSelectionError, ConfigError
+from deploykit.prune import PrunableNet
+from deploykit.training.checkpoint import plain, write_text_atomic
+from deploykit.training.config import RunConfig
+from deploykit.training.distributed import DistContext
+from deploykit.training.evaluate import evaluate
+from deploykit.training.weights import load_model_weights
+
+
+def set_threads(run: RunConfig) -> None:
+    if run.threads is not None:
+        torch.set_num_threads(run.threads)
+
+
+def original_model(name: str, *, num_classes: int, weights: str | Path | None, new_head: bool,
+                   ctx: DistContext) -> nn.Module:
+    """The timm model ``name`` for ``num_classes`` classes, with ``weights`` loaded if given."""
+    from deploykit.models import create_model
+
+    model = create_model(name, num_classes=num_classes)
+    if weights is not None:
+        for note in load_model_weights(model, weights, new_head=new_head):
+            ctx.log(f"weights: {note}")
+    return model
+
+
+def require_weights(weights: str | Path | None, stage: str) -> str | Path:
+    if weights is None:
+        raise ConfigError(f"{stage} training starts from the trained original: pass --weights FILE "
+                          "(train one with `deploykit train baseline`)")
+    return weights
+
+
+def validate_plain(model: nn.Module, loader: DataLoader, ctx: DistContext,
+                   dtype: torch.dtype | None) -> dict[str, float]:
+    top1, loss = evaluate(model, loader, ctx=ctx, dtype=dtype)
+    return {"val_loss": loss, "val_top1": top1}
+
+
+def dropped(model: nn.Module, net: PrunableNet, indices: tuple[int, ...]) -> nn.Module:
+    """A copy of ``model`` with the blocks ``indices`` (of ``net.blocks``) replaced by identities.
+
+    Only a block whose output has the shape of its input can simply be removed.
+    """
+    for index in indices:
+        if not 0 <= index < len(net.blocks):
+            raise BlockSelectionError(f"block index {index} is out of range: this model has blocks "
+                                      f"0..{len(net.blocks) - 1}")
+    reshaping = [net.blocks[i] for i in indices if net.blocks[i].in_shape != net.blocks[i].out_shape]
+    if reshaping:
+        named = ", ".join(f"{b.index} ({b.name}: {_shape(b.in_shape)} → {_shape(b.out_shape)})"
+                          for b in reshaping)
+        raise BlockSelectionError(f"--method drop cannot remove block(s) {named}: their output shape "
+                                  "differs from their input shape; choose blocks that keep their shape")
+    result = copy.deepcopy(model)
+    for index in indices:
+        result.set_submodule(net.blocks[index].name, nn.Identity())
+    return result
+
+
+def data_meta(data) -> dict[str, Any]:
+    return plain(asdict(data))
+
+
+def write_json(data: dict[str, Any], path: Path) -> Path:
+    return write_text_atomic(json.dumps(plain(data), indent=2) + "\n", path)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _shape(shape) -> str:
+    return "x".join(str(s) for s in shape)

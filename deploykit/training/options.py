@@ -1,0 +1,81 @@
+"""Command-line options of ``deploykit train`` and their translation into the frozen configs.
+
+Kept beside the configs they fill so that ``cli.py`` stays a thin layer: it declares the three
+sub-commands and calls :func:`add_common_arguments` / :func:`add_distill_arguments`, then the
+``*_config(args)`` functions here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from deploykit.data import DataConfig, default_input_size
+from deploykit.training.config import DistillConfig, OptimConfig, RunConfig
+
+# Per command: (learning rate, warm-up epochs). Training from scratch warms up; fine-tuning does not.
+DEFAULT_LR = {"baseline": (2e-3, 1.0), "supernet": (5e-4, 0.0), "subnet": (5e-4, 0.0)}
+
+
+def add_common_arguments(p: argparse.ArgumentParser, command: str,
+                         size_type: Callable[[str], tuple[int, int]]) -> None:
+    lr, warmup = DEFAULT_LR[command]
+    data = p.add_argument_group("data")
+    data.add_argument("--data", required=True, metavar="NAME",
+                      help="digits | mnist5k | imagefolder:PATH (PATH/train/<class>/*, PATH/val/<class>/*)")
+    data.add_argument("--input-size", type=size_type, default=None, metavar="SIZE",
+                      help="input resolution, 32 or HxW (default: the subnet's, else 32 for digits/mnist5k "
+                           "and 224 for image folders)")
+    data.add_argument("--train-limit", type=int, default=None, metavar="N",
+                      help="use only the first N training samples of the fixed split")
+    data.add_argument("--val-limit", type=int, default=None, metavar="N",
+                      help="use only the first N validation samples of the fixed split")
+    data.add_argument("--workers", type=int, default=0, help="data loader worker processes (default: 0)")
+    train = p.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
+    train.add_argument("--batch-size", type=int, default=64, metavar="B",
+                       help="global batch size, split over torchrun processes (default: 64)")
+    train.add_argument("--lr", type=float, default=lr, help=f"peak AdamW learning rate (default: {lr:g})")
+    train.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: 0.05)")
+    train.add_argument("--warmup-epochs", type=float, default=warmup,
+                       help=f"linear warm-up before the cosine decay (default: {warmup:g})")
+    train.add_argument("--seed", type=int, default=0, help="seed of initialization, data order, sampling")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", type=Path, default=None, metavar="DIR",
+                     help=f"output folder (default: runs/train/{command}-MODEL)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="auto = the local CUDA device if there is one (default: auto)")
+    run.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA (CPU runs fp32)")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's)")
+    run.add_argument("--eval-batch-size", type=int, default=256, metavar="B", help="(default: 256)")
+    run.add_argument("--log-steps", action="store_true", help="also write steps.csv, one row per step")
+
+
+def add_distill_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("distillation from the original")
+    group.add_argument("--temperature", type=float, default=2.0, help="KL temperature T (default: 2)")
+    group.add_argument("--distill-weight", type=float, default=1.0,
+                       help="loss = CE + weight · T² · KL (default: 1; 0 turns distillation off)")
+
+
+def data_config(args: argparse.Namespace, input_size: tuple[int, int] | None = None) -> DataConfig:
+    size = input_size or args.input_size or default_input_size(args.data)
+    return DataConfig(name=args.data, input_size=tuple(size), train_limit=args.train_limit,
+                      val_limit=args.val_limit)
+
+
+def run_config(args: argparse.Namespace, command: str, model: str) -> RunConfig:
+    out = args.out if args.out is not None else Path("runs") / "train" / f"{command}-{model}"
+    return RunConfig(out=out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                     device=args.device, amp=not args.no_amp, workers=args.workers, threads=args.threads,
+                     eval_batch_size=args.eval_batch_size, log_steps=args.log_steps, resume=args.resume)
+
+
+def optim_config(args: argparse.Namespace) -> OptimConfig:
+    return OptimConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs)
+
+
+def distill_config(args: argparse.Namespace) -> DistillConfig:
+    return DistillConfig(temperature=args.temperature, weight=args.distill_weight)

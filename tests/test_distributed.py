@@ -1,0 +1,68 @@
+"""The same command on 2 processes (torchrun, DDP over gloo on the CPU) follows a 1-process run with
+the same global batch: same data per step, same gates, same losses and weights."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import timm
+import torch
+
+pytest.importorskip("sklearn")
+pytestmark = pytest.mark.slow
+
+COMMON = ["--data", "digits", "--input-size", "32", "--train-limit", "64", "--val-limit", "32",
+          "--epochs", "1", "--batch-size", "16", "--log-steps", "--threads", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "convnext_atto.pt"
+    torch.save(timm.create_model("convnext_atto", num_classes=10).state_dict(), path)
+    return path
+
+
+def launch(args, out, processes):
+    command = [sys.executable, "-m", "deploykit.cli", "train", *args, *COMMON, "--out", str(out)]
+    if processes > 1:
+        command[1:3] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                        "-m", "deploykit.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return pd.read_csv(out / "steps.csv", keep_default_na=False), result
+
+
+def test_two_processes_match_one_exactly_without_batch_statistics(weights, tmp_path):
+    """convnext_atto with blocks dropped has no BatchNorm: DDP must reproduce the 1-process run."""
+    args = ["subnet", "--prune", "1,4,7", "--model", "convnext_atto", "--weights", str(weights),
+            "--method", "drop"]
+    one, _ = launch(args, tmp_path / "one", 1)
+    two, result = launch(args, tmp_path / "two", 2)
+    assert len(one) == len(two) == 4
+    for column in ("loss", "ce", "kd"):
+        assert two[column].tolist() == pytest.approx(one[column].tolist(), rel=1e-4, abs=1e-6)
+    assert (one["kd"] > 0).all()
+    assert result.stdout.count("subnet (drop) top-1") == 1  # rank 0 alone reports and writes
+    ours = torch.load(tmp_path / "two" / "merged_state_dict.pt", weights_only=True)
+    theirs = torch.load(tmp_path / "one" / "merged_state_dict.pt", weights_only=True)
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_sample_the_same_supernet_gates(weights, tmp_path):
+    """Every rank draws the same pruned set and λ per step. The pruned forms hold BatchNorms whose
+    batch statistics come from each process's half batch (as with any DDP run without SyncBatchNorm),
+    so losses agree closely but not exactly."""
+    args = ["supernet", "--model", "convnext_atto", "--weights", str(weights), "--max-pruned", "4",
+            "--ramp-epochs", "1"]
+    one, _ = launch(args, tmp_path / "one", 1)
+    two, _ = launch(args, tmp_path / "two", 2)
+    for column in ("pruned", "lam", "lr"):
+        assert two[column].tolist() == one[column].tolist()
+    assert one["lam"].tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert two["loss"].tolist() == pytest.approx(one["loss"].tolist(), rel=0.05)
+    assert (tmp_path / "two" / "supernet.pt").is_file()
