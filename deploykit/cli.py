@@ -134,9 +134,398 @@ def _run_profile(args) -> int:
     return 0
 
 
+# --- deploykit train -------------------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    from deploykit.training.options import add_common_arguments, add_distill_arguments
+
+    p = sub.add_parser(
+        "train", help="train the original (baseline), the supernet, or a pruned subnet (progressive)",
+        description="Training stages, on one process or many (torchrun --nproc_per_node N deploykit "
+                    "train ...: DDP, gloo on CPU, nccl on CUDA; --batch-size is the global batch). Every "
+                    "run writes log.csv and checkpoint.pt into --out each epoch; --resume continues it.")
+    stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    baseline = stages.add_parser(
+        "baseline", help="train a model from scratch, or fine-tune local --weights, with cross-entropy",
+        description="Train MODEL on the data (from scratch, or from local --weights whose classifier is "
+                    "re-initialized when its class count differs). Writes model.pt for --weights.")
+    baseline.add_argument("--model", required=True, help="timm model name")
+    baseline.add_argument("--weights", default=None, metavar="FILE",
+                          help="local checkpoint, or package:efficientnet_lite0 (optional)")
+    add_common_arguments(baseline, "baseline", parse_size)
+    supernet = stages.add_parser(
+        "supernet", help="train the weight-sharing supernet (sampled pruned sets, distillation)",
+        description="Wrap every prunable block; each step prunes k ~ U{0..K} sampled blocks at the global "
+                    "λ (ramping 0 → 1) and trains on CE + distillation from the frozen original. Writes "
+                    "supernet.pt for the search's supernet:CKPT proxy.")
+    supernet.add_argument("--model", required=True, help="timm model name")
+    supernet.add_argument("--weights", required=True, metavar="FILE", help="the trained original")
+    supernet.add_argument("--max-pruned", type=int, default=None, metavar="K",
+                          help="at most K blocks pruned per step (default: all candidates)")
+    supernet.add_argument("--candidates", default=None, metavar="LIST",
+                          help="blocks that may be pruned, e.g. 0,2-5 (default: every prunable block)")
+    supernet.add_argument("--ramp-epochs", type=float, default=None, metavar="R",
+                          help="epochs over which λ ramps 0 → 1 (default: a third of --epochs)")
+    add_common_arguments(supernet, "supernet", parse_size)
+    add_distill_arguments(supernet)
+    subnet = stages.add_parser(
+        "subnet", help="train a pruned subnet (progressive λ ramp, abrupt or drop), then merge it",
+        description="Train the subnet from the original --weights with distillation, then merge it "
+                    "into a plain module (merged.pt) and report top-1 before and after the merge.")
+    chosen = subnet.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--subnet", default=None, metavar="FILE", help="subnet.json from the search")
+    chosen.add_argument("--prune", default=None, metavar="LIST",
+                        help="blocks to prune, e.g. 0,3,5 (with --model)")
+    subnet.add_argument("--model", default=None, help="timm model name (with --prune)")
+    subnet.add_argument("--weights", required=True, metavar="FILE", help="the trained original")
+    subnet.add_argument("--method", choices=("progressive", "abrupt", "drop"), default="progressive",
+                        help="progressive λ ramp (default), abrupt (λ = 1 from the start) or drop the blocks")
+    subnet.add_argument("--progressive-epochs", type=float, default=None, metavar="P",
+                        help="epochs over which λ ramps 0 → 1 (default: a third of --epochs; 0 = abrupt)")
+    add_common_arguments(subnet, "subnet", parse_size)
+    add_distill_arguments(subnet)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    import os
+
+    from deploykit.subnet import choose_subnet, parse_block_list
+    from deploykit.training import SubnetConfig, SupernetConfig, train_baseline, train_subnet, train_supernet
+    from deploykit.training.options import data_config, distill_config, optim_config, run_config
+
+    if args.stage == "baseline":
+        result = train_baseline(args.model, data=data_config(args), weights=args.weights,
+                                run=run_config(args, "baseline", args.model), optim=optim_config(args))
+        summary = f"baseline top-1 {result.top1:.2f}%: {result.weights_path}"
+    elif args.stage == "supernet":
+        candidates = parse_block_list(args.candidates) if args.candidates is not None else None
+        config = SupernetConfig(max_pruned=args.max_pruned, candidates=candidates,
+                                ramp_epochs=args.ramp_epochs)
+        result = train_supernet(args.model, weights=args.weights, data=data_config(args),
+                                run=run_config(args, "supernet", args.model), config=config,
+                                optim=optim_config(args), distill=distill_config(args))
+        summary = f"supernet top-1 {result.top1:.2f}% (none pruned): {result.supernet_path}"
+    else:
+        size = data_config(args).input_size if args.subnet is None else args.input_size
+        chosen = choose_subnet(path=args.subnet, prune=args.prune, model=args.model, input_size=size)
+        config = SubnetConfig(method=args.method, progressive_epochs=args.progressive_epochs)
+        result = train_subnet(chosen, weights=args.weights, data=data_config(args, chosen.input_size),
+                              run=run_config(args, "subnet", chosen.model), optim=optim_config(args),
+                              config=config, distill=distill_config(args))
+        summary = (f"subnet ({result.method}) top-1 {result.top1_unmerged:.2f}% unmerged, "
+                   f"{result.top1_merged:.2f}% merged: {result.merged_path}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(summary)
+    return 0
+
+
+# --- deploykit lut ---------------------------------------------------------------------------------
+
+def _add_lut(sub) -> None:
+    p = sub.add_parser(
+        "lut", help="latency tables: check a table end to end and calibrate it; predict a subnet's latency",
+        description="Work with a latency table (from `deploykit profile`): `check` measures random subnets "
+                    "end to end on the table's target and reports how well the table predicts them, then "
+                    "stores a calibration; `predict` prints the table's latency for one subnet.")
+    actions = p.add_subparsers(dest="lut_action", metavar="ACTION", required=True)
+    check = actions.add_parser(
+        "check", help="measure random subnets end to end, compare with the table, store a calibration",
+        description="Sample subnets over the whole range of pruned depth (always including the unpruned "
+                    "model), build each one merged (random weights), export it to ONNX and time it end to "
+                    "end on the table's target with the table's protocol, each in a fresh process. Reports "
+                    "Spearman ρ, Kendall τ, the share within ±5% and ±10%, MAPE, bias and the largest error, "
+                    "before and after fitting measured ≈ a·predicted + b, stores (a, b) in the table's "
+                    "metadata, and writes a CSV of all points and a predicted-vs-measured plot. Points are "
+                    "written after every subnet: rerun the same command to resume an interrupted check.")
+    check.add_argument("table", metavar="TABLE", help="latency table CSV (or its .meta.json)")
+    check.add_argument("--samples", type=int, default=40, metavar="N",
+                       help="subnets to measure (default: 40)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the subnet sample (default: 0)")
+    check.add_argument("--out", default=None, metavar="DIR",
+                       help="folder for fidelity_<target>_<table>.csv/.png (default: beside the table)")
+    check.add_argument("--allow-mismatch", action="store_true",
+                       help="check a table measured on another device or runtime version anyway")
+    check.add_argument("--fresh", action="store_true",
+                       help="measure every subnet again instead of reusing the points of an earlier run")
+    check.add_argument("--no-store", action="store_true",
+                       help="report only; leave the table's calibration as it is")
+    check.add_argument("--no-plot", action="store_true", help="write no PNG")
+    check.add_argument("--format", choices=("text", "json"), default="text",
+                       help="output format (default: text)")
+    check.set_defaults(func=_run_lut_check)
+    predict = actions.add_parser(
+        "predict", help="the table's predicted latency of one subnet (calibrated where calibrated)",
+        description="Print the latency the table predicts for a subnet, given as --prune 0,3,5 or as a "
+                    "subnet.json from `deploykit search`, with the unpruned prediction and the speed-up.")
+    predict.add_argument("table", metavar="TABLE", help="latency table CSV (or its .meta.json)")
+    chosen = predict.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--prune", default=None, metavar="LIST", help="blocks to prune, e.g. 0,3,5 or 2-4")
+    chosen.add_argument("--subnet", default=None, metavar="FILE", help="subnet.json (from deploykit search)")
+    predict.set_defaults(func=_run_lut_predict)
+
+
+def _run_lut_check(args) -> int:
+    from deploykit.latency.fidelity import check_table, write_json
+
+    result = check_table(args.table, samples=args.samples, seed=args.seed, out_dir=args.out,
+                         allow_mismatch=args.allow_mismatch, fresh=args.fresh, store=not args.no_store,
+                         plot=not args.no_plot,
+                         progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(write_json(result) if args.format == "json" else result.summary())
+    return 0
+
+
+def _run_lut_predict(args) -> int:
+    from deploykit.latency.fidelity import predict_subnet
+    from deploykit.latency.table import LatencyTable
+    from deploykit.subnet import choose_subnet
+
+    table = LatencyTable.read(args.table)
+    meta = table.meta
+    subnet = choose_subnet(path=args.subnet, prune=args.prune, model=meta.model if args.prune else None,
+                           input_size=meta.input_size if args.prune else None)
+    predicted, unpruned = predict_subnet(table, subnet), table.predict(())
+    how = "calibrated: {:.4f}·Σ {:+.3f} ms".format(*meta.calibration) if meta.calibration \
+        else "not calibrated"
+    print(f"{meta.model} at {meta.input_size[0]}x{meta.input_size[1]} b{meta.batch} on {meta.target} "
+          f"({meta.mode}, {how}): pruned {list(subnet.pruned)} → {predicted:.3f} ms; "
+          f"unpruned {unpruned:.3f} ms; speed-up {unpruned / predicted:.2f}×")
+    return 0
+
+
+# --- deploykit search ------------------------------------------------------------------------------
+
+def _add_search(sub) -> None:
+    p = sub.add_parser(
+        "search", help="find the subnet with the best accuracy proxy whose predicted latency fits a budget",
+        description="Search which blocks to prune: maximize an accuracy proxy subject to the latency the "
+                    "table predicts (calibrated where `deploykit lut check` calibrated it) ≤ --budget. "
+                    "Exhaustive (vectorized) for small spaces, else an exact branch-and-bound knapsack "
+                    "over per-block scores seeding an evolutionary search; deterministic under --seed. "
+                    "Writes a subnet.json for `deploykit train subnet --subnet`, or with --pareto N a CSV "
+                    "of the best subnets across N budgets.")
+    p.add_argument("--table", required=True, metavar="TABLE", help="latency table CSV (or its .meta.json)")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--budget", default=None, metavar="B",
+                      help="0.7 or 70%% (of the unpruned model's predicted latency) or 12ms")
+    goal.add_argument("--pareto", type=int, default=None, metavar="N",
+                      help="the best subnets for N budgets from the smallest achievable latency to the "
+                           "unpruned one")
+    p.add_argument("--proxy", default="depth", metavar="PROXY",
+                   help="depth (fewest pruned blocks, then lowest latency; no data), sensitivity:CKPT "
+                        "(per-block loss increase, summed; CKPT: supernet or plain weights) or "
+                        "supernet:CKPT (the supernet's top-1 or loss with the subnet's gates) "
+                        "(default: depth)")
+    p.add_argument("--candidates", default=None, metavar="LIST",
+                   help="only these blocks may be pruned, e.g. 0,2-5 (default: every prunable block)")
+    p.add_argument("--strategy", choices=("auto", "exhaustive", "evolutionary"), default="auto",
+                   help="auto: exhaustive up to 2^22 subnets for depth/sensitivity and 2^16 for supernet, "
+                        "else knapsack + evolutionary (default: auto)")
+    p.add_argument("--population", type=int, default=24, metavar="P",
+                   help="evolutionary population (default: 24)")
+    p.add_argument("--generations", type=int, default=12, metavar="G",
+                   help="evolutionary generations (default: 12)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evolutionary search (default: 0)")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="subnet JSON, or the CSV with --pareto (default: subnet.json / pareto.csv)")
+    data = p.add_argument_group("proxy data (sensitivity and supernet proxies)")
+    data.add_argument("--data", default=None, metavar="NAME",
+                      help="held-out data: digits | mnist5k | imagefolder:PATH (its val split is used)")
+    data.add_argument("--val-limit", type=int, default=None, metavar="N", help="use only N held-out samples")
+    data.add_argument("--batch-size", type=int, default=256, metavar="B",
+                      help="evaluation batch (default: 256)")
+    data.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+                      help="resolution of the proxy data (default: the supernet's training size, else "
+                           "the table's)")
+    data.add_argument("--metric", choices=("top1", "loss"), default=None,
+                      help="what the supernet proxy maximizes: top-1, or minus the loss (default: top1)")
+    data.add_argument("--recalibrate-batches", type=int, default=0, metavar="N",
+                      help="re-estimate BatchNorm statistics of each subnet on N training batches "
+                           "(default: 0)")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args) -> int:
+    from deploykit.latency.table import LatencyTable
+    from deploykit.search import ProxyData, make_proxy, pareto, parse_budget, search
+    from deploykit.subnet import parse_block_list
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    table = LatencyTable.read(args.table)
+    budget = parse_budget(args.budget) if args.budget is not None else None
+    data = None if args.data is None else ProxyData(
+        args.data, val_limit=args.val_limit, batch_size=args.batch_size, input_size=args.input_size,
+        recalibrate_batches=args.recalibrate_batches)
+    proxy = make_proxy(args.proxy, table=table, data=data, metric=args.metric, progress=say)
+    options = dict(candidates=parse_block_list(args.candidates) if args.candidates is not None else None,
+                   strategy=args.strategy, seed=args.seed, population=args.population,
+                   generations=args.generations, progress=say)
+    if budget is None:
+        result = pareto(table, proxy, args.pareto, **options)
+        path = result.write(args.out or "pareto.csv")
+    else:
+        result = search(table, budget, proxy, **options)
+        path = result.subnet.write(args.out or "subnet.json")
+    print(result.summary())
+    print(f"wrote {path}")
+    return 0
+
+
+# --- deploykit export ------------------------------------------------------------------------------
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a merged (or original) model to one simplified, checked ONNX file",
+        description="Export a model to ONNX with torch's dynamo exporter, simplify it with onnxsim and "
+                    "validate it with the ONNX checker. CHECKPOINT is a whole-module torch.save file (such "
+                    "as merged.pt from `deploykit train subnet`), unpickled with weights_only=False: load "
+                    "only files you trust, since unpickling can run arbitrary code. Or CHECKPOINT is a "
+                    "timm model name (random weights unless --weights). Prints the node count, "
+                    "parameters, MACs and file size.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="whole-module torch.save file (trusted files only) or a timm model name")
+    p.add_argument("--out", required=True, metavar="PATH", help="the ONNX file to write")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="state-dict file for a timm model name (not for a whole-module checkpoint)")
+    p.add_argument("--input-size", type=parse_size, default=(224, 224), metavar="SIZE",
+                   help="input resolution, 224 or HxW (default: 224)")
+    p.add_argument("--batch", type=int, default=1, metavar="B", help="batch size (default: 1)")
+    p.add_argument("--opset", type=int, default=None, metavar="N",
+                   help="ONNX opset (default: the exporter's)")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="make the batch dimension dynamic (named 'batch'); if onnxsim would fix it, "
+                        "the unsimplified graph is kept and a warning says so")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    import warnings
+
+    from deploykit.errors import ConfigError
+    from deploykit.export import export_onnx, onnx_summary
+    from deploykit.macs import count_macs
+    from deploykit.verify import load_module
+
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be ≥ 1, got {args.batch}")
+    module, what = load_module(args.checkpoint, weights=args.weights, input_size=args.input_size)
+    shape = (args.batch, 3, *args.input_size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        path = export_onnx(module, shape, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    for warning in caught:
+        if issubclass(warning.category, RuntimeWarning):
+            print(f"deploykit export: warning: {warning.message}", file=sys.stderr)
+    info = onnx_summary(path)
+    params = sum(p.numel() for p in module.parameters())
+    macs = count_macs(module, shape[1:])
+    inputs = ", ".join(f"{name} {list(dims)}" for name, dims in info["inputs"].items())
+    print(f"exported {what} → {path}")
+    print(f"  input {inputs}; opset {info['opset'].get('ai.onnx', '?')}")
+    print(f"  nodes {info['nodes']}; params {params / 1e6:.3f} M ({params} in PyTorch, "
+          f"{info['initializer_values']} ONNX initializer values)")
+    print(f"  MACs {macs / 1e6:.2f} M per image at {args.input_size[0]}x{args.input_size[1]}")
+    print(f"  file size {info['size_bytes'] / 1e6:.2f} MB ({info['size_bytes']} bytes)")
+    return 0
+
+
+# --- deploykit verify ------------------------------------------------------------------------------
+
+def _add_verify(sub) -> None:
+    from deploykit.latency.protocol import add_protocol_arguments
+
+    p = sub.add_parser(
+        "verify", help="verify an exported model on its target: numerics, latency, prediction, speed-up",
+        description="Run an ONNX file on the target's runtime. With --torch: compare its outputs with "
+                    "PyTorch's on N seeded inputs (max abs and max relative error = max|Δ| / max|y|; "
+                    "tolerance fp32 1e-4, fp16 1e-2; the ONNX file runs in this process on the target's "
+                    "runtime, onnxruntime with its provider checked or OpenVINO with its precision hint "
+                    "read back). Time it end to end under the measurement protocol, each measurement in a "
+                    "fresh process, interleaved with --reference (model, reference, model, …) for the "
+                    "speed-up; with --table, compare with the table's prediction for the pruned blocks. "
+                    "Writes a JSON report with --out. Exit 1 when the numerics fail, 2 on bad input or "
+                    "a runtime that is not here (or would silently fall back).")
+    p.add_argument("onnx", metavar="MODEL.onnx", help="the exported model")
+    p.add_argument("--target", required=True, help="target name (see `deploykit targets`) or YAML path")
+    p.add_argument("--reference", default=None, metavar="ONNX",
+                   help="the original model's ONNX file, timed in the same run for the speed-up")
+    p.add_argument("--table", default=None, metavar="TABLE",
+                   help="latency table CSV: its prediction for the pruned blocks is reported")
+    chosen = p.add_mutually_exclusive_group()
+    chosen.add_argument("--pruned", default=None, metavar="LIST",
+                        help="the pruned blocks, e.g. 0,3,5 or 2-4 ('' for none)")
+    chosen.add_argument("--subnet", default=None, metavar="FILE", help="subnet.json naming the pruned blocks")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="use a table measured on another target, device, runtime version or shape")
+    p.add_argument("--torch", default=None, metavar="CHECKPOINT",
+                   help="the PyTorch model to compare with: whole-module torch.save file (unpickled: "
+                        "trusted files only) or a timm model name")
+    p.add_argument("--weights", default=None, metavar="FILE", help="state-dict file for a --torch model name")
+    p.add_argument("--inputs", type=int, default=4, metavar="N",
+                   help="seeded random inputs for the numerics check (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of those inputs (default: 0)")
+    p.add_argument("--batch", type=int, default=None, metavar="B",
+                   help="batch for a dynamic-batch file (default: the file's, else the target's)")
+    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+                   help="input size for a file with dynamic height/width (default: the file's)")
+    p.add_argument("--rounds", type=int, default=3, metavar="R",
+                   help="latency measurements per file, alternating model and reference; the speed-up is "
+                        "the median over rounds of the within-round ratio (default: 3)")
+    p.add_argument("--numerics-only", action="store_true", help="check the numerics only; measure no latency")
+    p.add_argument("--out", default=None, metavar="PATH", help="write the report as JSON here")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    add_protocol_arguments(p)
+    p.set_defaults(func=_run_verify)
+
+
+def _run_verify(args) -> int:
+    from deploykit.errors import ConfigError
+    from deploykit.latency.protocol import Protocol
+    from deploykit.latency.table import LatencyTable
+    from deploykit.subnet import Subnet, parse_block_list
+    from deploykit.targets import load_target
+    from deploykit.verify import load_module, onnx_input_shape, verify
+
+    if args.weights is not None and args.torch is None:
+        raise ConfigError("--weights goes with --torch MODEL_NAME")
+    if args.numerics_only and args.torch is None:
+        raise ConfigError("--numerics-only needs --torch (the model to compare with)")
+    target = load_target(args.target)
+    table = LatencyTable.read(args.table) if args.table is not None else None
+    pruned = None
+    if args.subnet is not None:
+        subnet = Subnet.read(args.subnet)
+        if table is not None and subnet.model != table.meta.model:
+            raise ConfigError(f"{args.subnet} is for {subnet.model}, the table for {table.meta.model}")
+        pruned = subnet.pruned
+    elif args.pruned is not None:
+        pruned = parse_block_list(args.pruned)
+    module = name = None
+    if args.torch is not None:
+        size = args.input_size
+        if size is None and os.path.isfile(args.onnx):  # a timm ViT is built for the file's size
+            size = onnx_input_shape(args.onnx, batch=args.batch, default_batch=target.batch,
+                                    default_size=target.input_size)[2:]
+        module, name = load_module(args.torch, weights=args.weights, input_size=size)
+    report = verify(args.onnx, target=target, protocol=Protocol.from_args(args), reference=args.reference,
+                    torch_module=module, torch_name=name, table=table, pruned=pruned,
+                    allow_mismatch=args.allow_mismatch, n_inputs=args.inputs, seed=args.seed,
+                    rounds=args.rounds, measure_latency=not args.numerics_only, batch=args.batch,
+                    input_size=args.input_size,
+                    progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.summary())
+    if args.out is not None:
+        print(f"wrote {report.write(args.out)}", file=sys.stderr)
+    return 1 if report.passed is False else 0
+
+
 # --- entry point -----------------------------------------------------------------------------------
 
-COMMANDS = (_add_blocks, _add_targets, _add_profile)
+COMMANDS = (_add_blocks, _add_targets, _add_profile, _add_train, _add_lut, _add_search, _add_export,
+            _add_verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,7 +49,9 @@ def check(m: Measurement) -> None:
     assert m.n >= SHORT.min_iters and len(m.samples_ms) == m.n and 1 <= m.repeats <= SHORT.max_repeats
     assert 0 < min(m.samples_ms) <= m.median_ms <= m.p90_ms <= max(m.samples_ms)
     assert m.compile_s > 0 and m.first_run_ms > 0 and m.std_ms >= 0 and m.cv >= 0
-    assert sum(m.samples_ms) / 1000.0 >= SHORT.min_time_s * 0.99
+    # min_time_s bounds the sampling phase's wall time (loop overhead included), so the samples' sum
+    # may fall short of it for µs-scale runs; the time rule is tested with a scripted clock.
+    assert sum(m.samples_ms) > 0
 
 
 def test_measure_onnx_on_cpu_ort_in_a_worker_process(model):

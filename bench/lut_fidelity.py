@@ -1,0 +1,105 @@
+"""Latency-table fidelity of the shipped tables: `deploykit lut check` on each, figures into one CSV.
+
+For every table (default: convnext_tiny and resnet34 at 224, batch 1, on cpu-ort and cpu-openvino) this
+runs, in a fresh process, exactly::
+
+    python -m deploykit.cli lut check TABLE --samples N --seed S --out bench/results --fresh --format json
+
+which measures N random subnets end to end on the table's target with the table's protocol, stores the
+fitted calibration in the table's metadata and writes ``bench/results/fidelity_<target>_<table>.csv``
+(all points) and ``.png`` (predicted vs measured). This script then writes
+``bench/results/fidelity_summary.csv``: one row per table and variant (the table's plain sum, the fitted
+calibration in-sample, leave-one-out), with the command, the machine, the runtime versions and the
+load average before and after (the machine's cores may be shared: a high load makes timings noisy).
+
+    .venv/bin/python bench/lut_fidelity.py [--samples 30] [--seed 0] [--tables PATH ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DEFAULT_TABLES = [f"latency_tables/{target}/{model}_224_b1.csv"
+                  for target in ("cpu-ort", "cpu-openvino") for model in ("convnext_tiny", "resnet34")]
+VARIANTS = (("table sum", "before"), ("calibrated (in-sample)", "after"), ("leave-one-out", "leave_one_out"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=30, help="subnets per table (default: 30)")
+    parser.add_argument("--seed", type=int, default=0, help="subnet sample seed (default: 0)")
+    parser.add_argument("--tables", nargs="+", default=DEFAULT_TABLES, metavar="PATH",
+                        help="tables to check (default: convnext_tiny, resnet34 on cpu-ort, cpu-openvino)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fidelity_summary.csv", help="summary CSV")
+    args = parser.parse_args()
+    rows = []
+    for table in args.tables:
+        command = [sys.executable, "-m", "deploykit.cli", "lut", "check", table,
+                   "--samples", str(args.samples), "--seed", str(args.seed),
+                   "--out", str(RESULTS.relative_to(ROOT)), "--fresh", "--format", "json"]
+        shown = "deploykit " + shlex.join(command[3:])
+        print(f"== {shown}", file=sys.stderr, flush=True)
+        load_before = os.getloadavg()
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
+        wall = time.perf_counter() - started
+        load_after = os.getloadavg()
+        if done.returncode != 0:
+            print(f"   failed (exit {done.returncode}); see the error above", file=sys.stderr)
+            continue
+        report = json.loads(done.stdout)
+        for label, key in VARIANTS:
+            figures = report[key]
+            if figures is None:
+                continue
+            rows.append({
+                "table": table, "table_date": report["table_date"], "model": report["model"],
+                "target": report["target"],
+                "device": report["device"],
+                "runtime": report["runtime"], "runtime_version": report["runtime_version"],
+                "samples": report["samples"], "seed": report["seed"], "k_min": report["k_range"][0],
+                "k_max": report["k_range"][1], "variant": label, "spearman": figures["spearman"],
+                "kendall": figures["kendall"], "within_5": figures["within_5"],
+                "within_10": figures["within_10"], "mape_pct": figures["mape"], "bias_pct": figures["bias"],
+                "max_error_pct": figures["max_error"],
+                "calibration_a": report["calibration"][0], "calibration_b_ms": report["calibration"][1],
+                "stored": report["stored"], "unpruned_measured_ms": report["unpruned_measured_ms"],
+                "unpruned_table_sum_ms": report["unpruned_predicted_ms"],
+                "model_row_ms": report["model_row_ms"],
+                "wall_s": round(wall, 1), "load_before": " ".join(f"{x:.2f}" for x in load_before),
+                "load_after": " ".join(f"{x:.2f}" for x in load_after), "cpus": os.cpu_count(),
+                "machine": f"{platform.machine()} {report['device']}", "python": platform.python_version(),
+                "points_csv": report["csv"], "notes": " | ".join(report["notes"]), "command": shown,
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        before = report["before"]
+        print(f"   {report['samples']} subnets in {wall:.0f} s: ρ {before['spearman']:.3f}, "
+              f"τ {before['kendall']:.3f}, ±10% {before['within_10']:.0%}, MAPE {before['mape']:.1f}% → "
+              f"{report['after']['mape']:.1f}% calibrated", file=sys.stderr, flush=True)
+    if not rows:
+        print("nothing was measured", file=sys.stderr)
+        return 1
+    frame = pd.DataFrame(rows)
+    if args.out.exists():  # keep the rows of tables not checked in this run
+        old = pd.read_csv(args.out)
+        frame = pd.concat([old[~old["table"].isin(frame["table"])], frame], ignore_index=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out, index=False, float_format="%.4f")
+    print(f"wrote {args.out} ({len(frame)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

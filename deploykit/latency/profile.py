@@ -1,0 +1,519 @@
+"""Profiling a model on a target: one latency-table entry per distinct block and form, per fixed part.
+
+:func:`find_entries` splits a model into what the latency table prices:
+
+- **blocks** (through :class:`deploykit.prune.PrunableNet`, so every registered family works):
+  blocks with the same family, type, input/output shape and structure (module repr, parameter
+  shapes; weights do not matter) share one entry, timed once in original and once in merged form;
+- **fixed parts**: the modules outside every block that contain no block (stem, downsampling,
+  norm, head). Consecutive fixed modules where each one consumes the previous one's output (a
+  ResNet's conv1 → bn1 → act1 → maxpool) are timed together, as the runtime would fuse them;
+  modules that leave their input unchanged (Identity, Dropout in eval) are left out;
+- the whole original **model**, end to end, for reference.
+
+:func:`profile` exports every entry to ONNX, times it on the target (or estimates it from the
+target's peak figures with ``estimate=True``) and writes the table after every entry, so an
+interrupted profile resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError, TableError
+from deploykit.latency.estimate import Roofline, estimate_onnx
+from deploykit.latency.table import (
+    ENVIRONMENT,
+    SETTINGS,
+    LatencyTable,
+    TableMeta,
+    format_indices,
+    format_shape,
+    meta_path,
+    read_meta,
+    table_path,
+)
+from deploykit.macs import count_macs, eval_mode
+from deploykit.prune import parse_input_size, prunable
+
+Progress = Callable[[str], None]
+
+
+# --- entries ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing to time: a block signature in one form, a fixed part, or the whole model."""
+
+    key: str
+    kind: str                      # block | fixed | model
+    form: str                      # original | merged | fixed | model
+    name: str                      # first block sharing the entry / the fixed part / the model name
+    family: str
+    block_type: str
+    indices: tuple[int, ...]       # blocks sharing the entry (block rows only)
+    count: int                     # how many times the entry occurs in the model
+    in_shape: tuple[int, ...]      # without the batch dimension
+    out_shape: tuple[int, ...]
+    macs: int                      # per sample
+    module: nn.Module = field(compare=False, repr=False)
+
+    def label(self) -> str:
+        what = self.family if self.kind == "block" else self.block_type
+        shared = f", ×{self.count}" if self.count > 1 else ""
+        return f"{self.form} {self.name} ({what} {format_shape(self.in_shape)}{shared})"
+
+    def row(self, stats: dict[str, float], *, source: str) -> dict[str, Any]:
+        """The table row for this entry with the given statistics."""
+        return {
+            "key": self.key, "kind": self.kind, "form": self.form, "name": self.name,
+            "family": self.family, "block_type": self.block_type, "indices": format_indices(self.indices),
+            "count": self.count, "in_shape": format_shape(self.in_shape),
+            "out_shape": format_shape(self.out_shape), "macs": self.macs, **stats, "source": source,
+            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def find_entries(model: nn.Module, *, model_name: str, input_size: int | tuple[int, int] = (224, 224),
+                 in_chans: int = 3) -> list[Entry]:
+    """Every entry of ``model`` in execution order (each block group: original, then merged), then
+    the whole model. Raises ModelError when the model has no block of a supported family."""
+    size = parse_input_size(input_size)
+    input_shape = (in_chans, *size)
+    net = prunable(model, input_size=size, in_chans=in_chans).eval()
+    block_names = [info.name for info in net.blocks]
+    segments, positions, out_shape = _trace_fixed(model, block_names, input_shape)
+    placed: list[tuple[int, list[Entry]]] = [(position, [entry]) for position, entry in segments]
+    for position, group in _block_groups(model, net, positions):
+        placed.append((position, group))
+    placed.sort(key=lambda item: item[0])
+    entries = [entry for _, group in placed for entry in group]
+    entries.append(Entry(key="model", kind="model", form="model", name=model_name, family="",
+                         block_type=type(model).__name__, indices=(), count=1, in_shape=input_shape,
+                         out_shape=out_shape, macs=count_macs(model, input_shape), module=model))
+    return entries
+
+
+def structure_hash(module: nn.Module, in_shape: Sequence[int]) -> str:
+    """A hash of what decides a module's latency: its structure and input shape, not its weights."""
+    text = _EVAL_IDENTITY.sub("Identity()", repr(module))
+    if isinstance(module, fx.GraphModule):
+        text += module.code
+    tensors = [(name, tuple(t.shape), str(t.dtype))
+               for name, t in (*module.named_parameters(), *module.named_buffers())]
+    text += repr(tensors) + repr(tuple(in_shape))
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+# Drop-path and dropout differ from block to block in timm models (a rate, or Identity where the rate
+# is 0) but do nothing in eval mode, where every entry is timed.
+_EVAL_IDENTITY = re.compile(r"\b(?:DropPath|DropBlock2d|Dropout\w*)\([^()]*\)")
+
+
+def _block_groups(model: nn.Module, net, positions: dict[str, int]) -> Iterator[tuple[int, list[Entry]]]:
+    groups: dict[str, list] = {}
+    with torch.no_grad():
+        for info in net.blocks:
+            original = model.get_submodule(info.name)
+            merged = net.wrapper(info.index).merged().eval() if info.prunable else None
+            signature = structure_hash(original, info.in_shape)
+            if merged is not None:
+                signature += structure_hash(merged, info.in_shape)
+            digest = hashlib.sha1(f"{info.family}{info.block_type}{info.out_shape}{signature}".encode())
+            key = f"{info.family}/{format_shape(info.in_shape)}/{digest.hexdigest()[:10]}"
+            groups.setdefault(key, []).append((info, original, merged))
+    for key, members in groups.items():
+        info, original, merged = members[0]
+        indices = tuple(member[0].index for member in members)
+        common = dict(key=key, kind="block", name=info.name, family=info.family, block_type=info.block_type,
+                      indices=indices, count=len(indices), in_shape=info.in_shape, out_shape=info.out_shape)
+        group = [Entry(form="original", macs=info.macs, module=original, **common)]
+        if merged is not None:
+            group.append(Entry(form="merged", macs=info.merged_macs, module=merged, **common))
+        yield positions[info.name], group
+
+
+class _Member:
+    """One fixed module as seen during the traced forward."""
+
+    def __init__(self, name: str, module: nn.Module, in_shape: tuple[int, ...]):
+        self.name, self.module, self.in_shape = name, module, in_shape
+        self.out_shape: tuple[int, ...] | None = None  # stays None unless it returns one tensor
+        self.identity = False
+
+
+def _fixed_candidates(model: nn.Module, block_names: Sequence[str]) -> list[tuple[str, nn.Module]]:
+    """Modules outside every block that contain no block: the coarsest such split of the model."""
+    blocks = set(block_names)
+    found: list[tuple[str, nn.Module]] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for child_name, child in module.named_children():
+            name = prefix + child_name
+            if name in blocks:
+                continue
+            if any(block.startswith(name + ".") for block in blocks):
+                walk(child, name + ".")
+            else:
+                found.append((name, child))
+
+    walk(model, "")
+    return found
+
+
+def _trace_fixed(model: nn.Module, block_names: Sequence[str], input_shape: tuple[int, ...]):
+    """Run one forward with hooks: the fixed segments (position, Entry), block positions, output shape."""
+    segments: list[tuple[int, list[_Member]]] = []
+    positions: dict[str, int] = {}
+    state: dict[str, Any] = {"last": None, "version": -1, "open": None, "step": 0, "stash": {}}
+
+    def step() -> int:
+        state["step"] += 1
+        return state["step"]
+
+    def fixed_pre(name: str):
+        def hook(module, args, kwargs):
+            single = len(args) == 1 and not kwargs and isinstance(args[0], Tensor)
+            if not single:  # cannot be timed alone with one input; the model row still covers it
+                state["open"], state["last"] = None, None
+                return
+            member = _Member(name, module, tuple(args[0].shape[1:]))
+            state["stash"][id(module)] = (member, args[0], args[0].detach().clone())
+            # Chained only if it gets the previous fixed module's output untouched (no functional
+            # op in between, not even an in-place one: the version counter would have moved).
+            x = args[0]
+            if state["open"] is not None and x is state["last"] and x._version == state["version"]:
+                state["open"].append(member)
+            else:
+                state["open"] = [member]
+                segments.append((step(), state["open"]))
+        return hook
+
+    def fixed_post(module, args, kwargs, output):
+        stashed = state["stash"].pop(id(module), None)
+        if stashed is None:
+            return
+        member, given, before = stashed
+        if not isinstance(output, Tensor):
+            state["open"], state["last"] = None, None
+            return
+        member.out_shape = tuple(output.shape[1:])
+        member.identity = output is given and torch.equal(output, before)
+        state["last"], state["version"] = output, output._version
+
+    def block_pre(name: str):
+        def hook(module, args):
+            positions.setdefault(name, step())
+            state["open"], state["last"] = None, None
+        return hook
+
+    handles = []
+    try:
+        for name, module in _fixed_candidates(model, block_names):
+            handles.append(module.register_forward_pre_hook(fixed_pre(name), with_kwargs=True))
+            handles.append(module.register_forward_hook(fixed_post, with_kwargs=True))
+        for name in block_names:
+            handles.append(model.get_submodule(name).register_forward_pre_hook(block_pre(name)))
+        param = next(model.parameters())
+        x = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(param)
+        with torch.no_grad(), eval_mode(model):
+            out = model(x)
+    except (RuntimeError, ValueError) as error:
+        raise ModelError(f"the model does not run at input shape {input_shape}: {error}") from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    entries = []
+    for position, members in segments:
+        entry = _fixed_entry([m for m in members if m.out_shape is not None and not m.identity])
+        if entry is not None:
+            entries.append((position, entry))
+    return _merge_repeats(entries), positions, tuple(out.shape[1:])
+
+
+def _fixed_entry(members: list[_Member]) -> Entry | None:
+    if not members:
+        return None
+    module = members[0].module if len(members) == 1 else nn.Sequential(*(m.module for m in members))
+    name = "+".join(m.name for m in members)
+    in_shape, out_shape = members[0].in_shape, members[-1].out_shape
+    return Entry(key=f"fixed/{name}/{structure_hash(module, in_shape)}", kind="fixed", form="fixed",
+                 name=name, family="", block_type=type(module).__name__, indices=(), count=1,
+                 in_shape=in_shape, out_shape=out_shape, macs=count_macs(module, in_shape), module=module)
+
+
+def _merge_repeats(entries: list[tuple[int, Entry]]) -> list[tuple[int, Entry]]:
+    """A fixed part called several times on the same shape is one entry with its count."""
+    merged: dict[str, tuple[int, Entry]] = {}
+    for position, entry in entries:
+        if entry.key in merged:
+            first, seen = merged[entry.key]
+            merged[entry.key] = (first, replace(seen, count=seen.count + 1))
+        else:
+            merged[entry.key] = (position, entry)
+    return list(merged.values())
+
+
+# --- profiling -------------------------------------------------------------------------------------
+
+@dataclass
+class ProfileResult:
+    """What :func:`profile` did."""
+
+    table: LatencyTable
+    path: Path
+    entries: int
+    done_now: int
+    kept: int
+    elapsed_s: float
+
+    def summary(self) -> str:
+        """What was written and where, and what the table says about the unpruned model."""
+        rows = self.table.rows
+        kinds = ", ".join(f"{(rows['kind'] == k).sum()} {k}" for k in ("fixed", "block", "model"))
+        verb = "estimated" if self.table.meta.mode == "estimated" else "measured"
+        lines = [f"wrote {self.path} and {meta_path(self.path).name}: {len(rows)} rows ({kinds}); "
+                 f"{self.done_now} {verb} now, {self.kept} kept from before, in {self.elapsed_s:.1f} s"]
+        model = self.table.model_latency()
+        if model is not None and self.table.block_indices:
+            full = self.table.predict([])
+            merged = self.table.predict(self.table.prunable_indices)
+            lines.append(f"{self.table.meta.model} end to end: {model:.3f} ms {verb}; the table sums to "
+                         f"{full:.3f} ms unpruned and {merged:.3f} ms with all "
+                         f"{len(self.table.prunable_indices)} prunable blocks merged")
+        return "\n".join(lines)
+
+
+def default_table_path(model_name: str, target_name: str, input_size: tuple[int, int], batch: int, *,
+                       estimate: bool = False, root: str | Path = "latency_tables") -> Path:
+    """``latency_tables/<target>/<model>_<size>_b<batch>[_estimated].csv``."""
+    size = str(input_size[0]) if input_size[0] == input_size[1] else f"{input_size[0]}x{input_size[1]}"
+    suffix = "_estimated" if estimate else ""
+    return Path(root) / target_name / f"{model_name}_{size}_b{batch}{suffix}.csv"
+
+
+def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] | None = None,
+            batch: int | None = None, out: str | Path | None = None, protocol: Any = None,
+            estimate: bool = False, force: bool = False, allow_mismatch: bool = False,
+            progress: Progress | None = None, model: nn.Module | None = None,
+            opset: int | None = None) -> ProfileResult:
+    """Build (or resume) the latency table of ``model_name`` on ``target``.
+
+    ``input_size`` and ``batch`` default to the target's. Measured tables time every entry with the
+    target's runtime under ``protocol`` (:class:`deploykit.latency.protocol.Protocol`); with
+    ``estimate=True`` every entry is a roofline estimate from the target's peak figures instead.
+    An existing table at ``out`` is resumed when its settings match, refused (TableError naming the
+    differing settings) when they do not, and started over with ``force``. ``allow_mismatch`` lets a
+    resume go on where only the machine differs (device string, runtime version). ``model`` gives
+    the module to profile instead of creating ``model_name`` with timm.
+    """
+    started = time.perf_counter()
+    say = progress or (lambda line: None)
+    size = parse_input_size(input_size if input_size is not None else target.input_size)
+    batch = _check_batch(batch if batch is not None else target.batch)
+    if estimate:
+        roofline = Roofline.from_target(target)
+        meta = _estimated_meta(model_name, target, size, batch, roofline)
+        time_entry = _estimator(roofline)
+    else:
+        protocol = _protocol(protocol)
+        _require_available(target)
+        meta = _measured_meta(model_name, target, size, batch, protocol)
+        time_entry = _measurer(target, protocol)
+    path = table_path(out) if out is not None else default_table_path(model_name, target.name, size, batch,
+                                                                     estimate=estimate)
+    table = _open_table(path, meta, force=force, allow_mismatch=allow_mismatch, say=say)
+    if model is None:
+        from deploykit.models import create_model
+
+        model = create_model(model_name)
+    entries = find_entries(model.eval(), model_name=model_name, input_size=size)
+    _check_same_model(table, entries, path)
+    spent_before = table.meta.profile_s
+
+    def save(table: LatencyTable, **changes) -> LatencyTable:
+        table = table.with_meta(profile_s=spent_before + time.perf_counter() - started, **changes)
+        table.write(path)
+        return table
+
+    width = len(str(len(entries)))
+    done = 0
+    with tempfile.TemporaryDirectory(prefix="deploykit-profile-") as work:
+        for number, entry in enumerate(entries, 1):
+            head = f"[{number:>{width}}/{len(entries)}] {entry.label()}"
+            if table.has(entry.key, entry.form):
+                say(f"{head} already in the table")
+                continue
+            began = time.perf_counter()
+            onnx_file = _export(entry, batch, Path(work) / f"entry{number}.onnx", opset)
+            stats = time_entry(onnx_file, (batch, *entry.in_shape))
+            onnx_file.unlink()
+            table.add(entry.row(stats, source=meta.mode))
+            table = save(table)
+            done += 1
+            say(f"{head} {_shown_stats(stats, meta.mode)} [{time.perf_counter() - began:.1f} s]")
+    table = save(table, complete=True)
+    return ProfileResult(table=table, path=path, entries=len(entries), done_now=done,
+                         kept=len(entries) - done, elapsed_s=time.perf_counter() - started)
+
+
+def _check_batch(batch: Any) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ConfigError(f"batch must be a positive integer, got {batch!r}")
+    return batch
+
+
+def _protocol(protocol: Any):
+    from deploykit.latency.protocol import Protocol
+
+    if protocol is None:
+        return Protocol()
+    if not isinstance(protocol, Protocol):
+        raise ConfigError(f"protocol must be a Protocol, got {type(protocol).__name__}")
+    return protocol
+
+
+def _require_available(target: Any) -> None:
+    """Refuse a target whose runtime or hardware is absent; the reason carries the install hint."""
+    from deploykit.targets import availability
+
+    ok, reason = availability(target)
+    if not ok:
+        raise RuntimeUnavailableError(f"cannot profile on target {target.name} here: {reason}; "
+                                      "--estimate builds a roofline table from its peak figures instead")
+
+
+def _base_meta(model_name: str, target: Any, size: tuple[int, int], batch: int) -> dict[str, Any]:
+    from deploykit import __version__
+
+    return dict(model=model_name, target=target.name, device=target.device, runtime=target.runtime,
+                provider=target.provider, precision=target.precision, batch=batch, input_size=size,
+                date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                deploykit_version=__version__)
+
+
+def _measured_meta(model_name: str, target: Any, size, batch: int, protocol) -> TableMeta:
+    from deploykit.latency.measure import runtime_info
+
+    info = runtime_info(target)
+    threads = protocol.threads if protocol.threads is not None else target.threads
+    return TableMeta(**_base_meta(model_name, target, size, batch), mode="measured",
+                     device_string=info["device"], runtime_version=info["runtime_version"],
+                     threads=threads, protocol=protocol.as_dict())
+
+
+def _estimated_meta(model_name: str, target: Any, size, batch: int, roofline: Roofline) -> TableMeta:
+    return TableMeta(**_base_meta(model_name, target, size, batch), mode="estimated",
+                     device_string=f"roofline estimate for {target.device}",
+                     runtime_version="none (estimated)", threads=None, protocol={},
+                     estimate=roofline.as_dict())
+
+
+def _measurer(target: Any, protocol) -> Callable[[Path, tuple[int, ...]], dict[str, float]]:
+    def time_entry(onnx_file: Path, input_shape: tuple[int, ...]) -> dict[str, float]:
+        result = measure_entry(onnx_file, target=target, protocol=protocol, input_shape=input_shape)
+        return {name: float(getattr(result, name)) for name in _STAT_NAMES}
+    return time_entry
+
+
+_STAT_NAMES = ("median_ms", "p90_ms", "mean_ms", "std_ms", "cv", "n", "repeats", "compile_s", "first_run_ms")
+
+
+def measure_entry(onnx_file: Path, *, target: Any, protocol: Any, input_shape: tuple[int, ...]):
+    """One fresh-process measurement of an ONNX file on the target (a Measurement)."""
+    from deploykit.latency.measure import measure_onnx
+
+    return measure_onnx(onnx_file, target=target, protocol=protocol, input_shape=input_shape)
+
+
+def _estimator(roofline: Roofline) -> Callable[[Path, tuple[int, ...]], dict[str, float]]:
+    def time_entry(onnx_file: Path, input_shape: tuple[int, ...]) -> dict[str, float]:
+        ms = estimate_onnx(onnx_file, roofline).ms
+        return {"median_ms": ms, "p90_ms": ms, "mean_ms": ms, "std_ms": 0.0, "cv": 0.0, "n": 0,
+                "repeats": 0, "compile_s": float("nan"), "first_run_ms": float("nan")}
+    return time_entry
+
+
+def _export(entry: Entry, batch: int, path: Path, opset: int | None) -> Path:
+    from deploykit.export import export_onnx
+
+    try:
+        return export_onnx(entry.module, (batch, *entry.in_shape), path, opset=opset)
+    except DeployKitError as error:
+        raise type(error)(f"{entry.form} {entry.name}: {error}") from None
+
+
+def _shown_stats(stats: dict[str, float], mode: str) -> str:
+    if mode == "estimated":
+        return f"{stats['median_ms']:.4f} ms (estimated)"
+    return f"{stats['median_ms']:.3f} ms (cv {stats['cv'] * 100:.0f}%, n {int(stats['n'])})"
+
+
+# --- resuming --------------------------------------------------------------------------------------
+
+def _open_table(path: Path, meta: TableMeta, *, force: bool, allow_mismatch: bool,
+                say: Progress) -> LatencyTable:
+    exists = path.exists() or meta_path(path).exists()
+    if not exists or force:
+        if exists:
+            say(f"--force: starting {path} over")
+        return LatencyTable(meta=meta, path=path)
+    try:
+        # No CSV yet: interrupted between the first metadata write and the first rows.
+        table = LatencyTable.read(path) if path.exists() else LatencyTable(meta=read_meta(path), path=path)
+    except TableError as error:
+        raise TableError(f"cannot resume: {error} (--force starts the table over)") from None
+    differences = _differences(table.meta, meta)
+    if not differences:
+        if table.rows.empty:
+            return table
+        say(f"resuming {path}: {len(table)} rows already there")
+        return table
+    if table.meta.mode != meta.mode:
+        raise TableError(f"{path} is a {table.meta.mode} table and this run is {meta.mode}: measured and "
+                         "estimated rows never mix; use another --out, or --force to start it over")
+    if allow_mismatch and all(name in ENVIRONMENT for name in differences):
+        note = f"resumed on a different machine: {'; '.join(differences.values())}"
+        say(f"warning: {note} (--allow-mismatch)")
+        return table.with_meta(notes=(*table.meta.notes, note))
+    detail = "; ".join(differences.values())
+    raise TableError(f"{path} was profiled with other settings ({detail}); use the same settings to "
+                     "resume it, another --out, or --force to start it over")
+
+
+def _differences(have: TableMeta, want: TableMeta) -> dict[str, str]:
+    """Setting name → "name: table X, now Y" for every setting that differs."""
+    old, new = have.settings(), want.settings()
+    found = {}
+    for name in SETTINGS:
+        if old[name] == new[name]:
+            continue
+        if isinstance(old[name], dict) and isinstance(new[name], dict):
+            keys = sorted(set(old[name]) | set(new[name]))
+            parts = [f"{name}.{k}: table {old[name].get(k)!r}, now {new[name].get(k)!r}"
+                     for k in keys if old[name].get(k) != new[name].get(k)]
+            found[name] = "; ".join(parts)
+        else:
+            found[name] = f"{name}: table {old[name]!r}, now {new[name]!r}"
+    return found
+
+
+def _check_same_model(table: LatencyTable, entries: list[Entry], path: Path) -> None:
+    known = {(entry.key, entry.form) for entry in entries}
+    foreign = [f"{key} ({form})" for key, form in zip(table.rows["key"], table.rows["form"])
+               if (key, form) not in known]
+    if foreign:
+        raise TableError(f"{path} has entries this model does not have ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}): it was profiled from another model "
+                         "definition; use --force to start it over")

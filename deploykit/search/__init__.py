@@ -1,0 +1,43 @@
+"""Latency-constrained subnet search (DESIGN.md §1.3).
+
+``search(table, budget, proxy)`` returns the subnet with the best accuracy proxy whose latency, as the
+table predicts it (:meth:`LatencyTable.predict`, calibrated where the table has a calibration), fits the
+budget; ``pareto(table, proxy, N)`` the best subnets across N budgets. ``deploykit search`` is the CLI.
+
+- :mod:`~deploykit.search.budget`: budgets in ms or as a fraction of the unpruned prediction;
+- :mod:`~deploykit.search.space`: every subnet's predicted latency, vectorized from the table's savings;
+- :mod:`~deploykit.search.proxies`: depth, sensitivity:CKPT and supernet:CKPT;
+- :mod:`~deploykit.search.knapsack`: the exact branch-and-bound knapsack over per-block scores;
+- :mod:`~deploykit.search.engine`: the strategies (exhaustive, knapsack + evolutionary), results, Pareto.
+"""
+
+from deploykit.search.budget import Budget, parse_budget
+from deploykit.search.engine import ParetoResult, Searcher, SearchResult, pareto, search
+from deploykit.search.proxies import (
+    BlockScoreProxy,
+    DepthProxy,
+    Proxy,
+    ProxyData,
+    SensitivityProxy,
+    SupernetProxy,
+    make_proxy,
+)
+from deploykit.search.space import LatencySpace
+
+__all__ = [
+    "BlockScoreProxy",
+    "Budget",
+    "DepthProxy",
+    "LatencySpace",
+    "ParetoResult",
+    "Proxy",
+    "ProxyData",
+    "SearchResult",
+    "Searcher",
+    "SensitivityProxy",
+    "SupernetProxy",
+    "make_proxy",
+    "pareto",
+    "parse_budget",
+    "search",
+]

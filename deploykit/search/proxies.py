@@ -1,0 +1,321 @@
+"""Accuracy proxies: how good a subnet is expected to be, without training it. Higher scores are better.
+
+- ``depth`` (no data): the fewest pruned blocks; the search breaks ties by the lowest latency. For planning
+  from a table alone.
+- ``sensitivity:CKPT`` with ``--data``: the loss increase of each block pruned alone (λ = 1), measured once
+  on held-out batches; a subnet's score is minus the sum over its pruned blocks. CKPT is a supernet
+  (``deploykit train supernet``) or plain weights of the table's model.
+- ``supernet:CKPT`` with ``--data``: the supernet's top-1 (or loss) with that subnet's gates on held-out
+  batches (DESIGN.md §1.3), evaluated per subnet and cached.
+
+Additive proxies (depth, sensitivity) score a subnet as Σ of per-block scores, which the search
+enumerates vectorized or solves exactly; the supernet proxy gives per-block scores too (each block pruned
+alone), but only as the seed of the evolutionary search.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploykit.errors import ConfigError
+from deploykit.latency.table import LatencyTable
+
+Progress = Callable[[str], None]
+KINDS = ("depth", "sensitivity", "supernet")
+METRICS = ("top1", "loss")
+
+
+class Proxy:
+    """The interface the search uses. ``prepare`` runs once the candidate blocks are known."""
+
+    kind = ""
+    metric = ""
+    additive = False
+
+    def restrict(self, candidates: tuple[int, ...]) -> tuple[int, ...]:
+        """The candidates this proxy can judge (a supernet only knows the blocks it was trained to prune)."""
+        return candidates
+
+    def prepare(self, candidates: tuple[int, ...], progress: Progress) -> None:
+        self.candidates = tuple(candidates)
+
+    def block_scores(self) -> np.ndarray:
+        """Per candidate: the score change of pruning it alone (exact for additive proxies)."""
+        raise NotImplementedError
+
+    def score(self, pruned: tuple[int, ...]) -> float:
+        raise NotImplementedError
+
+    def describe(self, pruned: tuple[int, ...]) -> dict[str, Any]:
+        """What goes into ``Subnet.proxy``: kind, metric and value at least."""
+        raise NotImplementedError
+
+    @property
+    def evaluations(self) -> int:
+        """How many subnets were evaluated on data (0 for proxies that need none)."""
+        return 0
+
+
+class AdditiveProxy(Proxy):
+    """score(S) = Σ_{j ∈ S} block_score_j, summed in ascending block order."""
+
+    additive = True
+
+    def __init__(self) -> None:
+        self._scores: dict[int, float] = {}
+
+    def block_scores(self) -> np.ndarray:
+        return np.array([self._scores[c] for c in self.candidates], dtype=float)
+
+    def score(self, pruned: tuple[int, ...]) -> float:
+        total = 0.0
+        for index in sorted(pruned):
+            total += self._scores[index]
+        return total
+
+
+class DepthProxy(AdditiveProxy):
+    """Fewest pruned blocks first (every block scores −1); the search breaks ties by lowest latency."""
+
+    kind, metric = "depth", "pruned blocks"
+
+    def prepare(self, candidates: tuple[int, ...], progress: Progress) -> None:
+        super().prepare(candidates, progress)
+        self._scores = {c: -1.0 for c in self.candidates}
+
+    def describe(self, pruned: tuple[int, ...]) -> dict[str, Any]:
+        return {"kind": self.kind, "metric": self.metric, "value": len(pruned)}
+
+
+class BlockScoreProxy(AdditiveProxy):
+    """Given per-block scores (score change when that block alone is pruned; higher is better)."""
+
+    kind, metric = "block-scores", "Σ block score"
+
+    def __init__(self, scores: Mapping[int, float]):
+        super().__init__()
+        self._given = {int(k): float(v) for k, v in scores.items()}
+
+    def prepare(self, candidates: tuple[int, ...], progress: Progress) -> None:
+        super().prepare(candidates, progress)
+        missing = [c for c in self.candidates if c not in self._given]
+        if missing:
+            raise ConfigError(f"no block score for candidate block(s) {missing}")
+        self._scores = {c: self._given[c] for c in self.candidates}
+
+    def describe(self, pruned: tuple[int, ...]) -> dict[str, Any]:
+        return {"kind": self.kind, "metric": self.metric, "value": self.score(pruned)}
+
+
+@dataclass(frozen=True)
+class ProxyData:
+    """Held-out data for the data-driven proxies (see ``deploykit.data``)."""
+
+    name: str
+    val_limit: int | None = None
+    batch_size: int = 256
+    input_size: tuple[int, int] | None = None   # default: the supernet's training size, else the table's
+    recalibrate_batches: int = 0                # re-estimate BatchNorm statistics per subnet (supernet)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ConfigError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
+        if self.val_limit is not None and self.val_limit <= 0:
+            raise ConfigError(f"--val-limit must be positive, got {self.val_limit}")
+        if self.recalibrate_batches < 0:
+            raise ConfigError(f"--recalibrate-batches must be ≥ 0, got {self.recalibrate_batches}")
+
+
+class _Evaluated:
+    """A network (supernet or prunable plain model) evaluated per subnet on held-out batches, cached."""
+
+    def __init__(self, checkpoint: str | Path, table: LatencyTable, data: ProxyData, *, need_supernet: bool,
+                 progress: Progress):
+        from deploykit.data import DataConfig, eval_loader, load_datasets
+        from deploykit.training import load_supernet
+
+        say = progress
+        self.checkpoint, self.data = str(checkpoint), data
+        model = table.meta.model
+        supernet = _is_supernet(checkpoint)
+        if need_supernet and not supernet:
+            raise ConfigError(f"supernet:{checkpoint} needs a supernet checkpoint from `deploykit train "
+                              "supernet` (its supernet.pt); for plain weights use sensitivity:CKPT")
+        self.supernet = load_supernet(checkpoint) if supernet else None
+        if self.supernet is not None and self.supernet.model != model:
+            raise ConfigError(f"{checkpoint} is a supernet of {self.supernet.model} but the table is "
+                              f"for {model}")
+        size = data.input_size or (self.supernet.input_size if self.supernet else table.meta.input_size)
+        datasets = load_datasets(DataConfig(data.name, input_size=tuple(size), val_limit=data.val_limit))
+        say(f"proxy data: {datasets.describe}")
+        if tuple(size) != tuple(table.meta.input_size):
+            say(f"note: the proxy is evaluated at {size[0]}x{size[1]}, the latency table is for "
+                f"{table.meta.input_size[0]}x{table.meta.input_size[1]}")
+        self.input_size = tuple(size)
+        self.loader = eval_loader(datasets.val, batch_size=data.batch_size)
+        self.calibration = eval_loader(datasets.train, batch_size=data.batch_size) \
+            if data.recalibrate_batches else None
+        if self.supernet is not None:
+            if self.supernet.num_classes != datasets.num_classes:
+                raise ConfigError(f"{checkpoint} was trained for {self.supernet.num_classes} classes but "
+                                  f"--data {data.name} has {datasets.num_classes}")
+            self.net, self.prunable = self.supernet, set(self.supernet.candidates)
+        else:
+            self.net = _plain_net(checkpoint, model, datasets.num_classes, self.input_size, say)
+            self.prunable = set(self.net.prunable_indices)
+        self.cache: dict[tuple[int, ...], tuple[float, float]] = {}
+
+    def __call__(self, pruned: tuple[int, ...]) -> tuple[float, float]:
+        """(top-1 %, loss) of the subnet with ``pruned`` in pruned form."""
+        from deploykit.training import evaluate_subnet
+
+        key = tuple(sorted(pruned))
+        if key not in self.cache:
+            self.cache[key] = evaluate_subnet(self.net, key, self.loader, calibration_loader=self.calibration,
+                                              calibration_batches=self.data.recalibrate_batches)
+        return self.cache[key]
+
+    def restrict(self, candidates: tuple[int, ...], what: str) -> tuple[int, ...]:
+        kept = tuple(c for c in candidates if c in self.prunable)
+        if self.supernet is None and len(kept) < len(candidates):
+            outside = [c for c in candidates if c not in self.prunable]
+            raise ConfigError(f"{what}: block(s) {outside} of the table cannot be pruned in "
+                              f"{self.checkpoint}'s model: the table is from another model definition")
+        if not kept:
+            raise ConfigError(f"{self.checkpoint} was trained to prune none of the candidate blocks "
+                              f"{list(candidates)}")
+        return kept
+
+    def describe(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "data": self.data.name,
+                "val_limit": self.data.val_limit, "input_size": list(self.input_size)}
+
+
+class SensitivityProxy(AdditiveProxy):
+    """−Σ over pruned blocks of (loss with that block alone pruned − loss with none pruned)."""
+
+    kind, metric = "sensitivity", "Σ loss increase"
+
+    def __init__(self, checkpoint: str | Path, table: LatencyTable, data: ProxyData,
+                 progress: Progress | None = None):
+        super().__init__()
+        self._net = _Evaluated(checkpoint, table, data, need_supernet=False, progress=progress or _quiet)
+        self.base_loss = float("nan")
+        self.increase: dict[int, float] = {}
+
+    def restrict(self, candidates: tuple[int, ...]) -> tuple[int, ...]:
+        return self._net.restrict(candidates, "sensitivity")
+
+    def prepare(self, candidates: tuple[int, ...], progress: Progress) -> None:
+        super().prepare(candidates, progress)
+        started = time.perf_counter()
+        self.base_top1, self.base_loss = self._net(())
+        progress(f"sensitivity: none pruned: loss {self.base_loss:.4f}, top-1 {self.base_top1:.2f}%")
+        for number, block in enumerate(self.candidates, 1):
+            top1, loss = self._net((block,))
+            self.increase[block] = loss - self.base_loss
+            progress(f"sensitivity [{number}/{len(self.candidates)}] block {block} pruned alone: loss "
+                     f"{loss:.4f} ({self.increase[block]:+.4f}), top-1 {top1:.2f}%")
+        progress(f"sensitivity measured in {time.perf_counter() - started:.1f} s")
+        self._scores = {c: -self.increase[c] for c in self.candidates}
+
+    def describe(self, pruned: tuple[int, ...]) -> dict[str, Any]:
+        return {"kind": self.kind, "metric": self.metric, "value": -self.score(pruned),
+                "base_loss": self.base_loss, "predicted_loss": self.base_loss - self.score(pruned),
+                "loss_increase": {str(c): self.increase[c] for c in self.candidates}, **self._net.describe()}
+
+    @property
+    def evaluations(self) -> int:
+        return len(self._net.cache)
+
+
+class SupernetProxy(Proxy):
+    """The supernet's top-1 (or −loss) with the subnet's gates, per subnet, cached."""
+
+    kind = "supernet"
+
+    def __init__(self, checkpoint: str | Path, table: LatencyTable, data: ProxyData, *, metric: str = "top1",
+                 progress: Progress | None = None):
+        if metric not in METRICS:
+            raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        self.metric = metric
+        self._net = _Evaluated(checkpoint, table, data, need_supernet=True, progress=progress or _quiet)
+        self._block_scores: np.ndarray | None = None
+
+    def restrict(self, candidates: tuple[int, ...]) -> tuple[int, ...]:
+        return self._net.restrict(candidates, "supernet")
+
+    def score(self, pruned: tuple[int, ...]) -> float:
+        top1, loss = self._net(pruned)
+        return top1 if self.metric == "top1" else -loss
+
+    def block_scores(self) -> np.ndarray:
+        if self._block_scores is None:
+            base = self.score(())
+            self._block_scores = np.array([self.score((c,)) - base for c in self.candidates], dtype=float)
+        return self._block_scores
+
+    def describe(self, pruned: tuple[int, ...]) -> dict[str, Any]:
+        top1, loss = self._net(pruned)
+        return {"kind": self.kind, "metric": self.metric, "value": top1 if self.metric == "top1" else loss,
+                "top1": top1, "loss": loss, "lam": self._net.supernet.lam, **self._net.describe()}
+
+    @property
+    def evaluations(self) -> int:
+        return len(self._net.cache)
+
+
+def make_proxy(spec: str, *, table: LatencyTable, data: ProxyData | None = None, metric: str | None = None,
+               progress: Progress | None = None) -> Proxy:
+    """``depth``, ``sensitivity:CKPT`` or ``supernet:CKPT`` (the latter two need ``data``)."""
+    kind, colon, checkpoint = str(spec).partition(":")
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise ConfigError(f"unknown proxy {spec!r}; choose depth, sensitivity:CKPT or supernet:CKPT")
+    if kind == "depth":
+        if colon or data is not None or metric is not None:
+            raise ConfigError("the depth proxy takes no checkpoint, --data or --metric "
+                              "(it needs only the table)")
+        return DepthProxy()
+    if not checkpoint:
+        raise ConfigError(f"the {kind} proxy needs a checkpoint: --proxy {kind}:CKPT")
+    if data is None:
+        raise ConfigError(f"the {kind} proxy needs held-out data: --data digits|mnist5k|imagefolder:PATH")
+    if not Path(checkpoint).is_file():
+        raise ConfigError(f"{kind} checkpoint not found: {checkpoint}")
+    if kind == "sensitivity":
+        if metric is not None:
+            raise ConfigError("--metric applies to the supernet proxy only (sensitivity uses the loss)")
+        return SensitivityProxy(checkpoint, table, data, progress=progress)
+    return SupernetProxy(checkpoint, table, data, metric=metric or "top1", progress=progress)
+
+
+def _is_supernet(path: str | Path) -> bool:
+    import torch
+
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for unreadable files
+        raise ConfigError(f"cannot read checkpoint {path}: {str(error).splitlines()[0][:200]}") from None
+    return isinstance(state, dict) and state.get("kind") == "supernet"
+
+
+def _plain_net(checkpoint: str | Path, model: str, num_classes: int, size: tuple[int, int], say: Progress):
+    from deploykit.models import create_model
+    from deploykit.prune import prunable
+    from deploykit.training import load_model_weights
+
+    module = create_model(model, num_classes=num_classes, input_size=size)
+    for note in load_model_weights(module, checkpoint):
+        say(f"weights: {note}")
+    return prunable(module, input_size=size).eval()
+
+
+def _quiet(line: str) -> None:
+    pass

@@ -1,0 +1,304 @@
+"""`deploykit profile`: entries (shared blocks, fixed parts), resume after a kill, refusals, real runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import timm
+import torch
+from timm.models.convnext import ConvNeXtBlock
+from torch import nn
+
+from deploykit import cli
+from deploykit.errors import ConfigError, RuntimeUnavailableError, TableError
+from deploykit.latency import measure as measure_module
+from deploykit.latency import profile as profile_module
+from deploykit.latency.profile import find_entries, profile
+from deploykit.latency.protocol import Measurement, Protocol
+from deploykit.latency.table import LatencyTable
+from deploykit.runtimes import hostinfo
+from deploykit.targets import availability, load_target
+
+TINY_PROTOCOL = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=3, max_cv=10.0,
+                         max_repeats=1)
+TINY_PROTOCOL_ARGS = ["--warmup-time", "0", "--warmup-iters", "1", "--min-time", "0", "--min-iters", "3",
+                      "--max-cv", "10", "--max-repeats", "1"]
+
+
+class TinyConvNeXt(nn.Module):
+    """conv1 → bn1 → in-place ReLU → two identical ConvNeXt blocks → pool → (flatten) → dropout → fc."""
+
+    def __init__(self, drop_path: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 4, stride=4)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.act1 = nn.ReLU(inplace=True)
+        self.blocks = nn.Sequential(ConvNeXtBlock(8), ConvNeXtBlock(8, drop_path=drop_path))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(0.1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.blocks(self.act1(self.bn1(self.conv1(x))))
+        return self.fc(self.drop(self.pool(x).flatten(1)))
+
+
+def tiny(seed: int = 0, drop_path: float = 0.0) -> nn.Module:
+    torch.manual_seed(seed)
+    return TinyConvNeXt(drop_path).eval()
+
+
+# --- entries ---------------------------------------------------------------------------------------
+
+def test_identical_blocks_share_one_entry_per_stage():
+    entries = find_entries(timm.create_model("convnext_atto"), model_name="convnext_atto", input_size=32)
+    blocks = [e for e in entries if e.kind == "block"]
+    assert [(e.form, e.indices) for e in blocks] == [
+        (form, indices) for indices in [(0, 1), (2, 3), (4, 5, 6, 7, 8, 9), (10, 11)]
+        for form in ("original", "merged")]
+    assert [e.in_shape for e in blocks[::2]] == [(40, 8, 8), (80, 4, 4), (160, 2, 2), (320, 1, 1)]
+    assert [e.name for e in entries if e.kind == "fixed"] == [
+        "stem", "stages.1.downsample", "stages.2.downsample", "stages.3.downsample", "head"]
+    assert entries[-1].kind == "model" and entries[-1].macs > sum(e.macs for e in blocks[::2])
+    assert len({(e.key, e.form) for e in entries}) == len(entries)
+    assert all(e.macs > 0 for e in entries)
+
+
+def test_fixed_parts_chain_consecutive_modules_and_skip_identities():
+    entries = find_entries(tiny(), model_name="tiny", input_size=32)
+    assert [(e.kind, e.form, e.name) for e in entries] == [
+        ("fixed", "fixed", "conv1+bn1+act1"),  # in-place ReLU still chains: it is not an identity
+        ("block", "original", "blocks.0"), ("block", "merged", "blocks.0"),
+        ("fixed", "fixed", "pool"),  # the functional flatten breaks the chain; Dropout is left out
+        ("fixed", "fixed", "fc"),
+        ("model", "model", "tiny")]
+    assert entries[0].in_shape == (3, 32, 32) and entries[0].out_shape == (8, 8, 8)
+    assert entries[1].indices == (0, 1) and entries[1].count == 2
+    assert entries[4].in_shape == (8,)
+    # keys depend on structure and shape, not on weights or on what eval mode skips (drop path):
+    # a resumed profile finds its entries again
+    again = find_entries(tiny(seed=1, drop_path=0.1), model_name="tiny", input_size=32)
+    assert [(e.key, e.form) for e in again] == [(e.key, e.form) for e in entries]
+
+
+class InPlaceBetween(nn.Module):
+    """conv a → in-place functional add → conv b → ConvNeXt block → pool → fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 4, stride=4)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.block = ConvNeXtBlock(8)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x):
+        x = self.a(x)
+        x += 1.0  # not a module: a chain a → b would time something the model does not compute
+        return self.head(self.block(self.b(x)))
+
+
+def test_an_in_place_functional_op_breaks_a_chain():
+    entries = find_entries(InPlaceBetween().eval(), model_name="m", input_size=32)
+    assert [e.name for e in entries if e.kind == "fixed"] == ["a", "b", "head"]
+
+
+# --- the profile driver, with a scripted measurement -----------------------------------------------
+
+class FakeRuntime:
+    """Stands in for the measuring subprocess: a deterministic Measurement per call, counted."""
+
+    def __init__(self, monkeypatch, device: str = "Test CPU"):
+        self.calls: list[tuple] = []
+        monkeypatch.setattr(profile_module, "measure_entry", self)
+        monkeypatch.setattr(profile_module, "_export", self.export)  # real exports: tested elsewhere
+        monkeypatch.setattr(measure_module, "runtime_info", lambda target: {
+            "runtime": target.runtime, "runtime_version": "9.9", "device": self.device})
+        self.device = device
+
+    @staticmethod
+    def export(entry, batch, path, opset):
+        path.write_bytes(b"stand-in for " + entry.key.encode())
+        return path
+
+    def __call__(self, onnx_file, *, target, protocol, input_shape):
+        assert onnx_file.is_file() and protocol == TINY_PROTOCOL
+        self.calls.append(tuple(input_shape))
+        base = 0.1 * len(self.calls)
+        return Measurement.from_samples([base, base * 1.01, base * 0.99])
+
+
+def run(tmp_path, **kwargs):
+    options = dict(input_size=32, out=tmp_path / "t.csv", protocol=TINY_PROTOCOL, model=tiny())
+    options.update(kwargs)
+    return profile("tiny", load_target("cpu-ort"), **options)
+
+
+def test_profile_writes_every_entry_and_a_rerun_measures_nothing(tmp_path, monkeypatch):
+    runtime = FakeRuntime(monkeypatch)
+    lines: list[str] = []
+    result = run(tmp_path, batch=2, progress=lines.append)
+    assert runtime.calls == [(2, 3, 32, 32), (2, 8, 8, 8), (2, 8, 8, 8), (2, 8, 8, 8), (2, 8), (2, 3, 32, 32)]
+    assert lines[0].startswith("[1/6] fixed conv1+bn1+act1 (Sequential 3x32x32) 0.100 ms (cv 1%, n 3)")
+    assert lines[1].startswith("[2/6] original blocks.0 (convnext 8x8x8, ×2) 0.200 ms")
+    table = LatencyTable.read(tmp_path / "t.csv")
+    assert table.equals(result.table) and table.meta.complete
+    assert (table.meta.device_string, table.meta.runtime_version, table.meta.batch) == ("Test CPU", "9.9", 2)
+    assert table.meta.protocol == TINY_PROTOCOL.as_dict()
+    assert set(table.rows["source"]) == {"measured"}
+    assert table.predict([]) == pytest.approx(0.1 + 2 * 0.2 + 0.4 + 0.5)
+    assert table.predict([1]) == pytest.approx(0.1 + 0.2 + 0.3 + 0.4 + 0.5)
+    assert "wrote" in result.summary() and str(tmp_path / "t.csv") in result.summary()
+
+    lines.clear()
+    again = run(tmp_path, batch=2, progress=lines.append)
+    assert len(runtime.calls) == 6  # nothing measured twice
+    assert (again.done_now, again.kept) == (0, 6)
+    assert all(line.endswith("already in the table") for line in lines[1:])
+    assert LatencyTable.read(tmp_path / "t.csv").rows.equals(table.rows)
+
+
+def test_resuming_with_other_settings_is_refused_naming_the_field(tmp_path, monkeypatch):
+    runtime = FakeRuntime(monkeypatch)
+    run(tmp_path)
+    with pytest.raises(TableError, match=r"batch: table 1, now 4.*--force"):
+        run(tmp_path, batch=4)
+    other = Protocol(**{**TINY_PROTOCOL.as_dict(), "min_iters": 5})
+    with pytest.raises(TableError, match=r"protocol\.min_iters: table 3, now 5"):
+        run(tmp_path, protocol=other)
+    with pytest.raises(TableError, match="input_size"):
+        run(tmp_path, input_size=64)
+    runtime.device = "Another CPU"
+    with pytest.raises(TableError, match="device_string: table 'Test CPU', now 'Another CPU'"):
+        run(tmp_path)
+    lines: list[str] = []
+    resumed = run(tmp_path, allow_mismatch=True, progress=lines.append)
+    assert "resumed on a different machine" in resumed.table.meta.notes[0]
+    assert lines[0].startswith("warning:")
+    with pytest.raises(TableError, match="batch"):  # --allow-mismatch covers the machine, not the request
+        run(tmp_path, batch=4, allow_mismatch=True)
+    calls = len(runtime.calls)
+    started_over = run(tmp_path, batch=4, force=True)
+    assert started_over.table.meta.batch == 4 and len(runtime.calls) == calls + 6
+
+
+def test_bad_batch_is_a_config_error(tmp_path, monkeypatch):
+    FakeRuntime(monkeypatch)
+    with pytest.raises(ConfigError, match="batch must be a positive integer"):
+        run(tmp_path, batch=0)
+
+
+def test_a_table_of_another_model_definition_is_refused(tmp_path, monkeypatch):
+    FakeRuntime(monkeypatch)
+    run(tmp_path)
+    changed = tiny()
+    changed.fc = nn.Linear(8, 12)
+    with pytest.raises(TableError, match="another model definition"):
+        run(tmp_path, model=changed)
+
+
+def test_an_absent_target_fails_with_the_reason_and_the_install_hint(tmp_path, capsys):
+    with pytest.raises(RuntimeUnavailableError, match=r"pip install.*--estimate"):
+        profile("tiny", load_target("amd-mi100"), out=tmp_path / "t.csv", model=tiny())
+    code = cli.main(["profile", "--target", "amd-mi100", "--model", "convnext_atto",
+                     "--out", str(tmp_path / "t.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("deploykit profile: error: cannot profile on target amd-mi100")
+    assert "pip install" in err and err.count("\n") == 1
+    assert not (tmp_path / "t.csv").exists()
+
+
+# --- real runs -------------------------------------------------------------------------------------
+
+def wait_for_rows(path, proc, timeout_s: float) -> LatencyTable:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the profile ended before it could be interrupted"
+        if path.exists():
+            try:
+                table = LatencyTable.read(path)
+            except TableError:  # metadata written, rows not yet
+                table = None
+            if table is not None and len(table) >= 1:
+                return table
+        time.sleep(0.05)
+    raise AssertionError(f"no table row within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    """`deploykit profile` on onnxruntime CPU, killed once it has written an entry, then rerun.
+
+    timm's ``test_vit`` (6 entries: patch embedding, one block signature × 2 forms, norm, head,
+    model) keeps this under half a minute; the code under test is the same for every family.
+    """
+    work = tmp_path_factory.mktemp("resume")
+    out = work / "vit.csv"
+    command = [sys.executable, "-m", "deploykit.cli", "profile", "--target", "cpu-ort", "--model",
+               "test_vit", "--input-size", "32", "--out", str(out), *TINY_PROTOCOL_ARGS]
+    with open(work / "first.log", "w") as log:
+        proc = subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            wait_for_rows(out, proc, timeout_s=240)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # the profile and its measuring worker
+            proc.wait()
+    partial = LatencyTable.read(out)
+    rerun = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=400, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    return partial, LatencyTable.read(out), rerun
+
+
+def test_a_killed_profile_resumes_without_measuring_anything_twice(killed_and_resumed):
+    partial, final, rerun = killed_and_resumed
+    assert not partial.meta.complete and 1 <= len(partial) < 6
+    assert final.meta.complete and len(final) == 6
+    assert not final.rows.duplicated(["key", "form"]).any()
+    kept = final.rows.set_index(["key", "form"]).loc[list(zip(partial.rows["key"], partial.rows["form"]))]
+    for column in ("median_ms", "p90_ms", "std_ms", "measured_at", "compile_s"):
+        assert list(kept[column]) == list(partial.rows[column]), column
+    assert rerun.stderr.count("already in the table") == len(partial)
+    assert f"resuming {final.path}" in rerun.stderr
+    assert "wrote" in rerun.stdout and str(final.path) in rerun.stdout
+
+
+def test_real_onnxruntime_cpu_table(killed_and_resumed):
+    import onnxruntime
+
+    _, table, _ = killed_and_resumed
+    meta = table.meta
+    assert (meta.target, meta.runtime, meta.provider, meta.mode) == (
+        "cpu-ort", "onnxruntime", "CPUExecutionProvider", "measured")
+    assert meta.runtime_version == onnxruntime.__version__
+    assert meta.device_string == hostinfo.cpu_name()
+    assert (meta.batch, meta.input_size, meta.model) == (1, (32, 32), "test_vit")
+    assert set(table.rows["source"]) == {"measured"}
+    assert (table.rows["median_ms"] > 0).all() and (table.rows["n"] >= 3).all()
+    assert (table.rows["compile_s"] > 0).all()
+    assert table.block_indices == tuple(range(6)) and table.prunable_indices == tuple(range(6))
+    assert table.predict(table.prunable_indices) > 0 and table.model_latency() > 0
+    table.check_matches(target="cpu-ort", device=hostinfo.cpu_name(), runtime_version=onnxruntime.__version__,
+                        batch=1, input_size=32)
+
+
+@pytest.mark.openvino
+def test_real_openvino_cpu_table(tmp_path):
+    openvino = pytest.importorskip("openvino")
+    target = load_target("cpu-openvino")
+    ok, reason = availability(target)
+    if not ok:
+        pytest.skip(reason)
+    profile("tiny", target, input_size=32, out=tmp_path / "ov.csv", protocol=TINY_PROTOCOL,
+                     model=tiny())
+    table = LatencyTable.read(tmp_path / "ov.csv")
+    assert table.meta.runtime == "openvino" and table.meta.complete
+    assert openvino.__version__.split("-")[0] in table.meta.runtime_version
+    assert len(table) == 6 and set(table.rows["source"]) == {"measured"}
+    assert (table.rows["median_ms"] > 0).all()
+    assert table.block_indices == (0, 1) and table.prunable_indices == (0, 1)
+    assert table.predict([0, 1]) > 0 and table.model_latency() > 0

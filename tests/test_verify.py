@@ -1,0 +1,131 @@
+"""`deploykit verify`: numerics against PyTorch, interleaved latency, table prediction, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from deploykit import prunable
+from deploykit.cli import main
+from deploykit.export import export_onnx
+from deploykit.models import create_model
+from deploykit.verify import VerifyReport
+
+TINY = ["--min-time", "0.05", "--warmup-time", "0.01", "--min-iters", "5", "--warmup-iters", "2"]
+SHIPPED_TABLE = "latency_tables/cpu-ort/convnext_tiny_224_b1.csv"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A merged convnext_atto (blocks 0, 3, 5 pruned) as merged.pt and m.onnx, the original as ref.onnx."""
+    folder = tmp_path_factory.mktemp("verify")
+    torch.manual_seed(0)
+    original = create_model("convnext_atto").eval()
+    merged = prunable(original, input_size=64).prune([0, 3, 5]).set_progress(1.0).eval().merge()
+    torch.save(merged, folder / "merged.pt")
+    export_onnx(merged, (1, 3, 64, 64), folder / "m.onnx")
+    export_onnx(create_model("convnext_atto").eval(), (1, 3, 64, 64), folder / "ref.onnx")
+    return folder
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_verify_passes_on_a_correct_export(models, capsys):
+    report_path = models / "report.json"
+    code = main(["verify", str(models / "m.onnx"), "--target", "cpu-ort",
+                 "--torch", str(models / "merged.pt"), "--reference", str(models / "ref.onnx"),
+                 "--inputs", "2", "--rounds", "2", "--out", str(report_path), *TINY])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = VerifyReport.read(report_path)
+    assert report.passed is True and report.numerics["passed"] and report.numerics["n_inputs"] == 2
+    assert report.numerics["max_rel"] <= 1e-4 and report.numerics["tolerance"] == 1e-4
+    assert report.runtime == "onnxruntime" and report.provider == "CPUExecutionProvider"
+    assert report.input_shape == (1, 3, 64, 64) and len(report.model_sha256) == 64
+    model, reference = report.latency["model"], report.latency["reference"]
+    assert report.latency["rounds"] == 2 and len(model["round_medians_ms"]) == 2
+    assert model["n"] >= 10 and reference["n"] >= 10
+    ratios = [r / m for m, r in zip(model["round_medians_ms"], reference["round_medians_ms"])]
+    assert report.latency["round_speedups"] == pytest.approx(ratios)
+    assert report.speedup == pytest.approx(sum(ratios) / 2)  # the median of two
+    assert model["median_ms"] == pytest.approx(sum(model["round_medians_ms"]) / 2)
+    assert "numerics: PASS" in out and "speed-up vs reference" in out and "verdict: PASSED" in out
+    assert VerifyReport.from_dict(json.loads(report_path.read_text())) == report
+    assert not list(models.glob(".report.json.*"))
+
+
+def test_verify_fails_on_a_tampered_onnx(models, capsys):
+    model = onnx.load(str(models / "m.onnx"))
+    # the classifier's weight: with timm's layer-scale init (1e-6) a block's weights barely reach the output
+    head_inputs = set(model.graph.node[-1].input)
+    largest = max((t for t in model.graph.initializer if t.name in head_inputs),
+                  key=lambda t: int(np.prod(t.dims)))
+    largest.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(largest) * 1.5, largest.name))
+    onnx.save(model, str(models / "tampered.onnx"))
+    report_path = models / "tampered.json"
+    code = main(["verify", str(models / "tampered.onnx"), "--target", "cpu-ort", "--torch",
+                 str(models / "merged.pt"), "--numerics-only", "--out", str(report_path)])
+    assert code == 1
+    assert "numerics: FAIL" in capsys.readouterr().out
+    report = VerifyReport.read(report_path)
+    assert report.passed is False and report.numerics["max_rel"] > 1e-4 and report.latency is None
+
+
+def test_verify_numerics_on_openvino_cpu_in_fp32(models, capsys):
+    code = main(["verify", str(models / "m.onnx"), "--target", "cpu-openvino", "--torch",
+                 str(models / "merged.pt"), "--numerics-only", "--inputs", "1", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["passed"] is True and report["runtime"] == "openvino"
+    assert "INFERENCE_PRECISION_HINT f32" in report["numerics"]["how"]
+
+
+def test_verify_table_prediction_checks_the_table_against_the_model(models, capsys):
+    args = ["verify", str(models / "m.onnx"), "--target", "cpu-ort", "--torch", str(models / "merged.pt"),
+            "--numerics-only", "--inputs", "1", "--table", SHIPPED_TABLE, "--pruned", "0,3,5"]
+    assert main(args) == 2  # the shipped table is for convnext_tiny at 224, the model is at 64
+    assert "input size" in one_line_error(capsys)
+    assert main([*args, "--allow-mismatch", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["predicted_ms"] > 0 and report["pruned"] == [0, 3, 5]
+    assert any("input size" in m for m in report["table_mismatches"])
+
+
+def test_verify_refuses_a_silent_fallback(models, tmp_path, capsys):
+    target = tmp_path / "fake-cuda.yaml"
+    target.write_text(
+        "description: CUDA through onnxruntime, absent here\ndevice: an NVIDIA GPU\nruntime: onnxruntime\n"
+        "provider: CUDAExecutionProvider\nprecision: fp32\nbatch: 1\ninput_size: 64\n"
+        "peak: {flops: {fp32: 1.0e+12}, bandwidth: 1.0e+11, source: test}\n")
+    code = main(["verify", str(models / "m.onnx"), "--target", str(target), "--torch",
+                 str(models / "merged.pt"), *TINY])
+    assert code == 2
+    err = one_line_error(capsys)
+    assert "CUDAExecutionProvider" in err and "CPUExecutionProvider" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.onnx", "--target", "cpu-ort"], "ONNX file not found"),
+    (["{m}", "--target", "no-such-target"], "unknown target 'no-such-target'"),
+    (["{m}", "--target", "cpu-ort", "--torch", "missing/merged.pt"], "checkpoint file not found"),
+    (["{m}", "--target", "cpu-ort", "--table", SHIPPED_TABLE], "--table needs the pruned blocks"),
+])
+def test_verify_bad_input_is_one_line_exit_2(models, capsys, args, message):
+    args = [a.replace("{m}", str(models / "m.onnx")) for a in args]
+    assert main(["verify", *args, *TINY]) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_report_round_trip(tmp_path):
+    report = VerifyReport(target="t", device="d", runtime="onnxruntime", runtime_version="1", provider=None,
+                          precision="fp32", input_shape=(1, 3, 8, 8), model="m.onnx", model_sha256="0" * 64,
+                          pruned=(1, 2), notes=("x",))
+    assert VerifyReport.read(report.write(tmp_path / "r.json")) == report
