@@ -36,7 +36,7 @@ _DEVICE_PATTERN = re.compile(r"^(CPU|GPU|NPU)(\.\d+)?$")
 
 class OpenVINOBackend(RuntimeBackend):
     name: ClassVar[str] = "openvino"
-    install_hint: ClassVar[str] = "pip install openvino"
+    install_hint: ClassVar[str] = "pip install 'deploykit[openvino]'"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
 
     def target_problem(self, target: Target) -> tuple[str, str] | None:
