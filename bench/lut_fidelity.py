@@ -78,7 +78,7 @@ def main() -> int:
                 "calibration_a": report["calibration"][0], "calibration_b_ms": report["calibration"][1],
                 "stored": report["stored"], "unpruned_measured_ms": report["unpruned_measured_ms"],
                 "unpruned_table_sum_ms": report["unpruned_predicted_ms"],
-                "model_row_ms": report["model_row_ms"],
+                "model_row_ms": report["model_row_ms"], "unpruned_drift": report["drift"],
                 "wall_s": round(wall, 1), "load_before": " ".join(f"{x:.2f}" for x in load_before),
                 "load_after": " ".join(f"{x:.2f}" for x in load_after), "cpus": os.cpu_count(),
                 "machine": f"{platform.machine()} {report['device']}", "python": platform.python_version(),

@@ -250,6 +250,9 @@ def _add_lut(sub) -> None:
                        help="measure every subnet again instead of reusing the points of an earlier run")
     check.add_argument("--no-store", action="store_true",
                        help="report only; leave the table's calibration as it is")
+    check.add_argument("--force-store", action="store_true",
+                       help="store the calibration even when the unpruned model now measures more than 25%% "
+                            "off the table's own end-to-end row")
     check.add_argument("--no-plot", action="store_true", help="write no PNG")
     check.add_argument("--format", choices=("text", "json"), default="text",
                        help="output format (default: text)")
@@ -270,7 +273,7 @@ def _run_lut_check(args) -> int:
 
     result = check_table(args.table, samples=args.samples, seed=args.seed, out_dir=args.out,
                          allow_mismatch=args.allow_mismatch, fresh=args.fresh, store=not args.no_store,
-                         plot=not args.no_plot,
+                         plot=not args.no_plot, force_store=args.force_store,
                          progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(write_json(result) if args.format == "json" else result.summary())
     return 0

@@ -164,6 +164,23 @@ def test_an_interrupted_check_resumes_without_measuring_twice(tmp_path):
     assert check_table(tmp_path / "t.csv", samples=10, seed=2, measure=Planted(table), fresh=True).reused == 0
 
 
+def test_a_machine_in_another_state_than_at_profiling_time_gets_no_calibration(tmp_path):
+    table = fake_table()
+    row = {**table.rows.iloc[0].to_dict(), "key": "model", "kind": "model", "form": "model", "name": "m"}
+    table.add({**row, "median_ms": table.predict(())})  # the end-to-end row agrees with the sum
+    table.write(tmp_path / "t.csv")
+    slow = check_table(tmp_path / "t.csv", samples=6, measure=Planted(table, a=1.5, b=0.0), plot=False)
+    assert not slow.stored and slow.as_dict()["drift"] == pytest.approx(0.5)
+    assert any("+50% against the table's own end-to-end row" in note for note in slow.notes)
+    assert LatencyTable.read(tmp_path / "t.csv").meta.calibration is None
+    forced = check_table(tmp_path / "t.csv", samples=6, measure=Planted(table, a=1.5, b=0.0), plot=False,
+                         force_store=True)
+    assert forced.stored and LatencyTable.read(tmp_path / "t.csv").meta.calibration == pytest.approx((1.5, 0))
+    steady = check_table(tmp_path / "t.csv", samples=6, measure=Planted(table, a=0.9, b=0.5), plot=False,
+                         fresh=True)
+    assert steady.stored and abs(steady.as_dict()["drift"]) < 0.25
+
+
 def test_no_store_leaves_the_table_alone(tmp_path):
     table = fake_table(tmp_path / "t.csv")
     result = check_table(tmp_path / "t.csv", samples=5, seed=0, measure=Planted(table), store=False,
@@ -210,12 +227,15 @@ def test_real_lut_check_on_cpu_onnxruntime(tmp_path, capsys):
         pytest.skip(reason)
     profiled = profile("convnext_atto", target, input_size=32, batch=1, out=tmp_path / "atto.csv",
                        protocol=TINY_PROTOCOL)
-    code = main(["lut", "check", str(profiled.path), "--samples", "3", "--seed", "1", "--format", "json"])
+    # three timed runs per entry make the table's end-to-end row too rough for the drift guard: force
+    code = main(["lut", "check", str(profiled.path), "--samples", "3", "--seed", "1", "--format", "json",
+                 "--force-store"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)
     assert report["samples"] == 3 and report["k_range"] == [0, 12] and report["stored"]
     assert report["unpruned_measured_ms"] > 0 and report["before"]["n"] == 3
+    assert report["drift"] == pytest.approx(report["unpruned_measured_ms"] / report["model_row_ms"] - 1)
     assert "[1/3] k=0 " in captured.err and "building convnext_atto" in captured.err
     table = LatencyTable.read(profiled.path)
     assert table.meta.calibration == pytest.approx(tuple(report["calibration"]))

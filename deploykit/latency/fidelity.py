@@ -46,6 +46,9 @@ Progress = Callable[[str], None]
 Measurer = Callable[[tuple[int, ...]], "Measurement | float"]
 
 NOTE_PREFIX = "lut check:"
+# Largest relative difference between the unpruned model measured by the check and the table's own
+# end-to-end row (measured during the profile) for which a calibration is stored without --force-store.
+DRIFT_LIMIT = 0.25
 POINT_COLUMNS = ("sample", "k", "pruned", "predicted_ms", "calibrated_ms", "measured_ms", "p90_ms", "cv", "n",
                  "error_pct", "calibrated_error_pct", "load_1min", "seed", "measured_on")
 
@@ -259,7 +262,8 @@ class CheckResult:
             "calibration": list(self.calibration), "stored": self.stored,
             "unpruned_measured_ms": unpruned.measured_ms if unpruned else None,
             "unpruned_predicted_ms": unpruned.predicted_ms if unpruned else None,
-            "model_row_ms": self.model_row_ms, "measured_now": self.measured_now, "reused": self.reused,
+            "model_row_ms": self.model_row_ms, "drift": _drift(self.points, self.model_row_ms),
+            "measured_now": self.measured_now, "reused": self.reused,
             "elapsed_s": self.elapsed_s, "csv": str(self.csv_path),
             "png": str(self.png_path) if self.png_path else None, "notes": list(self.notes),
         }
@@ -297,7 +301,8 @@ class CheckResult:
 def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: int = 0,
                 measure: Measurer | None = None, out_dir: str | Path | None = None,
                 allow_mismatch: bool = False, fresh: bool = False, store: bool = True, plot: bool = True,
-                model: Any = None, progress: Progress | None = None) -> CheckResult:
+                force_store: bool = False, model: Any = None,
+                progress: Progress | None = None) -> CheckResult:
     """Measure ``samples`` random subnets end to end, compare with the table, fit and store a calibration.
 
     ``measure`` times one subnet (its pruned indices); by default each subnet is built from the table's
@@ -305,8 +310,11 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     protocol in a fresh process — which needs the table's target here (same device string and runtime
     version unless ``allow_mismatch``). ``out_dir`` is where the points CSV and the plot go (default:
     beside the table). Points already in that CSV for the same plan and table are reused unless
-    ``fresh``. With ``store`` the calibration is written into the table's metadata (atomically);
-    ``model`` replaces the timm model the table names (for tests and custom models).
+    ``fresh``. With ``store`` the calibration is written into the table's metadata (atomically) —
+    unless the unpruned model, measured now, differs from the table's own end-to-end row by more than
+    :data:`DRIFT_LIMIT` (the machine is not in the state it was profiled in: load, clock, another
+    runtime build; the fit would encode that), which ``force_store`` overrides. ``model`` replaces
+    the timm model the table names (for tests and custom models).
     """
     started = time.perf_counter()
     say = progress or (lambda line: None)
@@ -349,10 +357,16 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
         notes.append(f"the machine was busy during the check (1-minute load {min(loads):.1f}.."
                      f"{max(loads):.1f} on {os.cpu_count()} CPUs): timings are noisy; see load_1min in "
                      "the points file")
+    drift = _drift(points, table.model_latency())
     stored, result_table = False, table.with_meta(calibration=(a, b))
     if a <= 0:
         notes.append(f"the fitted slope a = {a:.4g} is not positive (the table ranks these subnets "
                      "backwards); the calibration is not stored")
+    elif store and drift is not None and abs(drift) > DRIFT_LIMIT and not force_store:
+        notes.append(f"the unpruned model measures {drift:+.0%} against the table's own end-to-end row: "
+                     "this machine is not in the state the table was profiled in (load? clock?), so the fit "
+                     "would encode that; the calibration is not stored (rerun on a quiet machine, or "
+                     "--force-store)")
     elif store:
         result_table = _store(table, (a, b), before, after, len(points), seed)
         stored = True
@@ -365,6 +379,14 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
                        png_path=png_path, measured_now=len(points) - reused, reused=reused,
                        elapsed_s=time.perf_counter() - started, seed=seed,
                        model_row_ms=table.model_latency(), notes=notes)
+
+
+def _drift(points: list[Point], model_row_ms: float | None) -> float | None:
+    """Unpruned model measured now / the table's end-to-end row − 1 (None without either)."""
+    unpruned = next((p for p in points if not p.pruned), None)
+    if unpruned is None or not model_row_ms:
+        return None
+    return unpruned.measured_ms / model_row_ms - 1
 
 
 def _require_checkable(table: LatencyTable) -> None:
