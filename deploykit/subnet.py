@@ -12,13 +12,12 @@ JSON object::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from deploykit.errors import ConfigError
+from deploykit.fileio import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -89,18 +88,7 @@ class Subnet:
 
     def write(self, path: str | Path) -> Path:
         """Write atomically (temporary file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as stream:
-                json.dump(self.as_dict(), stream, indent=2)
-                stream.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_json_atomic(path, self.as_dict())
 
 
 def parse_block_list(text: str) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError
+from deploykit.fileio import write_json_atomic
 
 TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2}  # precision → largest max_rel that passes
 NUMERICS_RUNTIMES = ("onnxruntime", "openvino")
@@ -106,18 +107,7 @@ class VerifyReport:
 
     def write(self, path: str | Path) -> Path:
         """Write as JSON atomically (temporary file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as stream:
-                json.dump(self.as_dict(), stream, indent=2)
-                stream.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_json_atomic(path, self.as_dict())
 
     @classmethod
     def read(cls, path: str | Path) -> VerifyReport:

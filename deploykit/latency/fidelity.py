@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from deploykit.errors import ConfigError, TableError
+from deploykit.fileio import atomic_path, write_text_atomic
 from deploykit.latency.protocol import Measurement
 from deploykit.latency.table import LatencyTable, format_indices, meta_path, parse_indices
 
@@ -548,7 +549,7 @@ def _write_points(path: Path, points: list[Point], seed: int, measured_on: str,
                      "calibrated_error_pct": (calibrated - p.measured_ms) / p.measured_ms * 100,
                      "load_1min": p.load, "seed": seed, "measured_on": measured_on})
     frame = pd.DataFrame(rows, columns=list(POINT_COLUMNS))
-    _write_atomic(path, frame.to_csv(index=False, float_format="%.6f").encode())
+    write_text_atomic(path, frame.to_csv(index=False, float_format="%.6f"))
 
 
 def _store(table: LatencyTable, calibration: tuple[float, float], before: Figures, after: Figures,
@@ -601,27 +602,8 @@ def _plot(path: Path, points: list[Point], calibration: tuple[float, float], bef
             f"±5% {after.within_5:.0%}  ±10% {after.within_10:.0%}")
     axes.text(0.02, 0.98, text, transform=axes.transAxes, va="top", fontsize=8, family="monospace")
     axes.legend(loc="lower right", fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _figure_row(label: str, f: Figures) -> str:

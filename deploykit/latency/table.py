@@ -18,11 +18,8 @@ per sample (batch 1).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -31,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from deploykit.errors import TableError
+from deploykit.fileio import write_json_atomic, write_text_atomic
 
 KINDS = ("block", "fixed", "model")
 FORMS = {"block": ("original", "merged"), "fixed": ("fixed",), "model": ("model",)}
@@ -194,8 +192,8 @@ class LatencyTable:
         csv.parent.mkdir(parents=True, exist_ok=True)
         # Metadata first: it never depends on the rows (``complete`` only turns true once the rows
         # are all there), so a crash between the two writes leaves a table that resumes correctly.
-        _write_atomic(meta_path(csv), json.dumps(self.meta.as_dict(), indent=2) + "\n")
-        _write_atomic(csv, self.rows.to_csv(index=False))
+        write_json_atomic(meta_path(csv), self.meta.as_dict())
+        write_text_atomic(csv, self.rows.to_csv(index=False))
         self.path = csv
         return csv
 
@@ -390,27 +388,6 @@ def _validate_rows(rows: pd.DataFrame, meta: TableMeta, path: Path | None) -> pd
                 raise TableError(f"{where}: block(s) {_ranges(indices & seen)} appear in two {form} rows")
             seen |= indices
     return rows
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private; a table is a shared artifact
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _show(value: Any) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from deploykit.errors import ConfigError
+from deploykit.fileio import write_text_atomic
 from deploykit.latency.fidelity import predict_subnet
 from deploykit.latency.table import LatencyTable
 from deploykit.search.budget import Budget
@@ -384,10 +385,9 @@ class ParetoResult:
         return pd.DataFrame(self.rows)
 
     def write(self, path: str | Path) -> Path:
-        from deploykit.latency.fidelity import _write_atomic
 
         path = Path(path)
-        _write_atomic(path, self.frame().to_csv(index=False, float_format="%.6g").encode())
+        write_text_atomic(path, self.frame().to_csv(index=False, float_format="%.6g"))
         return path
 
     def summary(self) -> str:

@@ -14,8 +14,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from deploykit.errors import BlockSelectionError, ConfigError
+from deploykit.fileio import write_text_atomic
 from deploykit.prune import PrunableNet
-from deploykit.training.checkpoint import plain, write_text_atomic
+from deploykit.training.checkpoint import plain
 from deploykit.training.config import RunConfig
 from deploykit.training.distributed import DistContext
 from deploykit.training.evaluate import evaluate
@@ -78,7 +79,7 @@ def data_meta(data) -> dict[str, Any]:
 
 
 def write_json(data: dict[str, Any], path: Path) -> Path:
-    return write_text_atomic(json.dumps(plain(data), indent=2) + "\n", path)
+    return write_text_atomic(path, json.dumps(plain(data), indent=2) + "\n")
 
 
 def count_params(model: nn.Module) -> int:

@@ -7,9 +7,6 @@ asked to do; a run resumes only under the same meta.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ import pandas as pd
 import torch
 
 from deploykit.errors import ConfigError
+from deploykit.fileio import atomic_path, write_text_atomic
 
 FORMAT = "deploykit-train/1"
 CHECKPOINT = "checkpoint.pt"
@@ -25,37 +23,13 @@ CHECKPOINT = "checkpoint.pt"
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def write_csv(rows: list[Mapping[str, Any]], path: str | Path) -> Path:
-    return write_text_atomic(pd.DataFrame(list(rows)).to_csv(index=False), path)
+    return write_text_atomic(path, pd.DataFrame(list(rows)).to_csv(index=False))
 
 
 def read_checkpoint(path: str | Path, *, what: str = "checkpoint") -> dict[str, Any]:
