@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deploykit.errors import ModelError
+from deploykit.errors import DeployKitError, ModelError
 
 
 def create_model(name: str, *, weights: str | Path | None = None,
@@ -32,15 +32,22 @@ def create_model(name: str, *, weights: str | Path | None = None,
     return model
 
 
+def read_torch_file(path: str | Path, *, what: str = "weights file",
+                    error: type[DeployKitError] = ModelError):
+    """``torch.load`` of a local file (tensors only); a one-line ``error`` if it is absent or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as failure:  # torch raises several types for unreadable files
+        raise error(f"cannot read {what} {path}: {str(failure).splitlines()[0][:200]}") from None
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a local checkpoint (a state dict, or a dict holding one under ``state_dict``/``model``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for unreadable files
-        raise ModelError(f"cannot read weights file {path}: {error}") from None
+    state = read_torch_file(path)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

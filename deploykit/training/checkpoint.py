@@ -16,6 +16,7 @@ import torch
 
 from deploykit.errors import ConfigError
 from deploykit.fileio import atomic_path, write_text_atomic
+from deploykit.models import read_torch_file
 
 FORMAT = "deploykit-train/1"
 CHECKPOINT = "checkpoint.pt"
@@ -34,12 +35,7 @@ def write_csv(rows: list[Mapping[str, Any]], path: str | Path) -> Path:
 
 def read_checkpoint(path: str | Path, *, what: str = "checkpoint") -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for unreadable files
-        raise ConfigError(f"cannot read {what} {path}: {str(error).splitlines()[0][:200]}") from None
+    state = read_torch_file(path, what=what, error=ConfigError)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{path} is not a deploykit training checkpoint")
     return state

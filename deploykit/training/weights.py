@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from deploykit.errors import ModelError
+from deploykit.models import read_torch_file
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,7 @@ def resolve_weights(spec: str | Path) -> Path:
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a checkpoint: a state dict, or a dict holding one under ``state_dict``/``model``."""
     path = resolve_weights(path)
-    if not path.is_file():
-        raise ModelError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for unreadable files
-        raise ModelError(f"cannot read weights file {path}: {str(error).splitlines()[0][:200]}") from None
+    state = read_torch_file(path)
     if isinstance(state, dict) and state.get("kind") == "supernet":
         raise ModelError(f"{path} is a supernet checkpoint (for the search); pass the original model's "
                          "weights instead")
