@@ -8,10 +8,8 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx_fixtures import tiny_onnx
 
 from deploykit.errors import (
     ConfigError,
@@ -29,19 +27,7 @@ SHAPE = (1, 3, 16, 16)
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    """Conv 3→8 3×3 → ReLU → Conv 8→4 3×3, dynamic batch."""
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w2")
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])
-    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    onnx.save(helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], [w1, w2]),
-                                opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
+    return tiny_onnx(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
 
 
 def check(m: Measurement) -> None:
