@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 from deploykit import __version__
 from deploykit.errors import DeployKitError
@@ -525,10 +526,122 @@ def _run_verify(args) -> int:
     return 1 if report.passed is False else 0
 
 
+# --- deploykit table -------------------------------------------------------------------------------
+
+def _add_table(sub) -> None:
+    p = sub.add_parser(
+        "table", help="the speed-vs-accuracy table of trained variants, and a Pareto plot",
+        description="One row per variant (the original and each pruned model): top-1 (merged, for a "
+                    "subnet), Δ top-1 vs the original of the same model, params, MACs, and per target the "
+                    "table's predicted latency, the measured latency, the speed-up measured against the "
+                    "reference in the same verify run, and the numerics verdict. Each RUN is a variant "
+                    "directory (result.json from `deploykit train`, plus any verify*.json reports) or a "
+                    "directory of them. Missing figures stay blank.")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="a variant directory, or a run directory whose subdirectories are variant ones")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="write the table as .md, .csv (raw numbers) or .html (default: Markdown on stdout)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="write a plot of top-1 against measured latency with the Pareto front, one panel "
+                        "per target")
+    p.set_defaults(func=_run_table)
+
+
+def _run_table(args) -> int:
+    from deploykit.results_table import write_speed_accuracy
+
+    written = write_speed_accuracy(args.runs, out=args.out, plot=args.plot)
+    print(written.markdown if written.table_path is None else f"wrote {written.table_path}")
+    if written.plot_path is not None:
+        print(f"wrote {written.plot_path}")
+    return 0
+
+
+# --- deploykit run ---------------------------------------------------------------------------------
+
+def _add_run(sub) -> None:
+    from deploykit.latency.protocol import add_protocol_arguments
+    from deploykit.pipeline import demo_defaults
+
+    d = SimpleNamespace(**demo_defaults())
+    p = sub.add_parser(
+        "run", help="the whole pipeline: baseline, profile, supernet, search per budget, progressive "
+                    "training, merge, export, verify, speed-vs-accuracy table",
+        description="Run every stage in order in one run directory: train the original (unless --weights), "
+                    "profile its block latency table on the target, train the supernet, and for each "
+                    "budget search the subnet, train it progressively, merge, export to ONNX and verify it "
+                    "on the target against the original (numerics, latency, speed-up measured side by "
+                    "side); finally write table.md, table.csv and pareto.png. Each stage's artifact is "
+                    "written atomically and a finished stage is skipped: rerun the same command to resume "
+                    "an interrupted run. The defaults are the embedded demo: "
+                    f"{d.model} on {d.data} at {d.input_size[0]}x{d.input_size[1]} on {d.target}.")
+    p.add_argument("--model", default=d.model, help=f"timm model name (default: {d.model})")
+    p.add_argument("--target", default=d.target, help=f"target name or YAML path (default: {d.target})")
+    p.add_argument("--data", default=d.data, metavar="NAME",
+                   help=f"digits | mnist5k | imagefolder:PATH (default: {d.data})")
+    p.add_argument("--input-size", type=parse_size, default=d.input_size, metavar="SIZE",
+                   help=f"input resolution for training and latency (default: {d.input_size[0]})")
+    p.add_argument("--budgets", default=",".join(d.budgets), metavar="LIST",
+                   help="latency budgets, comma-separated: fractions of the original's predicted latency "
+                        f"(0.8), percentages (80%%) or milliseconds (12ms) (default: {','.join(d.budgets)})")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="a trained original for this data (local state dict): skips baseline training")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="run directory (default: runs/MODEL-DATA-TARGET)")
+    p.add_argument("--fresh", action="store_true", help="delete the run directory's results and start over")
+    train = p.add_argument_group("training")
+    train.add_argument("--baseline-epochs", type=int, default=d.baseline_epochs, metavar="E",
+                       help=f"(default: {d.baseline_epochs})")
+    train.add_argument("--supernet-epochs", type=int, default=d.supernet_epochs, metavar="E",
+                       help=f"(default: {d.supernet_epochs})")
+    train.add_argument("--subnet-epochs", type=int, default=d.subnet_epochs, metavar="E",
+                       help=f"progressive training of each chosen subnet (default: {d.subnet_epochs})")
+    train.add_argument("--method", choices=("progressive", "abrupt", "drop"), default=d.method,
+                       help=f"how the chosen blocks are removed (default: {d.method})")
+    train.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",
+                       help=f"(default: {d.batch_size})")
+    train.add_argument("--train-limit", type=int, default=None, metavar="N", help="use N training samples")
+    train.add_argument("--val-limit", type=int, default=None, metavar="N", help="use N validation samples")
+    train.add_argument("--proxy-val-limit", type=int, default=d.proxy_val_limit, metavar="N",
+                       help=f"validation samples the search's supernet proxy scores each subnet on "
+                            f"(default: {d.proxy_val_limit})")
+    train.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
+                       help="training device (default: auto)")
+    train.add_argument("--train-threads", type=int, default=None, metavar="N",
+                       help="CPU threads for training (default: torch's)")
+    latency = p.add_argument_group("latency")
+    latency.add_argument("--batch", type=int, default=None, metavar="B",
+                         help="batch for the latency table and verification (default: the target's)")
+    latency.add_argument("--rounds", type=int, default=d.rounds, metavar="R",
+                         help=f"interleaved measurements per model when verifying (default: {d.rounds})")
+    add_protocol_arguments(p)
+    p.set_defaults(func=_run_run)
+
+
+def _run_run(args) -> int:
+    from deploykit.latency.protocol import Protocol
+    from deploykit.pipeline import Pipeline, PipelineConfig
+
+    config = PipelineConfig(
+        model=args.model, target=args.target, data=args.data, input_size=args.input_size,
+        budgets=tuple(b for b in args.budgets.split(",")), weights=args.weights,
+        baseline_epochs=args.baseline_epochs, supernet_epochs=args.supernet_epochs,
+        subnet_epochs=args.subnet_epochs, method=args.method, batch_size=args.batch_size,
+        train_limit=args.train_limit, val_limit=args.val_limit, proxy_val_limit=args.proxy_val_limit,
+        seed=args.seed, device=args.device, train_threads=args.train_threads, latency_batch=args.batch,
+        rounds=args.rounds, protocol=Protocol.from_args(args))
+    pipeline = Pipeline(config, args.out, fresh=args.fresh,
+                        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    result = pipeline.run()
+    print(result.summary())
+    return 0
+
+
 # --- entry point -----------------------------------------------------------------------------------
 
-COMMANDS = (_add_blocks, _add_targets, _add_profile, _add_train, _add_lut, _add_search, _add_export,
-            _add_verify)
+COMMANDS = (_add_run, _add_blocks, _add_targets, _add_profile, _add_train, _add_lut, _add_search,
+            _add_export, _add_verify, _add_table)
 
 
 def build_parser() -> argparse.ArgumentParser:

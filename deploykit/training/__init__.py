@@ -4,17 +4,35 @@ One module per concern: ``config`` (frozen settings), ``schedule`` (λ ramp, lea
 pruned sets: functions of the step alone), ``losses`` (CE + distillation), ``weights`` (loading local
 checkpoints by name or by position), ``distributed`` (torchrun / DDP), ``checkpoint`` (atomic files,
 resume), ``loop`` (the shared training loop), ``evaluate`` (top-1/loss, the supernet proxy) and one
-module per stage: ``baseline``, ``supernet``, ``progressive``.
+module per stage: ``baseline``, ``supernet``, ``progressive``. The names below are imported on first use.
 """
 
-from deploykit.training.baseline import BaselineResult, train_baseline
-from deploykit.training.config import DistillConfig, OptimConfig, RunConfig, SubnetConfig, SupernetConfig
-from deploykit.training.evaluate import Supernet, evaluate, evaluate_subnet, load_supernet
-from deploykit.training.losses import distillation_loss, training_loss
-from deploykit.training.progressive import SubnetResult, train_subnet
-from deploykit.training.schedule import learning_rate, ramp_lambda, sample_pruned
-from deploykit.training.supernet import SupernetResult, train_supernet
-from deploykit.training.weights import load_model_weights
+import importlib
+
+_HOMES = {
+    "BaselineResult": "deploykit.training.baseline",
+    "DistillConfig": "deploykit.training.config",
+    "OptimConfig": "deploykit.training.config",
+    "RunConfig": "deploykit.training.config",
+    "SubnetConfig": "deploykit.training.config",
+    "SubnetResult": "deploykit.training.progressive",
+    "Supernet": "deploykit.training.evaluate",
+    "SupernetConfig": "deploykit.training.config",
+    "SupernetResult": "deploykit.training.supernet",
+    "distillation_loss": "deploykit.training.losses",
+    "evaluate": "deploykit.training.evaluate",
+    "evaluate_original": "deploykit.training.baseline",
+    "evaluate_subnet": "deploykit.training.evaluate",
+    "learning_rate": "deploykit.training.schedule",
+    "load_model_weights": "deploykit.training.weights",
+    "load_supernet": "deploykit.training.evaluate",
+    "ramp_lambda": "deploykit.training.schedule",
+    "sample_pruned": "deploykit.training.schedule",
+    "train_baseline": "deploykit.training.baseline",
+    "train_subnet": "deploykit.training.progressive",
+    "train_supernet": "deploykit.training.supernet",
+    "training_loss": "deploykit.training.losses",
+}
 
 __all__ = [
     "BaselineResult",
@@ -28,6 +46,7 @@ __all__ = [
     "SupernetResult",
     "distillation_loss",
     "evaluate",
+    "evaluate_original",
     "evaluate_subnet",
     "learning_rate",
     "load_model_weights",
@@ -39,3 +58,10 @@ __all__ = [
     "train_supernet",
     "training_loss",
 ]
+
+
+def __getattr__(name: str):
+    # Imported on first use (PEP 562): `deploykit --help` and the option parsers need no torch.
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'deploykit.training' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from deploykit.data import DataConfig, load_datasets
+from deploykit.data import DataConfig, eval_loader, load_datasets
 from deploykit.macs import count_macs
 from deploykit.training.build import (
     count_params,
@@ -74,4 +74,31 @@ def train_baseline(model: str, *, data: DataConfig, run: RunConfig, optim: Optim
                         "weights_path": result.weights_path}, run.out / "result.json")
             ctx.log(f"baseline {model}: val top-1 {result.top1:.2f}%, loss {result.loss:.4f}; "
                     f"wrote {result.weights_path}, {run.out / 'log.csv'}, {run.out / 'result.json'}")
+        return result
+
+
+def evaluate_original(model: str, *, data: DataConfig, weights: str | Path, out: str | Path,
+                      eval_batch_size: int = 256) -> BaselineResult:
+    """Use trained local ``weights`` as the original instead of training one: load them (their
+    classifier must fit the data's classes), measure top-1 and loss, and write ``model.pt`` and
+    ``result.json`` exactly as :func:`train_baseline` would, so that later stages cannot tell."""
+    out = Path(out)
+    with distributed("cpu") as ctx:
+        datasets = load_datasets(data)
+        ctx.log(f"data: {datasets.describe}")
+        net = original_model(model, num_classes=datasets.num_classes, weights=weights, new_head=False,
+                             ctx=ctx)
+        scores = validate_plain(net, eval_loader(datasets.val, batch_size=eval_batch_size), ctx, None)
+        meta = {"model": model, "input_size": data.input_size, "num_classes": datasets.num_classes,
+                "weights": str(weights), "data": data_meta(data)}
+        result = BaselineResult(out=out, weights_path=out / "model.pt", top1=scores["val_top1"],
+                                loss=scores["val_loss"], params=count_params(net),
+                                macs=count_macs(net, (3, *data.input_size)), wall_s=0.0, history=())
+        save_atomic({"format": FORMAT, "kind": "baseline-weights", "meta": meta,
+                     "state_dict": net.state_dict()}, result.weights_path)
+        write_json({"kind": "baseline", **meta, "top1": result.top1, "loss": result.loss,
+                    "params": result.params, "macs": result.macs, "train_wall_s": 0.0, "epochs": 0,
+                    "weights_path": result.weights_path}, out / "result.json")
+        ctx.log(f"original {model} from {weights}: val top-1 {result.top1:.2f}%, loss {result.loss:.4f} "
+                f"(not trained here); wrote {result.weights_path}, {out / 'result.json'}")
         return result

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from deploykit.data import DataConfig, default_input_size
 from deploykit.training.config import DistillConfig, OptimConfig, RunConfig
+
+if TYPE_CHECKING:
+    from deploykit.data import DataConfig
 
 # Per command: (learning rate, warm-up epochs). Training from scratch warms up; fine-tuning does not.
 DEFAULT_LR = {"baseline": (2e-3, 1.0), "supernet": (5e-4, 0.0), "subnet": (5e-4, 0.0)}
@@ -61,6 +64,8 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def data_config(args: argparse.Namespace, input_size: tuple[int, int] | None = None) -> DataConfig:
+    from deploykit.data import DataConfig, default_input_size
+
     size = input_size or args.input_size or default_input_size(args.data)
     return DataConfig(name=args.data, input_size=tuple(size), train_limit=args.train_limit,
                       val_limit=args.val_limit)

@@ -1,0 +1,560 @@
+"""``deploykit run``: every stage in order, in one run directory, resumable (DESIGN.md §1, §3).
+
+Each stage writes its artifact atomically and is skipped when that artifact is already there, so a run
+that was interrupted continues where it stopped (an interrupted training resumes from its last
+finished epoch, an interrupted profile from its last entry)::
+
+    baseline          RUN/baseline/model.pt, result.json      train the original (or evaluate --weights)
+    profile           RUN/profile/<model>_<size>_b<B>.csv     block latency table on the target
+    budgets           (nothing written)                       every budget reachable, per the table
+    supernet          RUN/supernet/supernet.pt                weight-sharing supernet over the blocks
+                                                              whose merged form the table says is faster
+    export original   RUN/baseline/model.onnx
+    verify original   RUN/baseline/verify-<target>.json      numerics, latency, table prediction
+    for each budget B:
+      search B        RUN/budget-B/subnet.json                best supernet top-1 within the budget
+      train B         RUN/budget-B/merged.pt, result.json     progressive subnet training, merged
+      export B        RUN/budget-B/model.onnx
+      verify B        RUN/budget-B/verify-<target>.json      … and speed-up against the original,
+                                                              measured interleaved in the same run
+    table             RUN/table.md, table.csv, pareto.png     speed vs accuracy
+
+``RUN/run.json`` holds the settings and each stage's wall time. A rerun with other settings is
+refused (choose another ``--out``, or ``--fresh`` to start over), except that budgets may be added.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploykit.errors import ConfigError, MergeError
+from deploykit.fileio import write_json_atomic
+from deploykit.latency.protocol import Protocol
+
+if TYPE_CHECKING:
+    from deploykit.search.budget import Budget
+
+Progress = Callable[[str], None]
+RUN_FILE = "run.json"
+EXHAUSTIVE_PROXY_BITS = 9     # evaluate every subnet on data up to 2^9 of them; evolve beyond
+METHODS = ("progressive", "abrupt", "drop")
+
+
+# --- settings --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What ``deploykit run`` does. The defaults are the embedded demo: a small ConvNeXt on the bundled
+    MNIST subset at 32×32 on this machine's onnxruntime CPU target (a few minutes on 2 cores)."""
+
+    model: str = "convnext_atto"
+    target: str = "cpu-ort"
+    data: str = "mnist5k"
+    input_size: tuple[int, int] = (32, 32)
+    budgets: tuple[str, ...] = ("0.8", "0.6")
+    weights: str | None = None
+    baseline_epochs: int = 4
+    supernet_epochs: int = 2
+    subnet_epochs: int = 3
+    method: str = "progressive"
+    batch_size: int = 64
+    train_limit: int | None = None
+    val_limit: int | None = None
+    proxy_val_limit: int | None = 500
+    seed: int = 0
+    device: str = "auto"
+    train_threads: int | None = None
+    latency_batch: int | None = None          # None: the target's batch
+    rounds: int = 3
+    protocol: Protocol = field(default_factory=Protocol)
+
+    def __post_init__(self) -> None:
+        size = tuple(self.input_size)
+        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+            raise ConfigError(f"input size must be [height, width], got {self.input_size!r}")
+        object.__setattr__(self, "input_size", size)
+        from deploykit.search.budget import parse_budget
+
+        budgets = tuple(str(b).strip() for b in self.budgets)
+        if not budgets or not all(budgets):
+            raise ConfigError("give at least one budget, e.g. --budgets 0.8,0.6")
+        labels = [budget_label(parse_budget(b)) for b in budgets]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"a budget is listed twice: {', '.join(budgets)}")
+        object.__setattr__(self, "budgets", budgets)
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("baseline_epochs", "supernet_epochs", "subnet_epochs", "batch_size", "rounds"):
+            _positive_int(name, getattr(self, name))
+        for name in ("train_limit", "val_limit", "proxy_val_limit", "train_threads", "latency_batch"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if not isinstance(self.protocol, Protocol):
+            object.__setattr__(self, "protocol", Protocol.from_dict(self.protocol))
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_size"], data["budgets"] = list(self.input_size), list(self.budgets)
+        data["protocol"] = self.protocol.as_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str) -> PipelineConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        return cls(**{**data, "input_size": tuple(data.get("input_size", (32, 32))),
+                      "budgets": tuple(data.get("budgets", ()))})
+
+    def differences(self, other: PipelineConfig) -> list[str]:
+        """Settings that differ, budgets aside (a run may gain budgets)."""
+        mine, theirs = self.as_dict(), other.as_dict()
+        return [f"{key} {theirs[key]!r} → {mine[key]!r}" for key in mine
+                if key != "budgets" and mine[key] != theirs[key]]
+
+
+def demo_defaults() -> dict[str, Any]:
+    """The default settings, without validating them (cheap: for ``--help`` texts)."""
+    return {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+            for f in fields(PipelineConfig)}
+
+
+def budget_label(budget: Budget) -> str:
+    """A folder-safe name: 0.8 → ``0.8``, 12 ms → ``12ms``."""
+    return f"{budget.value:g}ms" if budget.unit == "ms" else f"{budget.value:g}"
+
+
+def default_run_dir(config: PipelineConfig) -> Path:
+    data = config.data.replace(":", "_").replace("/", "_").strip("_")
+    return Path("runs") / f"{config.model}-{data}-{config.target}"
+
+
+# --- the run directory -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where every artifact of a run lives."""
+
+    root: Path
+    config: PipelineConfig
+    target_name: str
+    table_name: str
+
+    @property
+    def baseline(self) -> Path:
+        return self.root / "baseline"
+
+    @property
+    def weights(self) -> Path:
+        return self.baseline / "model.pt"
+
+    @property
+    def table(self) -> Path:
+        return self.root / "profile" / self.table_name
+
+    @property
+    def supernet(self) -> Path:
+        return self.root / "supernet" / "supernet.pt"
+
+    def onnx(self, folder: Path) -> Path:
+        return folder / "model.onnx"
+
+    def report(self, folder: Path) -> Path:
+        return folder / f"verify-{self.target_name}.json"
+
+    def budget(self, text: str) -> Path:
+        from deploykit.search.budget import parse_budget
+
+        return self.root / f"budget-{budget_label(parse_budget(text))}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step: its name, whether its artifact is already there, and what runs it (→ one-line summary)."""
+
+    name: str
+    is_done: Callable[[], bool]
+    run: Callable[[], str]
+    artifact: Path | None = None
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What one ``deploykit run`` invocation did; ``seconds``: each stage's time, over all invocations."""
+
+    root: Path
+    ran: tuple[str, ...]
+    skipped: tuple[str, ...]
+    seconds: dict[str, float]
+    wall_s: float
+    outputs: tuple[Path, ...]
+
+    def summary(self) -> str:
+        table = self.root / "table.md"
+        lines = [f"deploykit run: {len(self.ran)} stage(s) ran, {len(self.skipped)} were done already; "
+                 f"{self.wall_s:.1f} s now, {sum(self.seconds.values()):.1f} s of stages in all "
+                 f"({self.root})"]
+        if table.is_file():
+            lines += ["", table.read_text().rstrip(), ""]
+        lines += [f"wrote {path}" for path in self.outputs if path.is_file()]
+        return "\n".join(lines)
+
+
+# --- the pipeline ----------------------------------------------------------------------------------
+
+class Pipeline:
+    """The stages of one run (see the module docstring). ``run()`` executes the ones not yet done."""
+
+    def __init__(self, config: PipelineConfig, out: str | Path | None = None, *, fresh: bool = False,
+                 progress: Progress | None = None):
+        from deploykit.latency.profile import default_table_path
+        from deploykit.targets import load_target
+
+        self.config = config
+        self.say = progress or (lambda line: None)
+        self.target = load_target(config.target)
+        self.batch = config.latency_batch or self.target.batch
+        root = Path(out) if out is not None else default_run_dir(config)
+        table_name = default_table_path(config.model, self.target.name, config.input_size, self.batch).name
+        self.layout = RunLayout(root=root, config=config, target_name=self.target.name, table_name=table_name)
+        self.fresh = fresh
+        self._cache: dict[str, Any] = {}
+
+    # -- orchestration --
+
+    def stages(self) -> list[Stage]:
+        lay = self.layout
+        stages = [
+            Stage("baseline", lambda: _exists(lay.weights, lay.baseline / "result.json"), self._baseline,
+                  lay.weights),
+            Stage("profile", self._table_complete, self._profile, lay.table),
+            Stage("budgets", lambda: False, self._check_budgets),
+            Stage("supernet", lambda: _exists(lay.supernet), self._supernet, lay.supernet),
+            Stage("export original", lambda: _exists(lay.onnx(lay.baseline)),
+                  lambda: self._export(self.original_module, lay.baseline), lay.onnx(lay.baseline)),
+            Stage("verify original", lambda: _verified(lay.report(lay.baseline)),
+                  lambda: self._verify(lay.baseline, pruned=(), reference=None), lay.report(lay.baseline)),
+        ]
+        for text in self.config.budgets:
+            stages += self._budget_stages(text)
+        stages.append(Stage("table", lambda: False, self._table, lay.root / "table.md"))
+        return stages
+
+    def _budget_stages(self, text: str) -> list[Stage]:
+        lay, folder = self.layout, self.layout.budget(text)
+        subnet, merged, onnx, report = folder / "subnet.json", folder / "merged.pt", lay.onnx(folder), \
+            lay.report(folder)
+        return [
+            Stage(f"search {text}", lambda: _exists(subnet), lambda: self._search(text, folder), subnet),
+            Stage(f"train {text}", lambda: _exists(merged, folder / "result.json"),
+                  lambda: self._train_subnet(folder), merged),
+            Stage(f"export {text}", lambda: _exists(onnx),
+                  lambda: self._export(lambda: _merged_module(folder), folder), onnx),
+            Stage(f"verify {text}", lambda: _verified(report),
+                  lambda: self._verify(folder, pruned=None, reference=lay.onnx(lay.baseline)), report),
+        ]
+
+    def run(self) -> PipelineResult:
+        """Run every stage that is not done yet; return what ran, what was skipped and the timings."""
+        started = time.perf_counter()
+        self._require_target()
+        state = self._open_run_dir()
+        stages = self.stages()
+        ran, skipped = [], []
+        width = len(str(len(stages)))
+        for number, stage in enumerate(stages, 1):
+            head = f"[{number:>{width}}/{len(stages)}] {stage.name}"
+            if stage.is_done():
+                self.say(f"{head}: done already ({stage.artifact})")
+                skipped.append(stage.name)
+                continue
+            self.say(f"{head} …")
+            began = time.perf_counter()
+            summary = stage.run()
+            seconds = time.perf_counter() - began
+            state["stages"][stage.name] = {"seconds": round(seconds, 3), "finished": _now()}
+            write_json_atomic(self.layout.root / RUN_FILE, state)
+            self.say(f"{head}: {summary} [{seconds:.1f} s]")
+            ran.append(stage.name)
+        seconds = {name: entry["seconds"] for name, entry in state["stages"].items()}
+        lay = self.layout
+        outputs = (lay.root / "table.md", lay.root / "table.csv", lay.root / "pareto.png")
+        return PipelineResult(root=lay.root, ran=tuple(ran), skipped=tuple(skipped), seconds=seconds,
+                              wall_s=time.perf_counter() - started, outputs=outputs)
+
+    def _require_target(self) -> None:
+        from deploykit.runtimes import get_backend
+
+        ok, reason = get_backend(self.target.runtime).available(self.target)
+        if not ok:
+            raise ConfigError(f"target {self.target.name} cannot run here: {reason}. `deploykit run` "
+                              "measures and verifies on the target itself: run it on that machine")
+
+    def _open_run_dir(self) -> dict[str, Any]:
+        """Start the run directory, or reopen it after checking that its settings are these."""
+        root, path = self.layout.root, self.layout.root / RUN_FILE
+        if self.fresh and root.exists():
+            if not path.is_file() and any(root.iterdir()):
+                raise ConfigError(f"--fresh would delete {root}, which is not a deploykit run directory "
+                                  f"(no {RUN_FILE}); choose another --out")
+            shutil.rmtree(root)
+            self.say(f"--fresh: removed {root}")
+        if path.is_file():
+            state = _read_state(path)
+            before = PipelineConfig.from_dict(state["config"], source=str(path))
+            changed = self.config.differences(before)
+            if changed:
+                raise ConfigError(f"{root} holds a run with other settings ({'; '.join(changed)}); "
+                                  "choose another --out, or pass --fresh to start it over")
+            added = [b for b in self.config.budgets if b not in before.budgets]
+            if added:
+                self.say(f"resuming {root}; new budget(s): {', '.join(added)}")
+            else:
+                self.say(f"resuming {root}")
+            state["config"] = self.config.as_dict()
+        else:
+            if root.exists() and any(root.iterdir()):
+                raise ConfigError(f"{root} exists and is not a deploykit run directory (no {RUN_FILE}); "
+                                  "choose another --out")
+            state = {"deploykit_run": 1, "started": _now(), "config": self.config.as_dict(), "stages": {}}
+            self.say(f"run directory {root}")
+        from deploykit import __version__
+
+        state["deploykit_version"] = __version__
+        write_json_atomic(path, state)
+        return state
+
+    # -- shared inputs, built once --
+
+    def data_config(self):
+        from deploykit.data import DataConfig
+
+        c = self.config
+        return DataConfig(name=c.data, input_size=c.input_size, train_limit=c.train_limit,
+                          val_limit=c.val_limit)
+
+    def run_config(self, out: Path, epochs: int):
+        from deploykit.training import RunConfig
+
+        c = self.config
+        return RunConfig(out=out, epochs=epochs, batch_size=c.batch_size, seed=c.seed, device=c.device,
+                         threads=c.train_threads, resume=(out / "checkpoint.pt").is_file())
+
+    def latency_table(self):
+        from deploykit.latency.table import LatencyTable
+
+        if "table" not in self._cache:
+            self._cache["table"] = LatencyTable.read(self.layout.table)
+        return self._cache["table"]
+
+    def candidates(self) -> tuple[int, ...]:
+        """The blocks worth pruning: those whose merged form the table says is faster than the original."""
+        from deploykit.search import LatencySpace
+
+        space = LatencySpace.from_table(self.latency_table())
+        faster = tuple(c for c, saving in zip(space.candidates, space.savings) if saving > 0)
+        if not faster:
+            raise ConfigError(f"no block of {self.config.model} is faster merged than original on "
+                              f"{self.target.name} according to {self.layout.table}: depth pruning cannot "
+                              "make this model faster on this target")
+        return faster
+
+    def original_module(self):
+        from deploykit.models import create_model
+        from deploykit.training import load_model_weights
+
+        result = json.loads((self.layout.baseline / "result.json").read_text())
+        module = create_model(self.config.model, num_classes=int(result["num_classes"]),
+                              input_size=self.config.input_size)
+        load_model_weights(module, self.layout.weights)
+        return module.eval()
+
+    # -- the stages --
+
+    def _baseline(self) -> str:
+        from deploykit.training import OptimConfig, evaluate_original, train_baseline
+        from deploykit.training.options import DEFAULT_LR
+
+        c, out = self.config, self.layout.baseline
+        if c.weights is not None:
+            result = evaluate_original(c.model, data=self.data_config(), weights=c.weights, out=out)
+            return f"original from {c.weights}: top-1 {result.top1:.2f}%"
+        lr, warmup = DEFAULT_LR["baseline"]
+        result = train_baseline(c.model, data=self.data_config(), run=self.run_config(out, c.baseline_epochs),
+                                optim=OptimConfig(lr=lr, warmup_epochs=warmup))
+        return f"trained {c.baseline_epochs} epoch(s): top-1 {result.top1:.2f}%"
+
+    def _table_complete(self) -> bool:
+        from deploykit.latency.table import read_meta
+
+        return self.layout.table.is_file() and read_meta(self.layout.table).complete
+
+    def _profile(self) -> str:
+        from deploykit.latency.profile import profile
+
+        result = profile(self.config.model, self.target, input_size=self.config.input_size, batch=self.batch,
+                         out=self.layout.table, protocol=self.config.protocol, model=self.original_module(),
+                         progress=lambda line: self.say(f"  {line}"))
+        self._cache.pop("table", None)
+        whole = result.table.model_latency()
+        shown = f", whole model {whole:.3f} ms" if whole is not None else ""
+        return f"{result.entries} entries{shown}: {result.path}"
+
+    def _check_budgets(self) -> str:
+        from deploykit.search import LatencySpace
+        from deploykit.search.budget import parse_budget
+        from deploykit.search.engine import infeasible_message
+
+        table = self.latency_table()
+        space = LatencySpace.from_table(table, self.candidates())
+        shown = []
+        for text in self.config.budgets:
+            budget = parse_budget(text)
+            ms = budget.resolve(space.full_ms)
+            if ms < space.min_ms() * (1 - 1e-9):
+                raise ConfigError(f"budget {text}: {infeasible_message(table, space, ms, budget)}")
+            if ms >= space.full_ms:
+                raise ConfigError(f"budget {text} = {ms:.3f} ms is not below the unpruned model's predicted "
+                                  f"{space.full_ms:.3f} ms: nothing needs pruning")
+            shown.append(f"{text} → {ms:.3f} ms")
+        return (f"unpruned {space.full_ms:.3f} ms, reachable down to {space.min_ms():.3f} ms; "
+                + ", ".join(shown)
+                + f"; {len(space.candidates)} blocks faster merged: {list(space.candidates)}")
+
+    def _supernet(self) -> str:
+        from deploykit.training import OptimConfig, SupernetConfig, train_supernet
+        from deploykit.training.options import DEFAULT_LR
+
+        c = self.config
+        lr, warmup = DEFAULT_LR["supernet"]
+        result = train_supernet(c.model, weights=self.layout.weights, data=self.data_config(),
+                                run=self.run_config(self.layout.supernet.parent, c.supernet_epochs),
+                                config=SupernetConfig(candidates=self.candidates()),
+                                optim=OptimConfig(lr=lr, warmup_epochs=warmup))
+        return f"top-1 {result.top1:.2f}% unpruned, {result.top1_probe:.2f}% with probe {list(result.probe)}"
+
+    def _proxy(self):
+        from deploykit.search import ProxyData, make_proxy
+
+        if "proxy" not in self._cache:
+            c = self.config
+            data = ProxyData(c.data, val_limit=c.proxy_val_limit, input_size=c.input_size)
+            self._cache["proxy"] = make_proxy(f"supernet:{self.layout.supernet}", table=self.latency_table(),
+                                              data=data, progress=lambda line: self.say(f"  {line}"))
+        return self._cache["proxy"]
+
+    def _search(self, text: str, folder: Path) -> str:
+        from deploykit.search import search
+        from deploykit.search.budget import parse_budget
+
+        candidates = self.candidates()
+        strategy = "auto" if len(candidates) <= EXHAUSTIVE_PROXY_BITS else "evolutionary"
+        result = search(self.latency_table(), parse_budget(text), self._proxy(), candidates=candidates,
+                        strategy=strategy, seed=self.config.seed, population=16, generations=8,
+                        progress=lambda line: self.say(f"  {line}"))
+        result.subnet.write(folder / "subnet.json")
+        proxy = result.subnet.proxy or {}
+        return (f"prune {list(result.subnet.pruned)}: predicted {result.predicted_ms:.3f} ms "
+                f"({result.speedup:.2f}×), supernet {proxy.get('metric')} {proxy.get('value')}")
+
+    def _train_subnet(self, folder: Path) -> str:
+        from deploykit.subnet import Subnet
+        from deploykit.training import OptimConfig, SubnetConfig, train_subnet
+        from deploykit.training.options import DEFAULT_LR
+
+        c = self.config
+        lr, warmup = DEFAULT_LR["subnet"]
+        result = train_subnet(Subnet.read(folder / "subnet.json"), weights=self.layout.weights,
+                              data=self.data_config(), run=self.run_config(folder, c.subnet_epochs),
+                              config=SubnetConfig(method=c.method),
+                              optim=OptimConfig(lr=lr, warmup_epochs=warmup))
+        return (f"{c.method}: top-1 {result.top1_merged:.2f}% merged "
+                f"(logit error {result.merge_rel_error:.1e})")
+
+    def _export(self, load: Callable[[], Any], folder: Path) -> str:
+        from deploykit.export import export_onnx
+
+        path = export_onnx(load(), (self.batch, 3, *self.config.input_size), self.layout.onnx(folder))
+        return f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)"
+
+    def _verify(self, folder: Path, *, pruned: tuple[int, ...] | None, reference: Path | None) -> str:
+        from deploykit.subnet import Subnet
+        from deploykit.verify import verify
+
+        if pruned is None:
+            pruned = Subnet.read(folder / "subnet.json").pruned
+            module = _merged_module(folder)
+        else:
+            module = self.original_module()
+        path = self.layout.report(folder)
+        report = verify(self.layout.onnx(folder), target=self.target, protocol=self.config.protocol,
+                        reference=reference, torch_module=module, torch_name=str(folder),
+                        table=self.latency_table(), pruned=pruned, seed=self.config.seed,
+                        rounds=self.config.rounds,
+                        progress=lambda line: self.say(f"  {line}"))
+        report.write(path)
+        if report.passed is False:
+            raise MergeError(f"the exported {self.layout.onnx(folder)} does not reproduce PyTorch on "
+                             f"{self.target.name} (max rel error {report.numerics['max_rel']:.2e} > "
+                             f"{report.numerics['tolerance']:g}); see {path}")
+        measured = report.latency["model"]["median_ms"]
+        speed = f", {report.speedup:.2f}× the original" if report.speedup is not None else ""
+        return (f"numerics max rel {report.numerics['max_rel']:.1e}; {measured:.3f} ms measured, "
+                f"{report.predicted_ms:.3f} ms predicted{speed}")
+
+    def _table(self) -> str:
+        from deploykit.fileio import write_text_atomic
+        from deploykit.results_table import render_table, write_speed_accuracy
+
+        root = self.layout.root
+        folders = [self.layout.baseline] + [self.layout.budget(text) for text in self.config.budgets]
+        written = write_speed_accuracy(folders, out=root / "table.md", plot=root / "pareto.png")
+        csv = write_text_atomic(root / "table.csv", render_table(written.frame, ".csv"))
+        return f"wrote {written.table_path}, {csv}, {written.plot_path}"
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def _exists(*paths: Path) -> bool:
+    return all(p.is_file() for p in paths)
+
+
+def _merged_module(folder: Path):
+    from deploykit.verify import load_module
+
+    return load_module(folder / "merged.pt")[0]
+
+
+def _verified(path: Path) -> bool:
+    """A verify report that exists and passed (a failed one is redone after the cause is fixed)."""
+    from deploykit.verify import VerifyReport
+
+    return path.is_file() and VerifyReport.read(path).passed is True
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} is not valid JSON ({error}); pass --fresh to start the run over") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise ConfigError(f"{path} is not a deploykit run file; pass --fresh to start the run over")
+    state.setdefault("stages", {})
+    return state
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name.replace('_', ' ')} must be a positive integer, got {value!r}")

@@ -1,0 +1,337 @@
+"""The speed-vs-accuracy table (``deploykit table``): one row per trained variant, per-target latency.
+
+A *variant directory* holds a ``result.json`` from ``deploykit train baseline`` or ``train subnet`` and
+zero or more ``verify*.json`` reports (:class:`~deploykit.verify.VerifyReport`), at most one per
+target. A *run directory* holds variant directories as immediate subfolders. Every figure in the
+table is read from those files; nothing is estimated: a missing value stays blank.
+
+Kept apart from :mod:`deploykit.report` so that the command does not import torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from deploykit.errors import ConfigError
+from deploykit.fileio import write_bytes_atomic, write_text_atomic
+from deploykit.verify import VerifyReport
+
+RESULT_FILE = "result.json"
+REPORT_GLOB = "verify*.json"
+TOP1, DELTA, PARAMS, MACS = "top-1 %", "Δ top-1", "params M", "MACs M"
+BASE_COLUMNS = ("variant", "model", "method", "pruned", TOP1, DELTA, PARAMS, MACS)
+PREDICTED, MEASURED, SPEEDUP, NUMERICS = "predicted ms", "measured ms", "speed-up", "numerics"
+TARGET_FIELDS = (PREDICTED, MEASURED, SPEEDUP, NUMERICS)
+NO_LATENCY = "no variant has a measured latency: run deploykit verify --out DIR/verify-TARGET.json first"
+
+# How each numeric column reads in Markdown and HTML (matched on the column's end); CSV keeps raw floats.
+_FORMATS: dict[str, Callable[[float], str]] = {
+    TOP1: "{:.2f}".format, DELTA: "{:+.2f}".format, PARAMS: "{:.2f}".format, MACS: "{:.1f}".format,
+    PREDICTED: "{:.3f}".format, MEASURED: "{:.3f}".format, SPEEDUP: "{:.2f}×".format,
+}
+
+
+# --- reading variants -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained model: what its ``result.json`` says and its verify reports, one per target."""
+
+    directory: Path
+    kind: str  # "baseline" or "subnet"
+    model: str
+    method: str  # "original" for a baseline
+    pruned: tuple[int, ...]
+    top1: float  # baseline: top1; subnet: top1_merged (what ships)
+    params: int | None
+    macs: int | None
+    reports: tuple[VerifyReport, ...] = ()
+
+    def report(self, target: str) -> VerifyReport | None:
+        return next((r for r in self.reports if r.target == target), None)
+
+
+def find_variant_dirs(path: str | Path) -> list[Path]:
+    """``path`` itself when it holds a result.json, else its immediate subfolders that do."""
+    path = Path(path)
+    if (path / RESULT_FILE).is_file():
+        return [path]
+    if not path.is_dir():
+        raise ConfigError(f"{path}: not found (expected a variant directory with {RESULT_FILE} "
+                          "or a run directory of them)")
+    found = [child for child in sorted(path.iterdir()) if (child / RESULT_FILE).is_file()]
+    if not found:
+        raise ConfigError(f"{path}: neither a variant directory (no {RESULT_FILE}) nor a run directory "
+                          f"(no immediate subdirectory has one)")
+    return found
+
+
+def load_variants(paths: Iterable[str | Path]) -> list[Variant]:
+    """Variants in the order given; those found inside one run directory baseline-first, then by name.
+    A directory reached twice is listed once."""
+    variants: list[Variant] = []
+    seen: set[Path] = set()
+    for path in paths:
+        found = [load_variant(d) for d in find_variant_dirs(path) if d.resolve() not in seen]
+        found.sort(key=lambda v: (v.kind != "baseline", v.directory.name))
+        seen.update(v.directory.resolve() for v in found)
+        variants.extend(found)
+    return variants
+
+
+def load_variant(directory: str | Path) -> Variant:
+    directory = Path(directory)
+    source = directory / RESULT_FILE
+    try:
+        data = json.loads(source.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{source}: cannot read it as JSON: {error}") from None
+    if not isinstance(data, dict) or data.get("kind") not in ("baseline", "subnet"):
+        raise ConfigError(f"{source}: malformed: expected a JSON object with kind 'baseline' or 'subnet' "
+                          "(written by deploykit train)")
+    subnet = data["kind"] == "subnet"
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{source}: malformed: 'model' must be a model name")
+    pruned = data.get("pruned", []) if subnet else []
+    if not isinstance(pruned, list) or not all(type(i) is int for i in pruned):  # bool is no index
+        raise ConfigError(f"{source}: malformed: 'pruned' must be a list of block indices")
+    method = data.get("method") if subnet else "original"
+    if not isinstance(method, str):
+        raise ConfigError(f"{source}: malformed: 'method' must be a string")
+    return Variant(directory=directory, kind=data["kind"], model=model, method=method, pruned=tuple(pruned),
+                   top1=_number(data, "top1_merged" if subnet else "top1", source, required=True),
+                   params=_number(data, "params", source), macs=_number(data, "macs", source),
+                   reports=load_reports(directory))
+
+
+def load_reports(directory: Path) -> tuple[VerifyReport, ...]:
+    """Every ``verify*.json`` in ``directory``; two for one target is ambiguous and refused."""
+    by_target: dict[str, tuple[Path, VerifyReport]] = {}
+    for path in sorted(directory.glob(REPORT_GLOB)):
+        report = VerifyReport.read(path)
+        if report.target in by_target:
+            raise ConfigError(f"{directory}: two verify reports for target {report.target}: "
+                              f"{by_target[report.target][0].name} and {path.name} (keep one)")
+        by_target[report.target] = (path, report)
+    return tuple(report for _, report in by_target.values())
+
+
+def _number(data: dict[str, Any], key: str, source: Path, *, required: bool = False) -> Any:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{source}: malformed: '{key}' must be a number, got {value!r}")
+    return value
+
+
+# --- the frame --------------------------------------------------------------------------------------
+
+def speed_accuracy_frame(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """The table for the variants under ``paths`` (see :func:`load_variants`)."""
+    return variants_frame(load_variants(paths))
+
+
+def variants_frame(variants: Sequence[Variant]) -> pd.DataFrame:
+    """One row per variant: :data:`BASE_COLUMNS`, then :data:`TARGET_FIELDS` per target (by name)."""
+    targets = sorted({r.target for v in variants for r in v.reports})
+    labels = variant_labels(variants)
+    originals: dict[str, float] = {}
+    for v in variants:
+        if v.kind == "baseline":
+            originals.setdefault(v.model, v.top1)
+    rows = []
+    for label, v in zip(labels, variants):
+        row: dict[str, Any] = {
+            "variant": label, "model": v.model, "method": v.method, "pruned": _pruned_text(v.pruned),
+            TOP1: v.top1, DELTA: _delta(v.top1, originals.get(v.model)),
+            PARAMS: _millions(v.params), MACS: _millions(v.macs)}
+        for target in targets:
+            row.update(_target_cells(v, target, variants))
+        rows.append(row)
+    columns = [*BASE_COLUMNS, *(f"{t} {f}" for t in targets for f in TARGET_FIELDS)]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def variant_labels(variants: Sequence[Variant]) -> list[str]:
+    """Directory names; ``parent/name`` where names collide, the whole path where even that does."""
+    names = Counter(v.directory.name for v in variants)
+    labels = [v.directory.name if names[v.directory.name] == 1 else f"{v.directory.parent.name}/"
+              f"{v.directory.name}" for v in variants]
+    twice = Counter(labels)
+    return [label if twice[label] == 1 else str(v.directory) for label, v in zip(labels, variants)]
+
+
+def _target_cells(variant: Variant, target: str, variants: Sequence[Variant]) -> dict[str, Any]:
+    report = variant.report(target)
+    cells: dict[str, Any] = {f"{target} {f}": math.nan for f in TARGET_FIELDS}
+    if report is None:
+        return cells
+    latency = report.latency or {}
+    model_stats = latency.get("model") or {}
+    cells[f"{target} {PREDICTED}"] = _or_nan(report.predicted_ms)
+    cells[f"{target} {MEASURED}"] = _or_nan(model_stats.get("median_ms"))
+    cells[f"{target} {SPEEDUP}"] = _speedup(variant, report, variants)
+    cells[f"{target} {NUMERICS}"] = {True: "pass", False: "FAIL", None: "–"}[report.passed]
+    return cells
+
+
+def _speedup(variant: Variant, report: VerifyReport, variants: Sequence[Variant]) -> float:
+    """The report's own speed-up (measured interleaved against its reference); 1.00 for the model that
+    other rows' reports on this target used as their reference; else blank."""
+    if report.speedup is not None:
+        return float(report.speedup)
+    for other in variants:
+        theirs = other.report(report.target) if other is not variant else None
+        if theirs is not None and theirs.reference_sha256 == report.model_sha256:
+            return 1.0
+    return math.nan
+
+
+def _delta(top1: float, original: float | None) -> float:
+    """Top-1 minus the original's, rounded past float noise (79.1 − 80.0 is not −0.9000000000000057)."""
+    return math.nan if original is None else round(top1 - original, 6)
+
+
+def _pruned_text(pruned: tuple[int, ...]) -> str:
+    return f"{len(pruned)}: {','.join(map(str, pruned))}" if pruned else "0"
+
+
+def _millions(value: float | None) -> float:
+    return math.nan if value is None else value / 1e6
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as text: numbers formatted per column (:data:`_FORMATS`), blanks for missing values."""
+    shown = frame.astype(object).copy()
+    for column in frame.columns:
+        form = _format_of(column) or str
+        shown[column] = [("" if _missing(value) else form(value)) for value in frame[column]]
+    return shown
+
+
+def format_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table, columns padded to equal width, numbers right-aligned."""
+    shown = display_frame(frame)
+    header = [str(c) for c in shown.columns]
+    body = [[str(cell).replace("|", "\\|") for cell in row] for row in shown.itertuples(index=False)]
+    widths = [max([len(h), 3, *(len(row[i]) for row in body)]) for i, h in enumerate(header)]
+    right = [_format_of(c) is not None for c in shown.columns]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "| " + " | ".join("-" * (w - 1) + ":" if r else "-" * w for w, r in zip(widths, right)) + " |"
+    return "\n".join([line(header), rule, *(line(row) for row in body)])
+
+
+def render_table(frame: pd.DataFrame, suffix: str) -> str:
+    """The table as the text of a ``.md``, ``.csv`` or ``.html`` file."""
+    renderers: dict[str, Callable[[pd.DataFrame], str]] = {
+        ".md": lambda f: format_markdown(f) + "\n",
+        ".csv": lambda f: f.to_csv(index=False),
+        ".html": lambda f: display_frame(f).to_html(index=False, border=0) + "\n",
+    }
+    if suffix.lower() not in renderers:
+        raise ConfigError(f"cannot write a table as {suffix or 'a file without a suffix'!r}: "
+                          f"use {', '.join(renderers)}")
+    return renderers[suffix.lower()](frame)
+
+
+def _format_of(column: str) -> Callable[[float], str] | None:
+    return next((form for end, form in _FORMATS.items() if str(column).endswith(end)), None)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# --- the Pareto plot --------------------------------------------------------------------------------
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, top-1) points that no other point dominates (at most as slow and at least
+    as accurate, one of them strictly), fastest first."""
+    def dominated(i: int) -> bool:
+        x, y = points[i]
+        return any(ox <= x and oy >= y and (ox, oy) != (x, y) for ox, oy in points)
+
+    return sorted((i for i in range(len(points)) if not dominated(i)), key=lambda i: points[i])
+
+
+def render_pareto_png(frame: pd.DataFrame) -> bytes:
+    """Top-1 against measured latency, one panel per target with a measured row; the Pareto front as a
+    step line with its points highlighted. PNG bytes, drawn with Agg (no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [(t, frame.dropna(subset=[c, TOP1])) for t, c in _measured_columns(frame)]
+    panels = [(t, rows) for t, rows in panels if len(rows)]
+    if not panels:
+        raise ConfigError(NO_LATENCY)
+    figure = Figure(figsize=(6.0 * len(panels), 4.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    for axes, (target, rows) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        points = list(zip(rows[f"{target} {MEASURED}"].astype(float), rows[TOP1].astype(float)))
+        front = pareto_front(points)
+        axes.scatter(*zip(*points), color="0.55", s=26, label="variant")
+        axes.step(*zip(*(points[i] for i in front)), where="post", color="tab:red", linewidth=1.2)
+        axes.scatter(*zip(*(points[i] for i in front)), color="tab:red", s=40, zorder=3, label="Pareto front")
+        for (x, y), label in zip(points, rows["variant"]):
+            axes.annotate(str(label), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axes.set(xlabel="measured latency (ms)", ylabel="top-1 (%)",
+                 title=f"{', '.join(dict.fromkeys(rows['model']))} on {target}")
+        axes.margins(0.15)
+        axes.legend(loc="best", fontsize=8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def _measured_columns(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    ending = f" {MEASURED}"
+    return [(str(c)[: -len(ending)], str(c)) for c in frame.columns if str(c).endswith(ending)]
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TableOutput:
+    """What :func:`write_speed_accuracy` produced: the Markdown table, and the files it wrote."""
+
+    frame: pd.DataFrame
+    markdown: str
+    table_path: Path | None
+    plot_path: Path | None
+
+
+def write_speed_accuracy(paths: Sequence[str | Path], *, out: str | Path | None = None,
+                         plot: str | Path | None = None) -> TableOutput:
+    """Build the table for ``paths``; write it to ``out`` (suffix: .md, .csv, .html) and the Pareto plot
+    to ``plot`` (.png). Everything is rendered before anything is written, and each file is written
+    atomically, so an error leaves no file behind."""
+    frame = speed_accuracy_frame(paths)
+    text = render_table(frame, Path(out).suffix) if out is not None else None
+    if plot is not None and Path(plot).suffix.lower() != ".png":
+        raise ConfigError(f"the Pareto plot is a PNG file: --plot {plot} should end in .png")
+    image = render_pareto_png(frame) if plot is not None else None
+    table_path = write_text_atomic(out, text) if out is not None else None
+    plot_path = write_bytes_atomic(plot, image) if plot is not None else None
+    return TableOutput(frame=frame, markdown=format_markdown(frame), table_path=table_path,
+                       plot_path=plot_path)

@@ -1,0 +1,246 @@
+"""`deploykit table`: the speed-vs-accuracy table built from result.json files and verify reports."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from deploykit.cli import main
+from deploykit.errors import ConfigError
+from deploykit.results_table import (
+    format_markdown,
+    load_variants,
+    pareto_front,
+    render_pareto_png,
+    speed_accuracy_frame,
+    variants_frame,
+)
+from deploykit.verify import VerifyReport
+
+SHA = {"orig": "a" * 64, "b08": "b" * 64, "b06": "c" * 64}
+
+
+def write_result(folder, **data):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "result.json").write_text(json.dumps(data))
+    return folder
+
+
+def baseline(folder, top1=80.0, model="resnet18"):
+    return write_result(folder, kind="baseline", model=model, input_size=[32, 32], num_classes=10,
+                        weights=None, data={}, top1=top1, loss=0.5, params=11_000_000, macs=500_000_000,
+                        train_wall_s=1.0, weights_path=str(folder / "model.pt"))
+
+
+def subnet(folder, pruned, top1_merged, model="resnet18", method="progressive"):
+    return write_result(folder, kind="subnet", model=model, method=method, pruned=pruned,
+                        top1_unmerged=top1_merged + 0.3, top1_merged=top1_merged, loss_unmerged=0.6,
+                        loss_merged=0.61, merge_rel_error=1e-6, params=9_000_000, macs=400_000_000,
+                        merged_path=str(folder / "merged.pt"), epochs=3)
+
+
+def report(folder, target, sha, *, median_ms=None, reference_sha=None, speedup=None, predicted_ms=None,
+           passed=None, name=None):
+    latency = None if median_ms is None else {
+        "model": {"median_ms": median_ms, "p90_ms": median_ms * 1.1, "cv": 0.01},
+        "reference": None if reference_sha is None else {"median_ms": 2.0, "p90_ms": 2.2, "cv": 0.01},
+        "rounds": 3, "round_speedups": [], "speedup": speedup}
+    numerics = None if passed is None else {"passed": passed, "max_rel": 1e-6}
+    VerifyReport(target=target, device="cpu", runtime="onnxruntime", runtime_version="1.0", provider=None,
+                 precision="fp32", input_shape=(1, 3, 32, 32), model=f"{folder.name}.onnx", model_sha256=sha,
+                 reference=None if reference_sha is None else "orig.onnx", reference_sha256=reference_sha,
+                 numerics=numerics, latency=latency, predicted_ms=predicted_ms, speedup=speedup,
+                 passed=passed).write(folder / (name or f"verify-{target}.json"))
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A pipeline-like run: the original, two budgets (verified on cpu-ort, one also on gpu), a folder
+    that is no variant."""
+    root = tmp_path / "RUN"
+    orig = baseline(root / "baseline")
+    b08 = subnet(root / "budget-0.8", [1, 4, 7, 10], 79.1)
+    b06 = subnet(root / "budget-0.6", [2, 5], 77.5, method="abrupt")
+    (root / "logs").mkdir()
+    report(orig, "cpu-ort", SHA["orig"], median_ms=2.0, predicted_ms=2.1, passed=True)
+    report(b08, "cpu-ort", SHA["b08"], median_ms=1.5, reference_sha=SHA["orig"], speedup=1.4,
+           predicted_ms=1.45, passed=True)
+    report(b06, "cpu-ort", SHA["b06"], median_ms=1.2, reference_sha=SHA["orig"], speedup=1.7, passed=False)
+    report(b08, "gpu", SHA["b08"], median_ms=0.5)
+    return root
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+# --- the frame --------------------------------------------------------------------------------------
+
+def test_rows_baseline_first_then_subnets_by_name(run):
+    frame = speed_accuracy_frame([run])
+    assert list(frame["variant"]) == ["baseline", "budget-0.6", "budget-0.8"]
+    assert list(frame["method"]) == ["original", "abrupt", "progressive"]
+    assert list(frame["pruned"]) == ["0", "2: 2,5", "4: 1,4,7,10"]
+
+
+def test_top1_is_the_merged_one_and_delta_is_against_the_original(run):
+    frame = speed_accuracy_frame([run]).set_index("variant")
+    assert frame.loc["budget-0.8", "top-1 %"] == 79.1  # top1_merged, not top1_unmerged
+    assert frame["Δ top-1"].round(6).tolist() == [0.0, -2.5, -0.9]
+    assert frame.loc["baseline", "params M"] == 11.0 and frame.loc["baseline", "MACs M"] == 500.0
+
+
+def test_per_target_columns_and_the_speedup_rule(run):
+    frame = speed_accuracy_frame([run]).set_index("variant")
+    for target in ("cpu-ort", "gpu"):
+        for field in ("predicted ms", "measured ms", "speed-up", "numerics"):
+            assert f"{target} {field}" in frame.columns
+    assert frame["cpu-ort measured ms"].tolist() == [2.0, 1.2, 1.5]
+    assert frame.loc["budget-0.8", "cpu-ort predicted ms"] == 1.45
+    assert math.isnan(frame.loc["budget-0.6", "cpu-ort predicted ms"])
+    # own speed-up; the reference of other rows' reports → 1.00
+    assert frame["cpu-ort speed-up"].tolist() == [1.0, 1.7, 1.4]
+    assert frame["cpu-ort numerics"].tolist() == ["pass", "FAIL", "pass"]
+    # on gpu: only budget-0.8 has a report, without a reference: blank speed-up, numerics not checked
+    assert frame.loc["budget-0.8", "gpu measured ms"] == 0.5
+    assert math.isnan(frame.loc["budget-0.8", "gpu speed-up"])
+    assert frame.loc["budget-0.8", "gpu numerics"] == "–"
+    assert frame.loc[["baseline", "budget-0.6"], "gpu measured ms"].isna().all()
+    assert frame.loc[["baseline", "budget-0.6"], "gpu numerics"].isna().all()
+
+
+def test_variant_dirs_in_the_given_order_and_colliding_names(tmp_path, run):
+    other = baseline(tmp_path / "other" / "baseline", top1=70.0, model="mobilenetv3_small_100")
+    pruned = subnet(tmp_path / "other" / "budget-0.8", [3], 69.0, model="mobilenetv3_small_100")
+    frame = speed_accuracy_frame([run / "budget-0.8", other, pruned, run / "budget-0.8"])
+    assert list(frame["variant"]) == ["RUN/budget-0.8", "baseline", "other/budget-0.8"]
+    assert math.isnan(frame["Δ top-1"][0])  # no original of resnet18 among these rows
+    assert frame["Δ top-1"][2] == pytest.approx(-1.0)
+    assert len(load_variants([run, run / "baseline"])) == 3  # a directory reached twice is one row
+
+
+def test_a_variant_without_reports_has_no_target_columns(tmp_path):
+    frame = speed_accuracy_frame([baseline(tmp_path / "b")])
+    assert list(frame.columns) == ["variant", "model", "method", "pruned", "top-1 %", "Δ top-1",
+                                   "params M", "MACs M"]
+
+
+# --- the writers ------------------------------------------------------------------------------------
+
+def test_markdown_table(run):
+    text = format_markdown(speed_accuracy_frame([run]))
+    lines = text.splitlines()
+    assert len(lines) == 2 + 3
+    assert lines[0].startswith("| variant") and "cpu-ort speed-up" in lines[0]
+    assert set(lines[1]) <= {"|", "-", ":", " "}
+    assert "80.00" in lines[2] and "+0.00" in lines[2] and "1.00×" in lines[2]
+    assert "-0.90" in lines[4] and "1.40×" in lines[4] and "1.500" in lines[4]
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+@pytest.mark.parametrize("suffix", [".md", ".csv", ".html"])
+def test_out_files_parse_back(run, tmp_path, capsys, suffix):
+    out = tmp_path / f"table{suffix}"
+    assert main(["table", str(run), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    text = out.read_text()
+    if suffix == ".csv":
+        back = pd.read_csv(out)
+        assert list(back["variant"]) == ["baseline", "budget-0.6", "budget-0.8"]
+        assert back["cpu-ort speed-up"].tolist() == [1.0, 1.7, 1.4]  # raw floats
+        assert back["gpu speed-up"].isna().all()
+    elif suffix == ".md":
+        assert text.startswith("| variant") and len(text.splitlines()) == 5
+    else:
+        assert text.count("<tr") == 1 + 3 and "<th>cpu-ort speed-up</th>" in text
+        assert "<td>1.40×</td>" in text and "<td>budget-0.6</td>" in text
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_without_out_the_markdown_goes_to_stdout(run, capsys):
+    assert main(["table", str(run)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| variant") and len(out) == 5
+
+
+# --- the Pareto plot --------------------------------------------------------------------------------
+
+def test_pareto_front_leaves_out_a_dominated_point():
+    points = [(2.0, 80.0), (1.5, 79.0), (1.6, 78.0), (1.0, 75.0), (2.5, 80.0)]
+    assert pareto_front(points) == [3, 1, 0]  # (1.6, 78) and (2.5, 80) are dominated
+    assert pareto_front([(1.0, 70.0), (1.0, 70.0)]) == [0, 1]  # ties dominate neither
+
+
+def test_plot_is_a_png(run, tmp_path, capsys):
+    plot = tmp_path / "figs" / "pareto.png"
+    assert main(["table", str(run), "--plot", str(plot)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {plot}"
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+def test_plot_without_measured_latency_is_refused_and_nothing_is_written(tmp_path, capsys):
+    b = baseline(tmp_path / "b")
+    out, plot = tmp_path / "t.md", tmp_path / "p.png"
+    assert main(["table", str(b), "--out", str(out), "--plot", str(plot)]) == 2
+    assert "run deploykit verify --out DIR/verify-TARGET.json first" in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def _not_a_run(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    return [str(tmp_path / "empty")], "neither a variant directory"
+
+
+def _missing(tmp_path):
+    return [str(tmp_path / "nope")], "not found"
+
+
+def _malformed(tmp_path):
+    write_result(tmp_path / "bad", kind="subnet", model="resnet18", method="progressive", pruned=[1])
+    return [str(tmp_path / "bad")], "'top1_merged' must be a number"
+
+
+def _not_json(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "result.json").write_text("{not json")
+    return [str(tmp_path / "bad")], "cannot read it as JSON"
+
+
+def _unknown_kind(tmp_path):
+    write_result(tmp_path / "bad", kind="supernet", model="resnet18")
+    return [str(tmp_path / "bad")], "kind 'baseline' or 'subnet'"
+
+
+def _two_reports(tmp_path):
+    folder = baseline(tmp_path / "b")
+    report(folder, "cpu-ort", SHA["orig"], median_ms=1.0, name="verify.json")
+    report(folder, "cpu-ort", SHA["orig"], median_ms=1.1, name="verify-cpu-ort.json")
+    return [str(folder)], "verify-cpu-ort.json and verify.json"
+
+
+def _bad_suffix(tmp_path):
+    baseline(tmp_path / "b")
+    return [str(tmp_path / "b"), "--out", str(tmp_path / "t.xlsx")], "use .md, .csv, .html"
+
+
+@pytest.mark.parametrize("case", [_not_a_run, _missing, _malformed, _not_json, _unknown_kind, _two_reports,
+                                  _bad_suffix])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
+    args, message = case(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["table", *args, "--plot", str(tmp_path / "p.png")]) == 2
+    assert message in one_line_error(capsys)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_no_variant_is_an_empty_frame_and_no_plot():
+    assert variants_frame([]).empty and speed_accuracy_frame([]).empty
+    with pytest.raises(ConfigError, match="no variant has a measured latency"):
+        render_pareto_png(variants_frame([]))
