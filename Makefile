@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-MODEL  ?= convnext_tiny
 
 .PHONY: install run test lint clean
 
@@ -15,7 +14,7 @@ $(BIN)/deploykit: pyproject.toml constraints.txt
 install: $(BIN)/deploykit
 
 run: install
-	$(BIN)/deploykit blocks $(MODEL)
+	$(BIN)/deploykit run
 
 test: install
 	$(BIN)/ruff check .

@@ -20,9 +20,7 @@ def create_model(name: str, *, weights: str | Path | None = None,
     """
     import timm
 
-    if not timm.is_model(name):
-        raise ModelError(f"unknown model {name!r}{_suggest(name, timm.list_models())}; "
-                         "see `timm.list_models()` for every name")
+    require_known_model(name)
     model = timm.create_model(name, pretrained=False, **kwargs)
     fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if input_size is not None and fixed is not None and tuple(fixed) != tuple(input_size):
@@ -30,6 +28,15 @@ def create_model(name: str, *, weights: str | Path | None = None,
     if weights is not None:
         load_weights(model, weights)
     return model
+
+
+def require_known_model(name: str) -> None:
+    """A ModelError (with close names) unless timm knows ``name``."""
+    import timm
+
+    if not timm.is_model(name):
+        raise ModelError(f"unknown model {name!r}{_suggest(name, timm.list_models())}; "
+                         "see `timm.list_models()` for every name")
 
 
 def read_torch_file(path: str | Path, *, what: str = "weights file",

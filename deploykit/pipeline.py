@@ -26,6 +26,7 @@ refused (choose another ``--out``, or ``--fresh`` to start over), except that bu
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -133,7 +134,7 @@ def budget_label(budget: Budget) -> str:
 
 
 def default_run_dir(config: PipelineConfig) -> Path:
-    data = config.data.replace(":", "_").replace("/", "_").strip("_")
+    data = re.sub(r"[^A-Za-z0-9.-]+", "_", config.data).strip("_")
     return Path("runs") / f"{config.model}-{data}-{config.target}"
 
 
@@ -264,7 +265,10 @@ class Pipeline:
 
     def run(self) -> PipelineResult:
         """Run every stage that is not done yet; return what ran, what was skipped and the timings."""
+        from deploykit.models import require_known_model
+
         started = time.perf_counter()
+        require_known_model(self.config.model)
         self._require_target()
         state = self._open_run_dir()
         stages = self.stages()

@@ -1,0 +1,218 @@
+"""`deploykit run`: the whole pipeline on tiny settings, killed between stages and resumed; refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from deploykit.cli import main
+from deploykit.pipeline import Pipeline, PipelineConfig
+from deploykit.verify import VerifyReport
+
+PROTOCOL = ["--min-time", "0.05", "--warmup-time", "0.01", "--min-iters", "5", "--warmup-iters", "2",
+            "--max-repeats", "1"]
+TINY = ["--data", "digits", "--train-limit", "192", "--val-limit", "96", "--baseline-epochs", "1",
+        "--supernet-epochs", "1", "--subnet-epochs", "1", "--proxy-val-limit", "48", "--rounds", "1",
+        "--train-threads", "1", "--device", "cpu", "--budgets", "0.8,0.6", *PROTOCOL]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def finished_stages(run: Path) -> set[str]:
+    try:
+        return set(json.loads((run / "run.json").read_text())["stages"])
+    except (OSError, ValueError, KeyError):
+        return set()
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory):
+    """A run killed (SIGKILL) right after its profile stage finished, then rerun to the end in-process."""
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-m", "deploykit.cli", "run", "--out", str(run), *TINY],
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    while "profile" not in finished_stages(run):
+        if child.poll() is not None:
+            tail = child.stderr.read().decode()[-2000:]
+            pytest.fail(f"deploykit run ended early ({child.returncode}): {tail}")
+        if time.monotonic() > deadline:
+            os.killpg(child.pid, signal.SIGKILL)
+            pytest.fail("the profile stage did not finish within 300 s")
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)  # the whole group: the worker processes too
+    child.wait()
+    before = {"weights": sha256(run / "baseline" / "model.pt"), "weights_mtime": (run / "baseline" /
+              "model.pt").stat().st_mtime_ns, "table": sha256(next((run / "profile").glob("*.csv")))}
+    killed_after = finished_stages(run)
+    return run, before, killed_after
+
+
+@pytest.fixture(scope="module")
+def completed(resumed_run):
+    run, before, killed_after = resumed_run
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["run", "--out", str(run), *TINY])
+    return run, before, killed_after, code, out.getvalue(), err.getvalue()
+
+
+def test_a_killed_run_resumes_without_redoing_finished_stages(completed):
+    run, before, killed_after, code, _, err = completed
+    assert code == 0, err[-3000:]
+    assert {"baseline", "profile"} <= killed_after and "verify 0.6" not in killed_after
+    assert "baseline: done already" in err and "profile: done already" in err
+    assert sha256(run / "baseline" / "model.pt") == before["weights"]
+    assert (run / "baseline" / "model.pt").stat().st_mtime_ns == before["weights_mtime"]
+    assert sha256(next((run / "profile").glob("*.csv"))) == before["table"]
+    state = json.loads((run / "run.json").read_text())
+    assert set(state["stages"]) >= {"baseline", "profile", "supernet", "search 0.8", "train 0.6", "table"}
+    assert all(entry["seconds"] >= 0 for entry in state["stages"].values())
+
+
+def test_every_stage_leaves_its_artifact(completed):
+    run = completed[0]
+    for name in ("baseline/model.pt", "baseline/model.onnx", "baseline/verify-cpu-ort.json",
+                 "supernet/supernet.pt", "table.md", "table.csv", "pareto.png"):
+        assert (run / name).is_file(), name
+    for budget in ("0.8", "0.6"):
+        folder = run / f"budget-{budget}"
+        subnet = json.loads((folder / "subnet.json").read_text())
+        assert subnet["pruned"] and subnet["model"] == "convnext_atto"
+        assert subnet["proxy"]["kind"] == "supernet"
+        result = json.loads((folder / "result.json").read_text())
+        assert result["kind"] == "subnet" and result["method"] == "progressive"
+        assert result["pruned"] == subnet["pruned"]
+        report = VerifyReport.read(folder / "verify-cpu-ort.json")
+        assert report.passed is True and report.numerics["max_rel"] <= 1e-4
+        assert report.reference == str(run / "baseline" / "model.onnx") and report.speedup > 0
+        assert report.pruned == tuple(subnet["pruned"]) and report.predicted_ms > 0
+    assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_table_has_the_original_and_one_row_per_budget(completed):
+    run, *_, out, _ = completed
+    frame = pd.read_csv(run / "table.csv")
+    assert list(frame["variant"]) == ["baseline", "budget-0.6", "budget-0.8"] or \
+        list(frame["variant"]) == ["baseline", "budget-0.8", "budget-0.6"]
+    rows = frame.set_index("variant")
+    baseline = json.loads((run / "baseline" / "result.json").read_text())
+    assert rows.loc["baseline", "top-1 %"] == pytest.approx(baseline["top1"])
+    for budget in ("0.8", "0.6"):
+        result = json.loads((run / f"budget-{budget}" / "result.json").read_text())
+        report = VerifyReport.read(run / f"budget-{budget}" / "verify-cpu-ort.json")
+        row = rows.loc[f"budget-{budget}"]
+        assert row["top-1 %"] == pytest.approx(result["top1_merged"])
+        assert row["cpu-ort speed-up"] == pytest.approx(report.speedup)
+        assert row["params M"] < rows.loc["baseline", "params M"]
+    assert "| baseline" in out and "wrote" in out and str(run / "table.md") in out
+
+
+def test_a_finished_run_reruns_nothing_but_the_cheap_checks(completed, capsys):
+    run = completed[0]
+    table = sha256(run / "table.csv")
+    assert main(["run", "--out", str(run), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "verify 0.6: done already" in err and "train 0.8: done already" in err
+    assert sha256(run / "table.csv") == table
+
+
+def test_other_settings_for_an_existing_run_are_refused(completed, capsys):
+    run = completed[0]
+    changed = [*TINY[:TINY.index("--baseline-epochs")], "--baseline-epochs", "2",
+               *TINY[TINY.index("--baseline-epochs") + 2:]]
+    assert main(["run", "--out", str(run), *changed]) == 2
+    line = one_line_error(capsys)
+    assert "other settings" in line and "baseline_epochs 1 → 2" in line and "--fresh" in line
+
+
+def test_an_unreachable_added_budget_stops_before_any_training(completed, capsys):
+    run = completed[0]
+    budgets = TINY.index("--budgets") + 1
+    argv = [*TINY[:budgets], "0.8,0.6,0.01", *TINY[budgets + 1:]]
+    assert main(["run", "--out", str(run), *argv]) == 2
+    line = one_line_error(capsys)
+    assert "budget 0.01" in line and "smallest latency" in line
+    assert not (run / "budget-0.01").exists()
+
+
+def test_weights_replace_baseline_training(completed, tmp_path, capsys):
+    from deploykit.data import DataConfig
+    from deploykit.training import evaluate_original
+
+    run = completed[0]
+    trained = json.loads((run / "baseline" / "result.json").read_text())
+    data = DataConfig("digits", input_size=(32, 32), train_limit=192, val_limit=96)
+    result = evaluate_original("convnext_atto", data=data,
+                               weights=run / "baseline" / "model.pt", out=tmp_path / "baseline")
+    assert result.top1 == pytest.approx(trained["top1"])
+    written = json.loads((tmp_path / "baseline" / "result.json").read_text())
+    assert written["kind"] == "baseline" and written["epochs"] == 0 and written["params"] == trained["params"]
+
+
+def test_a_target_that_cannot_run_here_is_refused_before_anything_is_written(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "r"), "--target", "nvidia-a100", *TINY]) == 2
+    line = one_line_error(capsys)
+    assert "nvidia-a100 cannot run here" in line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budgets", "0.8,80%"], "listed twice"),
+    (["--budgets", "1.5"], "within (0, 1]"),
+    (["--budgets", "fast"], "malformed budget"),
+    (["--baseline-epochs", "0"], "baseline epochs must be a positive integer"),
+    (["--model", "no_such_net"], "unknown model"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, argv, message):
+    code = main(["run", "--out", str(tmp_path / "r"), *argv, "--data", "digits"])
+    assert code == 2
+    assert message in one_line_error(capsys)
+
+
+def test_fresh_refuses_to_delete_a_folder_that_is_not_a_run(tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("keep me")
+    assert main(["run", "--out", str(precious), "--fresh", *TINY]) == 2
+    assert "not a deploykit run directory" in one_line_error(capsys)
+    assert (precious / "thesis.tex").read_text() == "keep me"
+
+
+def test_training_resumes_from_a_checkpoint_inside_a_stage(tmp_path):
+    pipeline = Pipeline(PipelineConfig(data="digits"), tmp_path / "run")
+    folder = tmp_path / "run" / "supernet"
+    assert pipeline.run_config(folder, 1).resume is False
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"")
+    assert pipeline.run_config(folder, 1).resume is True
+
+
+def test_the_default_run_directory_names_model_data_and_target():
+    pipeline = Pipeline(PipelineConfig(data="imagefolder:/data/pets"))
+    assert pipeline.layout.root == Path("runs") / "convnext_atto-imagefolder_data_pets-cpu-ort"
+    assert pipeline.layout.budget("12ms").name == "budget-12ms"
+    assert pipeline.layout.budget("80%").name == "budget-0.8"
