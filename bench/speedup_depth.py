@@ -661,6 +661,13 @@ def main(argv=None) -> int:
         return 0
     if args.profile_missing:
         profile_missing(plan, say)
+    from deploykit.targets import availability, load_target
+
+    for name in plan.targets:
+        ok, reason = availability(load_target(name))
+        if not ok:
+            say(f"target {name} is not available here: {reason}")
+            return 1
     missing = [str(table_file(m, t, 1).relative_to(ROOT)) for m in plan.models for t in plan.targets
                if not table_file(m, t, 1).is_file()]
     if missing:

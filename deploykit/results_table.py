@@ -68,11 +68,20 @@ def find_variant_dirs(path: str | Path) -> list[Path]:
     if not path.is_dir():
         raise ConfigError(f"{path}: not found (expected a variant directory with {RESULT_FILE} "
                           "or a run directory of them)")
-    found = [child for child in sorted(path.iterdir()) if (child / RESULT_FILE).is_file()]
+    found = [child for child in sorted(path.iterdir()) if _is_variant(child)]
     if not found:
         raise ConfigError(f"{path}: neither a variant directory (no {RESULT_FILE}) nor a run directory "
                           f"(no immediate subdirectory has one)")
     return found
+
+
+def _is_variant(folder: Path) -> bool:
+    """A subfolder with a model's result.json; a supernet's (a run directory has one) is not a variant."""
+    try:
+        kind = json.loads((folder / RESULT_FILE).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return (folder / RESULT_FILE).is_file()  # unreadable: load_variant names the problem
+    return kind != "supernet"
 
 
 def load_variants(paths: Iterable[str | Path]) -> list[Variant]:
@@ -276,32 +285,49 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def render_pareto_png(frame: pd.DataFrame) -> bytes:
-    """Top-1 against measured latency, one panel per target with a measured row; the Pareto front as a
-    step line with its points highlighted. PNG bytes, drawn with Agg (no pyplot state)."""
+    """Per target with a measured row: top-1 against measured latency and, where speed-ups were measured,
+    top-1 against the speed-up (interleaved with the reference in one run: the figure that survives a
+    noisy machine, where milliseconds from separate runs may not). The Pareto front is a step line with
+    its points highlighted. PNG bytes, drawn with Agg (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = [(t, frame.dropna(subset=[c, TOP1])) for t, c in _measured_columns(frame)]
-    panels = [(t, rows) for t, rows in panels if len(rows)]
+    panels = []
+    for target, column in _measured_columns(frame):
+        rows = frame.dropna(subset=[column, TOP1])
+        if len(rows):
+            panels.append((target, rows, column, "measured latency (ms)", False))
+        rows = frame.dropna(subset=[f"{target} {SPEEDUP}", TOP1])
+        if len(rows):
+            panels.append((target, rows, f"{target} {SPEEDUP}", "speed-up vs the original (measured, ×)",
+                           True))
     if not panels:
         raise ConfigError(NO_LATENCY)
-    figure = Figure(figsize=(6.0 * len(panels), 4.6), layout="constrained")
+    figure = Figure(figsize=(5.6 * len(panels), 4.6), layout="constrained")
     FigureCanvasAgg(figure)
-    for axes, (target, rows) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
-        points = list(zip(rows[f"{target} {MEASURED}"].astype(float), rows[TOP1].astype(float)))
-        front = pareto_front(points)
-        axes.scatter(*zip(*points), color="0.55", s=26, label="variant")
-        axes.step(*zip(*(points[i] for i in front)), where="post", color="tab:red", linewidth=1.2)
-        axes.scatter(*zip(*(points[i] for i in front)), color="tab:red", s=40, zorder=3, label="Pareto front")
-        for (x, y), label in zip(points, rows["variant"]):
-            axes.annotate(str(label), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        axes.set(xlabel="measured latency (ms)", ylabel="top-1 (%)",
-                 title=f"{', '.join(dict.fromkeys(rows['model']))} on {target}")
-        axes.margins(0.15)
-        axes.legend(loc="best", fontsize=8)
+    for axes, (target, rows, column, xlabel, higher_is_better) in zip(
+            figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        xs, ys = rows[column].astype(float).tolist(), rows[TOP1].astype(float).tolist()
+        _pareto_panel(axes, xs, ys, [str(v) for v in rows["variant"]], higher_is_better)
+        models = ", ".join(dict.fromkeys(rows["model"]))
+        axes.set(xlabel=xlabel, ylabel="top-1 (%)", title=f"{models} on {target}")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     return buffer.getvalue()
+
+
+def _pareto_panel(axes, xs: list[float], ys: list[float], labels: list[str], higher_is_better: bool) -> None:
+    """Scatter every point, the front (no point better on both axes) as a step line, labels beside."""
+    cost = [-x if higher_is_better else x for x in xs]
+    front = pareto_front(list(zip(cost, ys)))
+    front_points = sorted(((xs[i], ys[i]) for i in front), reverse=higher_is_better)
+    axes.scatter(xs, ys, color="0.55", s=26, label="variant")
+    axes.step(*zip(*front_points), where="post", color="tab:red", linewidth=1.2)
+    axes.scatter(*zip(*front_points), color="tab:red", s=40, zorder=3, label="Pareto front")
+    for x, y, label in zip(xs, ys, labels):
+        axes.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.margins(0.15)
+    axes.legend(loc="best", fontsize=8)
 
 
 def _measured_columns(frame: pd.DataFrame) -> list[tuple[str, str]]:

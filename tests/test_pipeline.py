@@ -131,6 +131,13 @@ def test_the_table_has_the_original_and_one_row_per_budget(completed):
     assert "| baseline" in out and "wrote" in out and str(run / "table.md") in out
 
 
+def test_deploykit_table_reads_a_run_directory_and_skips_its_supernet(completed, capsys):
+    run = completed[0]
+    assert main(["table", str(run)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
+    assert [row.split("|")[1].strip() for row in rows] == ["baseline", "budget-0.6", "budget-0.8"]
+
+
 def test_a_finished_run_reruns_nothing_but_the_cheap_checks(completed, capsys):
     run = completed[0]
     table = sha256(run / "table.csv")
