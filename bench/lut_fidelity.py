@@ -1,7 +1,7 @@
 """Latency-table fidelity of the shipped tables: `deploykit lut check` on each, figures into one CSV.
 
-For every table (default: convnext_tiny and resnet34 at 224, batch 1, on cpu-ort and cpu-openvino) this
-runs, in a fresh process, exactly::
+For every table (default: convnext_tiny, resnet34, mobilenetv2_100 and deit_tiny at 224, batch 1, on
+cpu-ort and cpu-openvino) this runs, in a fresh process, exactly::
 
     python -m deploykit.cli lut check TABLE --samples N --seed S --out bench/results --fresh --format json
 
@@ -13,6 +13,8 @@ calibration in-sample, leave-one-out), with the command, the machine, the runtim
 load average before and after (the machine's cores may be shared: a high load makes timings noisy).
 
     .venv/bin/python bench/lut_fidelity.py [--samples 30] [--seed 0] [--tables PATH ...]
+    .venv/bin/python bench/lut_fidelity.py --quick    # 8 subnets of one table into bench/results/quick/,
+                                                      # the table's calibration left untouched
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+MODELS = ("convnext_tiny", "resnet34", "mobilenetv2_100", "deit_tiny_patch16_224")
 DEFAULT_TABLES = [f"latency_tables/{target}/{model}_224_b1.csv"
-                  for target in ("cpu-ort", "cpu-openvino") for model in ("convnext_tiny", "resnet34")]
+                  for target in ("cpu-ort", "cpu-openvino") for model in MODELS]
+QUICK_TABLES = ["latency_tables/cpu-ort/resnet34_224_b1.csv"]
 VARIANTS = (("table sum", "before"), ("calibrated (in-sample)", "after"), ("leave-one-out", "leave_one_out"))
 
 
@@ -41,15 +45,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=30, help="subnets per table (default: 30)")
     parser.add_argument("--seed", type=int, default=0, help="subnet sample seed (default: 0)")
-    parser.add_argument("--tables", nargs="+", default=DEFAULT_TABLES, metavar="PATH",
-                        help="tables to check (default: convnext_tiny, resnet34 on cpu-ort, cpu-openvino)")
+    parser.add_argument("--tables", nargs="+", default=None, metavar="PATH",
+                        help="tables to check (default: convnext_tiny, resnet34, mobilenetv2_100, deit_tiny "
+                             "on cpu-ort and cpu-openvino)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: one table (resnet34 on cpu-ort), 8 subnets, results in "
+                             "bench/results/quick/, calibration not stored")
     parser.add_argument("--out", type=Path, default=RESULTS / "fidelity_summary.csv", help="summary CSV")
     args = parser.parse_args()
+    if args.quick:
+        args.samples = min(args.samples, 8)
+        args.tables = args.tables or QUICK_TABLES
+        if args.out == RESULTS / "fidelity_summary.csv":
+            args.out = RESULTS / "quick" / "fidelity_summary.csv"
+    args.tables = args.tables or DEFAULT_TABLES
     rows = []
     for table in args.tables:
         command = [sys.executable, "-m", "deploykit.cli", "lut", "check", table,
                    "--samples", str(args.samples), "--seed", str(args.seed),
-                   "--out", str(RESULTS.relative_to(ROOT)), "--fresh", "--format", "json"]
+                   "--out", str(args.out.parent), "--fresh", "--format", "json",
+                   *(["--no-store"] if args.quick else [])]
         shown = "deploykit " + shlex.join(command[3:])
         print(f"== {shown}", file=sys.stderr, flush=True)
         load_before = os.getloadavg()
