@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import statistics
 import sys
@@ -207,7 +206,8 @@ def run_match(args) -> int:
         model_ms, ref_ms = timing["model"]["round_medians_ms"], timing["reference"]["round_medians_ms"]
         measured = statistics.median(m / r for m, r in zip(model_ms, ref_ms))
         params, macs = count(model, size)
-        steps.append({"ratio": ratio, "measured_relative": measured, "relative_to_target": measured / args.match,
+        steps.append({"ratio": ratio, "measured_relative": measured,
+                      "relative_to_target": measured / args.match,
                       "model_ms": statistics.median(model_ms), "reference_ms": statistics.median(ref_ms),
                       "params": params, "macs": macs})
         say(f"[match {len(steps)}] ratio {ratio:.4f}: {statistics.median(model_ms):.3f} ms vs reference "
@@ -295,8 +295,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    m = commands.add_parser("match", help="prune to the reference's measured latency (bisection on the ratio)")
-    m.add_argument("--weights", type=Path, required=True, help="baseline model.pt of deploykit train baseline")
+    m = commands.add_parser("match", help="prune to the reference's measured latency (bisect the ratio)")
+    m.add_argument("--weights", type=Path, required=True, help="model.pt of deploykit train baseline")
     m.add_argument("--reference", type=Path, required=True, help="ONNX file whose latency is the target")
     m.add_argument("--target", default="cpu-ort")
     m.add_argument("--match", type=float, default=1.0, help="latency to reach, × the reference's (default 1)")

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 RUN_FILE = "run.json"
 EXHAUSTIVE_PROXY_BITS = 9     # evaluate every subnet on data up to 2^9 of them; evolve beyond
+SEARCH_POPULATION, SEARCH_GENERATIONS = 12, 6   # ≤ ~85 evaluations per budget, shared through a cache
 METHODS = ("progressive", "abrupt", "drop")
 
 
@@ -63,12 +64,12 @@ class PipelineConfig:
     weights: str | None = None
     baseline_epochs: int = 4
     supernet_epochs: int = 2
-    subnet_epochs: int = 3
+    subnet_epochs: int = 2
     method: str = "progressive"
     batch_size: int = 64
     train_limit: int | None = None
     val_limit: int | None = None
-    proxy_val_limit: int | None = 500
+    proxy_val_limit: int | None = 256
     seed: int = 0
     device: str = "auto"
     train_threads: int | None = None
@@ -462,7 +463,8 @@ class Pipeline:
         candidates = self.candidates()
         strategy = "auto" if len(candidates) <= EXHAUSTIVE_PROXY_BITS else "evolutionary"
         result = search(self.latency_table(), parse_budget(text), self._proxy(), candidates=candidates,
-                        strategy=strategy, seed=self.config.seed, population=16, generations=8,
+                        strategy=strategy, seed=self.config.seed, population=SEARCH_POPULATION,
+                        generations=SEARCH_GENERATIONS,
                         progress=lambda line: self.say(f"  {line}"))
         result.subnet.write(folder / "subnet.json")
         proxy = result.subnet.proxy or {}
