@@ -1,7 +1,7 @@
 """Rerun every benchmark behind BENCHMARKS.md, one after another (never two at once: timings would mix).
 
     .venv/bin/python bench/run_all.py            # everything (`make bench`; hours on 2 cores)
-    .venv/bin/python bench/run_all.py --quick    # every script in its smoke mode (`make bench-quick`, < 10 min)
+    .venv/bin/python bench/run_all.py --quick    # each script's smoke mode (`make bench-quick`, < 10 min)
     .venv/bin/python bench/run_all.py --only fidelity speedup
 
 Each step is a script in bench/ run in a fresh process; each writes its raw results with the machine,
@@ -47,7 +47,8 @@ def main(argv=None) -> int:
         print(f"== {name}: python {' '.join(command)}", file=sys.stderr, flush=True)
         began = time.perf_counter()
         code = subprocess.run([sys.executable, *command], cwd=ROOT, check=False).returncode
-        print(f"== {name}: exit {code} after {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
+        spent = time.perf_counter() - began
+        print(f"== {name}: exit {code} after {spent:.0f} s", file=sys.stderr, flush=True)
         if code != 0:
             failed.append(name)
     print(f"== all done in {time.perf_counter() - started:.0f} s"

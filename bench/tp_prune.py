@@ -5,7 +5,12 @@ The width-pruning baseline of ``bench/accuracy_latency.py``. Two commands, each 
 ``match``: global L2-magnitude channel pruning of a trained baseline with ``tp.pruner.BasePruner`` (the
 class that the older ``MetaPruner`` name aliases in torch-pruning 1.6) and
 ``tp.importance.GroupMagnitudeImportance(p=2)``, ``global_pruning=True``, the classifier layer in
-``ignored_layers``, at most ``--max-layer-ratio`` of any layer's channels removed. The global ratio is
+``ignored_layers``, at most ``--max-layer-ratio`` of any layer's channels removed, and every pruned
+layer's channel count rounded to a multiple of ``--round-to`` (default 8). The rounding matters on the
+CPU: unrounded, global pruning leaves counts such as 33, 63, 138, 246, and onnxruntime runs such a model
+*slower* than the unpruned one (convnext_atto, 32×32, ratio 0.45: 1.25 ms against 0.46 ms unpruned;
+rounded to 8: 0.23 ms), since its blocked (NCHWc) kernels want multiples of the vector width; a
+practitioner rounds. The global ratio is
 found by bisection so that the exported model's latency **measured** on the target, interleaved with
 ``--reference`` (model, reference, model, …, each measurement in a fresh process:
 ``deploykit.verify.measure_interleaved``), is ``--match`` × the reference's within ``--tolerance``.
@@ -133,9 +138,11 @@ def unwrapped_parameters(model) -> list[tuple]:
     return found
 
 
-def channel_prune(model, *, ratio: float, input_size: tuple[int, int], max_layer_ratio: float = 0.9):
+def channel_prune(model, *, ratio: float, input_size: tuple[int, int], max_layer_ratio: float = 0.9,
+                  round_to: int | None = None):
     """A copy of ``model`` with ``ratio`` of its channels removed: global L2-magnitude ranking over all
-    coupled channel groups (Torch-Pruning's dependency graph), the classifier layer kept whole."""
+    coupled channel groups (Torch-Pruning's dependency graph), the classifier layer kept whole, each
+    pruned layer's channel count a multiple of ``round_to`` (None: not rounded)."""
     import torch
     import torch_pruning as tp
 
@@ -148,7 +155,8 @@ def channel_prune(model, *, ratio: float, input_size: tuple[int, int], max_layer
         pruner = tp.pruner.BasePruner(
             model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
             pruning_ratio=ratio, max_pruning_ratio=max_layer_ratio,
-            ignored_layers=[model.get_classifier()], unwrapped_parameters=unwrapped_parameters(model))
+            ignored_layers=[model.get_classifier()], unwrapped_parameters=unwrapped_parameters(model),
+            round_to=round_to)
         pruner.step()
     with torch.no_grad():
         model(example)  # fails loudly here if the pruned graph is inconsistent
@@ -199,7 +207,8 @@ def run_match(args) -> int:
 
     def relative_at(ratio: float) -> float:
         model = pruned[ratio] = channel_prune(base, ratio=ratio, input_size=size,
-                                              max_layer_ratio=args.max_layer_ratio)
+                                              max_layer_ratio=args.max_layer_ratio,
+                                              round_to=args.round_to or None)
         path = export_onnx(model, shape, out / "steps" / f"ratio_{ratio:.4f}.onnx")
         timing = measure_interleaved(path, args.reference, target=target, protocol=protocol,
                                      input_shape=shape, rounds=args.rounds)
@@ -232,6 +241,7 @@ def run_match(args) -> int:
               "reference_ms": step["reference_ms"], "params": step["params"], "macs": step["macs"],
               "top1_before_finetune": top1, "loss_before_finetune": loss, "steps": steps,
               "protocol": protocol.as_dict(), "rounds": args.rounds, "max_layer_ratio": args.max_layer_ratio,
+              "round_to": args.round_to,
               "wall_s": round(time.perf_counter() - started, 3)}
     write_json_atomic(out / "result.json", result)
     verdict = "within" if found.within else ("NOT within" if found.reachable else "OUT OF REACH, not within")
@@ -305,6 +315,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--max-ratio", type=float, default=0.9, help="largest global ratio tried (default 0.9)")
     m.add_argument("--max-layer-ratio", type=float, default=0.9,
                    help="largest share of one layer's channels removed (default 0.9)")
+    m.add_argument("--round-to", type=int, default=8,
+                   help="round each pruned layer's channels to a multiple of this (default 8; 0 = off)")
     m.add_argument("--rounds", type=int, default=3, help="interleaved rounds per ratio (default 3)")
     m.add_argument("--data", help="also report top-1 right after pruning on this data's val split")
     m.add_argument("--out", type=Path, required=True)
