@@ -1,0 +1,104 @@
+"""The Markdown tables of BENCHMARKS.md, generated from the raw CSVs in bench/results/ (no figure is typed
+by hand).
+
+    .venv/bin/python bench/summarize.py            # every section to stdout
+    .venv/bin/python bench/summarize.py speedup    # one section: speedup, bapp, fidelity, accuracy, costs
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def speedup() -> str:
+    frame = pd.read_csv(RESULTS / "speedup_depth.csv")
+    frame = frame.sort_values(["model", "batch", "k", "target"])
+    out = []
+    for (model, batch), rows in frame.groupby(["model", "batch"], sort=False):
+        wide = []
+        for k, at_k in rows.groupby("k"):
+            cells = {"k": k, "MACs M": f"{at_k['macs_merged'].iloc[0] / 1e6:,.0f}",
+                     "MAC ratio": f"{at_k['mac_ratio'].iloc[0]:.2f}×",
+                     "by search": "yes" if bool(at_k["picked_by_search"].iloc[0]) else "no"}
+            for _, row in at_k.iterrows():
+                t = row["target"]
+                predicted = row["predicted_speedup"]
+                cells[f"{t} table"] = "" if pd.isna(predicted) else f"{predicted:.2f}×"
+                cells[f"{t} measured"] = (f"{row['speedup']:.2f}× ({row['speedup_min']:.2f}–"
+                                          f"{row['speedup_max']:.2f}); {row['model_ms']:.1f} ms")
+            wide.append(cells)
+        out.append(f"**{model}, batch {batch}** (224×224; measured: median of per-round ratios "
+                   f"(range); the merged model's median ms)\n\n{markdown(pd.DataFrame(wide))}")
+    return "\n\n".join(out)
+
+
+def bapp() -> str:
+    frame = pd.read_csv(RESULTS / "speedup_depth_benchmark_app.csv")
+    keep = [c for c in ("model", "target", "batch", "k", "bapp_speedup", "deploykit_speedup", "bapp_model_ms",
+                        "bapp_reference_ms") if c in frame.columns]
+    return markdown(frame[keep].round(3)) if keep else markdown(frame)
+
+
+def fidelity() -> str:
+    frame = pd.read_csv(RESULTS / "fidelity_summary.csv")
+    rows = []
+    for (target, model), group in frame.groupby(["target", "model"], sort=True):
+        by = group.set_index("variant")
+        plain, cal, loo = (by.loc[v] for v in ("table sum", "calibrated (in-sample)", "leave-one-out"))
+        rows.append({"target": target, "model": model, "n": int(plain["samples"]),
+                     "ρ": f"{plain['spearman']:.3f}", "τ": f"{plain['kendall']:.3f}",
+                     "±5%": f"{plain['within_5']:.0%}", "±10%": f"{plain['within_10']:.0%}",
+                     "MAPE": f"{plain['mape_pct']:.1f}%",
+                     "calibrated ±10% / MAPE": f"{cal['within_10']:.0%} / {cal['mape_pct']:.1f}%",
+                     "leave-one-out ±10% / MAPE": f"{loo['within_10']:.0%} / {loo['mape_pct']:.1f}%",
+                     "a, b ms": f"{plain['calibration_a']:.2f}, {plain['calibration_b_ms']:+.2f}",
+                     "load": str(plain["load_before"]).split()[0], "date": str(plain["date"])[:16]})
+    return markdown(pd.DataFrame(rows))
+
+
+def accuracy() -> str:
+    frame = pd.read_csv(RESULTS / "accuracy_latency_summary.csv")
+    return markdown(frame)
+
+
+def costs() -> str:
+    parts = []
+    for name in ("profile_costs.csv", "run_costs.csv", "profile_times.csv", "search_speed.csv"):
+        path = RESULTS / name
+        if path.exists():
+            frame = pd.read_csv(path)
+            drop = [c for c in frame.columns if c in ("machine", "platform", "python", "torch", "onnxruntime",
+                                                      "command", "table", "numpy", "pandas", "deploykit")]
+            parts.append(f"`{name}`\n\n{markdown(frame.drop(columns=drop))}")
+    return "\n\n".join(parts)
+
+
+SECTIONS: dict[str, Callable[[], str]] = {"speedup": speedup, "bapp": bapp, "fidelity": fidelity,
+                                          "accuracy": accuracy, "costs": costs}
+
+
+def main(argv: list[str]) -> int:
+    for name in argv or list(SECTIONS):
+        try:
+            print(f"<!-- {name} -->\n{SECTIONS[name]()}\n")
+        except FileNotFoundError as error:
+            print(f"<!-- {name}: {error.filename} missing -->\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
