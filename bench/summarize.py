@@ -48,9 +48,12 @@ def speedup() -> str:
 
 def bapp() -> str:
     frame = pd.read_csv(RESULTS / "speedup_depth_benchmark_app.csv")
-    keep = [c for c in ("model", "target", "batch", "k", "bapp_speedup", "deploykit_speedup", "bapp_model_ms",
-                        "bapp_reference_ms") if c in frame.columns]
-    return markdown(frame[keep].round(3)) if keep else markdown(frame)
+    rows = [{"model": r["model"], "target": r["target"], "batch": r["batch"], "k": r["k"],
+             "benchmark_app ms (merged / original)": f"{r['model_ms']:.2f} / {r['reference_ms']:.2f}",
+             "benchmark_app speed-up": f"{r['speedup']:.2f}× ({r['speedup_min']:.2f}–{r['speedup_max']:.2f})",
+             "deploykit speed-up": f"{r['deploykit_speedup']:.2f}×",
+             "ratio": f"{r['speedup_ratio']:.2f}"} for _, r in frame.iterrows()]
+    return markdown(pd.DataFrame(rows))
 
 
 def fidelity() -> str:
