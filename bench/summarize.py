@@ -80,14 +80,37 @@ def accuracy() -> str:
 
 def costs() -> str:
     parts = []
-    for name in ("profile_costs.csv", "run_costs.csv", "profile_times.csv", "search_speed.csv"):
-        path = RESULTS / name
-        if path.exists():
-            frame = pd.read_csv(path)
-            drop = [c for c in frame.columns if c in ("machine", "platform", "python", "torch", "onnxruntime",
-                                                      "command", "table", "numpy", "pandas", "deploykit")]
-            parts.append(f"`{name}`\n\n{markdown(frame.drop(columns=drop))}")
+    path = RESULTS / "profile_times.csv"
+    if path.exists():
+        frame = pd.read_csv(path).sort_values(["model", "target"])
+        keep = frame[["model", "target", "entries", "wall_s", "cv_median", "load_avg_1min_start_incl_own"]]
+        parts.append("Profiling a table (`deploykit profile --force`, 224, batch 1; `profile_times.csv`):\n\n"
+                     + markdown(keep.rename(columns={"load_avg_1min_start_incl_own": "load"})))
+    path = RESULTS / "run_costs.csv"
+    if path.exists():
+        rows = []
+        for _, r in pd.read_csv(path).iterrows():
+            stage = {k[2:]: v for k, v in r.items() if k.startswith("s_") and not pd.isna(v)}
+            rows.append({"date": str(r["date"])[:16], "mode": r["mode"], "wall s": r["wall_s"],
+                         "baseline": stage.get("baseline"), "profile": stage.get("profile"),
+                         "supernet": stage.get("supernet"), "search": _total(stage, "search"),
+                         "train": _total(stage, "train"),
+                         "export + verify": round(_total(stage, "export") + _total(stage, "verify"), 1),
+                         "load start/end": f"{r['load_start']}/{r['load_end']}"})
+        parts.append("`deploykit run` from nothing (`bench/costs.py --run`; seconds; `run_costs.csv`):\n\n"
+                     + markdown(pd.DataFrame(rows)))
+    path = RESULTS / "search_speed.csv"
+    if path.exists():
+        frame = pd.read_csv(path)
+        keep = frame[["model", "space", "proxy", "budget", "k", "search_median_s", "cli_wall_s"]] \
+            if "k" in frame.columns else frame[["model", "space", "proxy", "budget", "search_median_s",
+                                                "cli_wall_s"]]
+        parts.append("Search (`bench/search_speed.py`; `search_speed.csv`):\n\n" + markdown(keep))
     return "\n\n".join(parts)
+
+
+def _total(stage: dict[str, float], prefix: str) -> float:
+    return round(sum(v for k, v in stage.items() if k.startswith(prefix)), 1)
 
 
 SECTIONS: dict[str, Callable[[], str]] = {"speedup": speedup, "bapp": bapp, "fidelity": fidelity,
