@@ -75,7 +75,19 @@ def fidelity() -> str:
 
 def accuracy() -> str:
     frame = pd.read_csv(RESULTS / "accuracy_latency_summary.csv")
-    return markdown(frame)
+    rows = []
+    for _, r in frame.iterrows():
+        pruned = "" if pd.isna(r["pruned"]) else " / ".join(p.strip() for p in str(r["pruned"]).split("|"))
+        ratio = "" if pd.isna(r["channel_ratio_mean"]) else f"ratio {r['channel_ratio_mean']:.2f}"
+        rows.append({"model": r["model"], "data": r["data"], "method": r["method"], "n": r["n"],
+                     "epochs": r["epochs"], "top-1 %": r["top1"],
+                     "measured ms": f"{r['measured_ms_mean']:.3f} ± {r['measured_ms_std']:.3f}",
+                     "speed-up": f"{r['speedup_mean']:.2f} ± {r['speedup_std']:.2f}×",
+                     "latency / progressive": "" if pd.isna(r["latency_vs_progressive_mean"])
+                     else f"{r['latency_vs_progressive_mean']:.2f}",
+                     "params M": f"{r['params_mean'] / 1e6:.2f}",
+                     "pruned blocks per seed / channels": pruned or ratio})
+    return markdown(pd.DataFrame(rows))
 
 
 def costs() -> str:
