@@ -301,7 +301,7 @@ def drop_sensitivity(weights: Path, candidates: Sequence[int], *, data: str,
     from deploykit.data import DataConfig, eval_loader, load_datasets
     from deploykit.prune import prunable
     from deploykit.training.build import dropped
-    from deploykit.training.evaluate import evaluate
+    from deploykit.training.evaluation import evaluate
 
     torch.set_num_threads(threads)
     model, meta = load_baseline(weights)

@@ -191,7 +191,7 @@ def run_match(args) -> int:
     from deploykit.latency.protocol import Protocol
     from deploykit.targets import load_target
     from deploykit.training.checkpoint import save_atomic
-    from deploykit.training.evaluate import evaluate
+    from deploykit.training.evaluation import evaluate
     from deploykit.verify import measure_interleaved
 
     started = time.perf_counter()
@@ -262,7 +262,7 @@ def run_finetune(args) -> int:
     from deploykit.training.checkpoint import save_atomic
     from deploykit.training.config import DistillConfig, OptimConfig, RunConfig
     from deploykit.training.distributed import distributed
-    from deploykit.training.evaluate import evaluate
+    from deploykit.training.evaluation import evaluate
     from deploykit.training.loop import Policy, Task, fit
 
     if args.threads:

@@ -20,9 +20,11 @@ from deploykit.verify import VerifyReport
 
 PROTOCOL = ["--min-time", "0.05", "--warmup-time", "0.01", "--min-iters", "5", "--warmup-iters", "2",
             "--max-repeats", "1"]
+# Budgets near 1, so that the table of a tiny, noisy protocol reaches them on any machine (0.6 once did
+# not: the smallest reachable was 0.61 × the unpruned prediction).
 TINY = ["--data", "digits", "--train-limit", "192", "--val-limit", "96", "--baseline-epochs", "1",
         "--supernet-epochs", "1", "--subnet-epochs", "1", "--proxy-val-limit", "48", "--rounds", "1",
-        "--train-threads", "1", "--device", "cpu", "--budgets", "0.8,0.6", *PROTOCOL]
+        "--train-threads", "1", "--device", "cpu", "--budgets", "0.95,0.9", *PROTOCOL]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -83,13 +85,13 @@ def completed(resumed_run):
 def test_a_killed_run_resumes_without_redoing_finished_stages(completed):
     run, before, killed_after, code, _, err = completed
     assert code == 0, err[-3000:]
-    assert {"baseline", "profile"} <= killed_after and "verify 0.6" not in killed_after
+    assert {"baseline", "profile"} <= killed_after and "verify 0.9" not in killed_after
     assert "baseline: done already" in err and "profile: done already" in err
     assert sha256(run / "baseline" / "model.pt") == before["weights"]
     assert (run / "baseline" / "model.pt").stat().st_mtime_ns == before["weights_mtime"]
     assert sha256(next((run / "profile").glob("*.csv"))) == before["table"]
     state = json.loads((run / "run.json").read_text())
-    assert set(state["stages"]) >= {"baseline", "profile", "supernet", "search 0.8", "train 0.6", "table"}
+    assert set(state["stages"]) >= {"baseline", "profile", "supernet", "search 0.95", "train 0.9", "table"}
     assert all(entry["seconds"] >= 0 for entry in state["stages"].values())
 
 
@@ -98,7 +100,7 @@ def test_every_stage_leaves_its_artifact(completed):
     for name in ("baseline/model.pt", "baseline/model.onnx", "baseline/verify-cpu-ort.json",
                  "supernet/supernet.pt", "table.md", "table.csv", "pareto.png"):
         assert (run / name).is_file(), name
-    for budget in ("0.8", "0.6"):
+    for budget in ("0.95", "0.9"):
         folder = run / f"budget-{budget}"
         subnet = json.loads((folder / "subnet.json").read_text())
         assert subnet["pruned"] and subnet["model"] == "convnext_atto"
@@ -116,12 +118,11 @@ def test_every_stage_leaves_its_artifact(completed):
 def test_the_table_has_the_original_and_one_row_per_budget(completed):
     run, *_, out, _ = completed
     frame = pd.read_csv(run / "table.csv")
-    assert list(frame["variant"]) == ["baseline", "budget-0.6", "budget-0.8"] or \
-        list(frame["variant"]) == ["baseline", "budget-0.8", "budget-0.6"]
+    assert list(frame["variant"]) == ["baseline", "budget-0.95", "budget-0.9"]
     rows = frame.set_index("variant")
     baseline = json.loads((run / "baseline" / "result.json").read_text())
     assert rows.loc["baseline", "top-1 %"] == pytest.approx(baseline["top1"])
-    for budget in ("0.8", "0.6"):
+    for budget in ("0.95", "0.9"):
         result = json.loads((run / f"budget-{budget}" / "result.json").read_text())
         report = VerifyReport.read(run / f"budget-{budget}" / "verify-cpu-ort.json")
         row = rows.loc[f"budget-{budget}"]
@@ -135,7 +136,7 @@ def test_deploykit_table_reads_a_run_directory_and_skips_its_supernet(completed,
     run = completed[0]
     assert main(["table", str(run)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
-    assert [row.split("|")[1].strip() for row in rows] == ["baseline", "budget-0.6", "budget-0.8"]
+    assert [row.split("|")[1].strip() for row in rows] == ["baseline", "budget-0.9", "budget-0.95"]
 
 
 def test_a_finished_run_reruns_nothing_but_the_cheap_checks(completed, capsys):
@@ -143,7 +144,7 @@ def test_a_finished_run_reruns_nothing_but_the_cheap_checks(completed, capsys):
     table = sha256(run / "table.csv")
     assert main(["run", "--out", str(run), *TINY]) == 0
     err = capsys.readouterr().err
-    assert "verify 0.6: done already" in err and "train 0.8: done already" in err
+    assert "verify 0.9: done already" in err and "train 0.95: done already" in err
     assert sha256(run / "table.csv") == table
 
 
@@ -159,7 +160,7 @@ def test_other_settings_for_an_existing_run_are_refused(completed, capsys):
 def test_an_unreachable_added_budget_stops_before_any_training(completed, capsys):
     run = completed[0]
     budgets = TINY.index("--budgets") + 1
-    argv = [*TINY[:budgets], "0.8,0.6,0.01", *TINY[budgets + 1:]]
+    argv = [*TINY[:budgets], "0.95,0.9,0.01", *TINY[budgets + 1:]]
     assert main(["run", "--out", str(run), *argv]) == 2
     line = one_line_error(capsys)
     assert "budget 0.01" in line and "smallest latency" in line
@@ -223,3 +224,12 @@ def test_the_default_run_directory_names_model_data_and_target():
     assert pipeline.layout.root == Path("runs") / "convnext_atto-imagefolder_data_pets-cpu-ort"
     assert pipeline.layout.budget("12ms").name == "budget-12ms"
     assert pipeline.layout.budget("80%").name == "budget-0.8"
+
+
+def test_training_functions_are_not_shadowed_by_their_submodules():
+    import deploykit.training as training
+    import deploykit.training.evaluation  # noqa: F401 - a loaded submodule must not replace the function
+    from deploykit.training import evaluate
+
+    assert callable(evaluate) and not isinstance(evaluate, type(training))
+    assert sorted(training.__all__) == sorted(training._HOMES)

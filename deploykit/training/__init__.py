@@ -3,7 +3,7 @@
 One module per concern: ``config`` (frozen settings), ``schedule`` (λ ramp, learning rate, sampled
 pruned sets: functions of the step alone), ``losses`` (CE + distillation), ``weights`` (loading local
 checkpoints by name or by position), ``distributed`` (torchrun / DDP), ``checkpoint`` (atomic files,
-resume), ``loop`` (the shared training loop), ``evaluate`` (top-1/loss, the supernet proxy) and one
+resume), ``loop`` (the shared training loop), ``evaluation`` (top-1/loss, the supernet proxy) and one
 module per stage: ``baseline``, ``supernet``, ``progressive``. The names below are imported on first use.
 """
 
@@ -16,16 +16,16 @@ _HOMES = {
     "RunConfig": "deploykit.training.config",
     "SubnetConfig": "deploykit.training.config",
     "SubnetResult": "deploykit.training.progressive",
-    "Supernet": "deploykit.training.evaluate",
+    "Supernet": "deploykit.training.evaluation",
     "SupernetConfig": "deploykit.training.config",
     "SupernetResult": "deploykit.training.supernet",
     "distillation_loss": "deploykit.training.losses",
-    "evaluate": "deploykit.training.evaluate",
+    "evaluate": "deploykit.training.evaluation",
     "evaluate_original": "deploykit.training.baseline",
-    "evaluate_subnet": "deploykit.training.evaluate",
+    "evaluate_subnet": "deploykit.training.evaluation",
     "learning_rate": "deploykit.training.schedule",
     "load_model_weights": "deploykit.training.weights",
-    "load_supernet": "deploykit.training.evaluate",
+    "load_supernet": "deploykit.training.evaluation",
     "ramp_lambda": "deploykit.training.schedule",
     "sample_pruned": "deploykit.training.schedule",
     "train_baseline": "deploykit.training.baseline",

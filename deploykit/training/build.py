@@ -19,7 +19,7 @@ from deploykit.prune import PrunableNet
 from deploykit.training.checkpoint import plain
 from deploykit.training.config import RunConfig
 from deploykit.training.distributed import DistContext
-from deploykit.training.evaluate import evaluate
+from deploykit.training.evaluation import evaluate
 from deploykit.training.weights import load_model_weights
 
 

@@ -41,7 +41,7 @@ from deploykit.training.build import (
 from deploykit.training.checkpoint import save_atomic
 from deploykit.training.config import DistillConfig, OptimConfig, RunConfig, SubnetConfig, default_ramp
 from deploykit.training.distributed import DistContext, distributed
-from deploykit.training.evaluate import evaluate
+from deploykit.training.evaluation import evaluate
 from deploykit.training.loop import Fit, Policy, Task, fit
 from deploykit.training.schedule import ramp_lambda, ramp_steps
 

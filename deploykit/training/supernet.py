@@ -28,7 +28,7 @@ from deploykit.training.build import data_meta, original_model, require_weights,
 from deploykit.training.checkpoint import FORMAT, plain, save_atomic
 from deploykit.training.config import DistillConfig, OptimConfig, RunConfig, SupernetConfig, default_ramp
 from deploykit.training.distributed import DistContext, distributed
-from deploykit.training.evaluate import evaluate, gates
+from deploykit.training.evaluation import evaluate, gates
 from deploykit.training.loop import Policy, Task, fit
 from deploykit.training.schedule import pruned_digest, ramp_lambda, ramp_steps, sample_pruned
 
