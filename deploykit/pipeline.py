@@ -364,12 +364,15 @@ class Pipeline:
         """The blocks worth pruning: those whose merged form the table says is faster than the original."""
         from deploykit.search import LatencySpace
 
+        if "candidates" in self._cache:
+            return self._cache["candidates"]
         space = LatencySpace.from_table(self.latency_table())
         faster = tuple(c for c, saving in zip(space.candidates, space.savings) if saving > 0)
         if not faster:
             raise ConfigError(f"no block of {self.config.model} is faster merged than original on "
                               f"{self.target.name} according to {self.layout.table}: depth pruning cannot "
                               "make this model faster on this target")
+        self._cache["candidates"] = faster
         return faster
 
     def original_module(self):
@@ -409,6 +412,7 @@ class Pipeline:
                          out=self.layout.table, protocol=self.config.protocol, model=self.original_module(),
                          progress=lambda line: self.say(f"  {line}"))
         self._cache.pop("table", None)
+        self._cache.pop("candidates", None)
         whole = result.table.model_latency()
         shown = f", whole model {whole:.3f} ms" if whole is not None else ""
         return f"{result.entries} entries{shown}: {result.path}"
@@ -416,16 +420,16 @@ class Pipeline:
     def _check_budgets(self) -> str:
         from deploykit.search import LatencySpace
         from deploykit.search.budget import parse_budget
-        from deploykit.search.engine import infeasible_message
+        from deploykit.search.engine import reachable_budget_ms
 
         table = self.latency_table()
         space = LatencySpace.from_table(table, self.candidates())
         shown = []
         for text in self.config.budgets:
-            budget = parse_budget(text)
-            ms = budget.resolve(space.full_ms)
-            if ms < space.min_ms() * (1 - 1e-9):
-                raise ConfigError(f"budget {text}: {infeasible_message(table, space, ms, budget)}")
+            try:
+                ms = reachable_budget_ms(table, space, parse_budget(text))
+            except ConfigError as error:
+                raise ConfigError(f"budget {text}: {error}") from None
             if ms >= space.full_ms:
                 raise ConfigError(f"budget {text} = {ms:.3f} ms is not below the unpruned model's predicted "
                                   f"{space.full_ms:.3f} ms: nothing needs pruning")

@@ -12,6 +12,7 @@ from deploykit.blocks.base import BlockInfo, PrunableBlock
 from deploykit.blocks.registry import family_of
 from deploykit.errors import BlockSelectionError, MergeError, ModelError
 from deploykit.macs import count_macs, eval_mode
+from deploykit.subnet import format_block_ranges
 
 
 def parse_input_size(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -141,7 +142,7 @@ class PrunableNet(nn.Module):
             if index not in self._wrappers:
                 info = self.blocks[index]
                 raise BlockSelectionError(f"block {index} ({info.name}) cannot be pruned: {info.reason}; "
-                                          f"prunable blocks: {_ranges(self.prunable_indices)}")
+                                          f"prunable blocks: {format_block_ranges(self.prunable_indices)}")
         return indices
 
 
@@ -181,14 +182,3 @@ def _registered_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
             skip = (name + ".",)
     return found
 
-
-def _ranges(indices: Iterable[int]) -> str:
-    indices = sorted(indices)
-    spans, start = [], None
-    for i, index in enumerate(indices):
-        if start is None:
-            start = index
-        if i + 1 == len(indices) or indices[i + 1] != index + 1:
-            spans.append(f"{start}" if start == index else f"{start}-{index}")
-            start = None
-    return ", ".join(spans) or "none"

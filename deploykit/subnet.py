@@ -12,6 +12,7 @@ JSON object::
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,19 @@ def parse_block_list(text: str) -> tuple[int, ...]:
     if any(i < 0 for i in indices):
         raise ConfigError(f"block indices must be ≥ 0, got {text!r}")
     return tuple(sorted(set(indices)))
+
+
+def format_block_ranges(indices: Iterable[int]) -> str:
+    """(0, 1, 2, 5) → ``"0-2, 5"``, () → ``"none"``: the inverse of :func:`parse_block_list`, for messages."""
+    indices = sorted(set(indices))
+    spans, start = [], None
+    for i, index in enumerate(indices):
+        if start is None:
+            start = index
+        if i + 1 == len(indices) or indices[i + 1] != index + 1:
+            spans.append(f"{start}" if start == index else f"{start}-{index}")
+            start = None
+    return ", ".join(spans) or "none"
 
 
 def _int_list(values: Any) -> bool:

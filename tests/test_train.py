@@ -381,3 +381,11 @@ def test_baseline_trains_on_an_image_folder_and_its_weights_load(tmp_path):
     assert 0 <= result.top1 <= 100 and len(result.history) == 1
     model = timm.create_model("resnet18", num_classes=2)
     assert load_model_weights(model, result.weights_path) == []
+
+
+def test_block_ranges_format_is_the_inverse_of_the_block_list_parser():
+    from deploykit.subnet import format_block_ranges, parse_block_list
+
+    assert format_block_ranges([5, 0, 2, 1, 1]) == "0-2, 5"
+    assert format_block_ranges(()) == "none"
+    assert parse_block_list(format_block_ranges([0, 1, 2, 5, 7, 8]).replace(" ", "")) == (0, 1, 2, 5, 7, 8)

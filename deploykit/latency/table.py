@@ -29,6 +29,7 @@ import pandas as pd
 
 from deploykit.errors import TableError
 from deploykit.fileio import write_json_atomic, write_text_atomic
+from deploykit.subnet import format_block_ranges
 
 KINDS = ("block", "fixed", "model")
 FORMS = {"block": ("original", "merged"), "fixed": ("fixed",), "model": ("model",)}
@@ -242,7 +243,7 @@ class LatencyTable:
         if index not in rows:
             have = self.block_indices if form == "original" else self.prunable_indices
             raise TableError(f"the table has no {form} latency for block {index} "
-                             f"(it covers blocks {_ranges(have)} in {form} form)")
+                             f"(it covers blocks {format_block_ranges(have)} in {form} form)")
         return float(self.rows.at[rows[index], "median_ms"])
 
     def fixed_latency(self) -> float:
@@ -268,8 +269,8 @@ class LatencyTable:
             raise TableError("the table has no block rows; was the profile interrupted? (rerun it to resume)")
         unknown = sorted(pruned - set(originals))
         if unknown:
-            raise TableError(f"block(s) {_ranges(unknown)} are not in the table "
-                             f"(it covers blocks {_ranges(originals)})")
+            raise TableError(f"block(s) {format_block_ranges(unknown)} are not in the table "
+                             f"(it covers blocks {format_block_ranges(originals)})")
         total = self.fixed_latency()
         total += sum(self.block_latency(i, "merged" if i in pruned else "original") for i in originals)
         if self.meta.calibration is not None:
@@ -385,7 +386,8 @@ def _validate_rows(rows: pd.DataFrame, meta: TableMeta, path: Path | None) -> pd
         for text in rows[(rows["kind"] == "block") & (rows["form"] == form)]["indices"]:
             indices = set(parse_indices(text))
             if indices & seen:
-                raise TableError(f"{where}: block(s) {_ranges(indices & seen)} appear in two {form} rows")
+                twice = format_block_ranges(indices & seen)
+                raise TableError(f"{where}: block(s) {twice} appear in two {form} rows")
             seen |= indices
     return rows
 
@@ -395,14 +397,3 @@ def _show(value: Any) -> str:
         return f"{value[0]}x{value[1]}"
     return repr(value) if isinstance(value, str) else str(value)
 
-
-def _ranges(indices: Iterable[int]) -> str:
-    indices = sorted(set(indices))
-    spans, start = [], None
-    for i, index in enumerate(indices):
-        if start is None:
-            start = index
-        if i + 1 == len(indices) or indices[i + 1] != index + 1:
-            spans.append(f"{start}" if start == index else f"{start}-{index}")
-            start = None
-    return ", ".join(spans) or "none"

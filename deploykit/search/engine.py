@@ -327,9 +327,7 @@ def search(table: LatencyTable, budget: Budget, proxy: Proxy, *, candidates: Ite
         raise ConfigError(f"budget must be a Budget (see parse_budget), got {type(budget).__name__}")
     searcher = Searcher(table, proxy, candidates=candidates, strategy=strategy, seed=seed,
                         population=population, generations=generations, progress=progress)
-    budget_ms = budget.resolve(searcher.space.full_ms)
-    if searcher.space.min_ms() > budget_ms * (1 + BUDGET_SLACK):
-        raise ConfigError(infeasible_message(table, searcher.space, budget_ms, budget))
+    budget_ms = reachable_budget_ms(table, searcher.space, budget)
     return _result(searcher, searcher.solve(budget_ms), budget, budget_ms, started)
 
 
@@ -361,6 +359,14 @@ def _result(searcher: Searcher, solution: Solution, budget: Budget | None, budge
                         score=solution.score, method=solution.method, candidates=space.candidates,
                         evaluations=proxy.evaluations, elapsed_s=time.perf_counter() - started,
                         feasible=solution.feasible, notes=tuple(notes))
+
+
+def reachable_budget_ms(table: LatencyTable, space: LatencySpace, budget: Budget) -> float:
+    """``budget`` in ms; a ConfigError naming the smallest achievable latency if no subnet reaches it."""
+    budget_ms = budget.resolve(space.full_ms)
+    if space.min_ms() > budget_ms * (1 + BUDGET_SLACK):
+        raise ConfigError(infeasible_message(table, space, budget_ms, budget))
+    return budget_ms
 
 
 def infeasible_message(table: LatencyTable, space: LatencySpace, budget_ms: float,
