@@ -74,8 +74,8 @@ class Session(ABC):
         if tuple(x.shape) != self.input_shape:
             raise ModelError(f"{self.path.name} was opened for input {self.input_shape}, "
                              f"got an input of shape {tuple(x.shape)}")
-        return self._guarded(lambda: [np.asarray(y) for y in self._run(
-            np.ascontiguousarray(x, dtype=self.input_dtype))])
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        return [np.asarray(y) for y in self._guarded(lambda: self._run(x))]
 
     def timed_runner(self) -> Callable[[], None]:
         """A callable that runs the model once on :func:`random_input` of the session's shape, bound

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DEVICE = "CPU"
 PRECISION_HINT = {"fp32": "f32", "fp16": "f16"}  # deploykit precision → OpenVINO element type
+_PRECISION_OF_HINT = {hint: precision for precision, hint in PRECISION_HINT.items()}
 _DEVICE_PATTERN = re.compile(r"^(CPU|GPU|NPU)(\.\d+)?$")
 
 
@@ -95,18 +96,16 @@ class OpenVINOBackend(RuntimeBackend):
             raise ModelError(f"OpenVINO cannot compile {onnx_path} for {device} with input "
                              f"{input_shape}: {_last_line(error)}") from None
         hint = check_precision(compiled, target.precision, device)
-        return OpenVINOSession(compiled, path=onnx_path, input_shape=input_shape, device=device,
-                               precision=target.precision, hint=hint)
+        return OpenVINOSession(compiled, path=onnx_path, input_shape=input_shape, device=device, hint=hint)
 
 
 class OpenVINOSession(Session):
     """A compiled model; ``precision`` is the one read back from ``INFERENCE_PRECISION_HINT``."""
 
-    def __init__(self, compiled, *, path: Path, input_shape: tuple[int, ...], device: str, precision: str,
-                 hint: str):
+    def __init__(self, compiled, *, path: Path, input_shape: tuple[int, ...], device: str, hint: str):
         super().__init__(path=path, input_shape=input_shape,
                          input_dtype=compiled.input(0).element_type.to_dtype(), label=f"OpenVINO ({device})",
-                         providers=(device,), precision=precision,
+                         providers=(device,), precision=_PRECISION_OF_HINT[hint],
                          details=f"INFERENCE_PRECISION_HINT {hint} (read back), PERFORMANCE_HINT LATENCY")
         self._compiled = compiled
         self._request = None  # run()'s own request, made on first use

@@ -126,6 +126,7 @@ class TensorRTSession(Session):
         return self._execute
 
     def _fill_input(self, x: np.ndarray) -> None:
+        # one input buffer for both: a timed runner times whatever input was copied in last
         self._buffers[self._input].copy_(self._torch.from_numpy(x))
         self._torch.cuda.synchronize(self._buffers[self._input].device)
 
