@@ -197,10 +197,10 @@ def benchmark_app_command(executable: str | Path, onnx: Path, *, target, shape: 
                           seconds: float, threads: int | None) -> list[str]:
     """``benchmark_app`` with the target's settings: device, latency hint, sync API, precision, f32 input,
     the static shape, the duration, and the thread count where one is fixed."""
-    from deploykit.runtimes.openvino_backend import _PRECISION_HINT
+    from deploykit.runtimes.openvino_backend import PRECISION_HINT
 
     command = [str(executable), "-m", str(onnx), "-d", target.runtime_device or "CPU", "-hint", "latency",
-               "-api", "sync", "-infer_precision", _PRECISION_HINT[target.precision], "-ip", "f32",
+               "-api", "sync", "-infer_precision", PRECISION_HINT[target.precision], "-ip", "f32",
                "-shape", "[" + ",".join(map(str, shape)) + "]", "-t", f"{seconds:g}"]
     if threads:
         command += ["-nthreads", str(threads)]
@@ -661,7 +661,8 @@ def main(argv=None) -> int:
         return 0
     if args.profile_missing:
         profile_missing(plan, say)
-    from deploykit.targets import availability, load_target
+    from deploykit.runtimes import availability
+    from deploykit.targets import load_target
 
     for name in plan.targets:
         ok, reason = availability(load_target(name))

@@ -82,7 +82,8 @@ def _add_targets(sub) -> None:
 
 
 def _run_targets(args) -> int:
-    from deploykit.targets import describe, format_targets, list_targets, load_target, targets_dir
+    from deploykit.runtimes import describe, format_targets
+    from deploykit.targets import list_targets, load_target, targets_dir
 
     targets = [load_target(name) for name in args.names] if args.names else list_targets()
     rows = [describe(target) for target in targets]
@@ -445,11 +446,12 @@ def _add_verify(sub) -> None:
         "verify", help="verify an exported model on its target: numerics, latency, prediction, speed-up",
         description="Run an ONNX file on the target's runtime. With --torch: compare its outputs with "
                     "PyTorch's on N seeded inputs (max abs and max relative error = max|Δ| / max|y|; "
-                    "tolerance fp32 1e-4, fp16 1e-2; the ONNX file runs in this process on the target's "
-                    "runtime, onnxruntime with its provider checked or OpenVINO with its precision hint "
-                    "read back). Time it end to end under the measurement protocol, each measurement in a "
-                    "fresh process, interleaved with --reference (model, reference, model, …) for the "
-                    "speed-up; with --table, compare with the table's prediction for the pruned blocks. "
+                    "tolerance fp32 1e-4, fp16 1e-2; the ONNX file runs in this process in a session of "
+                    "the target's runtime: onnxruntime with its provider checked, OpenVINO with its "
+                    "precision hint read back, TensorRT or MIGraphX). Time it end to end under the "
+                    "measurement protocol, each measurement in a fresh process, interleaved with "
+                    "--reference (model, reference, model, …) for the speed-up; with --table, compare "
+                    "with the table's prediction for the pruned blocks. "
                     "Writes a JSON report with --out. Exit 1 when the numerics fail, 2 on bad input or "
                     "a runtime that is not here (or would silently fall back).")
     p.add_argument("onnx", metavar="MODEL.onnx", help="the exported model")

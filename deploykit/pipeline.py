@@ -218,11 +218,13 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, out: str | Path | None = None, *, fresh: bool = False,
                  progress: Progress | None = None):
         from deploykit.latency.profile import default_table_path
+        from deploykit.runtimes import check_target
         from deploykit.targets import load_target
 
         self.config = config
         self.say = progress or (lambda line: None)
         self.target = load_target(config.target)
+        check_target(self.target)
         self.batch = config.latency_batch or self.target.batch
         root = Path(out) if out is not None else default_run_dir(config)
         table_name = default_table_path(config.model, self.target.name, config.input_size, self.batch).name
@@ -296,9 +298,9 @@ class Pipeline:
                               wall_s=time.perf_counter() - started, outputs=outputs)
 
     def _require_target(self) -> None:
-        from deploykit.runtimes import get_backend
+        from deploykit.runtimes import availability
 
-        ok, reason = get_backend(self.target.runtime).available(self.target)
+        ok, reason = availability(self.target)
         if not ok:
             raise ConfigError(f"target {self.target.name} cannot run here: {reason}. `deploykit run` "
                               "measures and verifies on the target itself: run it on that machine")

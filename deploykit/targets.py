@@ -19,7 +19,10 @@ A target file (``targets/<name>.yaml``) holds exactly these keys::
       bandwidth: 1.2288e+12                      # bytes/s
       source: where the figures come from
 
-Unknown keys and bad values are ConfigErrors naming the file and the key.
+Unknown keys and bad values are ConfigErrors naming the file and the key. Parsing is pure: it asks
+no runtime. Whether the named runtime exists and can serve the target as written (its provider,
+runtime_device, precision) is the runtimes' business (:func:`deploykit.runtimes.check_target`), as is
+whether the target can run on this machine (:func:`deploykit.runtimes.availability`).
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ class Target:
         data["input_size"] = list(self.input_size)
         return data
 
+    def error(self, key: str, message: str) -> ConfigError:
+        """A ConfigError naming this target's file and ``key``, as a bad value in the file reads."""
+        return ConfigError(f"{_display(Path(self.path))}: {key}: {message}")
+
 
 def targets_dir() -> Path:
     """Where named targets live: ``$DEPLOYKIT_TARGETS_DIR`` if set, else the shipped ``targets/``."""
@@ -103,13 +110,6 @@ def load_target(name_or_path: str | Path) -> Target:
 def list_targets() -> list[Target]:
     """Every target in :func:`targets_dir`, sorted by name."""
     return sorted((_load_file(p) for p in targets_dir().glob("*.yaml")), key=lambda t: t.name)
-
-
-def availability(target: Target) -> tuple[bool, str]:
-    """``(True, "")`` when ``target`` can be profiled on this machine, else ``(False, why + hint)``."""
-    from deploykit.runtimes import get_backend
-
-    return get_backend(target.runtime).available(target)
 
 
 def target_from_dict(data: Mapping, *, path: str = "<dict>") -> Target:
@@ -158,12 +158,12 @@ class _Parser:
 
     def parse(self, raw: dict, *, default_name: str) -> Target:
         self.keys(raw, _REQUIRED, _OPTIONAL, prefix="")
-        runtime = self.text(raw, "runtime")
+        runtime = self.text(raw, "runtime")  # which runtimes exist is checked by deploykit.runtimes
         target = Target(
             name=self.text(raw, "name", default=default_name),
             description=self.text(raw, "description"),
             device=self.text(raw, "device"),
-            runtime=self.runtime(runtime),
+            runtime=runtime,
             provider=self.text(raw, "provider", default=None),
             runtime_device=self.text(raw, "runtime_device", default=None),
             precision=self.choice(raw, "precision", PRECISIONS),
@@ -177,11 +177,6 @@ class _Parser:
         )
         if target.precision not in target.peak.flops:
             raise self.error("peak.flops", f"no figure for the target's precision {target.precision}")
-        from deploykit.runtimes import get_backend
-
-        problem = get_backend(target.runtime).target_problem(target)
-        if problem:
-            raise self.error(*problem)
         return target
 
     def keys(self, raw: Mapping, required, optional, *, prefix: str) -> None:
@@ -202,14 +197,6 @@ class _Parser:
         if not isinstance(value, str) or not value.strip():
             raise self.error(key, f"must be a non-empty string, got {value!r}")
         return value.strip()
-
-    def runtime(self, value: str) -> str:
-        from deploykit.runtimes import backends
-
-        known = sorted(backends())
-        if value not in known:
-            raise self.error("runtime", f"unknown runtime {value!r} (known: {', '.join(known)})")
-        return value
 
     def choice(self, raw: Mapping, key: str, choices, *, optional: bool = False) -> str | None:
         value = raw.get(key)
@@ -265,40 +252,3 @@ class _Parser:
         if not math.isfinite(number) or number <= 0:
             raise self.error(key, f"must be a positive number, got {value!r}")
         return number
-
-
-def describe(target: Target) -> dict:
-    """What ``deploykit targets`` shows for one target: its settings and whether it can run here."""
-    from deploykit.runtimes import get_backend
-
-    ok, reason = availability(target)
-    row = {"name": target.name, "device": target.device, "runtime": target.runtime,
-           "provider": target.provider, "runtime_device": target.runtime_device,
-           "precision": target.precision, "batch": target.batch, "input_size": list(target.input_size),
-           "threads": target.threads, "available": ok, "reason": reason, "path": target.path}
-    if ok:
-        backend = get_backend(target.runtime)
-        row["runtime_version"] = backend.version()
-        row["device_here"] = backend.device_string(target)
-    return row
-
-
-def format_targets(rows: list[dict]) -> str:
-    """A table of :func:`describe` rows; each target that cannot run here is followed by why not."""
-    header = ("target", "runtime", "precision", "batch", "input", "stands for", "here")
-    table = [header]
-    for row in rows:
-        runtime = row["runtime"] + (f" / {row['provider']}" if row["provider"] else "")
-        if row["runtime_device"]:
-            runtime += f" ({row['runtime_device']})"
-        here = (f"yes: {row['device_here']}, {row['runtime']} {row['runtime_version']}"
-                if row["available"] else "no")
-        table.append((row["name"], runtime, row["precision"], str(row["batch"]),
-                      "x".join(map(str, row["input_size"])), row["device"], here))
-    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
-    lines = []
-    for index, line in enumerate(table):
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
-        if index and not rows[index - 1]["available"]:
-            lines.append(f"    why not: {rows[index - 1]['reason']}")
-    return "\n".join(lines)

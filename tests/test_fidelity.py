@@ -219,7 +219,8 @@ def test_predict_subnet_accepts_a_subnet_or_indices():
 @pytest.mark.slow
 def test_real_lut_check_on_cpu_onnxruntime(tmp_path, capsys):
     from deploykit.latency.profile import profile
-    from deploykit.targets import availability, load_target
+    from deploykit.runtimes import availability
+    from deploykit.targets import load_target
 
     target = load_target("cpu-ort")
     ok, reason = availability(target)

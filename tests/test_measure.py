@@ -48,7 +48,7 @@ def test_measure_onnx_on_cpu_ort_in_a_worker_process(model):
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
 def test_measure_onnx_on_cpu_openvino_in_a_worker_process(model):
     target = load_target("cpu-openvino")
-    from deploykit.targets import availability
+    from deploykit.runtimes import availability
 
     ok, reason = availability(target)
     if not ok:
@@ -122,6 +122,10 @@ def test_worker_request_handling_in_process(model):
         worker.handle({**request, "protocol": {"bogus": 1}})
     with pytest.raises(RuntimeUnavailableError):
         worker.handle({**request, "target": load_target("nvidia-t4").as_dict()})
+    # target parsing asks no runtime: the worker has the runtime check what it serves
+    bad = {**request["target"], "provider": "NoSuchExecutionProvider"}
+    with pytest.raises(ConfigError, match=r"cpu-ort\.yaml: provider: unknown execution provider 'NoSuch"):
+        worker.handle({**request, "target": bad})
 
 
 def test_protocol_is_the_one_the_worker_uses(model):

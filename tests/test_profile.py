@@ -21,8 +21,8 @@ from deploykit.latency import profile as profile_module
 from deploykit.latency.profile import find_entries, profile
 from deploykit.latency.protocol import Measurement, Protocol
 from deploykit.latency.table import LatencyTable
-from deploykit.runtimes import hostinfo
-from deploykit.targets import availability, load_target
+from deploykit.runtimes import availability, hostinfo
+from deploykit.targets import load_target
 
 TINY_PROTOCOL = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=3, max_cv=10.0,
                          max_repeats=1)

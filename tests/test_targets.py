@@ -1,19 +1,23 @@
-"""Target files: every shipped one loads, bad ones fail naming file and key, `deploykit targets` runs."""
+"""Target files: every shipped one loads, bad ones fail naming file and key, `deploykit targets` runs.
+
+Parsing asks no runtime; :func:`deploykit.runtimes.check_target` checks what the runtime must say.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+import deploykit.targets
 from deploykit.cli import main
 from deploykit.errors import ConfigError
-from deploykit.runtimes import hostinfo
+from deploykit.runtimes import availability, check_target, get_backend, hostinfo
 from deploykit.targets import (
     Target,
-    availability,
     list_targets,
     load_target,
     target_from_dict,
@@ -39,6 +43,24 @@ def test_every_shipped_target_loads(name):
     assert Path(target.path).is_file()
     assert target_from_dict(target.as_dict()) == target
     assert load_target(target.path) == target
+    assert check_target(target) is get_backend(target.runtime)
+
+
+def test_target_parsing_imports_no_runtime_module():
+    """targets.py sits below the runtimes: no import of deploykit.runtimes, not even in a function."""
+    tree = ast.parse(Path(deploykit.targets.__file__).read_text())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert imported and not [name for name in imported if name.startswith("deploykit.runtimes")]
+
+
+def test_parsing_is_pure_and_the_runtimes_check_what_only_they_know(tmp_path):
+    target = load_target(str(write(tmp_path, runtime="tvm")))  # parses: no runtime was asked
+    assert target.runtime == "tvm"
+    with pytest.raises(ConfigError, match=r"mine\.yaml: runtime: unknown runtime 'tvm' \(known: .*openvino"):
+        check_target(target)
+    with pytest.raises(ConfigError, match=r"mine\.yaml: runtime: unknown runtime 'tvm'"):
+        availability(target)
 
 
 def test_settings_of_the_papers_target_and_the_local_ones():
@@ -144,7 +166,7 @@ def test_unknown_keys_name_file_and_key(tmp_path, changes, key):
 def test_bad_values_name_file_and_key(tmp_path, changes, key, says):
     path = write(tmp_path, **changes)
     with pytest.raises(ConfigError) as info:
-        load_target(str(path))
+        check_target(load_target(str(path)))
     message = str(info.value)
     assert message.startswith(f"{path}: {key}:") or f"mine.yaml: {key}:" in message
     assert says in message
@@ -160,8 +182,11 @@ def test_bad_values_name_file_and_key(tmp_path, changes, key, says):
       "peak": {"flops": {"int8": 1e12}, "bandwidth": 1e10, "source": "x"}}, "precision"),
 ])
 def test_runtime_specific_values_are_checked_by_the_backend(tmp_path, changes, key):
+    target = load_target(str(write(tmp_path, **changes)))
     with pytest.raises(ConfigError, match=rf"mine\.yaml: {key}:"):
-        load_target(str(write(tmp_path, **changes)))
+        check_target(target)
+    with pytest.raises(ConfigError, match=rf"mine\.yaml: {key}:"):  # before any session is opened
+        get_backend(target.runtime).session(write(tmp_path), target=target, input_shape=(1, 3, 8, 8))
 
 
 def test_numbers_written_the_yaml_1_1_way_are_accepted(tmp_path):
@@ -214,3 +239,6 @@ def test_cli_json_and_errors(capsys, tmp_path):
     assert main(["targets", str(write(tmp_path, bogus=1))]) == 2
     err = capsys.readouterr().err
     assert "bogus: unknown key" in err and len(err.strip().splitlines()) == 1
+    assert main(["targets", str(write(tmp_path, provider="CUDAExecutionProvder"))]) == 2
+    err = capsys.readouterr().err
+    assert "mine.yaml: provider: unknown execution provider" in err and len(err.strip().splitlines()) == 1

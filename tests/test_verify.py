@@ -1,4 +1,8 @@
-"""`deploykit verify`: numerics against PyTorch, interleaved latency, table prediction, refusals."""
+"""`deploykit verify`: numerics against PyTorch, interleaved latency, table prediction, refusals.
+
+Numerics run through the target's backend session: onnxruntime and OpenVINO for real, and the test
+suite's fake backend (any backend with a session will do).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fake_backend import FakeBackend, fake_target_yaml, registered
 from onnx import numpy_helper
 
 from deploykit import prunable
@@ -51,6 +56,7 @@ def test_verify_passes_on_a_correct_export(models, capsys):
     assert report.numerics["max_rel"] <= 1e-4 and report.numerics["tolerance"] == 1e-4
     assert report.runtime == "onnxruntime" and report.provider == "CPUExecutionProvider"
     assert report.input_shape == (1, 3, 64, 64) and len(report.model_sha256) == 64
+    assert "real providers checked: CPUExecutionProvider" in report.numerics["how"]
     model, reference = report.latency["model"], report.latency["reference"]
     assert report.latency["rounds"] == 2 and len(model["round_medians_ms"]) == 2
     assert model["n"] >= 10 and reference["n"] >= 10
@@ -86,6 +92,43 @@ def test_verify_numerics_on_openvino_cpu_in_fp32(models, capsys):
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["passed"] is True and report["runtime"] == "openvino"
     assert "INFERENCE_PRECISION_HINT f32" in report["numerics"]["how"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A small conv net (its outputs depend on every weight) as tiny.pt and tiny.onnx, input 1x3x16x16."""
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 4, 3, padding=1)).eval()
+    torch.save(net, folder / "tiny.pt")
+    export_onnx(net, (1, 3, 16, 16), folder / "tiny.onnx")
+    return folder
+
+
+@pytest.mark.parametrize("scale, code, verdict", [(1.0, 0, "PASS"), (1.01, 1, "FAIL")])
+def test_verify_numerics_through_the_fake_backend(tiny, tmp_path, capsys, scale, code, verdict):
+    """Any backend with a session checks numerics; a 1 % wrong output fails (exit 1), the right one passes."""
+    target = fake_target_yaml(tmp_path / "fake.yaml")
+    fake = FakeBackend(tamper=lambda outputs: [y * scale for y in outputs])
+    with registered(fake):
+        result = main(["verify", str(tiny / "tiny.onnx"), "--target", str(target), "--torch",
+                       str(tiny / "tiny.pt"), "--numerics-only", "--inputs", "3", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert result == code and report["runtime"] == "fake" and report["passed"] is (code == 0)
+    assert report["numerics"]["n_inputs"] == 3 and "ReferenceEvaluator" in report["numerics"]["how"]
+    assert (report["numerics"]["max_rel"] <= 1e-4) is (code == 0)
+    assert fake.runs == 3 and [s.closed for s in fake.opened] == [True]  # one session, closed after
+    assert VerifyReport.from_dict(report).summary().count(f"numerics: {verdict}") == 1
+
+
+def test_verify_refuses_a_fake_target_whose_device_is_missing(tiny, tmp_path, capsys):
+    target = fake_target_yaml(tmp_path / "fake.yaml", runtime_device="missing")
+    with registered(FakeBackend()):
+        code = main(["verify", str(tiny / "tiny.onnx"), "--target", str(target), "--torch",
+                     str(tiny / "tiny.pt"), "--numerics-only"])
+    assert code == 2
+    assert "cannot verify on target fake-target here: fake device 'missing'" in one_line_error(capsys)
 
 
 def test_verify_table_prediction_checks_the_table_against_the_model(models, capsys):

@@ -410,7 +410,8 @@ def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, mod
     """Refuse a table from another machine, then build the subnet measurer on the table's target."""
     from deploykit.latency.measure import measure_onnx, runtime_info
     from deploykit.latency.protocol import Protocol
-    from deploykit.targets import availability, load_target
+    from deploykit.runtimes import availability
+    from deploykit.targets import load_target
 
     meta = table.meta
     target = load_target(meta.target)

@@ -41,9 +41,9 @@ def measure_onnx(onnx_path: str | Path, *, target: Target, protocol: Protocol,
 
 def runtime_info(target: Target) -> dict[str, str]:
     """The runtime name, its version and the device string for ``target``, as a table records them."""
-    from deploykit.runtimes import get_backend
+    from deploykit.runtimes import check_target
 
-    backend = get_backend(target.runtime)
+    backend = check_target(target)
     return {"runtime": backend.name, "runtime_version": backend.version(),
             "device": backend.device_string(target)}
 

@@ -318,6 +318,9 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
     resume go on where only the machine differs (device string, runtime version). ``model`` gives
     the module to profile instead of creating ``model_name`` with timm.
     """
+    from deploykit.runtimes import check_target
+
+    check_target(target)  # a target its runtime cannot serve as written: one line naming the key
     started = time.perf_counter()
     say = progress or (lambda line: None)
     size = parse_input_size(input_size if input_size is not None else target.input_size)
@@ -386,7 +389,7 @@ def _protocol(protocol: Any):
 
 def _require_available(target: Any) -> None:
     """Refuse a target whose runtime or hardware is absent; the reason carries the install hint."""
-    from deploykit.targets import availability
+    from deploykit.runtimes import availability
 
     ok, reason = availability(target)
     if not ok:

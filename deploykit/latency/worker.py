@@ -19,7 +19,7 @@ def handle(request: dict) -> dict:
     """Run one measurement request; the reply as a dict."""
     from deploykit.errors import ConfigError
     from deploykit.latency.protocol import Protocol
-    from deploykit.runtimes import get_backend
+    from deploykit.runtimes import check_target
     from deploykit.targets import target_from_dict
 
     try:
@@ -28,7 +28,7 @@ def handle(request: dict) -> dict:
         onnx_path, input_shape = request["onnx_path"], tuple(request["input_shape"])
     except (KeyError, TypeError) as error:
         raise ConfigError(f"malformed latency worker request: {error!r}") from None
-    backend = get_backend(target.runtime)
+    backend = check_target(target)
     measurement = backend.profile(onnx_path, target=target, protocol=protocol, input_shape=input_shape)
     return {"ok": True, "measurement": measurement.as_dict(), "runtime_version": backend.version(),
             "device": backend.device_string(target)}

@@ -1,44 +1,23 @@
 """Runtime backends, registered by name. Importing this package loads no vendor SDK.
 
-``get_backend("onnxruntime")`` etc. returns the backend that compiles and times an ONNX file for a
-target; see :class:`deploykit.runtimes.base.RuntimeBackend` for what every backend guarantees.
+Each backend module registers its backend with :func:`register_backend`; importing this package
+imports them. ``get_backend("onnxruntime")`` returns the backend, ``backend.session(...)`` opens an
+ONNX file compiled for a target (see :class:`deploykit.runtimes.base.RuntimeBackend` for what every
+backend guarantees). :func:`check_target` and :func:`availability` say whether a target can be served
+as written and whether it can run here.
 """
 
 from __future__ import annotations
 
-from deploykit.errors import ConfigError
-from deploykit.runtimes.base import RuntimeBackend
-from deploykit.runtimes.migraphx_backend import MIGraphXBackend
-from deploykit.runtimes.onnxruntime_backend import OnnxRuntimeBackend
-from deploykit.runtimes.openvino_backend import OpenVINOBackend
-from deploykit.runtimes.tensorrt_backend import TensorRTBackend
+from deploykit.runtimes import (  # noqa: F401  (imported to register their backends)
+    migraphx_backend,
+    onnxruntime_backend,
+    openvino_backend,
+    tensorrt_backend,
+)
+from deploykit.runtimes.base import RuntimeBackend, Session
+from deploykit.runtimes.registry import backends, get_backend, register, register_backend, unregister
+from deploykit.runtimes.targetcheck import availability, check_target, describe, format_targets
 
-_REGISTRY: dict[str, RuntimeBackend] = {}
-
-
-def register(backend: RuntimeBackend) -> RuntimeBackend:
-    """Add a backend under its ``name`` (a second backend of the same name is a bug)."""
-    if backend.name in _REGISTRY:
-        raise ValueError(f"runtime backend {backend.name!r} is already registered")
-    _REGISTRY[backend.name] = backend
-    return backend
-
-
-for _backend in (OnnxRuntimeBackend(), OpenVINOBackend(), TensorRTBackend(), MIGraphXBackend()):
-    register(_backend)
-
-
-def backends() -> dict[str, RuntimeBackend]:
-    """Every registered backend by name."""
-    return dict(_REGISTRY)
-
-
-def get_backend(name: str) -> RuntimeBackend:
-    """The backend called ``name``; ConfigError listing the known names otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown runtime {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
-
-
-__all__ = ["RuntimeBackend", "backends", "get_backend", "register"]
+__all__ = ["RuntimeBackend", "Session", "availability", "backends", "check_target", "describe",
+           "format_targets", "get_backend", "register", "register_backend", "unregister"]

@@ -1,8 +1,14 @@
-"""The runtime backend interface: say whether it can run here, compile an ONNX file, time it.
+"""The runtime backend interface: say whether it can run here, open a session on an ONNX file, time it.
 
 Every backend (a) says whether it can run here and exactly why not, (b) never runs silently on
 something other than what the target asks for, (c) keeps compilation and the first run out of the
 timings and records them separately. Vendor SDKs are imported inside methods, never at import time.
+
+One session API serves every caller: :meth:`RuntimeBackend.session` validates the request and opens a
+:class:`Session` (the model compiled for the target, with what the runtime really gave: providers,
+device, precision). Profiling, verification's numerics, fidelity checks and the device agent all go
+through it; :meth:`RuntimeBackend.profile` is a session plus :func:`time_and_measure` on its timed
+runner. A backend implements :meth:`RuntimeBackend._open_session` and a :class:`Session` subclass.
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
-from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError
+import numpy as np
+
+from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError
 from deploykit.runtimes import hostinfo
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from deploykit.latency.protocol import Measurement, Protocol
     from deploykit.targets import Target
 
@@ -28,8 +34,94 @@ T = TypeVar("T")
 INPUT_SEED = 0  # every backend feeds the same random-normal input for a given shape
 
 
+class Session(ABC):
+    """An ONNX file compiled for one target, ready to run; opened by :meth:`RuntimeBackend.session`.
+
+    What the runtime really gave: ``providers`` (what executes the graph: onnxruntime's real execution
+    providers, or the device the SDK compiled for), ``device`` (the hardware's name), ``precision``
+    (the precision it runs at, read back where the runtime can say) and ``details`` (one line on
+    how that was established). ``compile_s``: the seconds it took to open. A context manager;
+    :meth:`close` is idempotent, and a closed session refuses to run.
+    """
+
+    def __init__(self, *, path: Path, input_shape: tuple[int, ...], input_dtype, label: str,
+                 providers: Sequence[str], precision: str, details: str):
+        self.path = path
+        self.input_shape = tuple(input_shape)
+        self.input_dtype = np.dtype(input_dtype)  # what the model takes: run() casts to it
+        self.label = label  # e.g. "onnxruntime (CPUExecutionProvider)", for messages
+        self.providers = tuple(providers)
+        self.precision = precision
+        self.details = details
+        self.device = ""  # set by RuntimeBackend.session, like compile_s
+        self.compile_s = 0.0
+        self._closed = False
+
+    @property
+    def what(self) -> str:
+        """What runs, for error messages: runtime, file and input shape."""
+        return f"{self.label} running {self.path.name} on input {self.input_shape}"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def run(self, x) -> list[np.ndarray]:
+        """The model's outputs (host arrays, in graph order) for input ``x`` of the session's shape,
+        cast to the dtype the model takes."""
+        self._check_open()
+        x = np.asarray(x)
+        if tuple(x.shape) != self.input_shape:
+            raise ModelError(f"{self.path.name} was opened for input {self.input_shape}, "
+                             f"got an input of shape {tuple(x.shape)}")
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        return [np.asarray(y) for y in self._guarded(lambda: self._run(x))]
+
+    def timed_runner(self) -> Callable[[], None]:
+        """A callable that runs the model once on :func:`random_input` of the session's shape, bound
+        beforehand (no allocation or copy per call), and returns once the device has finished."""
+        self._check_open()
+        return self._guarded(lambda: self._timed_runner(random_input(self.input_shape, self.input_dtype)))
+
+    def close(self) -> None:
+        """Release the compiled model and its buffers; a second call does nothing."""
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @abstractmethod
+    def _run(self, x: np.ndarray) -> Sequence:
+        """Run on ``x`` (already of the right shape and dtype); the outputs as arrays."""
+
+    @abstractmethod
+    def _timed_runner(self, x: np.ndarray) -> Callable[[], None]:
+        """Bind ``x`` once and return the no-argument run (syncing the device before it returns)."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Drop the SDK objects (compiled model, buffers, scratch files)."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"the session on {self.path.name} is closed")
+
+    def _guarded(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except DeployKitError:
+            raise
+        except Exception as error:  # SDKs raise their own exception types
+            raise ModelError(f"{self.what} failed: {one_line(error)}") from None
+
+
 class RuntimeBackend(ABC):
-    """One runtime (onnxruntime, OpenVINO, TensorRT, MIGraphX). Instances are stateless."""
+    """One runtime (onnxruntime, OpenVINO, TensorRT, MIGraphX). Instances hold no per-model state."""
 
     name: ClassVar[str]
     install_hint: ClassVar[str]
@@ -38,16 +130,19 @@ class RuntimeBackend(ABC):
     # --- what the backend can serve -------------------------------------------------------------
 
     def target_problem(self, target: Target) -> tuple[str, str] | None:
-        """``(key, message)`` when this backend cannot serve ``target`` as written, else None.
-
-        Checked when a target file is loaded, so a bad combination is a ConfigError naming the key.
-        """
+        """``(key, message)`` when this backend cannot serve ``target`` as written, else None."""
         if target.precision not in self.precisions:
             return "precision", (f"{self.name} backend supports precision {', '.join(self.precisions)}, "
                                  f"not {target.precision}")
         if target.provider is not None:
             return "provider", f"provider is only for runtime onnxruntime, not {self.name}"
         return None
+
+    def validate_target(self, target: Target) -> None:
+        """ConfigError naming the target's file and key when this backend cannot serve it as written."""
+        problem = self.target_problem(target)
+        if problem:
+            raise target.error(*problem)
 
     def available(self, target: Target) -> tuple[bool, str]:
         """``(True, "")`` when ``target`` can be profiled on this machine, else ``(False, why)``."""
@@ -77,27 +172,56 @@ class RuntimeBackend(ABC):
     def device_string(self, target: Target) -> str:
         """The device a measurement runs on: CPU model name or GPU name."""
 
-    # --- measuring --------------------------------------------------------------------------------
+    def clock(self) -> float:
+        """Seconds, for the compile and run timings (a scripted backend in the tests replaces it)."""
+        return time.perf_counter()
+
+    # --- sessions and measuring -------------------------------------------------------------------
+
+    def session(self, onnx_path: str | Path, *, target: Target, input_shape: Sequence[int],
+                threads: int | None = None) -> Session:
+        """Open ``onnx_path`` compiled for ``target`` with one input of ``input_shape`` (batch
+        included); ``threads`` (CPU runtimes) defaults to the target's. Refuses a missing file or a
+        bad shape, a target of another runtime or one this backend cannot serve as written
+        (ConfigError), and a target that cannot run here (RuntimeUnavailableError)."""
+        path, shape = self._check_request(onnx_path, target, input_shape, doing="run")
+        return self._open(path, target, shape, threads)
 
     def profile(self, onnx_path: str | Path, *, target: Target, protocol: Protocol,
                 input_shape: Sequence[int]) -> Measurement:
-        """Compile ``onnx_path`` for ``target`` and time it under ``protocol`` with one input of
-        ``input_shape`` (batch included). Refuses (RuntimeUnavailableError) where it cannot run."""
+        """Open a session (timed → ``compile_s``), time its first run apart (``first_run_ms``), then
+        measure its timed runner under ``protocol``. Refuses what :meth:`session` refuses."""
+        path, shape = self._check_request(onnx_path, target, input_shape, doing="profile")
+        with self._open(path, target, shape, protocol.resolve_threads(target.threads)) as session:
+            return time_and_measure(session.timed_runner(), protocol, compile_s=session.compile_s,
+                                    what=session.what, clock=self.clock)
+
+    @abstractmethod
+    def _open_session(self, onnx_path: Path, *, target: Target, input_shape: tuple[int, ...],
+                      threads: int | None) -> Session:
+        """Compile ``onnx_path`` for ``target`` (arguments already validated) into a Session."""
+
+    def _check_request(self, onnx_path: str | Path, target: Target, input_shape: Sequence[int], *,
+                       doing: str) -> tuple[Path, tuple[int, ...]]:
         path = Path(onnx_path)
         if not path.is_file():
             raise ModelError(f"ONNX file not found: {path}")
         shape = check_input_shape(input_shape)
         if target.runtime != self.name:
             raise ConfigError(f"target {target.name} uses runtime {target.runtime}, not {self.name}")
+        self.validate_target(target)
         ok, reason = self.available(target)
         if not ok:
-            raise RuntimeUnavailableError(f"cannot profile on target {target.name} here: {reason}")
-        return self._profile(path, target=target, protocol=protocol, input_shape=shape)
+            raise RuntimeUnavailableError(f"cannot {doing} on target {target.name} here: {reason}")
+        return path, shape
 
-    @abstractmethod
-    def _profile(self, onnx_path: Path, *, target: Target, protocol: Protocol,
-                 input_shape: tuple[int, ...]) -> Measurement:
-        """Compile (timed → compile_s), run once (timed → first_run_ms), then ``measure(run_once)``."""
+    def _open(self, path: Path, target: Target, shape: tuple[int, ...], threads: int | None) -> Session:
+        threads = threads if threads is not None else target.threads
+        device = self.device_string(target)  # asked before the clock starts: it may query the driver
+        session, seconds = timed(lambda: self._open_session(path, target=target, input_shape=shape,
+                                                            threads=threads), clock=self.clock)
+        session.compile_s, session.device = seconds, device
+        return session
 
     def unavailable(self, reason: str) -> RuntimeUnavailableError:
         return RuntimeUnavailableError(f"{self.name}: {reason}")
@@ -117,17 +241,15 @@ def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
 
 def random_input(shape: Sequence[int], dtype: str | np.dtype = "float32") -> np.ndarray:
     """Random-normal input with a fixed seed, in ``dtype`` (float32 unless the runtime needs fp16)."""
-    import numpy as np
-
     values = np.random.default_rng(INPUT_SEED).standard_normal(tuple(shape), dtype=np.float32)
     return values.astype(dtype, copy=False)
 
 
-def timed(fn: Callable[[], T]) -> tuple[T, float]:
-    """``fn()`` and the seconds it took."""
-    start = time.perf_counter()
+def timed(fn: Callable[[], T], *, clock: Callable[[], float] = time.perf_counter) -> tuple[T, float]:
+    """``fn()`` and the seconds it took by ``clock``."""
+    start = clock()
     result = fn()
-    return result, time.perf_counter() - start
+    return result, clock() - start
 
 
 def time_and_measure(run_once: Callable[[], None], protocol: Protocol, *, compile_s: float, what: str,
@@ -140,7 +262,7 @@ def time_and_measure(run_once: Callable[[], None], protocol: Protocol, *, compil
     from deploykit.latency.protocol import measure
 
     try:
-        _, first_s = timed(run_once)
+        _, first_s = timed(run_once, clock=clock)
     except Exception as error:  # SDKs raise their own exception types
         raise ModelError(f"{what} failed: {one_line(error)}") from None
     result = measure(run_once, protocol, clock=clock)

@@ -4,6 +4,7 @@ The program is compiled with ``offload_copy=False`` so that a timed run moves no
 and device: the input is copied to the GPU once (``to_gpu``), outputs get GPU buffers
 (``allocate_gpu``), and one run is ``program.run(params)`` followed by ``gpu_sync()`` before the clock
 stops. Parsing, quantizing and compiling are compile time; the first run is recorded apart.
+:meth:`Session.run` copies its input to the GPU and the outputs back (``from_gpu``).
 """
 
 from __future__ import annotations
@@ -13,24 +14,20 @@ from typing import TYPE_CHECKING, ClassVar
 
 from deploykit.errors import ModelError
 from deploykit.runtimes import hostinfo
-from deploykit.runtimes.base import (
-    RuntimeBackend,
-    one_line,
-    random_input,
-    single_input,
-    time_and_measure,
-    timed,
-)
+from deploykit.runtimes.base import RuntimeBackend, Session, one_line, single_input
 from deploykit.runtimes.onnxfile import input_names
+from deploykit.runtimes.registry import register_backend
 
 if TYPE_CHECKING:
-    from deploykit.latency.protocol import Measurement, Protocol
+    import numpy as np
+
     from deploykit.targets import Target
 
 DEFAULT_DEVICE = "gpu"
 _NUMPY_TYPES = {"float_type": "float32", "half_type": "float16", "double_type": "float64"}
 
 
+@register_backend
 class MIGraphXBackend(RuntimeBackend):
     name: ClassVar[str] = "migraphx"
     install_hint: ClassVar[str] = ("MIGraphX ships with ROCm: apt install migraphx, with /opt/rocm/lib on "
@@ -68,35 +65,61 @@ class MIGraphXBackend(RuntimeBackend):
     def device_string(self, target: Target) -> str:
         return hostinfo.amd_gpu_name(0) or "no AMD GPU"
 
-    def _profile(self, onnx_path: Path, *, target: Target, protocol: Protocol,
-                 input_shape: tuple[int, ...]) -> Measurement:
+    def _open_session(self, onnx_path: Path, *, target: Target, input_shape: tuple[int, ...],
+                      threads: int | None) -> Session:
         import migraphx
 
         name = single_input(input_names(onnx_path), onnx_path)
+        try:
+            program = migraphx.parse_onnx(str(onnx_path), map_input_dims={name: list(input_shape)})
+            if target.precision == "fp16":
+                migraphx.quantize_fp16(program)
+            program.compile(migraphx.get_target(DEFAULT_DEVICE), offload_copy=False)
+        except RuntimeError as error:
+            raise ModelError(f"MIGraphX cannot compile {onnx_path} with input {input_shape}: "
+                             f"{one_line(error)}") from None
+        return MIGraphXSession(migraphx, program, name, path=onnx_path, input_shape=input_shape,
+                               precision=target.precision)
 
-        def build():
-            try:
-                program = migraphx.parse_onnx(str(onnx_path), map_input_dims={name: list(input_shape)})
-                if target.precision == "fp16":
-                    migraphx.quantize_fp16(program)
-                program.compile(migraphx.get_target(DEFAULT_DEVICE), offload_copy=False)
-            except RuntimeError as error:
-                raise ModelError(f"MIGraphX cannot compile {onnx_path} with input {input_shape}: "
-                                 f"{one_line(error)}") from None
-            return program
 
-        program, compile_s = timed(build)
-        params = {}
-        for param, shape in program.get_parameter_shapes().items():
-            if param == name:
-                x = random_input(shape.lens(), _NUMPY_TYPES.get(shape.type_string(), "float32"))
-                params[param] = migraphx.to_gpu(migraphx.argument(x))
-            else:  # with offload_copy=False the outputs are parameters too: GPU buffers for them
-                params[param] = migraphx.allocate_gpu(shape)
+class MIGraphXSession(Session):
+    """A program compiled for the GPU with ``offload_copy=False``: inputs and outputs live on the GPU."""
 
-        def run_once() -> None:
-            program.run(params)
-            migraphx.gpu_sync()
+    def __init__(self, migraphx, program, input_name: str, *, path: Path, input_shape: tuple[int, ...],
+                 precision: str):
+        shapes = program.get_parameter_shapes()
+        super().__init__(path=path, input_shape=input_shape,
+                         input_dtype=_NUMPY_TYPES.get(shapes[input_name].type_string(), "float32"),
+                         label="MIGraphX (gpu)", providers=(DEFAULT_DEVICE,), precision=precision,
+                         details="fp16 by quantize_fp16" if precision == "fp16" else precision)
+        self._migraphx = migraphx
+        self._program = program
+        self._input = input_name
+        # with offload_copy=False the outputs are parameters too: GPU buffers for them, made once
+        self._params = {param: migraphx.allocate_gpu(shape) for param, shape in shapes.items()
+                        if param != input_name}
 
-        return time_and_measure(run_once, protocol, compile_s=compile_s,
-                                what=f"MIGraphX running {onnx_path.name} on input {input_shape}")
+    def _execute(self, params: dict) -> list:
+        results = self._program.run(params)
+        self._migraphx.gpu_sync()
+        return results
+
+    def _on_gpu(self, x: np.ndarray) -> dict:
+        return {**self._params, self._input: self._migraphx.to_gpu(self._migraphx.argument(x))}
+
+    def _run(self, x: np.ndarray) -> list:
+        import numpy as np
+
+        results = self._execute(self._on_gpu(x))
+        return [np.array(self._migraphx.from_gpu(result), copy=True) for result in results]
+
+    def _timed_runner(self, x: np.ndarray):
+        params = self._on_gpu(x)
+
+        def run_once(_keep=x) -> None:  # _keep: the host array the argument was made from
+            self._execute(params)
+
+        return run_once
+
+    def _release(self) -> None:
+        self._program = self._params = None

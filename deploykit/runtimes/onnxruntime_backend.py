@@ -18,19 +18,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from deploykit.errors import ModelError, RuntimeUnavailableError
 from deploykit.runtimes import hostinfo
-from deploykit.runtimes.base import (
-    RuntimeBackend,
-    device_index,
-    one_line,
-    random_input,
-    single_input,
-    time_and_measure,
-    timed,
-)
+from deploykit.runtimes.base import RuntimeBackend, Session, device_index, one_line, single_input
 from deploykit.runtimes.onnxfile import convert_to_fp16
+from deploykit.runtimes.registry import register_backend
 
 if TYPE_CHECKING:
-    from deploykit.latency.protocol import Measurement, Protocol
+    import numpy as np
+
     from deploykit.targets import Target
 
 CPU = "CPUExecutionProvider"
@@ -68,6 +62,7 @@ _HINTS = {
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 
 
+@register_backend
 class OnnxRuntimeBackend(RuntimeBackend):
     name: ClassVar[str] = "onnxruntime"
     install_hint: ClassVar[str] = "pip install onnxruntime (or the build for your execution provider)"
@@ -133,23 +128,74 @@ class OnnxRuntimeBackend(RuntimeBackend):
 
     # --- measuring -------------------------------------------------------------------------------------
 
-    def _profile(self, onnx_path: Path, *, target: Target, protocol: Protocol,
-                 input_shape: tuple[int, ...]) -> Measurement:
+    def _open_session(self, onnx_path: Path, *, target: Target, input_shape: tuple[int, ...],
+                      threads: int | None) -> Session:
         provider = target.provider or CPU
-        threads = protocol.resolve_threads(target.threads)
-        with tempfile.TemporaryDirectory(prefix="deploykit-ort-") as scratch:
-            def build():
-                path = onnx_path
-                if target.precision == "fp16" and provider in _FP16_BY_CONVERSION:
-                    path = convert_to_fp16(onnx_path, Path(scratch) / "model_fp16.onnx")
-                return create_session(path, provider=provider,
-                                      options=provider_options(target, threads=threads), threads=threads)
+        scratch = tempfile.TemporaryDirectory(prefix="deploykit-ort-")  # the fp16 copy lives as long
+        try:
+            source = onnx_path
+            if target.precision == "fp16" and provider in _FP16_BY_CONVERSION:
+                source = convert_to_fp16(onnx_path, Path(scratch.name) / "model_fp16.onnx")
+            session = create_session(source, provider=provider,
+                                     options=provider_options(target, threads=threads), threads=threads)
+            return OnnxRuntimeSession(session, path=onnx_path, input_shape=input_shape,
+                                      precision=target.precision, device=device_index(target),
+                                      scratch=scratch)
+        except BaseException:
+            scratch.cleanup()
+            raise
 
-            session, compile_s = timed(build)
-            run_once = _runner(session, provider, device_index(target), input_shape, onnx_path)
-            return time_and_measure(run_once, protocol, compile_s=compile_s,
-                                    what=f"onnxruntime ({provider}) running {onnx_path.name} "
-                                         f"on input {input_shape}")
+
+class OnnxRuntimeSession(Session):
+    """An ``InferenceSession`` on exactly the requested provider (checked by :func:`create_session`)."""
+
+    def __init__(self, session, *, path: Path, input_shape: tuple[int, ...], precision: str, device: int,
+                 scratch: tempfile.TemporaryDirectory):
+        inputs = session.get_inputs()
+        providers = session.get_providers()
+        provider = providers[0]
+        super().__init__(path=path, input_shape=input_shape,
+                         input_dtype=_ORT_DTYPES.get(inputs[0].type, "float32"),
+                         label=f"onnxruntime ({provider})", providers=providers, precision=precision,
+                         details=f"real providers checked: {', '.join(providers)}; "
+                                 f"{_precision_note(provider, precision)}")
+        self._session = session
+        self._name = single_input([i.name for i in inputs], path)
+        self._index = device
+        self._scratch = scratch
+
+    def _run(self, x: np.ndarray) -> list:
+        return self._session.run(None, {self._name: x})
+
+    def _timed_runner(self, x: np.ndarray):
+        """Inputs bound once (on the device for GPU providers), outputs kept where they are produced,
+        so a timed run is the inference and nothing else."""
+        import onnxruntime as ort
+
+        session = self._session
+        binding = session.io_binding()
+        io_device = _IO_DEVICE.get(self.providers[0])
+        if io_device:
+            value = ort.OrtValue.ortvalue_from_numpy(x, io_device, self._index)
+            binding.bind_ortvalue_input(self._name, value)
+        else:
+            value = x
+            binding.bind_cpu_input(self._name, x)
+        for output in session.get_outputs():
+            if io_device:
+                binding.bind_output(output.name, io_device, self._index)
+            else:
+                binding.bind_output(output.name)
+
+        def run_once(_keep=value) -> None:  # _keep: the bound input must outlive the binding
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        return run_once
+
+    def _release(self) -> None:
+        self._session = None
+        self._scratch.cleanup()
 
 
 def provider_precisions(provider: str) -> tuple[str, ...]:
@@ -210,6 +256,13 @@ def check_providers(actual: list[str], requested: str) -> None:
             f"as {requested} ({_HINTS.get(requested, 'install a build with this provider')})")
 
 
+def _precision_note(provider: str, precision: str) -> str:
+    if precision != "fp16":
+        return precision
+    if provider in _FP16_BY_CONVERSION:
+        return "fp16 by converting the model (inputs and outputs fp32)"
+    return f"fp16 through {provider}'s own switch"
+
 
 def _all_providers() -> list[str] | None:
     try:
@@ -217,32 +270,3 @@ def _all_providers() -> list[str] | None:
     except ImportError:
         return None
     return list(ort.get_all_providers())
-
-
-def _runner(session, provider: str, index: int, input_shape: tuple[int, ...], path: Path):
-    """``run_once`` for a session: inputs bound once (on the device for GPU providers), outputs kept
-    where they are produced, so a timed run is the inference and nothing else."""
-    import onnxruntime as ort
-
-    inputs = session.get_inputs()
-    name = single_input([i.name for i in inputs], path)
-    x = random_input(input_shape, _ORT_DTYPES.get(inputs[0].type, "float32"))
-    binding = session.io_binding()
-    io_device = _IO_DEVICE.get(provider)
-    if io_device:
-        value = ort.OrtValue.ortvalue_from_numpy(x, io_device, index)
-        binding.bind_ortvalue_input(name, value)
-    else:
-        value = x
-        binding.bind_cpu_input(name, x)
-    for output in session.get_outputs():
-        if io_device:
-            binding.bind_output(output.name, io_device, index)
-        else:
-            binding.bind_output(output.name)
-
-    def run_once(_keep=value) -> None:  # _keep: the bound input must outlive the binding
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-
-    return run_once

@@ -4,7 +4,8 @@ The model is read, reshaped to the static input shape asked for, and compiled wi
 ``PERFORMANCE_HINT=LATENCY``, ``INFERENCE_PRECISION_HINT`` and ``INFERENCE_NUM_THREADS``. No silent
 fallback: the precision the compiled model really uses is read back (OpenVINO's CPU plugin quietly
 runs an fp16 hint as bf16 on CPUs without native fp16) and a mismatch is refused, as is ``AUTO``,
-which picks a device by itself.
+which picks a device by itself. A timed run is ``infer()`` on an infer request whose input tensor was
+set once; :meth:`Session.run` uses a request of its own.
 """
 
 from __future__ import annotations
@@ -15,25 +16,22 @@ from typing import TYPE_CHECKING, ClassVar
 
 from deploykit.errors import ModelError, RuntimeUnavailableError
 from deploykit.runtimes import hostinfo
-from deploykit.runtimes.base import (
-    RuntimeBackend,
-    one_line,
-    random_input,
-    single_input,
-    time_and_measure,
-    timed,
-)
+from deploykit.runtimes.base import RuntimeBackend, Session, one_line, single_input
 from deploykit.runtimes.onnxfile import input_names
+from deploykit.runtimes.registry import register_backend
 
 if TYPE_CHECKING:
-    from deploykit.latency.protocol import Measurement, Protocol
+    import numpy as np
+
     from deploykit.targets import Target
 
 DEFAULT_DEVICE = "CPU"
-_PRECISION_HINT = {"fp32": "f32", "fp16": "f16"}
+PRECISION_HINT = {"fp32": "f32", "fp16": "f16"}  # deploykit precision → OpenVINO element type
+_PRECISION_OF_HINT = {hint: precision for precision, hint in PRECISION_HINT.items()}
 _DEVICE_PATTERN = re.compile(r"^(CPU|GPU|NPU)(\.\d+)?$")
 
 
+@register_backend
 class OpenVINOBackend(RuntimeBackend):
     name: ClassVar[str] = "openvino"
     install_hint: ClassVar[str] = "pip install 'deploykit[openvino]'"
@@ -76,52 +74,73 @@ class OpenVINOBackend(RuntimeBackend):
         except RuntimeError:
             return hostinfo.cpu_name() if _device(target).startswith("CPU") else _device(target)
 
-    def _profile(self, onnx_path: Path, *, target: Target, protocol: Protocol,
-                 input_shape: tuple[int, ...]) -> Measurement:
+    def _open_session(self, onnx_path: Path, *, target: Target, input_shape: tuple[int, ...],
+                      threads: int | None) -> Session:
         import openvino as ov
 
         device = _device(target)
         single_input(input_names(onnx_path), onnx_path)  # a corrupt file fails here, fast and clearly
         config = {"PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": _PRECISION_HINT[target.precision]}
-        threads = protocol.resolve_threads(target.threads)
+                  "INFERENCE_PRECISION_HINT": PRECISION_HINT[target.precision]}
         if threads and device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        try:
+            model = core.read_model(str(onnx_path))
+        except RuntimeError as error:
+            raise ModelError(f"OpenVINO cannot read {onnx_path}: {_last_line(error)}") from None
+        try:
+            model.reshape({model.inputs[0]: ov.PartialShape(list(input_shape))})
+            compiled = core.compile_model(model, device, config)
+        except RuntimeError as error:
+            raise ModelError(f"OpenVINO cannot compile {onnx_path} for {device} with input "
+                             f"{input_shape}: {_last_line(error)}") from None
+        hint = check_precision(compiled, target.precision, device)
+        return OpenVINOSession(compiled, path=onnx_path, input_shape=input_shape, device=device, hint=hint)
 
-        def build():
-            core = ov.Core()
-            try:
-                model = core.read_model(str(onnx_path))
-            except RuntimeError as error:
-                raise ModelError(f"OpenVINO cannot read {onnx_path}: {_last_line(error)}") from None
-            try:
-                model.reshape({model.inputs[0]: ov.PartialShape(list(input_shape))})
-                return core.compile_model(model, device, config)
-            except RuntimeError as error:
-                raise ModelError(f"OpenVINO cannot compile {onnx_path} for {device} with input "
-                                 f"{input_shape}: {_last_line(error)}") from None
 
-        compiled, compile_s = timed(build)
-        check_precision(compiled, target.precision, device)
-        request = compiled.create_infer_request()
-        x = random_input(input_shape, compiled.input(0).element_type.to_dtype())
+class OpenVINOSession(Session):
+    """A compiled model; ``precision`` is the one read back from ``INFERENCE_PRECISION_HINT``."""
+
+    def __init__(self, compiled, *, path: Path, input_shape: tuple[int, ...], device: str, hint: str):
+        super().__init__(path=path, input_shape=input_shape,
+                         input_dtype=compiled.input(0).element_type.to_dtype(), label=f"OpenVINO ({device})",
+                         providers=(device,), precision=_PRECISION_OF_HINT[hint],
+                         details=f"INFERENCE_PRECISION_HINT {hint} (read back), PERFORMANCE_HINT LATENCY")
+        self._compiled = compiled
+        self._request = None  # run()'s own request, made on first use
+
+    def _run(self, x: np.ndarray) -> list:
+        if self._request is None:
+            self._request = self._compiled.create_infer_request()
+        result = self._request.infer({0: x})
+        return [result[output].copy() for output in self._compiled.outputs]
+
+    def _timed_runner(self, x: np.ndarray):
+        import openvino as ov
+
+        request = self._compiled.create_infer_request()
         request.set_input_tensor(ov.Tensor(x))
 
         def run_once(_keep=x) -> None:  # _keep: the tensor shares x's memory
             request.infer()
 
-        return time_and_measure(run_once, protocol, compile_s=compile_s,
-                                what=f"OpenVINO ({device}) running {onnx_path.name} on input {input_shape}")
+        return run_once
+
+    def _release(self) -> None:
+        self._request = self._compiled = None
 
 
-def check_precision(compiled, precision: str, device: str) -> None:
-    """Refuse a compiled model whose inference precision is not the one asked for."""
+def check_precision(compiled, precision: str, device: str) -> str:
+    """The inference precision the compiled model really uses (OpenVINO's name, e.g. ``f32``); a
+    RuntimeUnavailableError when it is not the one asked for."""
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")
     actual = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-    if actual != _PRECISION_HINT[precision]:
+    if actual != PRECISION_HINT[precision]:
         raise RuntimeUnavailableError(
             f"OpenVINO {device} silently runs {precision} as {actual} here (the device has no native "
             f"{precision}); refusing to time it as {precision}")
+    return actual
 
 
 def _device(target: Target) -> str:

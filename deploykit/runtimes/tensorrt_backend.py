@@ -6,6 +6,7 @@ the network is strongly typed) → ``build_serialized_network`` → ``Runtime.de
 execution context. Buffers are torch CUDA tensors bound with ``set_tensor_address``; one run is
 ``execute_async_v3`` on a dedicated stream followed by a stream sync before the clock stops.
 Parsing, building and deserializing are compile time; the first run is recorded apart.
+:meth:`Session.run` copies its input into the bound input buffer and the outputs back to the host.
 """
 
 from __future__ import annotations
@@ -16,23 +17,19 @@ from typing import TYPE_CHECKING, ClassVar
 
 from deploykit.errors import ModelError
 from deploykit.runtimes import hostinfo
-from deploykit.runtimes.base import (
-    RuntimeBackend,
-    device_index,
-    random_input,
-    single_input,
-    time_and_measure,
-    timed,
-)
+from deploykit.runtimes.base import RuntimeBackend, Session, device_index, single_input
 from deploykit.runtimes.onnxfile import convert_to_fp16
+from deploykit.runtimes.registry import register_backend
 
 if TYPE_CHECKING:
-    from deploykit.latency.protocol import Measurement, Protocol
+    import numpy as np
+
     from deploykit.targets import Target
 
 MIN_VERSION = (8, 6)  # named-tensor API: set_tensor_address, execute_async_v3
 
 
+@register_backend
 class TensorRTBackend(RuntimeBackend):
     name: ClassVar[str] = "tensorrt"
     install_hint: ClassVar[str] = "pip install tensorrt; needs an NVIDIA GPU"
@@ -79,8 +76,8 @@ class TensorRTBackend(RuntimeBackend):
     def device_string(self, target: Target) -> str:
         return hostinfo.nvidia_gpu_name(device_index(target)) or "no NVIDIA GPU"
 
-    def _profile(self, onnx_path: Path, *, target: Target, protocol: Protocol,
-                 input_shape: tuple[int, ...]) -> Measurement:
+    def _open_session(self, onnx_path: Path, *, target: Target, input_shape: tuple[int, ...],
+                      threads: int | None) -> Session:
         import tensorrt as trt
         import torch
 
@@ -88,20 +85,53 @@ class TensorRTBackend(RuntimeBackend):
         torch.cuda.set_device(device)
         logger = trt.Logger(trt.Logger.WARNING)
         with tempfile.TemporaryDirectory(prefix="deploykit-trt-") as scratch:
-            (runtime, engine), compile_s = timed(
-                lambda: build_engine(trt, logger, onnx_path, precision=target.precision,
-                                     input_shape=input_shape, scratch=Path(scratch)))
+            runtime, engine = build_engine(trt, logger, onnx_path, precision=target.precision,
+                                           input_shape=input_shape, scratch=Path(scratch))
+        return TensorRTSession(trt, torch, runtime, engine, path=onnx_path, input_shape=input_shape,
+                               device=device, precision=target.precision)
+
+
+class TensorRTSession(Session):
+    """An engine and its execution context with every I/O tensor bound to a GPU buffer."""
+
+    def __init__(self, trt, torch, runtime, engine, *, path: Path, input_shape: tuple[int, ...], device,
+                 precision: str):
+        import numpy as np
+
         context = engine.create_execution_context()
-        buffers = _bind_buffers(trt, torch, engine, context, input_shape, device)
-        stream = torch.cuda.Stream(device)
+        buffers, input_name = _bind_buffers(trt, torch, engine, context, input_shape, device)
+        super().__init__(path=path, input_shape=input_shape,
+                         input_dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(input_name))),
+                         label=f"TensorRT {trt.__version__} ({device})", providers=(str(device),),
+                         precision=precision, details=_precision_note(trt, precision))
+        self._torch = torch
+        self._keep = (runtime, engine)  # the context needs its engine and runtime alive
+        self._context = context
+        self._buffers = buffers
+        self._input = input_name
+        self._stream = torch.cuda.Stream(device)
 
-        def run_once(_keep=(runtime, buffers)) -> None:  # _keep: engine memory and bound buffers
-            if not context.execute_async_v3(stream.cuda_stream):
-                raise RuntimeError("execute_async_v3 returned False (see the TensorRT log)")
-            stream.synchronize()
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(self._stream.cuda_stream):
+            raise RuntimeError("execute_async_v3 returned False (see the TensorRT log)")
+        self._stream.synchronize()
 
-        return time_and_measure(run_once, protocol, compile_s=compile_s,
-                                what=f"TensorRT running {onnx_path.name} on input {input_shape}")
+    def _run(self, x: np.ndarray) -> list:
+        self._fill_input(x)
+        self._execute()
+        return [t.cpu().numpy() for name, t in self._buffers.items() if name != self._input]
+
+    def _timed_runner(self, x: np.ndarray):
+        self._fill_input(x)
+        return self._execute
+
+    def _fill_input(self, x: np.ndarray) -> None:
+        # one input buffer for both: a timed runner times whatever input was copied in last
+        self._buffers[self._input].copy_(self._torch.from_numpy(x))
+        self._torch.cuda.synchronize(self._buffers[self._input].device)
+
+    def _release(self) -> None:
+        self._context = self._buffers = self._keep = self._stream = None
 
 
 def build_engine(trt, logger, onnx_path: Path, *, precision: str, input_shape: tuple[int, ...],
@@ -144,27 +174,31 @@ def build_engine(trt, logger, onnx_path: Path, *, precision: str, input_shape: t
     return runtime, engine
 
 
-def _bind_buffers(trt, torch, engine, context, input_shape: tuple[int, ...], device) -> dict:
-    """Allocate every I/O tensor on the GPU (inputs random-normal) and bind it to ``context``."""
+def _bind_buffers(trt, torch, engine, context, input_shape: tuple[int, ...], device) -> tuple[dict, str]:
+    """Allocate every I/O tensor on the GPU (zeros; runs copy their input in) and bind it to
+    ``context``; the buffers by name in engine order, and the input's name."""
     import numpy as np
 
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-    for name in names:
-        if is_input[name]:
-            context.set_input_shape(name, input_shape)
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    for name in inputs:
+        context.set_input_shape(name, input_shape)
     buffers = {}
     for name in names:
         shape = tuple(context.get_tensor_shape(name))
         np_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-        if is_input[name]:
-            tensor = torch.from_numpy(random_input(shape, np_dtype)).to(device)
-        else:
-            tensor = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, np_dtype)).dtype, device=device)
-        context.set_tensor_address(name, tensor.data_ptr())
-        buffers[name] = tensor
-    return buffers
+        dtype = torch.from_numpy(np.empty(0, np_dtype)).dtype
+        buffers[name] = torch.zeros(shape, dtype=dtype, device=device)
+        context.set_tensor_address(name, buffers[name].data_ptr())
+    return buffers, inputs[0]
 
+
+def _precision_note(trt, precision: str) -> str:
+    if precision != "fp16":
+        return precision
+    if not hasattr(trt.BuilderFlag, "FP16"):
+        return "fp16 (model converted to fp16, strongly typed network)"
+    return "fp16 (BuilderFlag.FP16: TensorRT may keep a layer in fp32 where that is faster)"
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

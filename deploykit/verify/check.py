@@ -1,0 +1,85 @@
+"""The whole check: numerics, interleaved latency and the table's prediction, into one VerifyReport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError
+from deploykit.verify.files import file_sha256, onnx_input_shape
+from deploykit.verify.numerics import check_numerics
+from deploykit.verify.report import VerifyReport
+from deploykit.verify.timing import measure_interleaved
+
+
+def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Path | None = None,
+           torch_module=None, torch_name: str | None = None, table=None,
+           pruned: Sequence[int] | None = None, allow_mismatch: bool = False, n_inputs: int = 4,
+           seed: int = 0, rounds: int = 3, measure_latency: bool = True,
+           batch: int | None = None, input_size: tuple[int, int] | None = None,
+           progress: Callable[[str], None] | None = None) -> VerifyReport:
+    """Verify ``onnx_path`` on ``target``; see :mod:`deploykit.verify`. ``table`` is a LatencyTable."""
+    from deploykit.latency.measure import runtime_info
+    from deploykit.latency.protocol import Protocol
+    from deploykit.runtimes import availability
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise ModelError(f"ONNX file not found: {path}")
+    ref_path = Path(reference) if reference is not None else None
+    if ref_path is not None and not ref_path.is_file():
+        raise ModelError(f"reference ONNX file not found: {ref_path}")
+    if table is not None and pruned is None:
+        raise ConfigError("--table needs the pruned blocks: --pruned 0,3,5 or --subnet subnet.json "
+                          "(--pruned '' for the unpruned model)")
+    ok, reason = availability(target)
+    if not ok:
+        raise RuntimeUnavailableError(f"cannot verify on target {target.name} here: {reason}")
+    info = runtime_info(target)
+    shape = onnx_input_shape(path, batch=batch, input_size=input_size, default_batch=target.batch,
+                             default_size=target.input_size)
+    if ref_path is not None:
+        ref_shape = onnx_input_shape(ref_path, batch=shape[0], input_size=shape[2:])
+        if ref_shape != shape:
+            raise ConfigError(f"{ref_path} takes input {list(ref_shape)}, {path} {list(shape)}")
+    notes: list[str] = []
+
+    predicted = mismatches = None
+    if table is not None:
+        mismatches = table.check_matches(target=target, device=info["device"],
+                                         runtime_version=info["runtime_version"], batch=shape[0],
+                                         input_size=tuple(shape[2:]), allow_mismatch=allow_mismatch)
+        predicted = table.predict(tuple(pruned))
+        if table.meta.mode != "measured":
+            notes.append(f"the table is {table.meta.mode} (roofline), not measured")
+
+    numerics = None
+    if torch_module is not None:
+        if progress:
+            progress(f"numerics: {n_inputs} seeded input(s) of shape {list(shape)}")
+        numerics = check_numerics(path, torch_module, target=target, input_shape=shape,
+                                  n_inputs=n_inputs, seed=seed)
+
+    latency = speedup = error_pct = None
+    protocol = protocol or Protocol()
+    if measure_latency:
+        latency = measure_interleaved(path, ref_path, target=target, protocol=protocol,
+                                      input_shape=shape, rounds=rounds, progress=progress)
+        model_ms = latency["model"]["median_ms"]
+        speedup = latency["speedup"]
+        if predicted is not None and model_ms > 0:
+            error_pct = (predicted - model_ms) / model_ms * 100.0
+    else:
+        notes.append("latency not measured (--numerics-only)")
+
+    return VerifyReport(
+        target=target.name, device=info["device"], runtime=info["runtime"],
+        runtime_version=info["runtime_version"], provider=target.provider, precision=target.precision,
+        input_shape=tuple(shape), model=str(path), model_sha256=file_sha256(path),
+        reference=None if ref_path is None else str(ref_path),
+        reference_sha256=None if ref_path is None else file_sha256(ref_path),
+        torch_model=torch_name, numerics=numerics, latency=latency,
+        protocol=protocol.as_dict() if measure_latency else None,
+        table=None if table is None else str(table.path), pruned=None if pruned is None else tuple(pruned),
+        predicted_ms=predicted, prediction_error_pct=error_pct, table_mismatches=tuple(mismatches or ()),
+        speedup=speedup, passed=None if numerics is None else numerics["passed"], notes=tuple(notes))

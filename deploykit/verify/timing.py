@@ -1,0 +1,43 @@
+"""End-to-end latency for verify: the model and its reference, interleaved, each in a fresh process."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import ConfigError
+
+
+def measure_interleaved(model_path: Path, reference_path: Path | None, *, target, protocol,
+                        input_shape: Sequence[int], rounds: int = 3,
+                        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time the model (and the reference) ``rounds`` times each, alternating, each in a fresh process."""
+    from deploykit.latency.measure import measure_onnx
+    from deploykit.latency.protocol import Measurement
+
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be ≥ 1, got {rounds}")
+    runs: dict[str, list[Measurement]] = {"model": [], "reference": []}
+    order = [("model", model_path)] + ([("reference", reference_path)] if reference_path else [])
+    for index in range(rounds):
+        for role, path in order:
+            result = measure_onnx(path, target=target, protocol=protocol, input_shape=input_shape)
+            runs[role].append(result)
+            if progress:
+                progress(f"round {index + 1}/{rounds}: {role} {path.name}: {result.median_ms:.3f} ms "
+                         f"(cv {result.cv:.3f}, n {result.n})")
+
+    def pooled(measurements: list[Measurement]) -> dict[str, Any] | None:
+        if not measurements:
+            return None
+        both = Measurement.from_samples([s for m in measurements for s in m.samples_ms])
+        return {"median_ms": statistics.median([m.median_ms for m in measurements]),
+                "p90_ms": both.p90_ms, "mean_ms": both.mean_ms,
+                "cv": both.cv, "n": both.n, "round_medians_ms": [m.median_ms for m in measurements],
+                "compile_s": [m.compile_s for m in measurements]}
+
+    ratios = [r.median_ms / m.median_ms for m, r in zip(runs["model"], runs["reference"]) if m.median_ms > 0]
+    return {"model": pooled(runs["model"]), "reference": pooled(runs["reference"]), "rounds": rounds,
+            "round_speedups": ratios, "speedup": statistics.median(ratios) if ratios else None}
