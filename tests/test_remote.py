@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -23,6 +22,7 @@ from deploykit.latency.measure import measure_onnx, runtime_info
 from deploykit.latency.protocol import Protocol
 from deploykit.remote.client import DeviceClient, RetryPolicy, describe_measurement
 from deploykit.remote.device import ServedTargets, check_onnx_upload
+from deploykit.remote.local import LocalAgent
 from deploykit.remote.wire import REQUEST_HEADER, TOKEN_ENV, MeasureRequest, read_token, token_from
 from deploykit.targets import load_target
 
@@ -37,70 +37,22 @@ FAST_RETRY = RetryPolicy(attempts=3, first_delay_s=0.01, factor=2.0, max_delay_s
 LIMIT_MB = 0.25
 
 
-class AgentProcess:
-    """A real ``deploykit serve`` in a subprocess (its own process group), its log in a file."""
+class Agent(LocalAgent):
+    """The test's agent: a known token, clients that retry fast."""
 
-    def __init__(self, directory: Path, *options: str, port: int = 0, token_mode: int = 0o600):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.token_file = directory / "token"
-        self.token_file.write_text(TOKEN + "\n")
-        self.token_file.chmod(token_mode)
-        self.log_file = directory / "agent.log"
-        self.command = [sys.executable, "-m", "deploykit.cli", "serve", "--token-file", str(self.token_file),
-                        "--port", str(port), *options]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        with self.log_file.open("w") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=log, env=env, cwd=ROOT,
-                                            start_new_session=True)
-        self.url = ""
-
-    @property
-    def log(self) -> str:
-        return self.log_file.read_text()
-
-    def wait_listening(self, timeout_s: float = 90.0) -> AgentProcess:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in self.log.splitlines():
-                if "listening on " in line:
-                    self.url = line.split("listening on ")[1].split(";")[0]
-                    return self
-            if self.process.poll() is not None:
-                raise AssertionError(f"the agent exited with {self.process.returncode}: {self.log}")
-            time.sleep(0.05)
-        raise AssertionError(f"the agent did not start: {self.log}")
-
-    def wait_for(self, text: str, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while text not in self.log:
-            assert time.monotonic() < deadline, f"{text!r} never appeared in the agent's log: {self.log}"
-            time.sleep(0.05)
+    def __init__(self, workdir: Path, *options: str, **kwargs):
+        super().__init__(workdir, *options, token=TOKEN, **kwargs)
 
     def client(self, **options) -> DeviceClient:
         options.setdefault("retry", FAST_RETRY)
-        return DeviceClient(self.url, options.pop("token", TOKEN), **options)
-
-    def stop(self) -> None:
-        """End the agent and whatever worker it left behind (its process group, which this test made)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        return super().client(**options)
 
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory):
-    process = AgentProcess(tmp_path_factory.mktemp("agent"), "--targets", "cpu-ort",
-                           "--max-upload-mb", str(LIMIT_MB), "--timeout", "60")
-    try:
-        yield process.wait_listening()
-    finally:
-        process.stop()
+    with Agent(tmp_path_factory.mktemp("agent"), "--targets", "cpu-ort", "--max-upload-mb", str(LIMIT_MB),
+               "--timeout", "60") as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -343,9 +295,9 @@ def test_the_agent_refuses_to_start_without_a_usable_token(tmp_path):
 
 
 def test_the_agent_warns_beyond_localhost_without_tls_and_on_a_readable_token(tmp_path):
-    process = AgentProcess(tmp_path, "--host", "0.0.0.0", "--targets", "cpu-ort", token_mode=0o644)
+    process = Agent(tmp_path, "--host", "0.0.0.0", "--targets", "cpu-ort", token_mode=0o644)
     try:
-        process.wait_listening()
+        process.start().wait_listening()
         assert "warning: listening on 0.0.0.0 without TLS" in process.log
         assert "readable by other users" in process.log
     finally:
@@ -354,9 +306,9 @@ def test_the_agent_warns_beyond_localhost_without_tls_and_on_a_readable_token(tm
 
 @pytest.mark.slow
 def test_an_agent_killed_mid_measurement_is_one_line_and_exit_2(tmp_path, tiny):
-    process = AgentProcess(tmp_path / "agent", "--targets", "cpu-ort")
+    process = Agent(tmp_path / "agent", "--targets", "cpu-ort")
     try:
-        process.wait_listening()
+        process.start().wait_listening()
         env = {**os.environ, TOKEN_ENV: TOKEN,
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         client = subprocess.Popen(
@@ -392,7 +344,7 @@ def test_the_client_retries_until_a_late_agent_comes_up(tmp_path):
     thread = threading.Thread(target=lambda: outcome.append(client.health()))
     thread.start()
     time.sleep(0.3)
-    process = AgentProcess(tmp_path, "--targets", "cpu-ort", port=port)
+    process = Agent(tmp_path, "--targets", "cpu-ort", port=port).start()
     try:
         thread.join(timeout=120)
         assert outcome and outcome[0]["ok"] is True
@@ -420,10 +372,10 @@ def test_tls_with_a_self_signed_certificate(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    process = AgentProcess(tmp_path / "agent", "--targets", "cpu-ort", "--tls-cert", str(cert),
+    process = Agent(tmp_path / "agent", "--targets", "cpu-ort", "--tls-cert", str(cert),
                            "--tls-key", str(key))
     try:
-        process.wait_listening()
+        process.start().wait_listening()
         assert process.url.startswith("https://") and "without TLS" not in process.log
         assert process.client(ca_file=cert).health()["tls"] is True
         with pytest.raises(DeviceError, match=r"TLS certificate .* is not trusted") as caught:
