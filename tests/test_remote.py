@@ -328,6 +328,24 @@ def test_an_agent_killed_mid_measurement_is_one_line_and_exit_2(tmp_path, tiny):
 
 
 @pytest.mark.slow
+def test_a_full_queue_answers_busy_and_the_client_retries(tmp_path, tiny, cpu_ort):
+    long = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=1.0, min_iters=5, max_repeats=1)
+    with Agent(tmp_path, "--targets", "cpu-ort", "--max-queue", "1") as process:
+        first = threading.Thread(target=lambda: process.client().measure(tiny, target=cpu_ort, protocol=long,
+                                                                          input_shape=SHAPE))
+        first.start()
+        process.wait_for("measuring tiny.onnx")
+        impatient = process.client(retry=RetryPolicy(attempts=1))
+        with pytest.raises(DeviceError, match=r"busy: 1 measure request.*\(after 1 try\)") as caught:
+            impatient.measure(tiny, target=cpu_ort, protocol=TINY, input_shape=SHAPE)
+        one_line(caught.value)
+        patient = process.client(retry=RetryPolicy(attempts=400, first_delay_s=0.1, factor=1.0))
+        assert patient.measure(tiny, target=cpu_ort, protocol=TINY, input_shape=SHAPE).n >= TINY.min_iters
+        first.join(timeout=60)
+        assert "503 POST /measure" in process.log
+
+
+@pytest.mark.slow
 def test_the_client_retries_until_a_late_agent_comes_up(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -95,7 +95,11 @@ class RemoteMeasurement:
 
 
 class _Transient(Exception):
-    """A failure worth retrying; its message says what happened."""
+    """A failure worth retrying; its message says what happened (``reply``: the agent's answer, if any)."""
+
+    def __init__(self, message: str, reply: _Reply | None = None):
+        super().__init__(message)
+        self.reply = reply
 
 
 @dataclass(frozen=True)
@@ -228,11 +232,14 @@ class DeviceClient:
                 reply = self._once(method, self._prefix + path, body=body, headers=headers, what=what,
                                    idempotent=idempotent)
                 if reply.status == 502 or (reply.status == 503 and reply.retry_after):
-                    raise _Transient(f"HTTP {reply.status}: {_message(reply)}")
+                    raise _Transient(f"HTTP {reply.status}: {_message(reply)}", reply)
             except _Transient as failure:
                 if retry + 1 == self.retry.attempts:
+                    tries = f"after {self.retry.attempts} {'try' if self.retry.attempts == 1 else 'tries'}"
+                    if failure.reply is not None and failure.reply.body is not None:
+                        return self._result(failure.reply, what=what, tries=tries)
                     raise DeviceError(f"cannot reach the device at {self.url} while {what}: {failure} "
-                                      f"(after {self.retry.attempts} tries)") from None
+                                      f"({tries})") from None
                 self._sleep(self.retry.delay(retry))
                 continue
             return self._result(reply, what=what)
@@ -285,7 +292,7 @@ class DeviceClient:
             raise _Transient(f"cannot connect ({_reason(error)})") from None
         conn.sock.settimeout(self.read_timeout_s)
 
-    def _result(self, reply: _Reply, *, what: str) -> dict:
+    def _result(self, reply: _Reply, *, what: str, tries: str = "") -> dict:
         if reply.body is None:
             raise DeviceError(f"the device at {self.url} answered HTTP {reply.status} without a deploykit "
                               f"reply while {what} (is a deploykit agent listening there?)")
@@ -293,7 +300,7 @@ class DeviceClient:
             return reply.body
         cls = AuthError if reply.status == 401 else error_class(str(reply.body.get("type")))
         hint = " (check --token-file or $DEPLOYKIT_DEVICE_TOKEN)" if reply.status == 401 else ""
-        raise cls(f"device {self.url}: {_message(reply)}{hint}")
+        raise cls(f"device {self.url}: {_message(reply)}{hint}" + (f" ({tries})" if tries else ""))
 
 
 def describe_device(url: str, *, health: dict, targets: list[dict], fingerprint: dict) -> str:

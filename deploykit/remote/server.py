@@ -163,7 +163,7 @@ def build_app(agent: Agent):
     async def no_route(request, exc: HTTPException):
         error = ConfigError(f"no such endpoint: {request.method} {request.url.path}"
                             if exc.status_code == 404 else f"{exc.status_code}: {exc.detail}")
-        return _reply(agent, request.scope, exc.status_code, error_reply(error), line=str(error))
+        return _error(agent, request.scope, exc.status_code, error)
 
     routes = [Route("/health", _endpoint(agent, health)), Route("/targets", _endpoint(agent, targets)),
               Route("/fingerprint", _endpoint(agent, fingerprint)),
@@ -253,8 +253,8 @@ async def _measure(agent: Agent, request) -> dict:
     if declared.isdigit() and int(declared) > limit:
         raise Refusal(413, _too_large(agent, int(declared)))
     if agent.pending >= agent.config.max_queue:
-        raise Refusal(503, DeviceError(f"busy: {agent.pending} measurements queued (--max-queue "
-                                       f"{agent.config.max_queue}); retry later"),
+        raise Refusal(503, DeviceError(f"busy: {agent.pending} measure request(s) admitted already "
+                                       f"(its --max-queue); retry later"),
                       {"Retry-After": str(RETRY_AFTER_S)})
     agent.pending += 1
     try:
