@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 $(BIN)/deploykit: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,openvino,data]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,openvino,data,remote]'
 	touch $@
 
 install: $(BIN)/deploykit

@@ -28,6 +28,7 @@ STEPS: dict[str, tuple[list[str] | None, list[str] | None]] = {
     "accuracy": (["bench/accuracy_latency.py"], ["bench/accuracy_latency.py", "--quick"]),
     "search": (["bench/search_speed.py"], None),
     "run": (["bench/costs.py", "--run"], ["bench/costs.py", "--run", "--quick"]),
+    "remote": (["bench/remote_overhead.py"], ["bench/remote_overhead.py", "--quick"]),
 }
 
 

@@ -32,3 +32,18 @@ class RuntimeUnavailableError(DeployKitError):
 
 class TableError(DeployKitError):
     """A latency table that is malformed or does not match what is asked."""
+
+
+class DeviceError(DeployKitError):
+    """A device agent (``deploykit serve``) cannot be reached, is busy, timed out or stopped answering."""
+
+
+class AuthError(DeviceError):
+    """A request to a device agent without the right token."""
+
+
+def error_class(name: str) -> type[DeployKitError]:
+    """The DeployKitError subclass called ``name`` (as a worker or a device agent reports it), else
+    DeployKitError itself: an error's type travels between processes by name, never pickled."""
+    cls = globals().get(str(name))
+    return cls if isinstance(cls, type) and issubclass(cls, DeployKitError) else DeployKitError

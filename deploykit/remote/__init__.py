@@ -1,0 +1,12 @@
+"""Remote devices: the device agent (``deploykit serve``) and its client.
+
+The agent runs on the machine a target stands for (an ARM board, a GPU server) and measures ONNX
+files it is sent exactly as a local measurement would (:func:`deploykit.latency.measure.measure_onnx`:
+a fresh worker process, the same backend and protocol). :class:`deploykit.remote.client.DeviceClient`
+measures through it with the same call signature as ``measure_onnx``. Modules:
+
+- ``wire``: what travels between the two (the measure request, error replies, token files);
+- ``device``: what the agent serves here (targets, fingerprint, upload checks), no web framework;
+- ``server``: the HTTP service (starlette + uvicorn, the ``remote`` extra);
+- ``client``: the client, standard library only.
+"""

@@ -1,0 +1,139 @@
+"""What a device agent serves on this machine: its targets, its fingerprint, and the upload check.
+
+No web framework here: :mod:`deploykit.remote.server` puts these behind HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError
+from deploykit.runtimes.base import one_line
+from deploykit.targets import Target
+
+
+@dataclass(frozen=True)
+class ServedTargets:
+    """The targets this agent measures (``served``), and every other known target with why not:
+    ``unserved`` were left out by ``--targets``, ``unavailable`` cannot run on this machine."""
+
+    served: dict[str, Target]
+    unserved: dict[str, str] = field(default_factory=dict)  # target name → why not
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, names: Sequence[str] = ()) -> ServedTargets:
+        """Serve ``names`` (target names or YAML paths), each of which must be available here; without
+        names, serve every target in ``targets/`` that is available here. Nothing to serve is a
+        RuntimeUnavailableError, as is a named target that cannot run here."""
+        from deploykit.targets import availability, list_targets, load_target
+
+        known = {target.name: target for target in list_targets()}
+        if names:
+            chosen = [load_target(name) for name in names]
+            for target in chosen:
+                ok, why = availability(target)
+                if not ok:
+                    raise RuntimeUnavailableError(f"cannot serve target {target.name}: {why}")
+            served = {target.name: target for target in chosen}
+            why_not = f"not served by this agent (it serves {', '.join(served)}; see its --targets)"
+            return cls(served=served, unserved={name: why_not for name in known if name not in served})
+        served, unavailable = {}, {}
+        for name, target in known.items():
+            ok, why = availability(target)
+            if ok:
+                served[name] = target
+            else:
+                unavailable[name] = why
+        if not served:
+            raise RuntimeUnavailableError("no target can be measured on this machine: "
+                                          + "; ".join(f"{n}: {w}" for n, w in unavailable.items()))
+        return cls(served=served, unavailable=unavailable)
+
+    def require(self, name: str) -> Target:
+        """The served target ``name``. Unknown or left out: ConfigError (the agent answers 404); known
+        but unable to run here: RuntimeUnavailableError (503)."""
+        if name in self.served:
+            return self.served[name]
+        if name in self.unavailable:
+            why = self.unavailable[name]
+            raise RuntimeUnavailableError(f"target {name} cannot run on this device: {why}")
+        if name in self.unserved:
+            raise ConfigError(f"target {name} is not served here: {self.unserved[name]}")
+        raise ConfigError(f"unknown target {name!r} on this device; it serves {', '.join(self.served)}")
+
+    def listing(self) -> list[dict]:
+        """One row per known target, as ``deploykit targets --format json`` shows it, with ``served``;
+        the rows of targets not served say why not (``available`` false: cannot run here)."""
+        from deploykit.targets import describe
+
+        rows = [{**describe(target), "served": True} for target in self.served.values()]
+        rows += [{"name": name, "available": False, "served": False, "reason": why}
+                 for name, why in self.unavailable.items()]
+        rows += [{"name": name, "available": None, "served": False, "reason": why}
+                 for name, why in self.unserved.items()]
+        return sorted(rows, key=lambda row: row["name"])
+
+
+def machine_fingerprint(targets: Iterable[Target]) -> dict:
+    """What identifies this machine's measurements: host, CPU, OS, and for each target the runtime,
+    its version and the device it runs on (:func:`deploykit.latency.measure.runtime_info`).
+
+    One home for the agent's fingerprint: when ``deploykit.latency.fingerprint`` lands, this
+    function becomes a call to it."""
+    from deploykit import __version__
+    from deploykit.latency.measure import runtime_info
+    from deploykit.runtimes import hostinfo
+
+    return {
+        "hostname": platform.node(),
+        "arch": hostinfo.machine_arch(),
+        "cpu": hostinfo.cpu_name(),
+        "logical_cpus": os.cpu_count(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "deploykit_version": __version__,
+        "targets": {target.name: runtime_info(target) for target in targets},
+    }
+
+
+def check_onnx_upload(path: Path) -> None:
+    """Refuse (ModelError) anything but one self-contained ONNX model that passes the ONNX checker's
+    full check (shape inference included). Runs before any runtime sees the file."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf raises DecodeError and friends
+        raise ModelError(f"the upload is not an ONNX model: {one_line(error)}") from None
+    if _uses_external_data(model):
+        raise ModelError("the upload refers to external data files; send one self-contained ONNX file")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as error:  # ValidationError, InferenceError
+        raise ModelError(f"the upload fails the ONNX checker: {one_line(error)}") from None
+
+
+def _uses_external_data(model) -> bool:
+    from onnx import TensorProto
+
+    def external(tensors) -> bool:
+        return any(t.data_location == TensorProto.EXTERNAL or len(t.external_data) for t in tensors)
+
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        if external(graph.initializer) or external(s.values for s in graph.sparse_initializer):
+            return True
+        for node in graph.node:
+            for attribute in node.attribute:
+                tensors = [*([attribute.t] if attribute.HasField("t") else []), *attribute.tensors]
+                if external(tensors):
+                    return True
+                graphs.extend(([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs))
+    return False
+
