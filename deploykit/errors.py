@@ -32,3 +32,11 @@ class RuntimeUnavailableError(DeployKitError):
 
 class TableError(DeployKitError):
     """A latency table that is malformed or does not match what is asked."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message as one short line; its type name when the message is empty (a 0-byte
+    file makes ``torch.load`` raise ``EOFError('')``)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
