@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from deploykit.errors import DeployKitError, ModelError, one_line
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+MODEL_RECORD_KEY = "deploykit"  # where a deploykit model file keeps its architecture record
 HF_CONFIG = "config.json"
 EMA_KEYS = ("state_dict_ema", "model_ema")
 STATE_KEYS = (*EMA_KEYS, "state_dict", "model")
@@ -184,7 +185,9 @@ def read_weights(spec: str | Path | Weights) -> Weights:
     if path.is_dir():
         return _read_folder(path)
     if is_safetensors(_existing_file(path)):
-        return Weights(tensors=_check_tensors(read_safetensors(path)[0], path), source=path)
+        tensors, metadata = read_safetensors(path)
+        _refuse_pruned_model_file(metadata, path)
+        return Weights(tensors=_check_tensors(tensors, path), source=path)
     state, notes = _unwrap(read_torch_file(path), path)
     return Weights(tensors=state, source=path, notes=notes)
 
@@ -315,6 +318,18 @@ def _pickled_global(failure: BaseException) -> str | None:
     """The class or function a refused pickle names (torch's message: ``… GLOBAL os.system …``)."""
     match = re.search(r"GLOBAL ([\w.]+)", str(failure))
     return match.group(1) if match else None
+
+
+def _refuse_pruned_model_file(metadata: Mapping[str, str], path: Path) -> None:
+    """A deploykit model file of a pruned model holds merged blocks, not weights of the original."""
+    try:
+        record = json.loads(metadata.get(MODEL_RECORD_KEY, "{}"))
+    except json.JSONDecodeError:
+        return  # not ours to judge: the tensors are matched to the model as usual
+    if isinstance(record, Mapping) and (record.get("pruned") or record.get("dropped")):
+        changed = sorted({*record.get("pruned", []), *record.get("dropped", [])})
+        raise ModelError(f"{path} is a pruned model (blocks {changed} merged or removed), not weights of the "
+                         "original; export or verify it directly")
 
 
 def _unwrap(state: Any, path: Path) -> tuple[dict[str, Tensor], tuple[str, ...]]:

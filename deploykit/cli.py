@@ -439,7 +439,7 @@ def _run_export(args) -> int:
                          unsafe_pickle=args.unsafe_pickle)
     _print_notes("export", loaded.notes)
     module, what = loaded.module, loaded.description
-    args.input_size = args.input_size or (loaded.record.input_size if loaded.record else (224, 224))
+    args.input_size = args.input_size or loaded.input_size or (224, 224)
     shape = (args.batch, 3, *args.input_size)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)

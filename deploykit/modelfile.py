@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from deploykit import __version__
 from deploykit.checkpoints import (
+    MODEL_RECORD_KEY,
     PickledCodeError,
     is_safetensors,
     model_name,
@@ -50,7 +51,7 @@ from deploykit.models import create_model
 from deploykit.prune import PrunableNet, parse_input_size, prunable
 
 FORMAT = "deploykit-model/1"
-RECORD_KEY = "deploykit"
+RECORD_KEY = MODEL_RECORD_KEY  # the safetensors metadata key that holds the record (JSON)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
@@ -119,6 +120,11 @@ class LoadedModule(NamedTuple):
     description: str
     notes: tuple[str, ...] = ()
     record: ModelRecord | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The input size a model file was made for; None for anything else."""
+        return self.record.input_size if self.record is not None else None
 
 
 # --- writing and reading model files ----------------------------------------------------------------
@@ -249,8 +255,7 @@ def convert_model(spec: str | Path, out: str | Path, *, weights: str | Path | No
                   unsafe_pickle: bool = False) -> tuple[Path, ModelRecord]:
     """Anything :func:`load_module` takes, written as a model file at ``out`` (record inferred)."""
     loaded = load_module(spec, weights=weights, input_size=input_size, unsafe_pickle=unsafe_pickle)
-    size = input_size or (loaded.record.input_size if loaded.record else None)
-    record = loaded.record or infer_record(loaded.module, input_size=size)
+    record = loaded.record or infer_record(loaded.module, input_size=input_size or loaded.input_size)
     return save_model(loaded.module, out, record), record
 
 

@@ -110,6 +110,21 @@ def test_hugging_face_folders_name_their_model(trained, tmp_path):
         model_name(None, None)
 
 
+def test_model_files_serve_as_weights_only_when_unpruned(trained, tmp_path):
+    from deploykit.modelfile import ModelRecord, save_model
+
+    state, _ = trained
+    model = _fresh().eval()
+    model.load_state_dict(state)
+    path = save_model(model, tmp_path / "plain.safetensors", ModelRecord("resnet18", 10, (32, 32)))
+    assert _same(create_model("resnet18", weights=path), state)
+    pruned = ModelRecord("resnet18", 10, (32, 32), pruned=(1,))
+    record = {"deploykit": json.dumps(pruned.as_dict())}
+    save_file(state, str(tmp_path / "pruned.safetensors"), metadata=record)
+    with pytest.raises(ModelError, match=r"is a pruned model \(blocks \[1\] merged or removed\)"):
+        create_model("resnet18", weights=tmp_path / "pruned.safetensors")
+
+
 def test_the_classifier_gets_the_class_count_of_the_weights(trained, tmp_path):
     state, _ = trained
     torch.save({"state_dict": state}, tmp_path / "ten.pt")
