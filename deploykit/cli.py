@@ -210,7 +210,8 @@ def _run_train(args) -> int:
     from deploykit.training import SubnetConfig, SupernetConfig, train_baseline, train_subnet, train_supernet
     from deploykit.training.options import data_config, distill_config, optim_config, run_config
 
-    if args.model is None and (args.stage != "subnet" or folder_config(args.weights) is not None):
+    from_weights_folder = args.stage != "subnet" or (args.prune is not None and folder_config(args.weights))
+    if args.model is None and from_weights_folder:
         args.model = model_name(None, args.weights)  # named by the weights folder's config.json
     if args.stage == "baseline":
         result = train_baseline(args.model, data=data_config(args), weights=args.weights,
