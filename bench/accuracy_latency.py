@@ -35,7 +35,9 @@ and seed, every command in a fresh process, timed end to end:
    finetune`` then trains it with the subnet training's recipe (same loop, optimizer, schedule, epochs,
    batch, CE + T²·KL distillation from the baseline, T = 2).
 6. Every final model is exported (``deploykit export``) and measured side by side: ``deploykit verify
-   MODEL.onnx --reference original.onnx --torch MODEL.pt`` per method, all after the seed's training, so
+   MODEL.onnx --reference original.onnx --torch merged.safetensors`` per method (Torch-Pruning's
+   channel-pruned model is no timm architecture a model file can rebuild: its ``merged.pt``, written by
+   this benchmark moments before, is loaded with ``--unsafe-pickle``), all after the seed's training, so
    each method is timed interleaved with the same original in fresh processes (numerics against
    PyTorch checked too). The baseline's measured latency is the median of the reference's medians.
 
@@ -400,7 +402,7 @@ def cell_rows(args, model: str, data: str, seed: int, table_path: Path) -> list[
 
     say(f"== {model} on {data}, seed {seed}: budget {args.budget:g} × {table.predict(()):.3f} ms = "
         f"{budget_ms:.3f} ms (table prediction)")
-    # 1. the baseline, and the original as a whole module for export and numerics
+    # 1. the baseline, and the original's ONNX file (the class count comes from its weights)
     ok = step("baseline", "baseline",
               ["deploykit", "train", "baseline", "--model", model, "--epochs", str(args.baseline_epochs),
                "--seed", str(seed), "--warmup-epochs", "0.5", *common, "--out", str(base)],
@@ -408,8 +410,7 @@ def cell_rows(args, model: str, data: str, seed: int, table_path: Path) -> list[
     if not ok:
         fail(METHODS, "failed: baseline")
         return finish_rows(rows, model, data, seed, cell, walls, commands, table, budget_ms, args)
-    write_original(base)
-    step("baseline", "export_original", ["deploykit", "export", str(base / "original.pt"), "--out",
+    step("baseline", "export_original", ["deploykit", "export", model, "--weights", str(weights), "--out",
                                           str(base / "original.onnx"), "--input-size", str(SIZE)],
          base / "original.onnx")
     # 2. the UPDP subnet
@@ -446,8 +447,9 @@ def cell_rows(args, model: str, data: str, seed: int, table_path: Path) -> list[
          out / "result.json", clean=out)
     # 4. exports of the depth-pruned models; Torch-Pruning matched to the progressive model's latency
     for method in DEPTH_METHODS:
-        step(method, f"export_{method}", ["deploykit", "export", str(cell / method / "merged.pt"), "--out",
-                                          str(cell / method / "model.onnx"), "--input-size", str(SIZE)],
+        step(method, f"export_{method}",
+             ["deploykit", "export", *merged_model(cell / method, method), "--out",
+              str(cell / method / "model.onnx"), "--input-size", str(SIZE)],
              cell / method / "model.onnx")
     if rows["progressive"]["status"] != "ok":
         fail(("torch-pruning",), "failed: no progressive model to match")
@@ -460,36 +462,34 @@ def cell_rows(args, model: str, data: str, seed: int, table_path: Path) -> list[
           *protocol_args(args), "--out", str(match)],
          match / "result.json", clean=match)
     step("torch-pruning", "torch-pruning",
-         [str(BENCH / "tp_prune.py"), "finetune", "--pruned", str(match / "pruned.pt"), "--weights",
+         [str(BENCH / "tp_prune.py"), "finetune", "--pruned", str(match / "pruned.safetensors"), "--weights",
           str(weights), "--data", data, "--epochs", str(args.epochs), "--seed", str(seed), "--threads",
           str(args.threads), "--batch-size", str(args.batch_size),
           *(["--train-limit", str(args.train_limit)] if args.train_limit else []), "--out", str(tp)],
          tp / "result.json", clean=tp)
-    step("torch-pruning", "export_torch-pruning", ["deploykit", "export", str(tp / "merged.pt"), "--out",
-                                                   str(tp / "model.onnx"), "--input-size", str(SIZE)],
+    step("torch-pruning", "export_torch-pruning",
+         ["deploykit", "export", *merged_model(tp, "torch-pruning"), "--out", str(tp / "model.onnx"),
+          "--input-size", str(SIZE)],
          tp / "model.onnx")
     # 5. side by side: each final model against the same original, after all the training
     for method in (*DEPTH_METHODS, "torch-pruning"):
         folder = cell / method
         step(method, f"verify_{method}",
              ["deploykit", "verify", str(folder / "model.onnx"), "--target", TARGET, "--reference",
-              str(base / "original.onnx"), "--torch", str(folder / "merged.pt"), "--rounds", str(args.rounds),
+              str(base / "original.onnx"), "--torch", *merged_model(folder, method),
+              "--rounds", str(args.rounds),
               *protocol_args(args), "--out", str(folder / "verify.json")],
              folder / "verify.json", ok_codes=(0, 1))
     return finish_rows(rows, model, data, seed, cell, walls, commands, table, budget_ms, args)
 
 
-def write_original(base: Path) -> None:
-    """The trained baseline as a whole module (original.pt), which ``deploykit export`` and ``verify
-    --torch`` take; model.pt holds only its state dict for ``--weights``."""
-    if (base / "original.pt").is_file():
-        return
-    from tp_prune import load_baseline
-
-    from deploykit.training.checkpoint import save_atomic
-
-    model, _ = load_baseline(base / "model.pt")
-    save_atomic(model, base / "original.pt")
+def merged_model(folder: Path, method: str) -> list[str]:
+    """A method's final model for ``deploykit export`` / ``verify --torch``: the model file of a depth-pruned
+    subnet; for Torch-Pruning, whose channel-pruned module no architecture record rebuilds, the
+    whole-module pickle that ``tp_prune.py finetune`` wrote earlier in this run (``--unsafe-pickle``)."""
+    if method == "torch-pruning":
+        return [str(folder / "merged.pt"), "--unsafe-pickle"]
+    return [str(folder / "merged.safetensors")]
 
 
 def read_json(path: Path) -> dict:

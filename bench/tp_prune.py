@@ -17,8 +17,9 @@ found by bisection so that the exported model's latency **measured** on the targ
 The latency ratio of a round is taken within the round and the median over rounds is used, so a
 burst of load on a shared machine cancels out. Latency falls as the ratio grows, so bisection on
 ``[0, --max-ratio]`` applies; noise can make it locally non-monotone, which is why every evaluated point
-is kept and the closest one wins. Writes ``pruned.pt`` (the whole module), ``pruned.onnx``,
-``match.json`` (every step) and ``result.json``.
+is kept and the closest one wins. Writes ``pruned.safetensors`` (the pruned tensors and, in the header,
+the recipe that rebuilds their structure: the same deterministic pruning of the same baseline, so that
+nothing is unpickled), ``pruned.onnx``, ``match.json`` (every step) and ``result.json``.
 
 ConvNeXt's layer scale ``gamma`` (one value per channel, held directly by the block, not by a layer
 Torch-Pruning knows) is passed as an *unwrapped parameter* pruned along dim 0 together with the
@@ -28,12 +29,14 @@ channels it scales; its ``LayerNorm2d`` subclasses ``nn.LayerNorm``, which Torch
 same loop (``deploykit.training.loop.fit``): AdamW with lr 5e-4 and weight decay 0.05 (none on biases
 and norm parameters), no warm-up, cosine decay per step, batch 64, loss CE + T²·KL distillation from the
 unpruned baseline (T = 2, weight 1), same epochs and seed (data order). Writes ``merged.pt`` (the whole
-module; the name the subnet runs use for their final model), ``log.csv`` and ``result.json``
-(``top1_merged``, ``params``, ``macs``).
+module: a channel-pruned model is no timm architecture that a deploykit model file can rebuild, so
+``deploykit export`` and ``verify --torch`` load it only with ``--unsafe-pickle``; the benchmark passes
+that flag for this file, which it wrote itself), ``log.csv`` and ``result.json`` (``top1_merged``,
+``params``, ``macs``).
 
     .venv/bin/python bench/tp_prune.py match --weights BASE/model.pt --reference REF.onnx \\
         --target cpu-ort --data mnist5k --out DIR [--match 1.0] [--tolerance 0.05] [--threads 1]
-    .venv/bin/python bench/tp_prune.py finetune --pruned DIR/pruned.pt --weights BASE/model.pt \\
+    .venv/bin/python bench/tp_prune.py finetune --pruned DIR/pruned.safetensors --weights BASE/model.pt \\
         --data mnist5k --epochs 2 --seed 0 --threads 1 --out DIR2
 """
 
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
 import sys
@@ -163,9 +167,43 @@ def channel_prune(model, *, ratio: float, input_size: tuple[int, int], max_layer
     return model
 
 
+def save_pruned(model, path: Path, recipe: dict) -> Path:
+    """The pruned model's tensors, and in the safetensors header the ``channel_prune`` arguments that
+    rebuild its structure from the baseline (written atomically; no pickle)."""
+    from safetensors.torch import save_file
+
+    from deploykit.fileio import atomic_path
+
+    tensors = {key: value.detach().cpu().clone().contiguous() for key, value in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"tp_recipe": json.dumps(recipe)})
+    return path
+
+
+def load_pruned(path: Path, base):
+    """The model :func:`save_pruned` wrote: ``base`` pruned again by the recorded recipe (magnitude
+    ranking of the same weights: the same channels), then the saved tensors loaded strictly."""
+    from deploykit.checkpoints import read_safetensors
+    from deploykit.errors import ModelError
+
+    tensors, metadata = read_safetensors(path, what="pruned model")
+    if "tp_recipe" not in metadata:
+        raise ModelError(f"{path} has no tp_recipe: not written by tp_prune.py match")
+    recipe = json.loads(metadata["tp_recipe"])
+    model = channel_prune(base, ratio=recipe["ratio"], input_size=tuple(recipe["input_size"]),
+                          max_layer_ratio=recipe["max_layer_ratio"], round_to=recipe["round_to"])
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        raise ModelError(f"{path} does not fit the baseline pruned by its recipe {recipe}: "
+                         f"{str(error).strip().splitlines()[-1][:200]}") from None
+    return model
+
+
 def load_baseline(path: str | Path):
     """The trained baseline of ``deploykit train baseline`` (model.pt) as a module, with its meta."""
-    from deploykit.models import create_model, read_torch_file
+    from deploykit.checkpoints import read_torch_file
+    from deploykit.models import create_model
 
     state = read_torch_file(path, what="baseline weights")
     meta = state["meta"]
@@ -190,7 +228,6 @@ def run_match(args) -> int:
     from deploykit.fileio import write_json_atomic
     from deploykit.latency.protocol import Protocol
     from deploykit.targets import load_target
-    from deploykit.training.checkpoint import save_atomic
     from deploykit.training.evaluation import evaluate
     from deploykit.verify import measure_interleaved
 
@@ -229,7 +266,9 @@ def run_match(args) -> int:
     model = pruned[found.ratio]
     step = next(s for s in steps if s["ratio"] == found.ratio)
     export_onnx(model, shape, out / "pruned.onnx")
-    save_atomic(model.cpu(), out / "pruned.pt")
+    save_pruned(model, out / "pruned.safetensors",
+                {"ratio": found.ratio, "input_size": list(size), "max_layer_ratio": args.max_layer_ratio,
+                 "round_to": args.round_to or None})
     top1 = loss = None
     if args.data:
         data = load_datasets(DataConfig(args.data, input_size=size))
@@ -248,7 +287,7 @@ def run_match(args) -> int:
     say(f"torch-pruning ratio {found.ratio:.4f}: {step['measured_relative']:.3f}× the reference's latency "
         f"({verdict} ±{args.tolerance:.0%} of {args.match:g}×) after {len(steps)} measurement(s); top-1 "
         f"before fine-tuning {top1 if top1 is None else f'{top1:.2f}%'}")
-    print(f"wrote {out / 'pruned.pt'}, {out / 'pruned.onnx'}, {out / 'result.json'}")
+    print(f"wrote {out / 'pruned.safetensors'}, {out / 'pruned.onnx'}, {out / 'result.json'}")
     return 0
 
 
@@ -269,7 +308,7 @@ def run_finetune(args) -> int:
         torch.set_num_threads(args.threads)
     teacher, meta = load_baseline(args.weights)
     size = tuple(meta["input_size"])
-    student = torch.load(args.pruned, map_location="cpu", weights_only=False)  # our own file
+    student = load_pruned(args.pruned, teacher)
     run = RunConfig(out=args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                     device=args.device, threads=args.threads)
     optim = OptimConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=0.0)
@@ -322,7 +361,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--out", type=Path, required=True)
     add_protocol_arguments(m)  # its --threads: onnxruntime intra-op threads (also torch's here)
     f = commands.add_parser("finetune", help="fine-tune the pruned model like deploykit train subnet")
-    f.add_argument("--pruned", type=Path, required=True, help="pruned.pt of the match command")
+    f.add_argument("--pruned", type=Path, required=True, help="pruned.safetensors of the match command")
     f.add_argument("--weights", type=Path, required=True, help="baseline model.pt: the distillation teacher")
     f.add_argument("--data", required=True)
     f.add_argument("--train-limit", type=int, default=None)

@@ -18,6 +18,12 @@ from deploykit import __version__
 from deploykit.errors import DeployKitError
 
 DEFAULT_MODEL = "convnext_tiny"
+WEIGHTS_FORMATS = ("a .pt/.pth/.bin/.safetensors file (a state dict or a timm training checkpoint, whose EMA "
+                   "weights are used when present), a Hugging Face-style folder (model.safetensors + "
+                   "config.json) or package:efficientnet_lite0; nothing is unpickled")
+UNSAFE_PICKLE_HELP = ("also load a whole-module torch.save pickle (such as merged.pt of deploykit before "
+                      "model files). DANGER: unpickling runs code stored in the file; use it only for "
+                      "files you made or trust")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -151,17 +157,22 @@ def _add_train(sub) -> None:
         "baseline", help="train a model from scratch, or fine-tune local --weights, with cross-entropy",
         description="Train MODEL on the data (from scratch, or from local --weights whose classifier is "
                     "re-initialized when its class count differs). Writes model.pt for --weights.")
-    baseline.add_argument("--model", required=True, help="timm model name")
+    baseline.add_argument("--model", default=None,
+                          help="timm model name (optional with a --weights folder whose config.json "
+                               "names it)")
     baseline.add_argument("--weights", default=None, metavar="FILE",
-                          help="local checkpoint, or package:efficientnet_lite0 (optional)")
+                          help=f"weights to fine-tune (optional): {WEIGHTS_FORMATS}")
     add_common_arguments(baseline, "baseline", parse_size)
     supernet = stages.add_parser(
         "supernet", help="train the weight-sharing supernet (sampled pruned sets, distillation)",
         description="Wrap every prunable block; each step prunes k ~ U{0..K} sampled blocks at the global "
                     "λ (ramping 0 → 1) and trains on CE + distillation from the frozen original. Writes "
                     "supernet.pt for the search's supernet:CKPT proxy.")
-    supernet.add_argument("--model", required=True, help="timm model name")
-    supernet.add_argument("--weights", required=True, metavar="FILE", help="the trained original")
+    supernet.add_argument("--model", default=None,
+                          help="timm model name (optional with a --weights folder whose config.json "
+                               "names it)")
+    supernet.add_argument("--weights", required=True, metavar="FILE",
+                          help=f"the trained original: {WEIGHTS_FORMATS}")
     supernet.add_argument("--max-pruned", type=int, default=None, metavar="K",
                           help="at most K blocks pruned per step (default: all candidates)")
     supernet.add_argument("--candidates", default=None, metavar="LIST",
@@ -173,13 +184,16 @@ def _add_train(sub) -> None:
     subnet = stages.add_parser(
         "subnet", help="train a pruned subnet (progressive λ ramp, abrupt or drop), then merge it",
         description="Train the subnet from the original --weights with distillation, then merge it "
-                    "into a plain module (merged.pt) and report top-1 before and after the merge.")
+                    "into a plain module and report top-1 before and after the merge. Writes the merged "
+                    "model as merged.safetensors: its tensors plus the architecture record that rebuilds "
+                    "it, loaded by `deploykit export` and `verify --torch` without unpickling.")
     chosen = subnet.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--subnet", default=None, metavar="FILE", help="subnet.json from the search")
     chosen.add_argument("--prune", default=None, metavar="LIST",
                         help="blocks to prune, e.g. 0,3,5 (with --model)")
     subnet.add_argument("--model", default=None, help="timm model name (with --prune)")
-    subnet.add_argument("--weights", required=True, metavar="FILE", help="the trained original")
+    subnet.add_argument("--weights", required=True, metavar="FILE",
+                        help=f"the trained original: {WEIGHTS_FORMATS}")
     subnet.add_argument("--method", choices=("progressive", "abrupt", "drop"), default="progressive",
                         help="progressive λ ramp (default), abrupt (λ = 1 from the start) or drop the blocks")
     subnet.add_argument("--progressive-epochs", type=float, default=None, metavar="P",
@@ -192,10 +206,14 @@ def _add_train(sub) -> None:
 def _run_train(args) -> int:
     import os
 
+    from deploykit.checkpoints import folder_config, model_name
     from deploykit.subnet import choose_subnet, parse_block_list
     from deploykit.training import SubnetConfig, SupernetConfig, train_baseline, train_subnet, train_supernet
     from deploykit.training.options import data_config, distill_config, optim_config, run_config
 
+    from_weights_folder = args.stage != "subnet" or (args.prune is not None and folder_config(args.weights))
+    if args.model is None and from_weights_folder:
+        args.model = model_name(None, args.weights)  # named by the weights folder's config.json
     if args.stage == "baseline":
         result = train_baseline(args.model, data=data_config(args), weights=args.weights,
                                 run=run_config(args, "baseline", args.model), optim=optim_config(args))
@@ -385,24 +403,27 @@ def _add_export(sub) -> None:
     p = sub.add_parser(
         "export", help="export a merged (or original) model to one simplified, checked ONNX file",
         description="Export a model to ONNX with torch's dynamo exporter, simplify it with onnxsim and "
-                    "validate it with the ONNX checker. CHECKPOINT is a whole-module torch.save file (such "
-                    "as merged.pt from `deploykit train subnet`), unpickled with weights_only=False: load "
-                    "only files you trust, since unpickling can run arbitrary code. Or CHECKPOINT is a "
-                    "timm model name (random weights unless --weights). Prints the node count, "
+                    "validate it with the ONNX checker. MODEL is a model file (such as merged.safetensors "
+                    "from `deploykit train subnet`: tensors plus the architecture record that rebuilds "
+                    "them, so nothing is unpickled), a timm model name (random weights unless --weights, "
+                    "whose class count the classifier gets) or a Hugging Face-style folder. A whole-module "
+                    "torch.save pickle is refused unless --unsafe-pickle. Prints the node count, "
                     "parameters, MACs and file size.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT",
-                   help="whole-module torch.save file (trusted files only) or a timm model name")
+    p.add_argument("checkpoint", metavar="MODEL",
+                   help="model file (.safetensors from deploykit), timm model name, or Hugging Face-style "
+                        "folder")
     p.add_argument("--out", required=True, metavar="PATH", help="the ONNX file to write")
     p.add_argument("--weights", default=None, metavar="FILE",
-                   help="state-dict file for a timm model name (not for a whole-module checkpoint)")
-    p.add_argument("--input-size", type=parse_size, default=(224, 224), metavar="SIZE",
-                   help="input resolution, 224 or HxW (default: 224)")
+                   help=f"weights for a timm model name: {WEIGHTS_FORMATS}")
+    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+                   help="input resolution, 224 or HxW (default: a model file's own, else 224)")
     p.add_argument("--batch", type=int, default=1, metavar="B", help="batch size (default: 1)")
     p.add_argument("--opset", type=int, default=None, metavar="N",
                    help="ONNX opset (default: the exporter's)")
     p.add_argument("--dynamic-batch", action="store_true",
                    help="make the batch dimension dynamic (named 'batch'); if onnxsim would fix it, "
                         "the unsimplified graph is kept and a warning says so")
+    p.add_argument("--unsafe-pickle", action="store_true", help=UNSAFE_PICKLE_HELP)
     p.set_defaults(func=_run_export)
 
 
@@ -412,11 +433,15 @@ def _run_export(args) -> int:
     from deploykit.errors import ConfigError
     from deploykit.export import export_onnx, onnx_summary
     from deploykit.macs import count_macs
-    from deploykit.verify import load_module
+    from deploykit.modelfile import load_module
 
     if args.batch < 1:
         raise ConfigError(f"--batch must be ≥ 1, got {args.batch}")
-    module, what = load_module(args.checkpoint, weights=args.weights, input_size=args.input_size)
+    loaded = load_module(args.checkpoint, weights=args.weights, input_size=args.input_size,
+                         unsafe_pickle=args.unsafe_pickle)
+    _print_notes("export", loaded.notes)
+    module, what = loaded.module, loaded.description
+    args.input_size = args.input_size or loaded.input_size or (224, 224)
     shape = (args.batch, 3, *args.input_size)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -434,6 +459,45 @@ def _run_export(args) -> int:
           f"{info['initializer_values']} ONNX initializer values)")
     print(f"  MACs {macs / 1e6:.2f} M per image at {args.input_size[0]}x{args.input_size[1]}")
     print(f"  file size {info['size_bytes'] / 1e6:.2f} MB ({info['size_bytes']} bytes)")
+    return 0
+
+
+def _print_notes(command: str, notes) -> None:
+    for note in notes:
+        print(f"deploykit {command}: note: {note}", file=sys.stderr)
+
+
+# --- deploykit convert -----------------------------------------------------------------------------
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert", help="write a model as a model file (tensors + architecture record, no code)",
+        description="Write MODEL as a deploykit model file: one .safetensors file holding its tensors and, "
+                    "in its header, the architecture record (timm model name, classes, input size, merged "
+                    "and dropped blocks) that rebuilds it; `deploykit export` and `verify --torch` load it "
+                    "without unpickling. The record is read off the model and checked: the file is written "
+                    "only if the structure it describes reproduces the model's outputs exactly. MODEL is "
+                    "anything export takes; a whole-module pickle (merged.pt of older deploykit) needs "
+                    "--unsafe-pickle.")
+    p.add_argument("checkpoint", metavar="MODEL",
+                   help="a whole-module pickle (with --unsafe-pickle), a timm model name, a Hugging "
+                        "Face-style folder or a model file")
+    p.add_argument("--out", required=True, metavar="PATH", help="the model file to write (.safetensors)")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help=f"weights for a timm model name: {WEIGHTS_FORMATS}")
+    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+                   help="input resolution recorded in the file, 224 or HxW (default: the model's fixed size, "
+                        "else 224)")
+    p.add_argument("--unsafe-pickle", action="store_true", help=UNSAFE_PICKLE_HELP)
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from deploykit.modelfile import convert_model
+
+    path, record = convert_model(args.checkpoint, args.out, weights=args.weights, input_size=args.input_size,
+                                 unsafe_pickle=args.unsafe_pickle)
+    print(f"wrote {path} ({record.describe()})")
     return 0
 
 
@@ -466,10 +530,12 @@ def _add_verify(sub) -> None:
     chosen.add_argument("--subnet", default=None, metavar="FILE", help="subnet.json naming the pruned blocks")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="use a table measured on another target, device, runtime version or shape")
-    p.add_argument("--torch", default=None, metavar="CHECKPOINT",
-                   help="the PyTorch model to compare with: whole-module torch.save file (unpickled: "
-                        "trusted files only) or a timm model name")
-    p.add_argument("--weights", default=None, metavar="FILE", help="state-dict file for a --torch model name")
+    p.add_argument("--torch", default=None, metavar="MODEL",
+                   help="the PyTorch model to compare with: a model file (merged.safetensors from `deploykit "
+                        "train subnet`), a timm model name or a Hugging Face-style folder")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help=f"weights for a --torch timm model name: {WEIGHTS_FORMATS}")
+    p.add_argument("--unsafe-pickle", action="store_true", help=UNSAFE_PICKLE_HELP)
     p.add_argument("--inputs", type=int, default=4, metavar="N",
                    help="seeded random inputs for the numerics check (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of those inputs (default: 0)")
@@ -491,9 +557,10 @@ def _run_verify(args) -> int:
     from deploykit.errors import ConfigError
     from deploykit.latency.protocol import Protocol
     from deploykit.latency.table import LatencyTable
+    from deploykit.modelfile import load_module
     from deploykit.subnet import Subnet, parse_block_list
     from deploykit.targets import load_target
-    from deploykit.verify import load_module, onnx_input_shape, verify
+    from deploykit.verify import onnx_input_shape, verify
 
     if args.weights is not None and args.torch is None:
         raise ConfigError("--weights goes with --torch MODEL_NAME")
@@ -515,7 +582,10 @@ def _run_verify(args) -> int:
         if size is None and os.path.isfile(args.onnx):  # a timm ViT is built for the file's size
             size = onnx_input_shape(args.onnx, batch=args.batch, default_batch=target.batch,
                                     default_size=target.input_size)[2:]
-        module, name = load_module(args.torch, weights=args.weights, input_size=size)
+        loaded = load_module(args.torch, weights=args.weights, input_size=size,
+                             unsafe_pickle=args.unsafe_pickle)
+        _print_notes("verify", loaded.notes)
+        module, name = loaded.module, loaded.description
     report = verify(args.onnx, target=target, protocol=Protocol.from_args(args), reference=args.reference,
                     torch_module=module, torch_name=name, table=table, pruned=pruned,
                     allow_mismatch=args.allow_mismatch, n_inputs=args.inputs, seed=args.seed,
@@ -748,7 +818,7 @@ def _run_device(args) -> int:
 # --- entry point -----------------------------------------------------------------------------------
 
 COMMANDS = (_add_run, _add_blocks, _add_targets, _add_profile, _add_train, _add_lut, _add_search,
-            _add_export, _add_verify, _add_table, _add_serve, _add_device)
+            _add_export, _add_convert, _add_verify, _add_table, _add_serve, _add_device)
 
 
 def build_parser() -> argparse.ArgumentParser:

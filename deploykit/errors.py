@@ -47,3 +47,11 @@ def error_class(name: str) -> type[DeployKitError]:
     DeployKitError itself: an error's type travels between processes by name, never pickled."""
     cls = globals().get(str(name))
     return cls if isinstance(cls, type) and issubclass(cls, DeployKitError) else DeployKitError
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message as one short line; its type name when the message is empty (a 0-byte
+    file makes ``torch.load`` raise ``EOFError('')``)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -13,7 +13,8 @@ finished epoch, an interrupted profile from its last entry)::
     verify original   RUN/baseline/verify-<target>.json      numerics, latency, table prediction
     for each budget B:
       search B        RUN/budget-B/subnet.json                best supernet top-1 within the budget
-      train B         RUN/budget-B/merged.pt, result.json     progressive subnet training, merged
+      train B         RUN/budget-B/merged.safetensors         progressive subnet training, merged
+                      RUN/budget-B/result.json                (a model file: tensors + architecture)
       export B        RUN/budget-B/model.onnx
       verify B        RUN/budget-B/verify-<target>.json      … and speed-up against the original,
                                                               measured interleaved in the same run
@@ -254,8 +255,8 @@ class Pipeline:
 
     def _budget_stages(self, text: str) -> list[Stage]:
         lay, folder = self.layout, self.layout.budget(text)
-        subnet, merged, onnx, report = folder / "subnet.json", folder / "merged.pt", lay.onnx(folder), \
-            lay.report(folder)
+        subnet, merged, onnx, report = folder / "subnet.json", folder / "merged.safetensors", \
+            lay.onnx(folder), lay.report(folder)
         return [
             Stage(f"search {text}", lambda: _exists(subnet), lambda: self._search(text, folder), subnet),
             Stage(f"train {text}", lambda: _exists(merged, folder / "result.json"),
@@ -540,9 +541,9 @@ def _exists(*paths: Path) -> bool:
 
 
 def _merged_module(folder: Path):
-    from deploykit.verify import load_module
+    from deploykit.modelfile import load_model
 
-    return load_module(folder / "merged.pt")[0]
+    return load_model(folder / "merged.safetensors")
 
 
 def _verified(path: Path) -> bool:

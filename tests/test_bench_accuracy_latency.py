@@ -138,6 +138,27 @@ def test_channel_pruning_of_the_study_models(name, gammas):
     assert pruned.get_classifier().out_features == 10
 
 
+def test_pruned_model_file_rebuilds_the_same_model_without_unpickling(tmp_path):
+    pytest.importorskip("torch_pruning")
+    import torch
+
+    from deploykit.errors import ModelError
+    from deploykit.models import create_model
+
+    torch.manual_seed(0)
+    base = create_model("resnet18", num_classes=10).eval()
+    pruned = tp.channel_prune(base, ratio=0.3, input_size=(32, 32), round_to=8)
+    recipe = {"ratio": 0.3, "input_size": [32, 32], "max_layer_ratio": 0.9, "round_to": 8}
+    path = tp.save_pruned(pruned, tmp_path / "pruned.safetensors", recipe)
+    rebuilt = tp.load_pruned(path, base).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), pruned(x))
+    tp.save_pruned(pruned, tmp_path / "other.safetensors", {**recipe, "ratio": 0.5})
+    with pytest.raises(ModelError, match="does not fit the baseline pruned by its recipe"):
+        tp.load_pruned(tmp_path / "other.safetensors", base)
+
+
 def test_quick_defaults_and_explicit_flags():
     args = al.parse_args(["--quick", "--models", "resnet18"])
     assert args.models == ["resnet18"] and args.data == ["digits"] and args.seeds == [0]

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 
 pytest.importorskip("sklearn")
 pytestmark = pytest.mark.slow
@@ -47,8 +48,8 @@ def test_two_processes_match_one_exactly_without_batch_statistics(weights, tmp_p
         assert two[column].tolist() == pytest.approx(one[column].tolist(), rel=1e-4, abs=1e-6)
     assert (one["kd"] > 0).all()
     assert result.stdout.count("subnet (drop) top-1") == 1  # rank 0 alone reports and writes
-    ours = torch.load(tmp_path / "two" / "merged_state_dict.pt", weights_only=True)
-    theirs = torch.load(tmp_path / "one" / "merged_state_dict.pt", weights_only=True)
+    ours = load_file(str(tmp_path / "two" / "merged.safetensors"))
+    theirs = load_file(str(tmp_path / "one" / "merged.safetensors"))
     for key in theirs:
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5)
 

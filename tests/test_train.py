@@ -2,6 +2,7 @@
 resume equals an uninterrupted run; merged top-1 equals unmerged; the supernet proxy; weights
 loading by name and by position; one-line errors for bad input."""
 
+import json
 import math
 import subprocess
 import sys
@@ -10,12 +11,14 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from deploykit.blocks.base import PrunableBlock
 from deploykit.cli import main
 from deploykit.data import DataConfig, eval_loader, load_datasets
 from deploykit.errors import BlockSelectionError, ConfigError, DeployKitError, ModelError
+from deploykit.modelfile import ModelRecord, load_model, read_record
 from deploykit.prune import prunable
 from deploykit.subnet import Subnet, choose_subnet, parse_block_list
 from deploykit.training import (
@@ -171,8 +174,8 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(progressive, weigh
                                   pd.read_csv(reference_out / "log.csv")[columns])
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "steps.csv"),
                                   pd.read_csv(reference_out / "steps.csv"))
-    ours = torch.load(tmp_path / "merged_state_dict.pt", weights_only=True)
-    theirs = torch.load(reference_out / "merged_state_dict.pt", weights_only=True)
+    ours = load_file(str(tmp_path / "merged.safetensors"))
+    theirs = load_file(str(reference_out / "merged.safetensors"))
     assert ours.keys() == theirs.keys()
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6)
@@ -184,7 +187,8 @@ def test_merged_top1_equals_unmerged_and_the_module_is_plain(progressive):
     assert result.top1_merged == result.top1_unmerged
     assert result.loss_merged == pytest.approx(result.loss_unmerged, rel=1e-4)
     assert result.merge_rel_error <= 1e-4
-    merged = torch.load(out / "merged.pt", weights_only=False)
+    merged = load_model(out / "merged.safetensors")  # rebuilt from its record, nothing unpickled
+    assert read_record(out / "merged.safetensors") == ModelRecord("convnext_atto", 10, SIZE, pruned=(1, 4))
     assert not any(isinstance(m, PrunableBlock) for m in merged.modules())
     assert not any(type(m).__module__.startswith("deploykit") for m in merged.modules())
     data = load_datasets(DATA)
@@ -322,10 +326,13 @@ def test_cli_subnet_drop_runs_and_reports(weights, tmp_path, capsys):
                  "--data", "digits", "--train-limit", "32", "--val-limit", "16", "--epochs", "1",
                  "--batch-size", "16", "--method", "drop", "--threads", "1", "--out", str(tmp_path)]) == 0
     captured = capsys.readouterr()
-    assert "subnet (drop) top-1" in captured.out and "merged.pt" in captured.out
+    assert "subnet (drop) top-1" in captured.out and "merged.safetensors" in captured.out
     assert "epoch 1/1" in captured.err
-    assert {"log.csv", "checkpoint.pt", "merged.pt", "merged_state_dict.pt", "subnet.json",
+    assert {"log.csv", "checkpoint.pt", "merged.safetensors", "subnet.json",
             "result.json"} <= {p.name for p in tmp_path.iterdir()}
+    assert read_record(tmp_path / "merged.safetensors").dropped == (1, 4)
+    merged = load_model(tmp_path / "merged.safetensors")
+    assert isinstance(merged.stages[2].blocks[0], nn.Identity)  # block 4: removed, not merged
 
 
 @pytest.mark.parametrize("args,message", [
@@ -381,6 +388,31 @@ def test_baseline_trains_on_an_image_folder_and_its_weights_load(tmp_path):
     assert 0 <= result.top1 <= 100 and len(result.history) == 1
     model = timm.create_model("resnet18", num_classes=2)
     assert load_model_weights(model, result.weights_path) == []
+
+
+def test_cli_baseline_takes_the_model_from_a_hugging_face_folder(tmp_path, capsys):
+    """A timm Hub-style folder (model.safetensors + config.json, 1000 classes) fine-tuned on 10 digits:
+    the model comes from config.json, the classifier is re-initialized and the note says so."""
+    from safetensors.torch import save_file
+    from timm.models._hub import save_config_for_hf
+
+    torch.manual_seed(0)
+    hub = timm.create_model("resnet18")
+    (tmp_path / "hub").mkdir()
+    save_file(hub.state_dict(), str(tmp_path / "hub" / "model.safetensors"))
+    save_config_for_hf(hub, str(tmp_path / "hub" / "config.json"))
+    args = ["train", "baseline", "--weights", str(tmp_path / "hub"), "--data", "digits", "--input-size", "32",
+            "--train-limit", "32", "--val-limit", "16", "--epochs", "1", "--batch-size", "16",
+            "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    assert "classifier re-initialized for 10 classes (the weights have 1000)" in captured.err
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["model"] == "resnet18" and result["num_classes"] == 10
+    trained = timm.create_model("resnet18", num_classes=10)
+    assert load_model_weights(trained, tmp_path / "run" / "model.pt") == []
+    assert main([*args, "--model", "convnext_atto", "--out", str(tmp_path / "other")]) == 2
+    assert "disagrees with" in capsys.readouterr().err
 
 
 def test_block_ranges_format_is_the_inverse_of_the_block_list_parser():

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from deploykit import prunable
 from deploykit.cli import main
 from deploykit.export import export_onnx
+from deploykit.modelfile import ModelRecord, save_model
 from deploykit.models import create_model
 from deploykit.verify import VerifyReport
 
@@ -27,12 +28,12 @@ SHIPPED_TABLE = "latency_tables/cpu-ort/convnext_tiny_224_b1.csv"
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A merged convnext_atto (blocks 0, 3, 5 pruned) as merged.pt and m.onnx, the original as ref.onnx."""
+    """A merged convnext_atto (blocks 0, 3, 5 pruned) as a model file and m.onnx, the original as ref.onnx."""
     folder = tmp_path_factory.mktemp("verify")
     torch.manual_seed(0)
     original = create_model("convnext_atto").eval()
     merged = prunable(original, input_size=64).prune([0, 3, 5]).set_progress(1.0).eval().merge()
-    torch.save(merged, folder / "merged.pt")
+    save_model(merged, folder / "merged.safetensors", ModelRecord("convnext_atto", 1000, (64, 64), (0, 3, 5)))
     export_onnx(merged, (1, 3, 64, 64), folder / "m.onnx")
     export_onnx(create_model("convnext_atto").eval(), (1, 3, 64, 64), folder / "ref.onnx")
     return folder
@@ -47,7 +48,7 @@ def one_line_error(capsys) -> str:
 def test_verify_passes_on_a_correct_export(models, capsys):
     report_path = models / "report.json"
     code = main(["verify", str(models / "m.onnx"), "--target", "cpu-ort",
-                 "--torch", str(models / "merged.pt"), "--reference", str(models / "ref.onnx"),
+                 "--torch", str(models / "merged.safetensors"), "--reference", str(models / "ref.onnx"),
                  "--inputs", "2", "--rounds", "2", "--out", str(report_path), *TINY])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -79,7 +80,7 @@ def test_verify_fails_on_a_tampered_onnx(models, capsys):
     onnx.save(model, str(models / "tampered.onnx"))
     report_path = models / "tampered.json"
     code = main(["verify", str(models / "tampered.onnx"), "--target", "cpu-ort", "--torch",
-                 str(models / "merged.pt"), "--numerics-only", "--out", str(report_path)])
+                 str(models / "merged.safetensors"), "--numerics-only", "--out", str(report_path)])
     assert code == 1
     assert "numerics: FAIL" in capsys.readouterr().out
     report = VerifyReport.read(report_path)
@@ -88,7 +89,7 @@ def test_verify_fails_on_a_tampered_onnx(models, capsys):
 
 def test_verify_numerics_on_openvino_cpu_in_fp32(models, capsys):
     code = main(["verify", str(models / "m.onnx"), "--target", "cpu-openvino", "--torch",
-                 str(models / "merged.pt"), "--numerics-only", "--inputs", "1", "--format", "json"])
+                 str(models / "merged.safetensors"), "--numerics-only", "--inputs", "1", "--format", "json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["passed"] is True and report["runtime"] == "openvino"
     assert "INFERENCE_PRECISION_HINT f32" in report["numerics"]["how"]
@@ -96,7 +97,8 @@ def test_verify_numerics_on_openvino_cpu_in_fp32(models, capsys):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A small conv net (its outputs depend on every weight) as tiny.pt and tiny.onnx, input 1x3x16x16."""
+    """A small conv net (its outputs depend on every weight) as tiny.pt (a whole-module pickle this test
+    wrote itself, so loading it with --unsafe-pickle is safe) and tiny.onnx, input 1x3x16x16."""
     folder = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
@@ -113,7 +115,7 @@ def test_verify_numerics_through_the_fake_backend(tiny, tmp_path, capsys, scale,
     fake = FakeBackend(tamper=lambda outputs: [y * scale for y in outputs])
     with registered(fake):
         result = main(["verify", str(tiny / "tiny.onnx"), "--target", str(target), "--torch",
-                       str(tiny / "tiny.pt"), "--numerics-only", "--inputs", "3", "--format", "json"])
+                       str(tiny / "tiny.pt"), "--unsafe-pickle", "--numerics-only", "--inputs", "3", "--format", "json"])
     report = json.loads(capsys.readouterr().out)
     assert result == code and report["runtime"] == "fake" and report["passed"] is (code == 0)
     assert report["numerics"]["n_inputs"] == 3 and "ReferenceEvaluator" in report["numerics"]["how"]
@@ -126,14 +128,15 @@ def test_verify_refuses_a_fake_target_whose_device_is_missing(tiny, tmp_path, ca
     target = fake_target_yaml(tmp_path / "fake.yaml", runtime_device="missing")
     with registered(FakeBackend()):
         code = main(["verify", str(tiny / "tiny.onnx"), "--target", str(target), "--torch",
-                     str(tiny / "tiny.pt"), "--numerics-only"])
+                     str(tiny / "tiny.pt"), "--unsafe-pickle", "--numerics-only"])
     assert code == 2
     assert "cannot verify on target fake-target here: fake device 'missing'" in one_line_error(capsys)
 
 
 def test_verify_table_prediction_checks_the_table_against_the_model(models, capsys):
-    args = ["verify", str(models / "m.onnx"), "--target", "cpu-ort", "--torch", str(models / "merged.pt"),
-            "--numerics-only", "--inputs", "1", "--table", SHIPPED_TABLE, "--pruned", "0,3,5"]
+    args = ["verify", str(models / "m.onnx"), "--target", "cpu-ort", "--torch",
+            str(models / "merged.safetensors"), "--numerics-only", "--inputs", "1", "--table", SHIPPED_TABLE,
+            "--pruned", "0,3,5"]
     assert main(args) == 2  # the shipped table is for convnext_tiny at 224, the model is at 64
     assert "input size" in one_line_error(capsys)
     assert main([*args, "--allow-mismatch", "--format", "json"]) == 0
@@ -149,7 +152,7 @@ def test_verify_refuses_a_silent_fallback(models, tmp_path, capsys):
         "provider: CUDAExecutionProvider\nprecision: fp32\nbatch: 1\ninput_size: 64\n"
         "peak: {flops: {fp32: 1.0e+12}, bandwidth: 1.0e+11, source: test}\n")
     code = main(["verify", str(models / "m.onnx"), "--target", str(target), "--torch",
-                 str(models / "merged.pt"), *TINY])
+                 str(models / "merged.safetensors"), *TINY])
     assert code == 2
     err = one_line_error(capsys)
     assert "CUDAExecutionProvider" in err and "CPUExecutionProvider" in err

@@ -297,23 +297,17 @@ def make_proxy(spec: str, *, table: LatencyTable, data: ProxyData | None = None,
 
 
 def _is_supernet(path: str | Path) -> bool:
-    import torch
+    from deploykit.checkpoints import read_torch_file
 
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for unreadable files
-        raise ConfigError(f"cannot read checkpoint {path}: {str(error).splitlines()[0][:200]}") from None
+    state = read_torch_file(path, what="checkpoint", error=ConfigError)
     return isinstance(state, dict) and state.get("kind") == "supernet"
 
 
 def _plain_net(checkpoint: str | Path, model: str, num_classes: int, size: tuple[int, int], say: Progress):
     from deploykit.models import create_model
     from deploykit.prune import prunable
-    from deploykit.training import load_model_weights
-
-    module = create_model(model, num_classes=num_classes, input_size=size)
-    for note in load_model_weights(module, checkpoint):
-        say(f"weights: {note}")
+    module = create_model(model, num_classes=num_classes, input_size=size, weights=checkpoint,
+                          say=lambda note: say(f"weights: {note}"))
     return prunable(module, input_size=size).eval()
 
 

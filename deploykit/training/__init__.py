@@ -1,10 +1,11 @@
 """Supernet training, progressive subnet training and the baselines (DESIGN.md §1.2, §1.4).
 
 One module per concern: ``config`` (frozen settings), ``schedule`` (λ ramp, learning rate, sampled
-pruned sets: functions of the step alone), ``losses`` (CE + distillation), ``weights`` (loading local
-checkpoints by name or by position), ``distributed`` (torchrun / DDP), ``checkpoint`` (atomic files,
-resume), ``loop`` (the shared training loop), ``evaluation`` (top-1/loss, the supernet proxy) and one
-module per stage: ``baseline``, ``supernet``, ``progressive``. The names below are imported on first use.
+pruned sets: functions of the step alone), ``losses`` (CE + distillation), ``distributed`` (torchrun /
+DDP), ``checkpoint`` (atomic files, resume), ``loop`` (the shared training loop), ``evaluation``
+(top-1/loss, the supernet proxy) and one module per stage: ``baseline``, ``supernet``, ``progressive``.
+Weights are loaded by :mod:`deploykit.checkpoints` (``load_model_weights`` is re-exported here). The
+names below are imported on first use.
 """
 
 import importlib
@@ -24,7 +25,7 @@ _HOMES = {
     "evaluate_original": "deploykit.training.baseline",
     "evaluate_subnet": "deploykit.training.evaluation",
     "learning_rate": "deploykit.training.schedule",
-    "load_model_weights": "deploykit.training.weights",
+    "load_model_weights": "deploykit.checkpoints",
     "load_supernet": "deploykit.training.evaluation",
     "ramp_lambda": "deploykit.training.schedule",
     "sample_pruned": "deploykit.training.schedule",

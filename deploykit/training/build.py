@@ -20,7 +20,6 @@ from deploykit.training.checkpoint import plain
 from deploykit.training.config import RunConfig
 from deploykit.training.distributed import DistContext
 from deploykit.training.evaluation import evaluate
-from deploykit.training.weights import load_model_weights
 
 
 def set_threads(run: RunConfig) -> None:
@@ -33,11 +32,8 @@ def original_model(name: str, *, num_classes: int, weights: str | Path | None, n
     """The timm model ``name`` for ``num_classes`` classes, with ``weights`` loaded if given."""
     from deploykit.models import create_model
 
-    model = create_model(name, num_classes=num_classes)
-    if weights is not None:
-        for note in load_model_weights(model, weights, new_head=new_head):
-            ctx.log(f"weights: {note}")
-    return model
+    return create_model(name, num_classes=num_classes, weights=weights, new_head=new_head,
+                        say=lambda note: ctx.log(f"weights: {note}"))
 
 
 def require_weights(weights: str | Path | None, stage: str) -> str | Path:

@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from deploykit.checkpoints import read_torch_file
 from deploykit.errors import ConfigError
 from deploykit.fileio import atomic_path, write_text_atomic
-from deploykit.models import read_torch_file
 
 FORMAT = "deploykit-train/1"
 CHECKPOINT = "checkpoint.pt"

@@ -8,9 +8,10 @@ Methods (DESIGN.md §1.4), same data, budget and distillation for each:
 - ``drop``: the blocks are removed outright (plain depth pruning; only shape-preserving blocks).
 
 At the end the network (λ = 1, eval) is merged into a plain module; its top-1 is measured before and
-after the merge and the two must agree. Writes ``merged.pt`` (the whole module, ``torch.load`` with
-``weights_only=False``), ``merged_state_dict.pt``, ``subnet.json``, ``log.csv``, ``checkpoint.pt``
-and ``result.json`` into ``run.out``.
+after the merge and the two must agree. Writes ``merged.safetensors`` (a model file: the merged
+tensors plus the architecture record that rebuilds them, loadable without unpickling; see
+:mod:`deploykit.modelfile`), ``subnet.json``, ``log.csv``, ``checkpoint.pt`` and ``result.json`` into
+``run.out``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 from deploykit.data import DataConfig, load_datasets
 from deploykit.errors import ConfigError, MergeError
 from deploykit.macs import count_macs
+from deploykit.modelfile import ModelRecord, save_model
 from deploykit.prune import PrunableNet, prunable
 from deploykit.subnet import Subnet
 from deploykit.training.build import (
@@ -38,7 +40,6 @@ from deploykit.training.build import (
     validate_plain,
     write_json,
 )
-from deploykit.training.checkpoint import save_atomic
 from deploykit.training.config import DistillConfig, OptimConfig, RunConfig, SubnetConfig, default_ramp
 from deploykit.training.distributed import DistContext, distributed
 from deploykit.training.evaluation import evaluate
@@ -46,6 +47,7 @@ from deploykit.training.loop import Fit, Policy, Task, fit
 from deploykit.training.schedule import ramp_lambda, ramp_steps
 
 MERGE_TOLERANCE = 1e-4  # max |merged − unmerged| logit error relative to the logit scale (fp32)
+MERGED_FILE = "merged.safetensors"
 
 
 class LambdaRamp(Policy):
@@ -125,7 +127,7 @@ def train_subnet(subnet: Subnet, *, weights: str | Path | None, data: DataConfig
         task = Task(kind="subnet", student=student, datasets=datasets, meta=meta, make_policy=make_policy,
                     validate=validate_plain, teacher=original, distill=distill)
         fitted = fit(task, run=run, optim=optim, ctx=ctx, on_epoch_end=on_epoch_end)
-        return _finish(fitted, subnet, config, run, ctx)
+        return _finish(fitted, subnet, config, run, ctx, num_classes=datasets.num_classes)
 
 
 def _ramp_epochs(config: SubnetConfig, epochs: int) -> float:
@@ -134,8 +136,8 @@ def _ramp_epochs(config: SubnetConfig, epochs: int) -> float:
     return 0.0
 
 
-def _finish(fitted: Fit, subnet: Subnet, config: SubnetConfig, run: RunConfig,
-            ctx: DistContext) -> SubnetResult:
+def _finish(fitted: Fit, subnet: Subnet, config: SubnetConfig, run: RunConfig, ctx: DistContext, *,
+            num_classes: int) -> SubnetResult:
     student = fitted.student.eval()
     fitted.policy.apply(fitted.total_steps - 1)  # the last step's gates, also after resuming a finished run
     merged = student.merge() if isinstance(student, PrunableNet) else student
@@ -147,10 +149,10 @@ def _finish(fitted: Fit, subnet: Subnet, config: SubnetConfig, run: RunConfig,
                           top1_unmerged=top1_unmerged, top1_merged=top1_merged,
                           loss_unmerged=loss_unmerged, loss_merged=loss_merged,
                           merge_rel_error=rel_error, params=count_params(merged),
-                          macs=count_macs(merged, size), merged_path=run.out / "merged.pt",
+                          macs=count_macs(merged, size), merged_path=run.out / MERGED_FILE,
                           wall_s=fitted.wall_s, history=tuple(fitted.history))
     if ctx.is_main:
-        _write(result, merged, subnet, fitted, run)
+        _write(result, merged, subnet, _record(subnet, config, num_classes), fitted, run)
         ctx.log(f"subnet ({config.method}): top-1 {top1_unmerged:.2f}% unmerged, {top1_merged:.2f}% merged "
                 f"(logit error {rel_error:.1e}); wrote {result.merged_path}, {run.out / 'result.json'}")
     if rel_error > MERGE_TOLERANCE:
@@ -168,12 +170,17 @@ def _merge_error(student: nn.Module, merged: nn.Module, loader, ctx: DistContext
     return ((reference - other).abs().max() / reference.abs().max().clamp_min(1e-12)).item()
 
 
-def _write(result: SubnetResult, merged: nn.Module, subnet: Subnet, fitted: Fit, run: RunConfig) -> None:
-    merged = merged.cpu()
-    save_atomic(merged, result.merged_path)
-    save_atomic(merged.state_dict(), run.out / "merged_state_dict.pt")
+def _record(subnet: Subnet, config: SubnetConfig, num_classes: int) -> ModelRecord:
+    """The merged model's architecture: its blocks merged, or removed outright by ``drop``."""
+    removed = config.method == "drop"
+    return ModelRecord(model=subnet.model, num_classes=num_classes, input_size=subnet.input_size,
+                       pruned=() if removed else subnet.pruned, dropped=subnet.pruned if removed else ())
+
+
+def _write(result: SubnetResult, merged: nn.Module, subnet: Subnet, record: ModelRecord, fitted: Fit,
+           run: RunConfig) -> None:
+    save_model(merged.cpu(), result.merged_path, record)
     subnet.write(run.out / "subnet.json")
     summary = {key: value for key, value in vars(result).items() if key != "history"}
     write_json({"kind": "subnet", "model": subnet.model, **summary, "train_wall_s": round(fitted.wall_s, 3),
-                "epochs": run.epochs, "merged_state_dict": run.out / "merged_state_dict.pt"},
-               run.out / "result.json")
+                "epochs": run.epochs}, run.out / "result.json")

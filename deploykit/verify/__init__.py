@@ -23,10 +23,9 @@
 
 from deploykit.verify.check import verify
 from deploykit.verify.files import file_sha256, onnx_input_shape
-from deploykit.verify.models import load_module
 from deploykit.verify.numerics import TOLERANCES, check_numerics, seeded_inputs
 from deploykit.verify.report import VerifyReport
 from deploykit.verify.timing import measure_interleaved
 
-__all__ = ["TOLERANCES", "VerifyReport", "check_numerics", "file_sha256", "load_module",
+__all__ = ["TOLERANCES", "VerifyReport", "check_numerics", "file_sha256",
            "measure_interleaved", "onnx_input_shape", "seeded_inputs", "verify"]
