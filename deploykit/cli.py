@@ -281,7 +281,7 @@ def _run_lut_check(args) -> int:
 
 
 def _run_lut_predict(args) -> int:
-    from deploykit.latency.fidelity import predict_subnet
+    from deploykit.latency.table import predict_subnet
     from deploykit.latency.table import LatencyTable
     from deploykit.subnet import choose_subnet
 

@@ -12,26 +12,21 @@ import pytest
 
 from deploykit.cli import main
 from deploykit.errors import TableError
-from deploykit.latency.fidelity import (
-    Figures,
-    check_table,
-    fit_calibration,
-    kendall,
-    plan_subnets,
-    predict_subnet,
-    rankdata,
-    spearman,
-)
+from deploykit.latency.fidelity import check_table
 from deploykit.latency.protocol import Measurement, Protocol
-from deploykit.latency.table import LatencyTable, TableMeta, meta_path
+from deploykit.latency.sampling import plan_subnets
+from deploykit.latency.stats import Figures, fit_calibration, kendall, rankdata, spearman
+from deploykit.latency.table import LatencyTable, TableMeta, meta_path, predict_subnet
 from deploykit.subnet import Subnet
 
 TINY_PROTOCOL = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=3, max_cv=10.0,
                          max_repeats=1)
 
 
-def fake_table(path=None, *, n=10, mode="measured", complete=True, device="Fake CPU", seed=0) -> LatencyTable:
-    """n blocks with their own rows, original 1..5 ms, merged 0.1..1.1 × that, stem 0.5 ms."""
+def fake_table(path=None, *, n=10, mode="measured", complete=True, device="Fake CPU", seed=0,
+               model_ms=0.0) -> LatencyTable:
+    """n blocks with their own rows, original 1..5 ms, merged 0.1..1.1 × that, stem 0.5 ms; the whole-model
+    row is ``model_ms`` (0: no end-to-end figure, so the drift guard stays off; None: the table sum)."""
     rng = np.random.default_rng(seed)
     meta = TableMeta(model="convnext_atto", target="cpu-ort", device="the local CPU (any)",
                      device_string=device, runtime="onnxruntime", runtime_version="0.0",
@@ -49,6 +44,8 @@ def fake_table(path=None, *, n=10, mode="measured", complete=True, device="Fake 
         for form, ms in (("original", slow), ("merged", slow * float(rng.uniform(0.1, 1.1)))):
             table.add({**base, "key": f"convnext/{i}", "kind": "block", "form": form, "name": f"b{i}",
                        "indices": str(i), "count": 1, "median_ms": round(ms, 4)})
+    table.add({**base, "key": "model", "kind": "model", "form": "model", "name": "convnext_atto", "indices": "",
+               "count": 1, "median_ms": table.isolated_sum(()) if model_ms is None else model_ms})
     if path is not None:
         table.write(path)
     return table
@@ -165,10 +162,7 @@ def test_an_interrupted_check_resumes_without_measuring_twice(tmp_path):
 
 
 def test_a_machine_in_another_state_than_at_profiling_time_gets_no_calibration(tmp_path):
-    table = fake_table()
-    row = {**table.rows.iloc[0].to_dict(), "key": "model", "kind": "model", "form": "model", "name": "m"}
-    table.add({**row, "median_ms": table.predict(())})  # the end-to-end row agrees with the sum
-    table.write(tmp_path / "t.csv")
+    table = fake_table(tmp_path / "t.csv", model_ms=None)  # the end-to-end row agrees with the sum
     slow = check_table(tmp_path / "t.csv", samples=6, measure=Planted(table, a=1.5, b=0.0), plot=False)
     assert not slow.stored and slow.as_dict()["drift"] == pytest.approx(0.5)
     assert any("+50% against the table's own end-to-end row" in note for note in slow.notes)

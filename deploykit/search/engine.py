@@ -28,7 +28,7 @@ import pandas as pd
 
 from deploykit.errors import ConfigError
 from deploykit.fileio import write_text_atomic
-from deploykit.latency.fidelity import predict_subnet
+from deploykit.latency.table import predict_subnet
 from deploykit.latency.table import LatencyTable
 from deploykit.search.budget import Budget
 from deploykit.search.knapsack import lexicographic
