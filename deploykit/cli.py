@@ -281,7 +281,6 @@ def _run_lut_check(args) -> int:
 
 
 def _run_lut_predict(args) -> int:
-    from deploykit.latency.table import predict_subnet
     from deploykit.latency.table import LatencyTable
     from deploykit.subnet import choose_subnet
 
@@ -289,12 +288,14 @@ def _run_lut_predict(args) -> int:
     meta = table.meta
     subnet = choose_subnet(path=args.subnet, prune=args.prune, model=meta.model if args.prune else None,
                            input_size=meta.input_size if args.prune else None)
-    predicted, unpruned = predict_subnet(table, subnet), table.predict(())
-    how = "calibrated: {:.4f}·Σ {:+.3f} ms".format(*meta.calibration) if meta.calibration \
-        else "not calibrated"
+    predicted, unpruned = table.predict_subnet(subnet), table.predict(())
+    how = "fitted predictor" if meta.predictor is not None else "isolated sum"
+    if meta.calibration:
+        how += ", calibrated: {:.4f}·x {:+.3f} ms".format(*meta.calibration)
     print(f"{meta.model} at {meta.input_size[0]}x{meta.input_size[1]} b{meta.batch} on {meta.target} "
           f"({meta.mode}, {how}): pruned {list(subnet.pruned)} → {predicted:.3f} ms; "
           f"unpruned {unpruned:.3f} ms; speed-up {unpruned / predicted:.2f}×")
+    print(table.fidelity_line())
     return 0
 
 

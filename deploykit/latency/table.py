@@ -274,17 +274,20 @@ class LatencyTable:
         """Median latency (ms) of block ``index`` in ``form`` (original or merged)."""
         if form not in FORMS["block"]:
             raise TableError(f"block form must be original or merged, got {form!r}")
-        rows = self._index_map(form)
-        if index not in rows:
+        latencies = self._latencies(form)
+        if index not in latencies:
             have = self.block_indices if form == "original" else self.prunable_indices
             raise TableError(f"the table has no {form} latency for block {index} "
                              f"(it covers blocks {format_block_ranges(have)} in {form} form)")
-        return float(self.rows.at[rows[index], "median_ms"])
+        return latencies[index]
 
     def fixed_latency(self) -> float:
         """Σ over the fixed parts (stem, downsampling, head), ms."""
-        fixed = self.rows[self.rows["kind"] == "fixed"]
-        return float((fixed["median_ms"] * fixed["count"]).sum())
+        cache = self._derived()
+        if "fixed" not in cache:
+            fixed = self.rows[self.rows["kind"] == "fixed"]
+            cache["fixed"] = float((fixed["median_ms"] * fixed["count"]).sum())
+        return cache["fixed"]
 
     def model_latency(self) -> float | None:
         """The whole original model measured end to end (ms), if the table has that row."""
@@ -414,6 +417,15 @@ class LatencyTable:
                     mapping[index] = label
             cache[form] = mapping
         return cache[form]
+
+    def _latencies(self, form: str) -> dict[int, float]:
+        """Block index → median latency (ms) in ``form``."""
+        cache = self._derived()
+        key = f"{form} ms"
+        if key not in cache:
+            medians = self.rows["median_ms"]
+            cache[key] = {index: float(medians.at[label]) for index, label in self._index_map(form).items()}
+        return cache[key]
 
     def _pruned(self, indices: Iterable[int]) -> set[int]:
         """The pruned block indices as a set; a non-integer or a block the table lacks is a TableError."""
