@@ -97,15 +97,19 @@ def _run_targets(args) -> int:
 # --- deploykit profile -----------------------------------------------------------------------------
 
 def _add_profile(sub) -> None:
+    from deploykit.latency.options import add_end_to_end_arguments
     from deploykit.latency.protocol import add_protocol_arguments
 
     p = sub.add_parser(
         "profile", help="measure a model's block latency table on a target (or --estimate it)",
         description="Time every distinct block of a timm model in original and merged form, plus the "
                     "fixed parts (stem, downsampling, head) and the whole model, each exported to ONNX "
-                    "and run on the target's runtime in a fresh process. Writes a latency table (CSV + "
-                    ".meta.json) after every entry: rerun the same command to resume an interrupted "
-                    "profile. --estimate builds a roofline table from the target's peak figures instead.")
+                    "and run on the target's runtime in a fresh process. Then whole subnets are measured "
+                    "end to end: the table's predictor is fitted on designed and random subnets (the "
+                    "isolated entries as prior) and its fidelity measured on held-out subnets is stored "
+                    "in the table. Writes the latency table (CSV + .meta.json) after every entry and each "
+                    "subnet into NAME.fit.csv: rerun the same command to resume an interrupted profile. "
+                    "--estimate builds a roofline table from the target's peak figures instead.")
     p.add_argument("--target", required=True, help="target name (see `deploykit targets`) or YAML path")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
     p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
@@ -118,11 +122,13 @@ def _add_profile(sub) -> None:
     p.add_argument("--force", action="store_true", help="start an existing table at --out over")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="resume a table measured on another device or runtime version")
+    add_end_to_end_arguments(p)
     add_protocol_arguments(p)
     p.set_defaults(func=_run_profile)
 
 
 def _run_profile(args) -> int:
+    from deploykit.latency.options import EndToEndOptions
     from deploykit.latency.profile import profile
     from deploykit.latency.protocol import Protocol
     from deploykit.targets import load_target
@@ -130,6 +136,7 @@ def _run_profile(args) -> int:
     result = profile(args.model, load_target(args.target), input_size=args.input_size, batch=args.batch,
                      out=args.out, protocol=None if args.estimate else Protocol.from_args(args),
                      estimate=args.estimate, force=args.force, allow_mismatch=args.allow_mismatch,
+                     end_to_end=EndToEndOptions.from_args(args),
                      progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(result.summary())
     return 0
@@ -360,6 +367,7 @@ def _run_search(args) -> int:
         print(line, file=sys.stderr, flush=True)
 
     table = LatencyTable.read(args.table)
+    table.check_coverage()  # before any proxy work
     budget = parse_budget(args.budget) if args.budget is not None else None
     data = None if args.data is None else ProxyData(
         args.data, val_limit=args.val_limit, batch_size=args.batch_size, input_size=args.input_size,
@@ -500,6 +508,8 @@ def _run_verify(args) -> int:
         raise ConfigError("--numerics-only needs --torch (the model to compare with)")
     target = load_target(args.target)
     table = LatencyTable.read(args.table) if args.table is not None else None
+    if table is not None:
+        table.check_coverage()  # before anything is measured
     pruned = None
     if args.subnet is not None:
         subnet = Subnet.read(args.subnet)
@@ -561,6 +571,7 @@ def _run_table(args) -> int:
 # --- deploykit run ---------------------------------------------------------------------------------
 
 def _add_run(sub) -> None:
+    from deploykit.latency.options import add_end_to_end_arguments
     from deploykit.latency.protocol import add_protocol_arguments
     from deploykit.pipeline import demo_defaults
 
@@ -616,11 +627,13 @@ def _add_run(sub) -> None:
                          help="batch for the latency table and verification (default: the target's)")
     latency.add_argument("--rounds", type=int, default=d.rounds, metavar="R",
                          help=f"interleaved measurements per model when verifying (default: {d.rounds})")
+    add_end_to_end_arguments(p)
     add_protocol_arguments(p)
     p.set_defaults(func=_run_run)
 
 
 def _run_run(args) -> int:
+    from deploykit.latency.options import EndToEndOptions
     from deploykit.latency.protocol import Protocol
     from deploykit.pipeline import Pipeline, PipelineConfig
 
@@ -631,7 +644,7 @@ def _run_run(args) -> int:
         subnet_epochs=args.subnet_epochs, method=args.method, batch_size=args.batch_size,
         train_limit=args.train_limit, val_limit=args.val_limit, proxy_val_limit=args.proxy_val_limit,
         seed=args.seed, device=args.device, train_threads=args.train_threads, latency_batch=args.batch,
-        rounds=args.rounds, protocol=Protocol.from_args(args))
+        rounds=args.rounds, protocol=Protocol.from_args(args), end_to_end=EndToEndOptions.from_args(args))
     pipeline = Pipeline(config, args.out, fresh=args.fresh,
                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     result = pipeline.run()

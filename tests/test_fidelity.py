@@ -44,8 +44,9 @@ def fake_table(path=None, *, n=10, mode="measured", complete=True, device="Fake 
         for form, ms in (("original", slow), ("merged", slow * float(rng.uniform(0.1, 1.1)))):
             table.add({**base, "key": f"convnext/{i}", "kind": "block", "form": form, "name": f"b{i}",
                        "indices": str(i), "count": 1, "median_ms": round(ms, 4)})
-    table.add({**base, "key": "model", "kind": "model", "form": "model", "name": "convnext_atto", "indices": "",
-               "count": 1, "median_ms": table.isolated_sum(()) if model_ms is None else model_ms})
+    table.add({**base, "key": "model", "kind": "model", "form": "model", "name": "convnext_atto",
+               "indices": "", "count": 1,
+               "median_ms": table.isolated_sum(()) if model_ms is None else model_ms})
     if path is not None:
         table.write(path)
     return table

@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +65,22 @@ class SubnetTiming:
     cv: float = math.nan
     n: int = 0
     load: float = math.nan
+    measured_at: str = ""        # ISO time (UTC)
 
     @classmethod
     def of(cls, pruned: tuple[int, ...], measured: Any) -> SubnetTiming:
         """From what a measurer returned: a Measurement, or milliseconds > 0."""
         if isinstance(measured, Measurement):
             return cls(tuple(pruned), measured.median_ms, measured.p90_ms, measured.cv, measured.n,
-                       load_now())
+                       load_now(), _now())
         if isinstance(measured, bool) or not isinstance(measured, (int, float)) or not measured > 0:
             raise TableError(f"the measurer returned {measured!r} for subnet {list(pruned)}; "
                              "expected milliseconds > 0")
-        return cls(tuple(pruned), float(measured), load=load_now())
+        return cls(tuple(pruned), float(measured), load=load_now(), measured_at=_now())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def load_now() -> float:
