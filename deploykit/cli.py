@@ -234,8 +234,9 @@ def _add_lut(sub) -> None:
     p = sub.add_parser(
         "lut", help="latency tables: check a table end to end and calibrate it; predict a subnet's latency",
         description="Work with a latency table (from `deploykit profile`): `check` measures random subnets "
-                    "end to end on the table's target and reports how well the table predicts them, then "
-                    "stores a calibration; `predict` prints the table's latency for one subnet.")
+                    "end to end on the table's target and reports how well the table's prediction matches "
+                    "them, then stores a calibration; `predict` prints the table's latency for one subnet "
+                    "and the held-out fidelity the table stores.")
     actions = p.add_subparsers(dest="lut_action", metavar="ACTION", required=True)
     check = actions.add_parser(
         "check", help="measure random subnets end to end, compare with the table, store a calibration",
@@ -266,9 +267,11 @@ def _add_lut(sub) -> None:
                        help="output format (default: text)")
     check.set_defaults(func=_run_lut_check)
     predict = actions.add_parser(
-        "predict", help="the table's predicted latency of one subnet (calibrated where calibrated)",
-        description="Print the latency the table predicts for a subnet, given as --prune 0,3,5 or as a "
-                    "subnet.json from `deploykit search`, with the unpruned prediction and the speed-up.")
+        "predict", help="the table's predicted latency of one subnet, and the table's stored fidelity",
+        description="Print the latency the table predicts (its fitted predictor, or the isolated sum; "
+                    "then its calibration, if any) for a subnet, given as --prune 0,3,5 or as a "
+                    "subnet.json from `deploykit search`, with the unpruned prediction, the speed-up and "
+                    "one line with the held-out fidelity stored in the table.")
     predict.add_argument("table", metavar="TABLE", help="latency table CSV (or its .meta.json)")
     chosen = predict.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--prune", default=None, metavar="LIST", help="blocks to prune, e.g. 0,3,5 or 2-4")
@@ -312,11 +315,12 @@ def _add_search(sub) -> None:
     p = sub.add_parser(
         "search", help="find the subnet with the best accuracy proxy whose predicted latency fits a budget",
         description="Search which blocks to prune: maximize an accuracy proxy subject to the latency the "
-                    "table predicts (calibrated where `deploykit lut check` calibrated it) ≤ --budget. "
-                    "Exhaustive (vectorized) for small spaces, else an exact branch-and-bound knapsack "
-                    "over per-block scores seeding an evolutionary search; deterministic under --seed. "
-                    "Writes a subnet.json for `deploykit train subnet --subnet`, or with --pareto N a CSV "
-                    "of the best subnets across N budgets.")
+                    "table predicts (its fitted predictor, or the isolated sum) ≤ --budget. Depth and "
+                    "sensitivity: exact dynamic programming along the block chain (any size). Supernet: "
+                    "exhaustive up to 2^16 subnets, else the DP's optimum over per-block scores seeding an "
+                    "evolutionary search; deterministic under --seed. Prints the table's stored held-out "
+                    "fidelity. Writes a subnet.json for `deploykit train subnet --subnet`, or with "
+                    "--pareto N a CSV of the best subnets across N budgets.")
     p.add_argument("--table", required=True, metavar="TABLE", help="latency table CSV (or its .meta.json)")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--budget", default=None, metavar="B",
@@ -332,8 +336,9 @@ def _add_search(sub) -> None:
     p.add_argument("--candidates", default=None, metavar="LIST",
                    help="only these blocks may be pruned, e.g. 0,2-5 (default: every prunable block)")
     p.add_argument("--strategy", choices=("auto", "exhaustive", "evolutionary"), default="auto",
-                   help="auto: exhaustive up to 2^22 subnets for depth/sensitivity and 2^16 for supernet, "
-                        "else knapsack + evolutionary (default: auto)")
+                   help="auto: exact DP for depth/sensitivity; for supernet exhaustive up to 2^16 "
+                        "subnets, else evolutionary. exhaustive: enumerate every subnet (depth/"
+                        "sensitivity up to 2^26) (default: auto)")
     p.add_argument("--population", type=int, default=24, metavar="P",
                    help="evolutionary population (default: 24)")
     p.add_argument("--generations", type=int, default=12, metavar="G",

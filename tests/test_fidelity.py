@@ -212,7 +212,11 @@ def test_predict_subnet_accepts_a_subnet_or_indices():
 # --- a real check on this machine's CPU through onnxruntime -----------------------------------------
 
 @pytest.mark.slow
-def test_real_lut_check_on_cpu_onnxruntime(tmp_path, capsys):
+def test_real_profile_with_its_fit_then_lut_check_on_cpu_onnxruntime(tmp_path, capsys):
+    """One real small profile end to end (convnext_atto at 32×32, tiny protocol, few subnets): its
+    metadata holds a fitted predictor and held-out figures; `lut check` then judges that predictor."""
+    from deploykit.latency.options import EndToEndOptions
+    from deploykit.latency.predictor import Predictor
     from deploykit.latency.profile import profile
     from deploykit.targets import availability, load_target
 
@@ -221,22 +225,37 @@ def test_real_lut_check_on_cpu_onnxruntime(tmp_path, capsys):
     if not ok:
         pytest.skip(reason)
     profiled = profile("convnext_atto", target, input_size=32, batch=1, out=tmp_path / "atto.csv",
-                       protocol=TINY_PROTOCOL)
+                       protocol=TINY_PROTOCOL, end_to_end=EndToEndOptions(fit_samples=0, holdout=2))
+    meta = profiled.table.meta
+    assert meta.complete and meta.layout["blocks"] == 12 and len(meta.layout["fixed"]) == 5
+    fit = meta.predictor["fit"]
+    assert (fit["designed"], fit["random"], fit["points"]) == (6, 0, 6)  # unpruned, 4 groups alone, all
+    predictor = Predictor.from_dict(meta.predictor)
+    assert profiled.table.predict([0, 5]) == predictor.predict([0, 5]) and predictor.base_ms > 0
+    assert meta.fidelity["n"] == 2 and meta.fidelity["predictor"] == "fitted"
+    assert 0 <= meta.fidelity["within_5"] <= meta.fidelity["within_10"] <= 1 and meta.fidelity["mape"] >= 0
+    points = pd.read_csv(tmp_path / "atto.fit.csv", keep_default_na=False, dtype={"pruned": str})
+    assert len(points) == 8 and (points["measured_ms"] > 0).all() and (points["n"] >= 3).all()
+    assert sorted(points["phase"]) == ["fit"] * 6 + ["holdout"] * 2
+    assert "held-out subnets): ρ" in profiled.summary()
     # three timed runs per entry make the table's end-to-end row too rough for the drift guard: force
-    code = main(["lut", "check", str(profiled.path), "--samples", "3", "--seed", "1", "--format", "json",
+    code = main(["lut", "check", str(profiled.path), "--samples", "2", "--seed", "1", "--format", "json",
                  "--force-store"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)
-    assert report["samples"] == 3 and report["k_range"] == [0, 12] and report["stored"]
-    assert report["unpruned_measured_ms"] > 0 and report["before"]["n"] == 3
+    assert report["samples"] == 2 and report["k_range"] == [0, 12] and report["stored"]
+    assert report["prediction"] == "predictor" and report["before"]["n"] == 2
+    assert report["unpruned_predicted_ms"] == pytest.approx(predictor.predict(()), rel=1e-6)
     assert report["drift"] == pytest.approx(report["unpruned_measured_ms"] / report["model_row_ms"] - 1)
-    assert "[1/3] k=0 " in captured.err and "building convnext_atto" in captured.err
+    assert "[1/2] k=0 " in captured.err and "building convnext_atto" in captured.err
     table = LatencyTable.read(profiled.path)
     assert table.meta.calibration == pytest.approx(tuple(report["calibration"]))
-    points = pd.read_csv(report["csv"])
-    assert len(points) == 3 and (points["measured_ms"] > 0).all() and (points["n"] >= 3).all()
-    assert points["measured_on"].iloc[0].endswith(f"onnxruntime {table.meta.runtime_version}")
+    a, b = table.meta.calibration
+    assert table.predict([3]) == pytest.approx(a * predictor.predict([3]) + b)  # applied after the predictor
+    checked = pd.read_csv(report["csv"])
+    assert len(checked) == 2 and (checked["measured_ms"] > 0).all() and (checked["n"] >= 3).all()
+    assert checked["measured_on"].iloc[0].endswith(f"onnxruntime {table.meta.runtime_version}")
     assert report["png"] and meta_path(profiled.path).is_file()
 
 

@@ -24,11 +24,12 @@ Measurer = Callable[[tuple[int, ...]], "Measurement | float"]
 class SubnetMeasurer:
     """Times a subnet end to end: prune, λ = 1, merge, export to ONNX, time (``time_onnx``).
 
-    Weights are random unless ``model`` is given: timing does not depend on them.
+    Weights are random unless ``model`` is given: timing does not depend on them. Without ``time_onnx``
+    it only exports (:meth:`export`).
     """
 
     def __init__(self, model_name: str, *, input_size: tuple[int, int], batch: int, work: Path,
-                 time_onnx: Callable[[Path, tuple[int, ...]], Measurement], model: Any = None):
+                 time_onnx: Callable[[Path, tuple[int, ...]], Measurement] | None = None, model: Any = None):
         from deploykit.models import create_model
         from deploykit.prune import prunable
 
@@ -41,14 +42,19 @@ class SubnetMeasurer:
     def prunable_indices(self) -> tuple[int, ...]:
         return self.net.prunable_indices
 
-    def __call__(self, pruned: tuple[int, ...]) -> Measurement:
+    def export(self, pruned: tuple[int, ...], path: Path) -> Path:
+        """The subnet with these blocks merged (λ = 1), exported to ONNX at ``path``."""
         from deploykit.export import export_onnx
 
         self.net.prune(pruned)
         if pruned:
             self.net.set_progress(1.0)
-        merged = self.net.eval().merge()
-        path = export_onnx(merged, self.shape, self.work / "subnet.onnx")
+        return export_onnx(self.net.eval().merge(), self.shape, path)
+
+    def __call__(self, pruned: tuple[int, ...]) -> Measurement:
+        if self.time_onnx is None:
+            raise TypeError("this SubnetMeasurer was built to export only (no time_onnx)")
+        path = self.export(pruned, self.work / "subnet.onnx")
         try:
             return self.time_onnx(path, self.shape)
         finally:
