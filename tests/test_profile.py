@@ -412,3 +412,22 @@ def test_the_isolated_predictor_still_stores_its_held_out_fidelity(tmp_path, mon
     assert table.meta.fidelity["predictor"] == "isolated sum" and table.meta.fidelity["n"] == 5
     assert "only 5 held-out subnets" in table.meta.fidelity["note"]
     assert table.predict((1,)) == table.isolated_sum((1,))
+
+
+def test_a_rerun_with_the_fitted_predictor_reuses_points_and_drops_a_calibration(tmp_path, monkeypatch):
+    FakeRuntime(monkeypatch)
+    torch.manual_seed(0)
+    model, first = TwoStages().eval(), Subnets()
+    common = dict(input_size=32, out=tmp_path / "t.csv", protocol=TINY_PROTOCOL, model=model)
+    isolated = profile("two", load_target("cpu-ort"), measure_subnet=first,
+                       end_to_end=EndToEndOptions(predictor="isolated", holdout=10), **common)
+    isolated.table.with_meta(calibration=(1.1, 0.2)).write(tmp_path / "t.csv")  # as `lut check` leaves it
+    second = Subnets()
+    fitted = profile("two", load_target("cpu-ort"), measure_subnet=second,
+                     end_to_end=EndToEndOptions(fit_samples=4, holdout=10), **common)
+    meta = fitted.table.meta
+    assert meta.predictor is not None and meta.calibration is None
+    assert "calibration was dropped" in meta.notes[-1]
+    assert len(first.calls) == 10 and len(second.calls) == 4 + 4  # the held-out subnets were reused
+    assert not set(first.calls) & set(second.calls)
+    assert fitted.table.predict((0, 3)) == pytest.approx(chain_latency((0, 3)))

@@ -83,7 +83,12 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
     predict = predictor.predict if predictor is not None else table.isolated_sum
     _write_points(points_file, plan, timings, predict)
     fidelity = _fidelity(plan, timings, predict, kind, options, points_file, say)
-    return table.with_meta(predictor=None if predictor is None else predictor.as_dict(), fidelity=fidelity)
+    notes = table.meta.notes
+    if table.meta.calibration is not None:  # fitted on the old prediction: it does not apply to the new one
+        say("dropping the table's `lut check` calibration: the new prediction was measured end to end")
+        notes = (*notes, "end-to-end phase: the earlier `lut check` calibration was dropped")
+    return table.with_meta(predictor=None if predictor is None else predictor.as_dict(), fidelity=fidelity,
+                           calibration=None, notes=notes)
 
 
 def _measure(plan: EndToEndPlan, measure: Measurer, known: dict, points_file: Path,

@@ -361,7 +361,8 @@ class LatencyTable:
             return (f"table fidelity ({kind}, {int(figures['n'])} held-out subnets): "
                     f"ρ {figures['spearman']:.3f}, "
                     f"±5% {figures['within_5']:.0%}, ±10% {figures['within_10']:.0%}, "
-                    f"MAPE {figures['mape']:.1f}%, max {figures['max_error']:.1f}%")
+                    f"MAPE {figures['mape']:.1f}%, max {figures['max_error']:.1f}%"
+                    + ("; measured before the `lut check` calibration" if self.meta.calibration else ""))
         except (KeyError, TypeError, ValueError):
             return "table fidelity: malformed in the metadata (profile the table again)"
 
