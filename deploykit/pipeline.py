@@ -424,7 +424,7 @@ class Pipeline:
         self._cache.pop("candidates", None)
         whole = result.table.model_latency()
         shown = f", whole model {whole:.3f} ms" if whole is not None else ""
-        return f"{result.entries} entries{shown}: {result.path}"
+        return f"{result.entries} entries{shown}: {result.path}; {result.table.fidelity_line()}"
 
     def _check_budgets(self) -> str:
         from deploykit.search import LatencySpace

@@ -302,7 +302,7 @@ def test_real_openvino_cpu_table(tmp_path):
     if not ok:
         pytest.skip(reason)
     profile("tiny", target, input_size=32, out=tmp_path / "ov.csv", protocol=TINY_PROTOCOL,
-                     model=tiny())
+            model=tiny(), end_to_end=ISOLATED)
     table = LatencyTable.read(tmp_path / "ov.csv")
     assert table.meta.runtime == "openvino" and table.meta.complete
     assert openvino.__version__.split("-")[0] in table.meta.runtime_version
