@@ -290,6 +290,9 @@ def test_real_onnxruntime_cpu_table(killed_and_resumed):
     assert (table.rows["compile_s"] > 0).all()
     assert table.block_indices == tuple(range(6)) and table.prunable_indices == tuple(range(6))
     assert table.predict(table.prunable_indices) > 0 and table.model_latency() > 0
+    # the end-to-end phase: the unpruned and the all-merged model fitted, two subnets held out
+    assert meta.predictor["fit"]["designed"] == 2 and meta.fidelity["n"] == 2
+    assert (table.path.parent / "vit.fit.csv").is_file()
     table.check_matches(target="cpu-ort", device=hostinfo.cpu_name(), runtime_version=onnxruntime.__version__,
                         batch=1, input_size=32)
 

@@ -64,8 +64,8 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
     say = progress or (lambda line: None)
     groups = table.groups
     kind = options.resolve(len(groups))
-    if kind != options.predictor:
-        say(f"predictor: {kind} ({len(groups)} identical-block groups; the fitted predictor needs "
+    if options.predictor == "auto" and kind == "isolated":
+        say(f"predictor: isolated ({len(groups)} identical-block groups; the fitted predictor would need "
             f"{len(groups) + 2} designed subnets, more than {MAX_DESIGNED})")
     plan = plan_end_to_end(groups, fit_samples=options.fit_samples, holdout=options.holdout,
                            seed=options.seed, designed=kind == "fitted")
