@@ -1,10 +1,11 @@
 """What deploykit costs in wall time: profiling each table, and `deploykit run` with its defaults.
 
 - **profile** (``--profile``): reruns ``deploykit profile --target T --model M --force`` for each shipped
-  table (default: the 4 benchmark models on cpu-ort and cpu-openvino at 224, batch 1), in a fresh
-  process, and records its wall time, entries and the spread of its entries. This re-measures the
-  shipped tables in ``latency_tables/`` (and drops their calibration: run ``bench/lut_fidelity.py``
-  afterwards, as ``make bench`` does).
+  table (default: the 5 benchmark models on cpu-ort and cpu-openvino at 224, batch 1), in a fresh
+  process, and records its wall time (isolated entries, end-to-end fit and held-out check included),
+  entries, the spread of its entries, the subnets measured end to end and the held-out figures the
+  profile stored. This re-measures the shipped tables in ``latency_tables/`` (``bench/lut_fidelity.py``
+  then reports them, as ``make bench`` does).
 - **run** (``--run``): ``deploykit run --out runs/bench_demo --fresh`` — the embedded demo (convnext_atto,
   mnist5k, 32×32, cpu-ort) from nothing — timed end to end, with each stage's seconds from its
   ``run.json``, and its speed-vs-accuracy table copied to ``bench/results/demo_table.md``.
@@ -15,7 +16,7 @@ Writes ``bench/results/profile_costs.csv`` and ``bench/results/run_costs.csv`` (
 the machine, versions, load average and command), appending to earlier rows.
 
     .venv/bin/python bench/costs.py --run                 # the demo pipeline's wall time (~5-10 min)
-    .venv/bin/python bench/costs.py --profile             # re-profile the 8 benchmark tables (~15 min)
+    .venv/bin/python bench/costs.py --profile             # re-profile the 10 benchmark tables (< 50 min)
     .venv/bin/python bench/costs.py --run --quick         # a smoke run (~1-2 min)
 """
 
@@ -37,7 +38,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-MODELS = ("convnext_tiny", "resnet34", "mobilenetv2_100", "deit_tiny_patch16_224")
+MODELS = ("convnext_tiny", "resnet34", "mobilenetv2_100", "efficientnet_lite0", "deit_tiny_patch16_224")
 TARGETS = ("cpu-ort", "cpu-openvino")
 QUICK_RUN = ["--data", "digits", "--train-limit", "256", "--val-limit", "128", "--baseline-epochs", "1",
              "--supernet-epochs", "1", "--subnet-epochs", "1", "--proxy-val-limit", "64", "--rounds", "1",
@@ -90,7 +91,13 @@ def profile_costs(args, info: dict) -> list[dict]:
         table = Path(out[1]) if out else ROOT / "latency_tables" / target / f"{model}_224_b1.csv"
         frame = pd.read_csv(table)
         meta = json.loads(table.with_suffix(".meta.json").read_text())
+        fidelity = meta.get("fidelity") or {}
+        fitted = (meta.get("predictor") or {}).get("fit", {})
         rows.append({"target": target, "model": model, "entries": len(frame), "wall_s": round(wall, 1),
+                     "fit_subnets": fitted.get("points"), "heldout_subnets": fidelity.get("n"),
+                     "heldout_spearman": fidelity.get("spearman"),
+                     "heldout_within_5": fidelity.get("within_5"), "heldout_mape_pct": fidelity.get("mape"),
+                     "heldout_max_error_pct": fidelity.get("max_error"),
                      "profile_s": round(meta.get("profile_s", float("nan")), 1),
                      "cv_median": round(float(frame["cv"].median()), 3),
                      "cv_p90": round(float(frame["cv"].quantile(0.9)), 3),

@@ -1,20 +1,28 @@
-"""Latency-table fidelity of the shipped tables: `deploykit lut check` on each, figures into one CSV.
+"""Latency-table fidelity of the shipped tables: the held-out figures each table stores, and a fresh check.
 
-For every table (default: convnext_tiny, resnet34, mobilenetv2_100 and deit_tiny at 224, batch 1, on
-cpu-ort and cpu-openvino) this runs, in a fresh process, exactly::
+For every table (default: convnext_tiny, resnet34, mobilenetv2_100, efficientnet_lite0 and deit_tiny at
+224, batch 1, on cpu-ort and cpu-openvino) this reports
 
-    python -m deploykit.cli lut check TABLE --samples N --seed S --out bench/results --fresh --format json
+- the **stored** held-out figures: what ``deploykit profile`` measured on subnets its predictor never
+  saw (``fidelity`` in the table's metadata; variant ``stored held-out (profile)``), and
+- a **fresh check** on this machine, in a fresh process, exactly::
 
-which measures N random subnets end to end on the table's target with the table's protocol, stores the
-fitted calibration in the table's metadata and writes ``bench/results/fidelity_<target>_<table>.csv``
-(all points) and ``.png`` (predicted vs measured). This script then writes
-``bench/results/fidelity_summary.csv``: one row per table and variant (the table's plain sum, the fitted
-calibration in-sample, leave-one-out), with the command, the machine, the runtime versions and the
-load average before and after (the machine's cores may be shared: a high load makes timings noisy).
+      python -m deploykit.cli lut check TABLE --samples N --seed S --out bench/results --fresh
+          --format json --no-store
+
+  which measures N random subnets end to end on the table's target with the table's protocol and
+  compares them with the prediction ``search`` uses (the fitted predictor where the table has one;
+  variant ``predictor`` or ``table sum``), then fitted ``measured ≈ a·predicted + b`` in-sample and
+  leave-one-out, writing ``bench/results/fidelity_<target>_<table>.csv`` (all points) and ``.png``.
+  ``--store`` lets the check store that calibration in the table (the old way of correcting a table; a
+  table with a fitted predictor does not need it).
+
+This script writes ``bench/results/fidelity_summary.csv``: one row per table and variant, with the
+command, the machine, the runtime versions and the load average before and after (the machine's cores
+may be shared: a high load makes timings noisy).
 
     .venv/bin/python bench/lut_fidelity.py [--samples 30] [--seed 0] [--tables PATH ...]
-    .venv/bin/python bench/lut_fidelity.py --quick    # 8 subnets of one table into bench/results/quick/,
-                                                      # the table's calibration left untouched
+    .venv/bin/python bench/lut_fidelity.py --quick    # 8 subnets of one table into bench/results/quick/
 """
 
 from __future__ import annotations
@@ -34,11 +42,30 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-MODELS = ("convnext_tiny", "resnet34", "mobilenetv2_100", "deit_tiny_patch16_224")
+MODELS = ("convnext_tiny", "resnet34", "mobilenetv2_100", "efficientnet_lite0", "deit_tiny_patch16_224")
 DEFAULT_TABLES = [f"latency_tables/{target}/{model}_224_b1.csv"
                   for target in ("cpu-ort", "cpu-openvino") for model in MODELS]
 QUICK_TABLES = ["latency_tables/cpu-ort/resnet34_224_b1.csv"]
-VARIANTS = (("table sum", "before"), ("calibrated (in-sample)", "after"), ("leave-one-out", "leave_one_out"))
+VARIANTS = (("calibrated (in-sample)", "after"), ("leave-one-out", "leave_one_out"))
+FIGURES = ("spearman", "kendall", "within_5", "within_10", "mape", "bias", "max_error")
+
+
+def stored_row(table: str) -> dict | None:
+    """The held-out figures the profile stored in the table's metadata, as a summary row."""
+    meta = json.loads((ROOT / table).with_name(Path(table).name[:-len(".csv")] + ".meta.json").read_text())
+    figures = meta.get("fidelity")
+    if not figures:
+        return None
+    fit = (meta.get("predictor") or {}).get("fit", {})
+    return {"table": table, "table_date": meta["date"], "model": meta["model"], "target": meta["target"],
+            "device": meta["device_string"], "runtime": meta["runtime"],
+            "runtime_version": meta["runtime_version"], "samples": figures["n"], "seed": figures.get("seed"),
+            "variant": "stored held-out (profile)", "predictor": figures.get("predictor"),
+            **{name if name in ("spearman", "kendall", "within_5", "within_10") else f"{name}_pct":
+               figures[name] for name in FIGURES if name != "max_error"},
+            "max_error_pct": figures["max_error"], "fit_points": fit.get("points"),
+            "profile_s": meta.get("profile_s"), "date": figures.get("date"),
+            "command": "deploykit profile (stored in the table's metadata)"}
 
 
 def main() -> int:
@@ -50,7 +77,9 @@ def main() -> int:
                              "on cpu-ort and cpu-openvino)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: one table (resnet34 on cpu-ort), 8 subnets, results in "
-                             "bench/results/quick/, calibration not stored")
+                             "bench/results/quick/")
+    parser.add_argument("--store", action="store_true",
+                        help="let the check store its calibration in each table (default: report only)")
     parser.add_argument("--out", type=Path, default=RESULTS / "fidelity_summary.csv", help="summary CSV")
     args = parser.parse_args()
     if args.quick:
@@ -61,10 +90,16 @@ def main() -> int:
     args.tables = args.tables or DEFAULT_TABLES
     rows = []
     for table in args.tables:
+        stored = stored_row(table)
+        if stored is not None:
+            rows.append(stored)
+            print(f"== {table}: stored held-out figures on {stored['samples']} subnets: "
+                  f"ρ {stored['spearman']:.3f}, ±5% {stored['within_5']:.0%}, MAPE {stored['mape_pct']:.1f}%",
+                  file=sys.stderr, flush=True)
         command = [sys.executable, "-m", "deploykit.cli", "lut", "check", table,
                    "--samples", str(args.samples), "--seed", str(args.seed),
                    "--out", str(args.out.parent), "--fresh", "--format", "json",
-                   *(["--no-store"] if args.quick else [])]
+                   *([] if args.store and not args.quick else ["--no-store"])]
         shown = "deploykit " + shlex.join(command[3:])
         print(f"== {shown}", file=sys.stderr, flush=True)
         load_before = os.getloadavg()
@@ -76,7 +111,7 @@ def main() -> int:
             print(f"   failed (exit {done.returncode}); see the error above", file=sys.stderr)
             continue
         report = json.loads(done.stdout)
-        for label, key in VARIANTS:
+        for label, key in ((report.get("prediction", "table sum"), "before"), *VARIANTS):
             figures = report[key]
             if figures is None:
                 continue
@@ -86,7 +121,8 @@ def main() -> int:
                 "device": report["device"],
                 "runtime": report["runtime"], "runtime_version": report["runtime_version"],
                 "samples": report["samples"], "seed": report["seed"], "k_min": report["k_range"][0],
-                "k_max": report["k_range"][1], "variant": label, "spearman": figures["spearman"],
+                "k_max": report["k_range"][1], "variant": label, "predictor": report.get("prediction"),
+                "spearman": figures["spearman"],
                 "kendall": figures["kendall"], "within_5": figures["within_5"],
                 "within_10": figures["within_10"], "mape_pct": figures["mape"], "bias_pct": figures["bias"],
                 "max_error_pct": figures["max_error"],

@@ -6,8 +6,8 @@
 
 Each step is a script in bench/ run in a fresh process; each writes its raw results with the machine,
 versions and command into bench/results/ (quick mode: bench/results/quick/, or *_quick files), and
-most resume where they stopped when rerun. The order puts the table re-profiling before the fidelity
-check that calibrates those tables.
+most resume where they stopped when rerun. The order puts the table re-profiling (which fits each
+table's predictor and stores its held-out fidelity) before the checks that use those tables.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ STEPS: dict[str, tuple[list[str] | None, list[str] | None]] = {
     "fidelity": (["bench/lut_fidelity.py", "--samples", "30"], ["bench/lut_fidelity.py", "--quick"]),
     "speedup": (["bench/speedup_depth.py"], ["bench/speedup_depth.py", "--quick"]),
     "accuracy": (["bench/accuracy_latency.py"], ["bench/accuracy_latency.py", "--quick"]),
-    "search": (["bench/search_speed.py"], None),
+    "compliance": (["bench/budget_compliance.py"], ["bench/budget_compliance.py", "--quick"]),
+    "search": (["bench/search_speed.py"], ["bench/search_speed.py", "--quick"]),
     "run": (["bench/costs.py", "--run"], ["bench/costs.py", "--run", "--quick"]),
     "remote": (["bench/remote_overhead.py"], ["bench/remote_overhead.py", "--quick"]),
 }

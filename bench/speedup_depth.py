@@ -17,7 +17,7 @@ subprocess for each missing table: minutes per table).
 
 Each subnet is built with seeded random weights (``torch.manual_seed(--seed)``; latency does not depend
 on them), pruned, set to λ = 1, merged and exported to ONNX with the steps ``deploykit lut check`` takes
-(:class:`deploykit.latency.fidelity.SubnetMeasurer`); the reference is the unpruned model, exported the
+(:class:`deploykit.latency.subnets.SubnetMeasurer`); the reference is the unpruned model, exported the
 same way. :func:`deploykit.verify.measure_interleaved` times subnet and reference alternately (S R S R …,
 ``--rounds`` each), every measurement in a fresh worker process under the measurement protocol; the
 speed-up is the median over rounds of reference / subnet within a round: the machine's load drifts by

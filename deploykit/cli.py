@@ -104,15 +104,19 @@ def _run_targets(args) -> int:
 # --- deploykit profile -----------------------------------------------------------------------------
 
 def _add_profile(sub) -> None:
+    from deploykit.latency.options import add_end_to_end_arguments
     from deploykit.latency.protocol import add_protocol_arguments
 
     p = sub.add_parser(
         "profile", help="measure a model's block latency table on a target (or --estimate it)",
         description="Time every distinct block of a timm model in original and merged form, plus the "
                     "fixed parts (stem, downsampling, head) and the whole model, each exported to ONNX "
-                    "and run on the target's runtime in a fresh process. Writes a latency table (CSV + "
-                    ".meta.json) after every entry: rerun the same command to resume an interrupted "
-                    "profile. --estimate builds a roofline table from the target's peak figures instead.")
+                    "and run on the target's runtime in a fresh process. Then whole subnets are measured "
+                    "end to end: the table's predictor is fitted on designed and random subnets (the "
+                    "isolated entries as prior) and its fidelity measured on held-out subnets is stored "
+                    "in the table. Writes the latency table (CSV + .meta.json) after every entry and each "
+                    "subnet into NAME.fit.csv: rerun the same command to resume an interrupted profile. "
+                    "--estimate builds a roofline table from the target's peak figures instead.")
     p.add_argument("--target", required=True, help="target name (see `deploykit targets`) or YAML path")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
     p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
@@ -125,11 +129,13 @@ def _add_profile(sub) -> None:
     p.add_argument("--force", action="store_true", help="start an existing table at --out over")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="resume a table measured on another device or runtime version")
+    add_end_to_end_arguments(p)
     add_protocol_arguments(p)
     p.set_defaults(func=_run_profile)
 
 
 def _run_profile(args) -> int:
+    from deploykit.latency.options import EndToEndOptions
     from deploykit.latency.profile import profile
     from deploykit.latency.protocol import Protocol
     from deploykit.targets import load_target
@@ -137,6 +143,7 @@ def _run_profile(args) -> int:
     result = profile(args.model, load_target(args.target), input_size=args.input_size, batch=args.batch,
                      out=args.out, protocol=None if args.estimate else Protocol.from_args(args),
                      estimate=args.estimate, force=args.force, allow_mismatch=args.allow_mismatch,
+                     end_to_end=EndToEndOptions.from_args(args),
                      progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(result.summary())
     return 0
@@ -246,8 +253,9 @@ def _add_lut(sub) -> None:
     p = sub.add_parser(
         "lut", help="latency tables: check a table end to end and calibrate it; predict a subnet's latency",
         description="Work with a latency table (from `deploykit profile`): `check` measures random subnets "
-                    "end to end on the table's target and reports how well the table predicts them, then "
-                    "stores a calibration; `predict` prints the table's latency for one subnet.")
+                    "end to end on the table's target and reports how well the table's prediction matches "
+                    "them, then stores a calibration; `predict` prints the table's latency for one subnet "
+                    "and the held-out fidelity the table stores.")
     actions = p.add_subparsers(dest="lut_action", metavar="ACTION", required=True)
     check = actions.add_parser(
         "check", help="measure random subnets end to end, compare with the table, store a calibration",
@@ -278,9 +286,11 @@ def _add_lut(sub) -> None:
                        help="output format (default: text)")
     check.set_defaults(func=_run_lut_check)
     predict = actions.add_parser(
-        "predict", help="the table's predicted latency of one subnet (calibrated where calibrated)",
-        description="Print the latency the table predicts for a subnet, given as --prune 0,3,5 or as a "
-                    "subnet.json from `deploykit search`, with the unpruned prediction and the speed-up.")
+        "predict", help="the table's predicted latency of one subnet, and the table's stored fidelity",
+        description="Print the latency the table predicts (its fitted predictor, or the isolated sum; "
+                    "then its calibration, if any) for a subnet, given as --prune 0,3,5 or as a "
+                    "subnet.json from `deploykit search`, with the unpruned prediction, the speed-up and "
+                    "one line with the held-out fidelity stored in the table.")
     predict.add_argument("table", metavar="TABLE", help="latency table CSV (or its .meta.json)")
     chosen = predict.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--prune", default=None, metavar="LIST", help="blocks to prune, e.g. 0,3,5 or 2-4")
@@ -300,7 +310,6 @@ def _run_lut_check(args) -> int:
 
 
 def _run_lut_predict(args) -> int:
-    from deploykit.latency.fidelity import predict_subnet
     from deploykit.latency.table import LatencyTable
     from deploykit.subnet import choose_subnet
 
@@ -308,12 +317,14 @@ def _run_lut_predict(args) -> int:
     meta = table.meta
     subnet = choose_subnet(path=args.subnet, prune=args.prune, model=meta.model if args.prune else None,
                            input_size=meta.input_size if args.prune else None)
-    predicted, unpruned = predict_subnet(table, subnet), table.predict(())
-    how = "calibrated: {:.4f}·Σ {:+.3f} ms".format(*meta.calibration) if meta.calibration \
-        else "not calibrated"
+    predicted, unpruned = table.predict_subnet(subnet), table.predict(())
+    how = "fitted predictor" if meta.predictor is not None else "isolated sum"
+    if meta.calibration:
+        how += ", calibrated: {:.4f}·x {:+.3f} ms".format(*meta.calibration)
     print(f"{meta.model} at {meta.input_size[0]}x{meta.input_size[1]} b{meta.batch} on {meta.target} "
           f"({meta.mode}, {how}): pruned {list(subnet.pruned)} → {predicted:.3f} ms; "
           f"unpruned {unpruned:.3f} ms; speed-up {unpruned / predicted:.2f}×")
+    print(table.fidelity_line())
     return 0
 
 
@@ -323,11 +334,12 @@ def _add_search(sub) -> None:
     p = sub.add_parser(
         "search", help="find the subnet with the best accuracy proxy whose predicted latency fits a budget",
         description="Search which blocks to prune: maximize an accuracy proxy subject to the latency the "
-                    "table predicts (calibrated where `deploykit lut check` calibrated it) ≤ --budget. "
-                    "Exhaustive (vectorized) for small spaces, else an exact branch-and-bound knapsack "
-                    "over per-block scores seeding an evolutionary search; deterministic under --seed. "
-                    "Writes a subnet.json for `deploykit train subnet --subnet`, or with --pareto N a CSV "
-                    "of the best subnets across N budgets.")
+                    "table predicts (its fitted predictor, or the isolated sum) ≤ --budget. Depth and "
+                    "sensitivity: exact dynamic programming along the block chain (any size). Supernet: "
+                    "exhaustive up to 2^16 subnets, else the DP's optimum over per-block scores seeding an "
+                    "evolutionary search; deterministic under --seed. Prints the table's stored held-out "
+                    "fidelity. Writes a subnet.json for `deploykit train subnet --subnet`, or with "
+                    "--pareto N a CSV of the best subnets across N budgets.")
     p.add_argument("--table", required=True, metavar="TABLE", help="latency table CSV (or its .meta.json)")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--budget", default=None, metavar="B",
@@ -343,8 +355,9 @@ def _add_search(sub) -> None:
     p.add_argument("--candidates", default=None, metavar="LIST",
                    help="only these blocks may be pruned, e.g. 0,2-5 (default: every prunable block)")
     p.add_argument("--strategy", choices=("auto", "exhaustive", "evolutionary"), default="auto",
-                   help="auto: exhaustive up to 2^22 subnets for depth/sensitivity and 2^16 for supernet, "
-                        "else knapsack + evolutionary (default: auto)")
+                   help="auto: exact DP for depth/sensitivity; for supernet exhaustive up to 2^16 "
+                        "subnets, else evolutionary. exhaustive: enumerate every subnet (depth/"
+                        "sensitivity up to 2^26) (default: auto)")
     p.add_argument("--population", type=int, default=24, metavar="P",
                    help="evolutionary population (default: 24)")
     p.add_argument("--generations", type=int, default=12, metavar="G",
@@ -378,6 +391,7 @@ def _run_search(args) -> int:
         print(line, file=sys.stderr, flush=True)
 
     table = LatencyTable.read(args.table)
+    table.check_coverage()  # before any proxy work
     budget = parse_budget(args.budget) if args.budget is not None else None
     data = None if args.data is None else ProxyData(
         args.data, val_limit=args.val_limit, batch_size=args.batch_size, input_size=args.input_size,
@@ -568,6 +582,8 @@ def _run_verify(args) -> int:
         raise ConfigError("--numerics-only needs --torch (the model to compare with)")
     target = load_target(args.target)
     table = LatencyTable.read(args.table) if args.table is not None else None
+    if table is not None:
+        table.check_coverage()  # before anything is measured
     pruned = None
     if args.subnet is not None:
         subnet = Subnet.read(args.subnet)
@@ -632,6 +648,7 @@ def _run_table(args) -> int:
 # --- deploykit run ---------------------------------------------------------------------------------
 
 def _add_run(sub) -> None:
+    from deploykit.latency.options import add_end_to_end_arguments
     from deploykit.latency.protocol import add_protocol_arguments
     from deploykit.pipeline import demo_defaults
 
@@ -687,11 +704,13 @@ def _add_run(sub) -> None:
                          help="batch for the latency table and verification (default: the target's)")
     latency.add_argument("--rounds", type=int, default=d.rounds, metavar="R",
                          help=f"interleaved measurements per model when verifying (default: {d.rounds})")
+    add_end_to_end_arguments(p)
     add_protocol_arguments(p)
     p.set_defaults(func=_run_run)
 
 
 def _run_run(args) -> int:
+    from deploykit.latency.options import EndToEndOptions
     from deploykit.latency.protocol import Protocol
     from deploykit.pipeline import Pipeline, PipelineConfig
 
@@ -702,7 +721,7 @@ def _run_run(args) -> int:
         subnet_epochs=args.subnet_epochs, method=args.method, batch_size=args.batch_size,
         train_limit=args.train_limit, val_limit=args.val_limit, proxy_val_limit=args.proxy_val_limit,
         seed=args.seed, device=args.device, train_threads=args.train_threads, latency_batch=args.batch,
-        rounds=args.rounds, protocol=Protocol.from_args(args))
+        rounds=args.rounds, protocol=Protocol.from_args(args), end_to_end=EndToEndOptions.from_args(args))
     pipeline = Pipeline(config, args.out, fresh=args.fresh,
                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     result = pipeline.run()

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploykit.errors import ConfigError, MergeError
 from deploykit.fileio import write_json_atomic
+from deploykit.latency.options import EndToEndOptions
 from deploykit.latency.protocol import Protocol
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class PipelineConfig:
     latency_batch: int | None = None          # None: the target's batch
     rounds: int = 3
     protocol: Protocol = field(default_factory=Protocol)
+    end_to_end: EndToEndOptions = field(default_factory=EndToEndOptions)   # how the profile ends (its fit)
 
     def __post_init__(self) -> None:
         size = tuple(self.input_size)
@@ -101,11 +103,17 @@ class PipelineConfig:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.protocol, Protocol):
             object.__setattr__(self, "protocol", Protocol.from_dict(self.protocol))
+        if not isinstance(self.end_to_end, EndToEndOptions):
+            try:
+                object.__setattr__(self, "end_to_end", EndToEndOptions(**dict(self.end_to_end)))
+            except TypeError as error:
+                raise ConfigError(f"malformed end_to_end settings: {error}") from None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["input_size"], data["budgets"] = list(self.input_size), list(self.budgets)
         data["protocol"] = self.protocol.as_dict()
+        data["end_to_end"] = self.end_to_end.as_dict()
         return data
 
     @classmethod
@@ -413,12 +421,13 @@ class Pipeline:
 
         result = profile(self.config.model, self.target, input_size=self.config.input_size, batch=self.batch,
                          out=self.layout.table, protocol=self.config.protocol, model=self.original_module(),
+                         end_to_end=self.config.end_to_end,
                          progress=lambda line: self.say(f"  {line}"))
         self._cache.pop("table", None)
         self._cache.pop("candidates", None)
         whole = result.table.model_latency()
         shown = f", whole model {whole:.3f} ms" if whole is not None else ""
-        return f"{result.entries} entries{shown}: {result.path}"
+        return f"{result.entries} entries{shown}: {result.path}; {result.table.fidelity_line()}"
 
     def _check_budgets(self) -> str:
         from deploykit.search import LatencySpace

@@ -100,8 +100,10 @@ def parse_block_list(text: str) -> tuple[int, ...]:
             continue
         try:
             if "-" in part[1:]:
-                low, high = part.split("-", 1)
-                indices.extend(range(int(low), int(high) + 1))
+                low, high = (int(end) for end in part.split("-", 1))
+                if high < low:
+                    raise ConfigError(f"reversed block range {part!r} in {text!r} (write {high}-{low})")
+                indices.extend(range(low, high + 1))
             else:
                 indices.append(int(part))
         except ValueError:

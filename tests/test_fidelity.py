@@ -12,26 +12,21 @@ import pytest
 
 from deploykit.cli import main
 from deploykit.errors import TableError
-from deploykit.latency.fidelity import (
-    Figures,
-    check_table,
-    fit_calibration,
-    kendall,
-    plan_subnets,
-    predict_subnet,
-    rankdata,
-    spearman,
-)
+from deploykit.latency.fidelity import check_table
 from deploykit.latency.protocol import Measurement, Protocol
-from deploykit.latency.table import LatencyTable, TableMeta, meta_path
+from deploykit.latency.sampling import plan_subnets
+from deploykit.latency.stats import Figures, fit_calibration, kendall, rankdata, spearman
+from deploykit.latency.table import LatencyTable, TableMeta, meta_path, predict_subnet
 from deploykit.subnet import Subnet
 
 TINY_PROTOCOL = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=3, max_cv=10.0,
                          max_repeats=1)
 
 
-def fake_table(path=None, *, n=10, mode="measured", complete=True, device="Fake CPU", seed=0) -> LatencyTable:
-    """n blocks with their own rows, original 1..5 ms, merged 0.1..1.1 × that, stem 0.5 ms."""
+def fake_table(path=None, *, n=10, mode="measured", complete=True, device="Fake CPU", seed=0,
+               model_ms=0.0) -> LatencyTable:
+    """n blocks with their own rows, original 1..5 ms, merged 0.1..1.1 × that, stem 0.5 ms; the whole-model
+    row is ``model_ms`` (0: no end-to-end figure, so the drift guard stays off; None: the table sum)."""
     rng = np.random.default_rng(seed)
     meta = TableMeta(model="convnext_atto", target="cpu-ort", device="the local CPU (any)",
                      device_string=device, runtime="onnxruntime", runtime_version="0.0",
@@ -49,6 +44,9 @@ def fake_table(path=None, *, n=10, mode="measured", complete=True, device="Fake 
         for form, ms in (("original", slow), ("merged", slow * float(rng.uniform(0.1, 1.1)))):
             table.add({**base, "key": f"convnext/{i}", "kind": "block", "form": form, "name": f"b{i}",
                        "indices": str(i), "count": 1, "median_ms": round(ms, 4)})
+    table.add({**base, "key": "model", "kind": "model", "form": "model", "name": "convnext_atto",
+               "indices": "", "count": 1,
+               "median_ms": table.isolated_sum(()) if model_ms is None else model_ms})
     if path is not None:
         table.write(path)
     return table
@@ -165,10 +163,7 @@ def test_an_interrupted_check_resumes_without_measuring_twice(tmp_path):
 
 
 def test_a_machine_in_another_state_than_at_profiling_time_gets_no_calibration(tmp_path):
-    table = fake_table()
-    row = {**table.rows.iloc[0].to_dict(), "key": "model", "kind": "model", "form": "model", "name": "m"}
-    table.add({**row, "median_ms": table.predict(())})  # the end-to-end row agrees with the sum
-    table.write(tmp_path / "t.csv")
+    table = fake_table(tmp_path / "t.csv", model_ms=None)  # the end-to-end row agrees with the sum
     slow = check_table(tmp_path / "t.csv", samples=6, measure=Planted(table, a=1.5, b=0.0), plot=False)
     assert not slow.stored and slow.as_dict()["drift"] == pytest.approx(0.5)
     assert any("+50% against the table's own end-to-end row" in note for note in slow.notes)
@@ -217,7 +212,11 @@ def test_predict_subnet_accepts_a_subnet_or_indices():
 # --- a real check on this machine's CPU through onnxruntime -----------------------------------------
 
 @pytest.mark.slow
-def test_real_lut_check_on_cpu_onnxruntime(tmp_path, capsys):
+def test_real_profile_with_its_fit_then_lut_check_on_cpu_onnxruntime(tmp_path, capsys):
+    """One real small profile end to end (convnext_atto at 32×32, tiny protocol, few subnets): its
+    metadata holds a fitted predictor and held-out figures; `lut check` then judges that predictor."""
+    from deploykit.latency.options import EndToEndOptions
+    from deploykit.latency.predictor import Predictor
     from deploykit.latency.profile import profile
     from deploykit.runtimes import availability
     from deploykit.targets import load_target
@@ -227,22 +226,37 @@ def test_real_lut_check_on_cpu_onnxruntime(tmp_path, capsys):
     if not ok:
         pytest.skip(reason)
     profiled = profile("convnext_atto", target, input_size=32, batch=1, out=tmp_path / "atto.csv",
-                       protocol=TINY_PROTOCOL)
+                       protocol=TINY_PROTOCOL, end_to_end=EndToEndOptions(fit_samples=0, holdout=2))
+    meta = profiled.table.meta
+    assert meta.complete and meta.layout["blocks"] == 12 and len(meta.layout["fixed"]) == 5
+    fit = meta.predictor["fit"]
+    assert (fit["designed"], fit["random"], fit["points"]) == (6, 0, 6)  # unpruned, 4 groups alone, all
+    predictor = Predictor.from_dict(meta.predictor)
+    assert profiled.table.predict([0, 5]) == predictor.predict([0, 5]) and predictor.base_ms > 0
+    assert meta.fidelity["n"] == 2 and meta.fidelity["predictor"] == "fitted"
+    assert 0 <= meta.fidelity["within_5"] <= meta.fidelity["within_10"] <= 1 and meta.fidelity["mape"] >= 0
+    points = pd.read_csv(tmp_path / "atto.fit.csv", keep_default_na=False, dtype={"pruned": str})
+    assert len(points) == 8 and (points["measured_ms"] > 0).all() and (points["n"] >= 3).all()
+    assert sorted(points["phase"]) == ["fit"] * 6 + ["holdout"] * 2
+    assert "held-out subnets): ρ" in profiled.summary()
     # three timed runs per entry make the table's end-to-end row too rough for the drift guard: force
-    code = main(["lut", "check", str(profiled.path), "--samples", "3", "--seed", "1", "--format", "json",
+    code = main(["lut", "check", str(profiled.path), "--samples", "2", "--seed", "1", "--format", "json",
                  "--force-store"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)
-    assert report["samples"] == 3 and report["k_range"] == [0, 12] and report["stored"]
-    assert report["unpruned_measured_ms"] > 0 and report["before"]["n"] == 3
+    assert report["samples"] == 2 and report["k_range"] == [0, 12] and report["stored"]
+    assert report["prediction"] == "predictor" and report["before"]["n"] == 2
+    assert report["unpruned_predicted_ms"] == pytest.approx(predictor.predict(()), rel=1e-6)
     assert report["drift"] == pytest.approx(report["unpruned_measured_ms"] / report["model_row_ms"] - 1)
-    assert "[1/3] k=0 " in captured.err and "building convnext_atto" in captured.err
+    assert "[1/2] k=0 " in captured.err and "building convnext_atto" in captured.err
     table = LatencyTable.read(profiled.path)
     assert table.meta.calibration == pytest.approx(tuple(report["calibration"]))
-    points = pd.read_csv(report["csv"])
-    assert len(points) == 3 and (points["measured_ms"] > 0).all() and (points["n"] >= 3).all()
-    assert points["measured_on"].iloc[0].endswith(f"onnxruntime {table.meta.runtime_version}")
+    a, b = table.meta.calibration
+    assert table.predict([3]) == pytest.approx(a * predictor.predict([3]) + b)  # applied after the predictor
+    checked = pd.read_csv(report["csv"])
+    assert len(checked) == 2 and (checked["measured_ms"] > 0).all() and (checked["n"] >= 3).all()
+    assert checked["measured_on"].iloc[0].endswith(f"onnxruntime {table.meta.runtime_version}")
     assert report["png"] and meta_path(profiled.path).is_file()
 
 

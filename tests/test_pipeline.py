@@ -24,7 +24,8 @@ PROTOCOL = ["--min-time", "0.05", "--warmup-time", "0.01", "--min-iters", "5", "
 # not: the smallest reachable was 0.61 × the unpruned prediction).
 TINY = ["--data", "digits", "--train-limit", "192", "--val-limit", "96", "--baseline-epochs", "1",
         "--supernet-epochs", "1", "--subnet-epochs", "1", "--proxy-val-limit", "48", "--rounds", "1",
-        "--train-threads", "1", "--device", "cpu", "--budgets", "0.95,0.9", *PROTOCOL]
+        "--train-threads", "1", "--device", "cpu", "--budgets", "0.95,0.9", "--predictor", "isolated",
+        "--holdout", "0", *PROTOCOL]
 ROOT = Path(__file__).resolve().parents[1]
 
 

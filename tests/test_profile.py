@@ -18,6 +18,7 @@ from deploykit import cli
 from deploykit.errors import ConfigError, RuntimeUnavailableError, TableError
 from deploykit.latency import measure as measure_module
 from deploykit.latency import profile as profile_module
+from deploykit.latency.options import EndToEndOptions
 from deploykit.latency.profile import find_entries, profile
 from deploykit.latency.protocol import Measurement, Protocol
 from deploykit.latency.table import LatencyTable
@@ -132,8 +133,13 @@ class FakeRuntime:
         return Measurement.from_samples([base, base * 1.01, base * 0.99])
 
 
+# entries only: the end-to-end phase has tests of its own
+ISOLATED = EndToEndOptions(predictor="isolated", holdout=0)
+
+
 def run(tmp_path, **kwargs):
-    options = dict(input_size=32, out=tmp_path / "t.csv", protocol=TINY_PROTOCOL, model=tiny())
+    options = dict(input_size=32, out=tmp_path / "t.csv", protocol=TINY_PROTOCOL, model=tiny(),
+                   end_to_end=ISOLATED)
     options.update(kwargs)
     return profile("tiny", load_target("cpu-ort"), **options)
 
@@ -158,7 +164,8 @@ def test_profile_writes_every_entry_and_a_rerun_measures_nothing(tmp_path, monke
     again = run(tmp_path, batch=2, progress=lines.append)
     assert len(runtime.calls) == 6  # nothing measured twice
     assert (again.done_now, again.kept) == (0, 6)
-    assert all(line.endswith("already in the table") for line in lines[1:])
+    assert all(line.endswith("already in the table") for line in lines[1:7])
+    assert lines[7].startswith("no held-out subnet") and len(lines) == 8
     assert LatencyTable.read(tmp_path / "t.csv").rows.equals(table.rows)
 
 
@@ -239,7 +246,8 @@ def killed_and_resumed(tmp_path_factory):
     work = tmp_path_factory.mktemp("resume")
     out = work / "vit.csv"
     command = [sys.executable, "-m", "deploykit.cli", "profile", "--target", "cpu-ort", "--model",
-               "test_vit", "--input-size", "32", "--out", str(out), *TINY_PROTOCOL_ARGS]
+               "test_vit", "--input-size", "32", "--out", str(out), "--fit-samples", "0", "--holdout", "2",
+               *TINY_PROTOCOL_ARGS]
     with open(work / "first.log", "w") as log:
         proc = subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -282,6 +290,9 @@ def test_real_onnxruntime_cpu_table(killed_and_resumed):
     assert (table.rows["compile_s"] > 0).all()
     assert table.block_indices == tuple(range(6)) and table.prunable_indices == tuple(range(6))
     assert table.predict(table.prunable_indices) > 0 and table.model_latency() > 0
+    # the end-to-end phase: the unpruned and the all-merged model fitted, two subnets held out
+    assert meta.predictor["fit"]["designed"] == 2 and meta.fidelity["n"] == 2
+    assert (table.path.parent / "vit.fit.csv").is_file()
     table.check_matches(target="cpu-ort", device=hostinfo.cpu_name(), runtime_version=onnxruntime.__version__,
                         batch=1, input_size=32)
 
@@ -294,7 +305,7 @@ def test_real_openvino_cpu_table(tmp_path):
     if not ok:
         pytest.skip(reason)
     profile("tiny", target, input_size=32, out=tmp_path / "ov.csv", protocol=TINY_PROTOCOL,
-                     model=tiny())
+            model=tiny(), end_to_end=ISOLATED)
     table = LatencyTable.read(tmp_path / "ov.csv")
     assert table.meta.runtime == "openvino" and table.meta.complete
     assert openvino.__version__.split("-")[0] in table.meta.runtime_version
@@ -302,3 +313,124 @@ def test_real_openvino_cpu_table(tmp_path):
     assert (table.rows["median_ms"] > 0).all()
     assert table.block_indices == (0, 1) and table.prunable_indices == (0, 1)
     assert table.predict([0, 1]) > 0 and table.model_latency() > 0
+
+
+# --- the end-to-end phase: fit and held-out fidelity, with scripted measurements -------------------
+
+class TwoStages(nn.Module):
+    """Stem → three identical ConvNeXt blocks → downsampling → three more → pool → fc: two block groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.first = nn.Sequential(*(ConvNeXtBlock(8) for _ in range(3)))
+        self.down = nn.Conv2d(8, 16, 2, stride=2)
+        self.second = nn.Sequential(*(ConvNeXtBlock(16) for _ in range(3)))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.head(self.second(self.down(self.first(self.stem(x)))))
+
+
+def chain_latency(pruned) -> float:
+    """A known additive + adjacent-pair structure the fitted predictor must recover exactly."""
+    s = set(pruned)
+    pairs = sum(1 for i in (0, 1) if i in s and i + 1 in s)
+    return 10.0 - 1.0 * len(s & {0, 1, 2}) - 2.0 * len(s & {3, 4, 5}) + 0.5 * pairs
+
+
+class Subnets:
+    def __init__(self, die_after: int | None = None):
+        self.calls: list[tuple[int, ...]] = []
+        self.die_after = die_after
+
+    def __call__(self, pruned):
+        if self.die_after is not None and len(self.calls) == self.die_after:
+            raise KeyboardInterrupt
+        self.calls.append(tuple(pruned))
+        return chain_latency(pruned)
+
+
+def test_profile_ends_with_a_fitted_predictor_and_its_held_out_fidelity(tmp_path, monkeypatch):
+    import itertools
+
+    import pandas as pd
+
+    FakeRuntime(monkeypatch)
+    torch.manual_seed(0)
+    model = TwoStages().eval()
+    options = EndToEndOptions(fit_samples=6, holdout=10, seed=1)
+    lines: list[str] = []
+    dying = Subnets(die_after=7)
+    with pytest.raises(KeyboardInterrupt):
+        profile("two", load_target("cpu-ort"), input_size=32, out=tmp_path / "t.csv", protocol=TINY_PROTOCOL,
+                model=model, end_to_end=options, measure_subnet=dying)
+    interrupted = LatencyTable.read(tmp_path / "t.csv")
+    assert not interrupted.meta.complete and interrupted.meta.predictor is None
+    assert len(pd.read_csv(tmp_path / "t.fit.csv")) == 7  # every subnet written as it was measured
+    with pytest.raises(TableError, match="is incomplete"):
+        interrupted.predict(())
+
+    rest = Subnets()
+    result = profile("two", load_target("cpu-ort"), input_size=32, out=tmp_path / "t.csv",
+                     protocol=TINY_PROTOCOL, model=model, end_to_end=options, measure_subnet=rest,
+                     progress=lines.append)
+    measured = dying.calls + rest.calls
+    assert len(measured) == len(set(measured)) == 4 + 6 + 10  # nothing measured twice
+    table = LatencyTable.read(tmp_path / "t.csv")
+    meta = table.meta
+    assert meta.complete and table.groups == ((0, 1, 2), (3, 4, 5))
+    assert meta.layout == {"blocks": 6, "prunable": [0, 1, 2, 3, 4, 5], "fixed": ["stem", "down", "head"]}
+    assert meta.predictor["fit"]["designed"] == 4 and meta.predictor["fit"]["random"] == 6
+    assert table.predictor.pair_delta_ms == pytest.approx({(0, 1): 0.5, (1, 2): 0.5})
+    for k in range(7):  # exact recovery: the table now predicts every subnet as measured
+        for subset in itertools.combinations(range(6), k):
+            assert table.predict(subset) == pytest.approx(chain_latency(subset), abs=1e-9)
+    fidelity = meta.fidelity
+    assert fidelity["n"] == 10 and fidelity["within_5"] == 1.0
+    assert fidelity["mape"] == pytest.approx(0, abs=1e-9)
+    points = pd.read_csv(tmp_path / "t.fit.csv", keep_default_na=False, dtype={"pruned": str})
+
+    def phase(name):
+        chosen = points.loc[points["phase"] == name, "pruned"]
+        return {tuple(int(i) for i in p.split(";") if i) for p in chosen}
+
+    held, fit = phase("holdout"), phase("fit")
+    assert len(held) == 10 and not held & fit and {(), (0, 1, 2), (3, 4, 5), tuple(range(6))} <= fit
+    assert points["predicted_ms"].to_numpy() == pytest.approx(points["measured_ms"].to_numpy())
+    assert any(line.startswith("resuming the end-to-end phase") for line in lines)
+    assert sum("(already measured)" in line for line in lines) == 7
+    assert "table fidelity (fitted predictor, 10 held-out subnets): ρ 1.000, ±5% 100%" in result.summary()
+
+
+def test_the_isolated_predictor_still_stores_its_held_out_fidelity(tmp_path, monkeypatch):
+    FakeRuntime(monkeypatch)
+    torch.manual_seed(0)
+    subnets = Subnets()
+    result = profile("two", load_target("cpu-ort"), input_size=32, out=tmp_path / "t.csv",
+                     protocol=TINY_PROTOCOL, model=TwoStages().eval(), measure_subnet=subnets,
+                     end_to_end=EndToEndOptions(predictor="isolated", holdout=5))
+    table = result.table
+    assert table.meta.predictor is None and len(subnets.calls) == 5
+    assert table.meta.fidelity["predictor"] == "isolated sum" and table.meta.fidelity["n"] == 5
+    assert "only 5 held-out subnets" in table.meta.fidelity["note"]
+    assert table.predict((1,)) == table.isolated_sum((1,))
+
+
+def test_a_rerun_with_the_fitted_predictor_reuses_points_and_drops_a_calibration(tmp_path, monkeypatch):
+    FakeRuntime(monkeypatch)
+    torch.manual_seed(0)
+    model, first = TwoStages().eval(), Subnets()
+    common = dict(input_size=32, out=tmp_path / "t.csv", protocol=TINY_PROTOCOL, model=model)
+    isolated = profile("two", load_target("cpu-ort"), measure_subnet=first,
+                       end_to_end=EndToEndOptions(predictor="isolated", holdout=10), **common)
+    isolated.table.with_meta(calibration=(1.1, 0.2)).write(tmp_path / "t.csv")  # as `lut check` leaves it
+    second = Subnets()
+    fitted = profile("two", load_target("cpu-ort"), measure_subnet=second,
+                     end_to_end=EndToEndOptions(fit_samples=4, holdout=10), **common)
+    meta = fitted.table.meta
+    assert meta.predictor is not None and meta.calibration is None
+    assert "calibration was dropped" in meta.notes[-1]
+    assert len(first.calls) == 10 and len(second.calls) == 4 + 4  # the held-out subnets were reused
+    assert not set(first.calls) & set(second.calls)
+    assert fitted.table.predict((0, 3)) == pytest.approx(chain_latency((0, 3)))

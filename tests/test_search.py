@@ -1,5 +1,6 @@
-"""Subnet search: budgets, the vectorized latency space against table.predict, exhaustive vs knapsack vs
-evolutionary on fake tables with known optima, budget edge cases, proxies on real data, the CLI."""
+"""Subnet search: budgets, the latency space against table.predict (with and without a fitted predictor's
+pair terms), the chain DP against brute force, DP vs exhaustive vs evolutionary on fake tables with known
+optima, budget edge cases, proxies on real data, the CLI."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 
 from deploykit.cli import main
 from deploykit.errors import ConfigError, TableError
+from deploykit.latency.predictor import Predictor
 from deploykit.latency.table import LatencyTable, TableMeta
 from deploykit.search import (
     BlockScoreProxy,
@@ -31,7 +33,8 @@ from deploykit.search import (
     parse_budget,
     search,
 )
-from deploykit.search.knapsack import best_subset, lexicographic
+from deploykit.search.chain import Chain
+from deploykit.search.engine import pick
 from deploykit.search.space import subset_sums
 from deploykit.subnet import Subnet
 
@@ -58,6 +61,8 @@ def fake_table(original, merged, *, groups=None, fixed=1.0, model="convnext_atto
                        "name": f"b{number}",
                        "indices": ";".join(map(str, members)), "count": len(members),
                        "median_ms": ms})
+    table.add({**base, "key": "model", "kind": "model", "form": "model", "name": model, "indices": "",
+               "count": 1, "median_ms": table.isolated_sum(())})
     if path is not None:
         table.write(path)
     return table
@@ -141,10 +146,14 @@ def test_fraction_and_ms_budgets_agree():
 
 # --- the latency space -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("calibration", [None, (1.3, -0.4)])
-def test_vectorized_latencies_equal_table_predict_for_every_subset(calibration):
+@pytest.mark.parametrize("calibration,pairs", [(None, None), ((1.3, -0.4), None),
+                                               (None, {(0, 1): 0.3, (2, 3): -0.2, (4, 5): 0.1}),
+                                               ((1.3, -0.4), {(1, 2): 0.25, (5, 6): -0.05})])
+def test_vectorized_latencies_equal_table_predict_for_every_subset(calibration, pairs):
     table = fake_table([2.0, 1.0, 3.0, 0.5], [0.5, 1.5, 1.0, 0.25], groups=[(0, 1), (2,), (3, 4, 5), (6,)],
                        calibration=calibration)
+    if pairs is not None:
+        table = with_pairs(table, pairs)
     space = LatencySpace.from_table(table)
     assert space.candidates == tuple(range(7))
     latencies = space.full_ms - space.all_saved()
@@ -152,7 +161,10 @@ def test_vectorized_latencies_equal_table_predict_for_every_subset(calibration):
         expected = table.predict(space.pruned(mask))
         assert latencies[mask] == pytest.approx(expected, rel=1e-12)
         assert space.latency(mask) == latencies[mask]  # the scalar path sums in the same order
-    assert space.min_ms() == pytest.approx(table.predict([0, 1, 3, 4, 5, 6]))  # block 2 merged is slower
+    fastest = int(np.argmin(latencies))
+    assert space.min_ms() == pytest.approx(latencies[fastest]) and space.best_mask() == fastest
+    if pairs is None and calibration is None:
+        assert space.best_mask() == space.mask([0, 1, 3, 4, 5, 6])  # block 2 merged is slower
 
 
 def test_subset_sums_doubling():
@@ -160,26 +172,70 @@ def test_subset_sums_doubling():
     assert subset_sums(values).tolist() == [0, 1, 10, 11, 100, 101, 110, 111]
 
 
-def test_knapsack_is_exact_against_brute_force():
+def with_pairs(table: LatencyTable, pairs: dict[tuple[int, int], float], seed: int = 0) -> LatencyTable:
+    """The table with a fitted predictor: its isolated terms moved a little, plus these pair terms."""
+    rng = np.random.default_rng(seed)
+    full = table.isolated_sum(())
+    deltas = {i: table.isolated_sum((i,)) - full + float(rng.normal(0, 0.05)) for i in table.prunable_indices}
+    predictor = Predictor(base_ms=full * 0.9, merged_delta_ms=deltas, pair_delta_ms=pairs)
+    return table.with_meta(predictor=predictor.as_dict())
+
+
+def brute_chain(full, steps, pairs, scores, limit):
+    """Every mask priced from the chain's terms, chosen by the engine's own tie rule."""
+    n = len(steps)
+    masks = np.arange(1 << n)
+    latency = np.array([full + sum(steps[j] for j in range(n) if m >> j & 1)
+                        + sum(pairs[j] for j in range(n - 1) if m >> j & 1 and m >> (j + 1) & 1)
+                        for m in masks])
+    score = np.array([sum(scores[j] for j in range(n) if m >> j & 1) for m in masks])
+    fits = np.flatnonzero(latency <= limit)
+    if not len(fits):
+        return None
+    best = fits[pick(score[fits], latency[fits], fits)]
+    return int(best), float(score[best]), float(latency[best])
+
+
+def test_chain_dp_equals_brute_force_with_pair_terms():
     rng = np.random.default_rng(7)
-    for _ in range(60):
-        n = int(rng.integers(1, 11))
-        values, weights = rng.normal(size=n).round(2), rng.normal(size=n).round(2)
-        need = float(rng.normal())
-        best = None
-        for bits in itertools.product([False, True], repeat=n):
-            chosen = np.array(bits, dtype=bool)
-            if weights[chosen].sum() >= need - 1e-12:
-                key = (round(values[chosen].sum(), 9), round(weights[chosen].sum(), 9))
-                best = key if best is None or key > best else best
-        plain = best_subset(values, weights, need)
-        tied = lexicographic(values, weights, need)
-        if best is None:
-            assert plain is None and tied is None
+    infeasible = 0
+    for _ in range(150):
+        n = int(rng.integers(1, 10))
+        steps = rng.normal(-1.0, 1.0, n).round(2)            # some merges slow the subnet down
+        pairs = rng.normal(0.0, 0.6, max(n - 1, 0)).round(2) * (rng.random(max(n - 1, 0)) < 0.7)
+        scores = -rng.integers(0, 4, n).astype(float)         # integer scores: many ties
+        if rng.random() < 0.5:
+            scores = -rng.random(n).round(2)
+        full = 20.0
+        limit = full + float(rng.normal(-2.0, 2.0))
+        chain = Chain(full, steps, pairs, scores)
+        expected = brute_chain(full, steps, pairs, scores, limit)
+        found = chain.best(limit)
+        if expected is None:
+            assert found is None
+            infeasible += 1
             continue
-        assert plain.exact and plain.value == pytest.approx(best[0], abs=1e-9)
-        assert tied.value == pytest.approx(best[0], abs=1e-9)
-        assert weights[tied.chosen].sum() == pytest.approx(best[1], abs=1e-9)
+        assert found is not None and found.latency <= limit + 1e-9
+        assert found.score == pytest.approx(expected[1], abs=1e-9)      # the optimum value
+        assert found.latency == pytest.approx(expected[2], abs=1e-9)
+        assert found.mask == expected[0]                               # the same tie rule
+    assert 0 < infeasible < 150
+
+
+def test_search_with_pair_terms_dp_exhaustive_and_evolutionary_agree():
+    table = with_pairs(random_table(11, seed=4), {(0, 1): 0.8, (3, 4): -0.6, (4, 5): 1.1, (9, 10): 0.4})
+    space = LatencySpace.from_table(table)
+    assert space.has_pairs and space.pairs[0] == pytest.approx(0.8) and space.pairs[4] == pytest.approx(1.1)
+    scores = {i: -float(c) for i, c in enumerate(np.random.default_rng(3).uniform(0.1, 1.0, 11))}
+    for fraction in (0.75, 0.85, 0.95):
+        budget = Budget(fraction, "fraction")
+        dp = search(table, budget, BlockScoreProxy(scores))
+        exhaustive = search(table, budget, BlockScoreProxy(scores), strategy="exhaustive")
+        evolutionary = search(table, budget, BlockScoreProxy(scores), strategy="evolutionary", seed=2)
+        assert "dynamic programming" in dp.method and "pair terms" in dp.method
+        assert dp.subnet.pruned == exhaustive.subnet.pruned == evolutionary.subnet.pruned
+        assert dp.predicted_ms == pytest.approx(table.predict(dp.subnet.pruned))
+        assert dp.predicted_ms <= fraction * table.predict(()) * (1 + 1e-9)
 
 
 # --- strategies against known optima ---------------------------------------------------------------
@@ -212,10 +268,10 @@ def test_non_additive_proxy_exhaustive_and_evolutionary_agree():
     assert again.subnet.pruned == evolutionary.subnet.pruned and again.method == evolutionary.method
 
 
-def test_large_space_uses_the_exact_knapsack():
+def test_large_space_uses_the_exact_dp():
     table = random_table(30, seed=9)
     result = search(table, parse_budget("0.5"), DepthProxy())
-    assert "exact knapsack" in result.method
+    assert "exact dynamic programming along the chain of 30" in result.method
     savings = sorted(((table.predict(()) - table.predict((i,)), i) for i in range(30)), reverse=True)
     need = table.predict(()) - 0.5 * table.predict(())
     k = next(k for k in range(31) if sum(s for s, _ in savings[:k]) >= need)
@@ -357,7 +413,8 @@ def test_cli_writes_a_subnet_and_a_pareto_csv(tmp_path, capsys):
     assert subnet.table == str(table.path)
     assert subnet.predicted_ms == pytest.approx(table.predict(subnet.pruned))
     assert subnet.proxy["speedup"] == pytest.approx(table.predict(()) / subnet.predicted_ms)
-    assert f"wrote {out}" in printed and "exhaustive over 2^12" in printed
+    assert f"wrote {out}" in printed and "exact dynamic programming" in printed
+    assert "table fidelity: not measured (isolated sum)" in printed
     assert main(["lut", "predict", str(tmp_path / "t.csv"), "--subnet", str(out)]) == 0
     assert f"{subnet.predicted_ms:.3f} ms" in capsys.readouterr().out
     assert main(["search", "--table", str(tmp_path / "t.csv"), "--pareto", "5", "--out",

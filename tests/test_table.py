@@ -80,7 +80,7 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatc
 
 
 def test_predict_sums_fixed_parts_and_the_chosen_form_of_every_block():
-    table = make_table()
+    table = make_table(complete=True)
     assert table.block_indices == (0, 1, 2)
     assert table.prunable_indices == (0, 1, 2)
     assert table.fixed_latency() == pytest.approx(0.5 + 2 * 0.25)
@@ -93,7 +93,7 @@ def test_predict_sums_fixed_parts_and_the_chosen_form_of_every_block():
 
 
 def test_queries_refuse_unknown_blocks_and_forms():
-    table = make_table()
+    table = make_table(complete=True)
     with pytest.raises(TableError, match="no merged latency for block 7"):
         table.block_latency(7, "merged")
     with pytest.raises(TableError, match="original or merged"):

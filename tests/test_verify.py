@@ -115,7 +115,8 @@ def test_verify_numerics_through_the_fake_backend(tiny, tmp_path, capsys, scale,
     fake = FakeBackend(tamper=lambda outputs: [y * scale for y in outputs])
     with registered(fake):
         result = main(["verify", str(tiny / "tiny.onnx"), "--target", str(target), "--torch",
-                       str(tiny / "tiny.pt"), "--unsafe-pickle", "--numerics-only", "--inputs", "3", "--format", "json"])
+                       str(tiny / "tiny.pt"), "--unsafe-pickle", "--numerics-only", "--inputs", "3",
+                       "--format", "json"])
     report = json.loads(capsys.readouterr().out)
     assert result == code and report["runtime"] == "fake" and report["passed"] is (code == 0)
     assert report["numerics"]["n_inputs"] == 3 and "ReferenceEvaluator" in report["numerics"]["how"]

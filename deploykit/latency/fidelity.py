@@ -1,24 +1,22 @@
-"""Latency-table fidelity: how well a table's predictions match end-to-end measurements, and calibration.
+"""``deploykit lut check``: how well a table's prediction matches end-to-end measurements, and calibration.
 
-A table predicts a subnet's latency as Σ fixed parts + Σ per block (merged form where pruned). Runtimes
-fuse across block boundaries and overlap work, so the sum can be off by a roughly affine amount, and on
-some hardware it can even mis-rank subnets. :func:`check_table` (``deploykit lut check``) measures
-random subnets end to end on the table's own target under the table's own protocol, compares them with
-the prediction, fits ``measured ≈ a · predicted + b`` by least squares and stores ``(a, b)`` as the
-table's calibration (:attr:`TableMeta.calibration`, applied by :meth:`LatencyTable.predict`).
+A table predicts a subnet's latency with its fitted predictor (see :mod:`deploykit.latency.predictor`)
+or, without one, as Σ fixed parts + Σ per block (merged form where pruned). :func:`check_table`
+measures random subnets end to end on the table's own target under the table's own protocol, compares
+them with the prediction that ``search`` uses, fits ``measured ≈ a · predicted + b`` by least squares
+and stores ``(a, b)`` as the table's calibration (:attr:`TableMeta.calibration`, applied by
+:meth:`LatencyTable.predict` after the predictor or sum).
 
-Sampling: with S samples over n prunable blocks, sample i prunes k_i = round(i · n / (S − 1)) blocks
-(stratified over the whole range, so k = 0, the unpruned model, and k = n are always in), each a
-random k-subset; the samples are measured in a shuffled order so that a slow drift of the machine's
-load does not line up with depth. Everything is deterministic under ``seed``. Each subnet is built with
-random weights (timing does not depend on them), merged at λ = 1, exported to ONNX and timed in a fresh
-process. The points file is written after every sample, so an interrupted check resumes where it stopped.
+Sampling (:func:`deploykit.latency.sampling.plan_subnets`): stratified over the number of pruned blocks,
+the unpruned model always in, measured in a shuffled order so that a slow drift of the machine's load
+does not line up with depth. Each subnet is built with random weights, merged at λ = 1, exported and
+timed in a fresh process (:class:`deploykit.latency.subnets.SubnetMeasurer`). The points file is
+written after every sample, so an interrupted check resumes where it stopped.
 
-Figures (errors relative to the measurement): Spearman ρ and Kendall τ-b (both with ties), the share of
-subnets within ±5 % and ±10 %, the mean absolute % error (MAPE), the signed mean error (bias) and the
-largest error. "After calibration" is in-sample (fitted on the same points); the leave-one-out figures
-fit on all points but one and predict that one, which is the honest estimate for new subnets. A positive
-affine map does not change a ranking, so ρ and τ are the same before and after.
+Figures (:mod:`deploykit.latency.stats`; errors relative to the measurement): Spearman ρ, Kendall τ-b,
+the share within ±5 % and ±10 %, MAPE, bias and the largest error. "After calibration" is in-sample;
+the leave-one-out figures fit on all points but one and predict that one, the honest estimate for new
+subnets. A positive affine map does not change a ranking, so ρ and τ are the same before and after.
 """
 
 from __future__ import annotations
@@ -29,8 +27,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +36,15 @@ import numpy as np
 import pandas as pd
 
 from deploykit.errors import ConfigError, TableError
-from deploykit.fileio import atomic_path, write_text_atomic
-from deploykit.latency.protocol import Measurement
+from deploykit.fileio import write_text_atomic
+from deploykit.latency.plot import plot_fidelity
+from deploykit.latency.sampling import plan_subnets
+from deploykit.latency.stats import Figures, fit_calibration, leave_one_out
+from deploykit.latency.subnets import Measurer, SubnetMeasurer, SubnetTiming
 from deploykit.latency.table import LatencyTable, format_indices, meta_path, parse_indices
+from deploykit.subnet import format_block_ranges
 
 Progress = Callable[[str], None]
-# A measurer times one subnet (the pruned block indices) end to end: a Measurement or plain milliseconds.
-Measurer = Callable[[tuple[int, ...]], "Measurement | float"]
 
 NOTE_PREFIX = "lut check:"
 # Largest relative difference between the unpruned model measured by the check and the table's own
@@ -54,167 +54,10 @@ POINT_COLUMNS = ("sample", "k", "pruned", "predicted_ms", "calibrated_ms", "meas
                  "error_pct", "calibrated_error_pct", "load_1min", "seed", "measured_on")
 
 
-# --- the prediction API ----------------------------------------------------------------------------
-
-def predict_subnet(table: LatencyTable, subnet: Any) -> float:
-    """The table's (calibrated, where it has a calibration) latency for ``subnet``: a
-    :class:`deploykit.subnet.Subnet` or an iterable of pruned block indices. A Subnet must be of the
-    table's model and input size. This only forwards to :meth:`LatencyTable.predict`."""
-    from deploykit.subnet import Subnet
-
-    if isinstance(subnet, Subnet):
-        meta = table.meta
-        if subnet.model != meta.model or tuple(subnet.input_size) != tuple(meta.input_size):
-            raise TableError(f"the subnet is {subnet.model} at {_size(subnet.input_size)} but the table is "
-                             f"for {meta.model} at {_size(meta.input_size)}")
-        return table.predict(subnet.pruned)
-    return table.predict(tuple(subnet))
-
-
-# --- statistics ------------------------------------------------------------------------------------
-
-def rankdata(values: Sequence[float]) -> np.ndarray:
-    """1-based ranks; tied values share the average of their ranks."""
-    v = np.asarray(values, dtype=float)
-    order = np.argsort(v, kind="mergesort")
-    ordered = v[order]
-    ranks = np.empty(len(v))
-    start = 0
-    while start < len(v):
-        stop = start
-        while stop + 1 < len(v) and ordered[stop + 1] == ordered[start]:
-            stop += 1
-        ranks[order[start:stop + 1]] = (start + stop) / 2 + 1
-        start = stop + 1
-    return ranks
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's ρ: the Pearson correlation of the average ranks (nan when either side is constant)."""
-    return _pearson(rankdata(x), rankdata(y))
-
-
-def kendall(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's τ-b, which accounts for ties on either side (nan when either side is constant)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    i, j = np.triu_indices(len(x), 1)
-    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    pairs = len(i)
-    denominator = math.sqrt(float(pairs - np.sum(dx == 0)) * float(pairs - np.sum(dy == 0)))
-    return float(np.sum(dx * dy) / denominator) if denominator > 0 else math.nan
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x - x.mean(), y - y.mean()
-    denominator = math.sqrt(float(np.dot(x, x)) * float(np.dot(y, y)))
-    return float(np.dot(x, y) / denominator) if denominator > 0 else math.nan
-
-
-@dataclass(frozen=True)
-class Figures:
-    """How predictions compare with measurements. Shares in [0, 1]; errors in % of the measurement."""
-
-    n: int
-    spearman: float
-    kendall: float
-    within_5: float
-    within_10: float
-    mape: float
-    bias: float
-    max_error: float
-
-    @classmethod
-    def compare(cls, predicted: Sequence[float], measured: Sequence[float]) -> Figures:
-        p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
-        if len(p) != len(m) or len(p) == 0:
-            raise TableError("fidelity figures need as many predictions as measurements, and at least one")
-        if (m <= 0).any():
-            raise TableError("a measured latency is not positive; the measurement is broken")
-        error = (p - m) / m * 100.0
-        return cls(n=len(p), spearman=spearman(p, m), kendall=kendall(p, m),
-                   within_5=float(np.mean(np.abs(error) <= 5.0)),
-                   within_10=float(np.mean(np.abs(error) <= 10.0)),
-                   mape=float(np.mean(np.abs(error))), bias=float(np.mean(error)),
-                   max_error=float(np.max(np.abs(error))))
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def fit_calibration(predicted: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
-    """Least squares ``measured ≈ a · predicted + b``; needs two different predictions at least."""
-    x, y = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
-    if len(x) < 2 or np.ptp(x) == 0:
-        raise TableError(f"a calibration needs at least two subnets with different predicted latencies "
-                         f"(have {len(set(x.tolist()))}); use more --samples")
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
-    return float(a), float(b)
-
-
-def leave_one_out(predicted: Sequence[float], measured: Sequence[float]) -> np.ndarray | None:
-    """Each point predicted by the calibration fitted on all the others; None with too few points."""
-    x, y = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
-    if len(x) < 3:
-        return None
-    out = np.empty(len(x))
-    for i in range(len(x)):
-        keep = np.arange(len(x)) != i
-        if np.ptp(x[keep]) == 0:
-            return None
-        a, b = fit_calibration(x[keep], y[keep])
-        out[i] = a * x[i] + b
-    return out
-
-
-# --- sampling --------------------------------------------------------------------------------------
-
-def plan_subnets(prunable: Sequence[int], samples: int, seed: int) -> list[tuple[int, ...]]:
-    """``samples`` distinct subnets (pruned index tuples), stratified over k = 0..n, in measuring order.
-
-    The unpruned model is always in. Where a stratum has no unused subset left (k = 0 or k = n twice),
-    the nearest k that has one is taken. Fewer than ``samples`` come back only when the whole space
-    (2^n subnets) is smaller.
-    """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ConfigError(f"--samples must be a positive integer, got {samples!r}")
-    blocks = tuple(sorted(prunable))
-    n = len(blocks)
-    rng = np.random.default_rng(seed)
-    total = 2 ** n if n < 63 else samples
-    count = min(samples, total)
-    taken: set[tuple[int, ...]] = set()
-    plan: list[tuple[int, ...]] = []
-    for i in range(count):
-        k = 0 if i == 0 else round(i * n / (count - 1))
-        for shift in sorted(range(-n, n + 1), key=abs):
-            subset = _draw(blocks, k + shift, taken, rng) if 0 <= k + shift <= n else None
-            if subset is not None:
-                break
-        if subset is None:  # cannot happen while len(taken) < 2^n; kept as a guard
-            break
-        taken.add(subset)
-        plan.append(subset)
-    first, rest = plan[:1], plan[1:]
-    order = rng.permutation(len(rest))
-    return first + [rest[i] for i in order]
-
-
-def _draw(blocks: tuple[int, ...], k: int, taken: set, rng: np.random.Generator) -> tuple[int, ...] | None:
-    """A random unused k-subset of ``blocks``, or None when every k-subset is used."""
-    if math.comb(len(blocks), k) <= sum(1 for s in taken if len(s) == k):
-        return None
-    while True:
-        subset = tuple(sorted(int(b) for b in rng.choice(blocks, size=k, replace=False))) if k else ()
-        if subset not in taken:
-            return subset
-
-
-# --- the check -------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class Point:
-    """One subnet measured end to end; ``predicted_ms`` is the table's plain sum (no calibration)."""
+    """One subnet measured end to end; ``predicted_ms`` is the table's predictor or plain sum, without
+    the calibration."""
 
     sample: int
     pruned: tuple[int, ...]
@@ -232,7 +75,7 @@ class CheckResult:
 
     table: LatencyTable                      # with the new calibration (as stored, if it was)
     points: list[Point]
-    before: Figures                          # the table's plain sums
+    before: Figures                          # the prediction search uses (predictor or sum, calibrated)
     after: Figures                           # with the fitted calibration (in-sample)
     cross_validated: Figures | None          # leave-one-out calibration
     previous: Figures | None                 # with the calibration the table had before, if any
@@ -246,6 +89,7 @@ class CheckResult:
     seed: int
     model_row_ms: float | None               # the table's end-to-end row for the unpruned model
     notes: list[str] = field(default_factory=list)
+    prediction: str = "table sum"            # what "before" is: the prediction that search uses
 
     def as_dict(self) -> dict[str, Any]:
         meta = self.table.meta
@@ -267,6 +111,7 @@ class CheckResult:
             "measured_now": self.measured_now, "reused": self.reused,
             "elapsed_s": self.elapsed_s, "csv": str(self.csv_path),
             "png": str(self.png_path) if self.png_path else None, "notes": list(self.notes),
+            "prediction": self.prediction,
         }
 
     def summary(self) -> str:
@@ -278,9 +123,7 @@ class CheckResult:
                  f"k = {min(ks)}..{max(ks)} of {len(self.table.prunable_indices)} prunable blocks pruned "
                  f"({self.measured_now} measured now, {self.reused} reused), {self.elapsed_s:.0f} s",
                  f"{'':22}{'ρ':>7}{'τ':>7}{'±5%':>8}{'±10%':>8}{'MAPE':>8}{'bias':>8}{'max':>8}"]
-        rows = [("table sum", self.before)]
-        if self.previous is not None:
-            rows.append(("previous calibration", self.previous))
+        rows = [(self.prediction, self.before)]  # with a calibration, that already is the previous one
         rows.append(("calibrated (fit)", self.after))
         if self.cross_validated is not None:
             rows.append(("leave-one-out", self.cross_validated))
@@ -291,7 +134,8 @@ class CheckResult:
         unpruned = next((p for p in self.points if not p.pruned), None)
         if unpruned is not None:
             row = f"; the table's end-to-end row {self.model_row_ms:.3f} ms" if self.model_row_ms else ""
-            lines.append(f"unpruned model: measured now {unpruned.measured_ms:.3f} ms, table sum "
+            kind = self.prediction.split(",")[0]
+            lines.append(f"unpruned model: measured now {unpruned.measured_ms:.3f} ms, {kind} "
                          f"{unpruned.predicted_ms:.3f} ms{row}")
         lines += [f"note: {note}" for note in self.notes]
         wrote = str(self.csv_path) + (f" and {self.png_path}" if self.png_path else "")
@@ -348,7 +192,9 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     if table.meta.calibration is not None:
         pa, pb = table.meta.calibration
         previous = Figures.compare(pa * predicted + pb, measured)
-    before, after = Figures.compare(predicted, measured), Figures.compare(a * predicted + b, measured)
+    # "before": the prediction search uses (predictor or sum, then the calibration the table has)
+    used = np.array([table.predict(p.pruned) for p in points])
+    before, after = Figures.compare(used, measured), Figures.compare(a * predicted + b, measured)
     notes: list[str] = []
     if after.n < 10:
         notes.append(f"only {after.n} subnets: the figures and the calibration are rough; "
@@ -372,14 +218,25 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
         result_table = _store(table, (a, b), before, after, len(points), seed)
         stored = True
     _write_points(csv_path, points, seed, measured_on, calibration=(a, b))
+    label = prediction_label(table)
     if png_path is not None:
-        _plot(png_path, points, (a, b), before, after, table)
+        meta = table.meta
+        plot_fidelity(png_path, predicted=predicted, measured=measured, depth=[len(p.pruned) for p in points],
+                      calibration=(a, b), before=before, after=after, label=label,
+                      title=f"{meta.model} {_size(meta.input_size)} b{meta.batch} on {meta.target} "
+                            f"({meta.device_string})")
     return CheckResult(table=result_table, points=points, before=before, after=after,
                        cross_validated=Figures.compare(loo, measured) if loo is not None else None,
                        previous=previous, calibration=(a, b), stored=stored, csv_path=csv_path,
                        png_path=png_path, measured_now=len(points) - reused, reused=reused,
                        elapsed_s=time.perf_counter() - started, seed=seed,
-                       model_row_ms=table.model_latency(), notes=notes)
+                       model_row_ms=table.model_latency(), notes=notes, prediction=label)
+
+
+def prediction_label(table: LatencyTable) -> str:
+    """What the table's prediction is: its fitted predictor or plain sum, calibrated or not."""
+    kind = "predictor" if table.meta.predictor is not None else "table sum"
+    return f"{kind}, calibrated" if table.meta.calibration is not None else kind
 
 
 def _drift(points: list[Point], model_row_ms: float | None) -> float | None:
@@ -446,37 +303,6 @@ def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, mod
     return measurer, f"{info['device']} / {info['runtime']} {info['runtime_version']}"
 
 
-class SubnetMeasurer:
-    """Times a subnet end to end: prune, λ = 1, merge, export to ONNX, time (``time_onnx``)."""
-
-    def __init__(self, model_name: str, *, input_size: tuple[int, int], batch: int, work: Path,
-                 time_onnx: Callable[[Path, tuple[int, ...]], Measurement], model: Any = None):
-        from deploykit.models import create_model
-        from deploykit.prune import prunable
-
-        module = model if model is not None else create_model(model_name, input_size=tuple(input_size))
-        self.net = prunable(module.eval(), input_size=tuple(input_size)).eval()
-        self.shape = (batch, 3, *input_size)
-        self.work, self.time_onnx = work, time_onnx
-
-    @property
-    def prunable_indices(self) -> tuple[int, ...]:
-        return self.net.prunable_indices
-
-    def __call__(self, pruned: tuple[int, ...]) -> Measurement:
-        from deploykit.export import export_onnx
-
-        self.net.prune(pruned)
-        if pruned:
-            self.net.set_progress(1.0)
-        merged = self.net.eval().merge()
-        path = export_onnx(merged, self.shape, self.work / "subnet.onnx")
-        try:
-            return self.time_onnx(path, self.shape)
-        finally:
-            path.unlink(missing_ok=True)
-
-
 def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measurer, known: dict,
                   csv_path: Path, seed: int, measured_on: str, say: Progress) -> tuple[list[Point], int]:
     points: list[Point] = []
@@ -492,7 +318,9 @@ def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measu
             say(f"{head} {old.measured_ms:.3f} ms (reused from {csv_path.name})")
             continue
         began = time.perf_counter()
-        point = _point(number, pruned, predicted, measure(pruned))
+        timing = SubnetTiming.of(pruned, measure(pruned))
+        point = Point(number, pruned, predicted, timing.measured_ms, timing.p90_ms, timing.cv, timing.n,
+                      timing.load)
         points.append(point)
         _write_points(csv_path, points, seed, measured_on, calibration=None)
         error = (predicted - point.measured_ms) / point.measured_ms * 100
@@ -500,17 +328,6 @@ def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measu
         say(f"{head} measured {point.measured_ms:.3f} ms{spread}, table {predicted:.3f} ms ({error:+.1f}%) "
             f"[{time.perf_counter() - began:.1f} s]")
     return points, reused
-
-
-def _point(number: int, pruned: tuple[int, ...], predicted: float, measured: Any) -> Point:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    if isinstance(measured, Measurement):
-        return Point(number, pruned, predicted, measured.median_ms, measured.p90_ms, measured.cv, measured.n,
-                     load)
-    if isinstance(measured, bool) or not isinstance(measured, (int, float)) or not measured > 0:
-        raise TableError(f"the measurer returned {measured!r} for subnet {list(pruned)}; "
-                         "expected milliseconds > 0")
-    return Point(number, pruned, predicted, float(measured), load=load)
 
 
 def _reusable(csv_path: Path, seed: int, measured_on: str, say: Progress) -> dict:
@@ -571,42 +388,6 @@ def _store(table: LatencyTable, calibration: tuple[float, float], before: Figure
     return calibrated
 
 
-def _plot(path: Path, points: list[Point], calibration: tuple[float, float], before: Figures,
-          after: Figures, table: LatencyTable) -> None:
-    """Predicted vs measured (plain sum and calibrated), y = x and a ±10 % band; Agg, no pyplot state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    a, b = calibration
-    raw = np.array([p.predicted_ms for p in points])
-    measured = np.array([p.measured_ms for p in points])
-    ks = np.array([len(p.pruned) for p in points])
-    figure = Figure(figsize=(7.0, 5.6), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    low = min(raw.min(), measured.min(), (a * raw + b).min()) * 0.95
-    high = max(raw.max(), measured.max(), (a * raw + b).max()) * 1.05
-    line = np.array([low, high])
-    axes.fill_between(line, line * 0.9, line * 1.1, color="0.9", label="±10 %")
-    axes.plot(line, line, color="0.3", linewidth=0.8, label="measured = predicted")
-    dots = axes.scatter(raw, measured, c=ks, cmap="viridis", s=28, label="table sum")
-    axes.scatter(a * raw + b, measured, c=ks, cmap="viridis", marker="x", s=28, label="calibrated")
-    figure.colorbar(dots, ax=axes, label="pruned blocks k")
-    axes.set(xlim=(low, high), ylim=(low, high), xlabel="predicted latency (ms)",
-             ylabel="measured latency (ms)")
-    meta = table.meta
-    axes.set_title(f"{meta.model} {_size(meta.input_size)} b{meta.batch} on {meta.target} "
-                   f"({meta.device_string})", fontsize=9)
-    text = (f"n = {before.n}   ρ = {before.spearman:.3f}   τ = {before.kendall:.3f}\n"
-            f"sum: MAPE {before.mape:.1f}%  ±5% {before.within_5:.0%}  ±10% {before.within_10:.0%}\n"
-            f"calibrated ({a:.3f}·Σ {'+' if b >= 0 else '−'} {abs(b):.2f}): MAPE {after.mape:.1f}%  "
-            f"±5% {after.within_5:.0%}  ±10% {after.within_10:.0%}")
-    axes.text(0.02, 0.98, text, transform=axes.transAxes, va="top", fontsize=8, family="monospace")
-    axes.legend(loc="lower right", fontsize=8)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
-
-
 def _figure_row(label: str, f: Figures) -> str:
     return (f"{label:<22}{f.spearman:>7.3f}{f.kendall:>7.3f}{f.within_5:>8.0%}{f.within_10:>8.0%}"
             f"{f.mape:>7.1f}%{f.bias:>+7.1f}%{f.max_error:>7.1f}%")
@@ -617,18 +398,11 @@ def _size(size: Iterable[int]) -> str:
     return f"{h}x{w}"
 
 
-def _blocks(indices: tuple[int, ...]) -> str:
-    if not indices:
-        return "none"
-    spans, start = [], indices[0]
-    for i, index in enumerate(indices):
-        if i + 1 == len(indices) or indices[i + 1] != index + 1:
-            spans.append(str(start) if start == index else f"{start}-{index}")
-            if i + 1 < len(indices):
-                start = indices[i + 1]
-    return ",".join(spans)
-
-
 def write_json(result: CheckResult) -> str:
     """The result as one JSON document (what ``--format json`` prints)."""
     return json.dumps(result.as_dict(), indent=2)
+
+
+def _blocks(indices: tuple[int, ...]) -> str:
+    """(0, 1, 2, 5) → ``0-2,5`` (compact, for progress lines)."""
+    return format_block_ranges(indices).replace(", ", ",")

@@ -13,7 +13,9 @@
 
 :func:`profile` exports every entry to ONNX, times it on the target (or estimates it from the
 target's peak figures with ``estimate=True``) and writes the table after every entry, so an
-interrupted profile resumes where it stopped.
+interrupted profile resumes where it stopped. A measured profile then ends with its end-to-end phase
+(:mod:`deploykit.latency.endtoend`): whole subnets measured, the predictor fitted, its held-out
+fidelity stored — resumable too.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ import torch
 from torch import Tensor, fx, nn
 
 from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError, TableError
+from deploykit.latency.endtoend import finish_profile, points_path
 from deploykit.latency.estimate import Roofline, estimate_onnx
+from deploykit.latency.options import EndToEndOptions
+from deploykit.latency.subnets import Measurer, SubnetMeasurer
 from deploykit.latency.table import (
     ENVIRONMENT,
     SETTINGS,
@@ -40,6 +45,7 @@ from deploykit.latency.table import (
     TableMeta,
     format_indices,
     format_shape,
+    layout_of,
     meta_path,
     read_meta,
     table_path,
@@ -289,9 +295,11 @@ class ProfileResult:
         if model is not None and self.table.block_indices:
             full = self.table.predict([])
             merged = self.table.predict(self.table.prunable_indices)
-            lines.append(f"{self.table.meta.model} end to end: {model:.3f} ms {verb}; the table sums to "
-                         f"{full:.3f} ms unpruned and {merged:.3f} ms with all "
+            how = "fitted predictor" if self.table.meta.predictor is not None else "isolated sum"
+            lines.append(f"{self.table.meta.model} end to end: {model:.3f} ms {verb}; the table ({how}) "
+                         f"predicts {full:.3f} ms unpruned and {merged:.3f} ms with all "
                          f"{len(self.table.prunable_indices)} prunable blocks merged")
+        lines.append(self.table.fidelity_line())
         return "\n".join(lines)
 
 
@@ -307,7 +315,8 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
             batch: int | None = None, out: str | Path | None = None, protocol: Any = None,
             estimate: bool = False, force: bool = False, allow_mismatch: bool = False,
             progress: Progress | None = None, model: nn.Module | None = None,
-            opset: int | None = None) -> ProfileResult:
+            opset: int | None = None, end_to_end: EndToEndOptions | None = None,
+            measure_subnet: Measurer | None = None) -> ProfileResult:
     """Build (or resume) the latency table of ``model_name`` on ``target``.
 
     ``input_size`` and ``batch`` default to the target's. Measured tables time every entry with the
@@ -317,6 +326,11 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
     differing settings) when they do not, and started over with ``force``. ``allow_mismatch`` lets a
     resume go on where only the machine differs (device string, runtime version). ``model`` gives
     the module to profile instead of creating ``model_name`` with timm.
+
+    A measured profile ends with ``end_to_end`` (:class:`EndToEndOptions`; default: the fitted
+    predictor, 10 random fit and 10 held-out subnets): whole subnets are measured (by
+    ``measure_subnet``, default: merged, exported and timed like the entries), the predictor is fitted
+    and its held-out figures stored; only then is the table ``complete``.
     """
     from deploykit.runtimes import check_target
 
@@ -336,13 +350,17 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
         time_entry = _measurer(target, protocol)
     path = table_path(out) if out is not None else default_table_path(model_name, target.name, size, batch,
                                                                      estimate=estimate)
+    options = end_to_end if end_to_end is not None else EndToEndOptions()
     table = _open_table(path, meta, force=force, allow_mismatch=allow_mismatch, say=say)
+    if force:  # the end-to-end points of the table being replaced are not this table's
+        points_path(path).unlink(missing_ok=True)
     if model is None:
         from deploykit.models import create_model
 
-        model = create_model(model_name)
+        model = create_model(model_name, input_size=size)
     entries = find_entries(model.eval(), model_name=model_name, input_size=size)
     _check_same_model(table, entries, path)
+    table = table.with_meta(layout=_layout(entries))
     spent_before = table.meta.profile_s
 
     def save(table: LatencyTable, **changes) -> LatencyTable:
@@ -366,9 +384,39 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
             table = save(table)
             done += 1
             say(f"{head} {_shown_stats(stats, meta.mode)} [{time.perf_counter() - began:.1f} s]")
-    table = save(table, complete=True)
+    if estimate:  # estimates are additive by construction; nothing to measure end to end
+        table = save(table, complete=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="deploykit-subnets-") as work:
+            measure = measure_subnet or _LazySubnets(lambda: SubnetMeasurer(
+                model_name, input_size=size, batch=batch, work=Path(work), model=model,
+                time_onnx=lambda onnx, shape: measure_entry(onnx, target=target, protocol=protocol,
+                                                            input_shape=shape)))
+            table = finish_profile(table, options=options, measure=measure, points_file=points_path(path),
+                                   progress=say)
+        table = save(table, complete=True)
     return ProfileResult(table=table, path=path, entries=len(entries), done_now=done,
                          kept=len(entries) - done, elapsed_s=time.perf_counter() - started)
+
+
+class _LazySubnets:
+    """Builds the subnet measurer (a copy of the model, traced) only once a subnet needs measuring."""
+
+    def __init__(self, build: Callable[[], Measurer]):
+        self.build, self.measurer = build, None
+
+    def __call__(self, pruned: tuple[int, ...]):
+        if self.measurer is None:
+            self.measurer = self.build()
+        return self.measurer(pruned)
+
+
+def _layout(entries: list[Entry]) -> dict[str, Any]:
+    """What the table must cover: the blocks, the prunable ones, the fixed parts."""
+    blocks = [e for e in entries if e.kind == "block"]
+    return layout_of(blocks=len({i for e in blocks for i in e.indices}),
+                     prunable={i for e in blocks if e.form == "merged" for i in e.indices},
+                     fixed=[e.name for e in entries if e.kind == "fixed"])
 
 
 def _check_batch(batch: Any) -> int:

@@ -14,6 +14,12 @@ A row is one *entry* in one *form*, identified by ``(key, form)``:
 ``source`` is ``measured`` or ``estimated`` and equals the table's ``mode``: estimated and measured
 rows never share a table. Latencies are in milliseconds at the table's batch size; ``macs`` is
 per sample (batch 1).
+
+What a table predicts (:meth:`LatencyTable.predict`): its fitted predictor where the metadata holds one
+(:mod:`deploykit.latency.predictor`), else the isolated sum Σ fixed + Σ per block; then the legacy
+``calibration`` ``a · x + b`` where the table has one. A table is used only when its rows cover what
+its metadata says the model has (:meth:`LatencyTable.check_coverage`): an interrupted or damaged table
+is an error naming what is missing, never a smaller candidate set or a wrong figure.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import pandas as pd
 
 from deploykit.errors import TableError
 from deploykit.fileio import write_json_atomic, write_text_atomic
-from deploykit.subnet import format_block_ranges
+from deploykit.latency.predictor import Predictor
+from deploykit.subnet import Subnet, format_block_ranges
 
 KINDS = ("block", "fixed", "model")
 FORMS = {"block": ("original", "merged"), "fixed": ("fixed",), "model": ("model",)}
@@ -71,11 +78,14 @@ class TableMeta:
     mode: str                   # measured | estimated
     date: str                   # ISO time the table was started
     deploykit_version: str
-    complete: bool = False      # every entry of the model is in the table
+    complete: bool = False      # the profile finished: every entry, and the fit and held-out check it asked
     profile_s: float = 0.0      # wall time spent profiling, summed over resumed runs
-    calibration: tuple[float, float] | None = None   # predict → a · Σ + b (fitted by the fidelity check)
+    calibration: tuple[float, float] | None = None   # predict → a · x + b (fitted by `lut check`)
     estimate: Mapping[str, Any] | None = None        # roofline settings of an estimated table
     notes: tuple[str, ...] = ()
+    predictor: Mapping[str, Any] | None = None       # Predictor.as_dict(); None: the isolated sum
+    fidelity: Mapping[str, Any] | None = None        # held-out figures of the prediction (profile)
+    layout: Mapping[str, Any] | None = None          # what the model has: blocks, prunable, fixed parts
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -90,6 +100,16 @@ class TableMeta:
         object.__setattr__(self, "notes", tuple(self.notes))
         if self.estimate is not None:
             object.__setattr__(self, "estimate", dict(self.estimate))
+        for name in ("predictor", "fidelity", "layout"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping):
+                raise TableError(f"table {name} must be a JSON object, got {value!r}")
+            if value is not None:
+                object.__setattr__(self, name, dict(value))
+        if self.predictor is not None:
+            Predictor.from_dict(self.predictor)  # malformed: an error now, not at the first prediction
+        if self.layout is not None:
+            _check_layout(self.layout)
         if self.calibration is not None:
             cal = tuple(self.calibration)
             if len(cal) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in cal):
@@ -235,48 +255,116 @@ class LatencyTable:
         """Block indices that have a merged-form row."""
         return tuple(sorted(self._index_map("merged")))
 
+    @property
+    def groups(self) -> tuple[tuple[int, ...], ...]:
+        """The prunable blocks of each merged-form entry (blocks listed together share one row)."""
+        rows = self.rows[(self.rows["kind"] == "block") & (self.rows["form"] == "merged")]
+        return tuple(sorted(tuple(sorted(parse_indices(text))) for text in rows["indices"]))
+
+    @property
+    def predictor(self) -> Predictor | None:
+        """The fitted predictor from the metadata, or None (the table predicts the isolated sum)."""
+        cache = self._derived()
+        if "predictor" not in cache:
+            data = self.meta.predictor
+            cache["predictor"] = None if data is None else Predictor.from_dict(data)
+        return cache["predictor"]
+
     def block_latency(self, index: int, form: str = "original") -> float:
         """Median latency (ms) of block ``index`` in ``form`` (original or merged)."""
         if form not in FORMS["block"]:
             raise TableError(f"block form must be original or merged, got {form!r}")
-        rows = self._index_map(form)
-        if index not in rows:
+        latencies = self._latencies(form)
+        if index not in latencies:
             have = self.block_indices if form == "original" else self.prunable_indices
             raise TableError(f"the table has no {form} latency for block {index} "
                              f"(it covers blocks {format_block_ranges(have)} in {form} form)")
-        return float(self.rows.at[rows[index], "median_ms"])
+        return latencies[index]
 
     def fixed_latency(self) -> float:
         """Σ over the fixed parts (stem, downsampling, head), ms."""
-        fixed = self.rows[self.rows["kind"] == "fixed"]
-        return float((fixed["median_ms"] * fixed["count"]).sum())
+        cache = self._derived()
+        if "fixed" not in cache:
+            fixed = self.rows[self.rows["kind"] == "fixed"]
+            cache["fixed"] = float((fixed["median_ms"] * fixed["count"]).sum())
+        return cache["fixed"]
 
     def model_latency(self) -> float | None:
         """The whole original model measured end to end (ms), if the table has that row."""
         model = self.rows[self.rows["kind"] == "model"]
         return None if model.empty else float(model["median_ms"].iloc[0])
 
-    def predict(self, pruned_indices: Iterable[int] = ()) -> float:
-        """Predicted latency (ms) of the subnet with these blocks merged: Σ fixed + Σ per block
-        (merged form for pruned blocks, original for the rest), then ``a · Σ + b`` if calibrated."""
-        pruned = set()
-        for index in pruned_indices:
-            if not isinstance(index, int) or isinstance(index, bool):
-                raise TableError(f"block indices must be integers, got {index!r}")
-            pruned.add(index)
+    def isolated_sum(self, pruned_indices: Iterable[int] = ()) -> float:
+        """Σ fixed + Σ per block (merged form for pruned blocks, original for the rest), ms: the
+        prediction of a table without a predictor, and the prior a predictor is fitted toward. Works
+        on a table whose profile is still running (it needs the block rows only)."""
+        pruned = self._pruned(pruned_indices)
         originals = self._index_map("original")
-        if not originals:
-            raise TableError("the table has no block rows; was the profile interrupted? (rerun it to resume)")
-        unknown = sorted(pruned - set(originals))
-        if unknown:
-            raise TableError(f"block(s) {format_block_ranges(unknown)} are not in the table "
-                             f"(it covers blocks {format_block_ranges(originals)})")
         total = self.fixed_latency()
         total += sum(self.block_latency(i, "merged" if i in pruned else "original") for i in originals)
+        return total
+
+    def predict(self, pruned_indices: Iterable[int] = ()) -> float:
+        """Predicted latency (ms) of the subnet with these blocks merged: the fitted predictor where the
+        table has one, else the isolated sum; then ``a · x + b`` where the table has a calibration.
+        A table whose rows do not cover its model is a TableError naming what is missing."""
+        self.check_coverage()
+        pruned = self._pruned(pruned_indices)
+        predictor = self.predictor
+        if predictor is None:
+            total = self.isolated_sum(pruned)
+        else:
+            outside = sorted(pruned - set(predictor.blocks))
+            if outside:
+                self.block_latency(outside[0], "merged")  # names the block and what can be pruned
+            total = predictor.predict(pruned)
         if self.meta.calibration is not None:
             a, b = self.meta.calibration
             total = a * total + b
         return total
+
+    def predict_subnet(self, subnet: Subnet) -> float:
+        """:meth:`predict` for a :class:`deploykit.subnet.Subnet`, which must be of this table's model
+        and input size."""
+        meta = self.meta
+        if subnet.model != meta.model or tuple(subnet.input_size) != tuple(meta.input_size):
+            raise TableError(f"the subnet is {subnet.model} at {_show(tuple(subnet.input_size))} but the "
+                             f"table is for {meta.model} at {_show(tuple(meta.input_size))}")
+        return self.predict(subnet.pruned)
+
+    def check_coverage(self) -> None:
+        """Refuse a table that cannot be used as it is: its profile did not finish, or its rows do not
+        cover what its metadata (or, for tables without a recorded layout, its own rows) say the model
+        has. The TableError names everything that is missing."""
+        cache = self._derived()
+        if "coverage" not in cache:
+            cache["coverage"] = self._coverage_problems()
+        problems = cache["coverage"]
+        if problems:
+            where = f"latency table {self.path}" if self.path else "the latency table"
+            if problems == ["incomplete"]:
+                raise TableError(f"{where} is incomplete (its profile was interrupted or is still running); "
+                                 "rerun the same `deploykit profile` command to finish it")
+            raise TableError(f"{where} does not cover its model: {'; '.join(problems)} — the file was cut "
+                             "short or edited; profile it again")
+
+    def fidelity_line(self) -> str:
+        """One line: the held-out figures the profile stored, or why there are none."""
+        figures = self.meta.fidelity
+        kind = "fitted predictor" if self.meta.predictor is not None else "isolated sum"
+        if figures is None:
+            if self.meta.mode == "estimated":
+                return "table fidelity: none (a roofline estimate, not a measurement)"
+            return (f"table fidelity: not measured ({kind}); `deploykit lut check` measures it, "
+                    "`deploykit profile` stores it in new tables")
+        try:
+            return (f"table fidelity ({kind}, {int(figures['n'])} held-out subnets): "
+                    f"ρ {figures['spearman']:.3f}, "
+                    f"±5% {figures['within_5']:.0%}, ±10% {figures['within_10']:.0%}, "
+                    f"MAPE {figures['mape']:.1f}%, max {figures['max_error']:.1f}%"
+                    + ("; measured before the `lut check` calibration" if self.meta.calibration else ""))
+        except (KeyError, TypeError, ValueError):
+            return "table fidelity: malformed in the metadata (profile the table again)"
 
     def check_matches(self, *, target: Any = None, device: str | None = None,
                       runtime_version: str | None = None, batch: int | None = None,
@@ -311,14 +399,115 @@ class LatencyTable:
                              "— measure a table for this setup or pass --allow-mismatch")
         return differences
 
+    def _derived(self) -> dict[str, Any]:
+        """Values computed from the rows and metadata, kept until either is replaced."""
+        cache = getattr(self, "_cache", None)
+        if cache is None or cache["rows"] is not self.rows or cache["meta"] is not self.meta:
+            cache = {"rows": self.rows, "meta": self.meta}
+            self._cache = cache
+        return cache
+
     def _index_map(self, form: str) -> dict[int, int]:
         """Block index → row label, for block rows of ``form``."""
-        mapping: dict[int, int] = {}
-        blocks = self.rows[(self.rows["kind"] == "block") & (self.rows["form"] == form)]
-        for label, text in blocks["indices"].items():
-            for index in parse_indices(text):
-                mapping[index] = label
-        return mapping
+        cache = self._derived()
+        if form not in cache:
+            mapping: dict[int, int] = {}
+            blocks = self.rows[(self.rows["kind"] == "block") & (self.rows["form"] == form)]
+            for label, text in blocks["indices"].items():
+                for index in parse_indices(text):
+                    mapping[index] = label
+            cache[form] = mapping
+        return cache[form]
+
+    def _latencies(self, form: str) -> dict[int, float]:
+        """Block index → median latency (ms) in ``form``."""
+        cache = self._derived()
+        key = f"{form} ms"
+        if key not in cache:
+            medians = self.rows["median_ms"]
+            cache[key] = {index: float(medians.at[label]) for index, label in self._index_map(form).items()}
+        return cache[key]
+
+    def _pruned(self, indices: Iterable[int]) -> set[int]:
+        """The pruned block indices as a set; a non-integer or a block the table lacks is a TableError."""
+        pruned = set()
+        for index in indices:
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise TableError(f"block indices must be integers, got {index!r}")
+            pruned.add(index)
+        originals = self._index_map("original")
+        if not originals:
+            raise TableError("the table has no block rows; was the profile interrupted? (rerun it to resume)")
+        unknown = sorted(pruned - set(originals))
+        if unknown:
+            raise TableError(f"block(s) {format_block_ranges(unknown)} are not in the table "
+                             f"(it covers blocks {format_block_ranges(originals)})")
+        return pruned
+
+    def _coverage_problems(self) -> list[str]:
+        """What is missing, in words: [] when usable, ["incomplete"] for an unfinished profile."""
+        if not self.meta.complete:
+            return ["incomplete"]
+        originals, merged = set(self._index_map("original")), set(self._index_map("merged"))
+        kinds = set(self.rows["kind"])
+        problems: list[str] = []
+        layout = self.meta.layout
+        if layout is not None:
+            expected, prunable = set(range(layout["blocks"])), set(layout["prunable"])
+            fixed = set(self.rows.loc[self.rows["kind"] == "fixed", "name"])
+            problems += _missing("original-form row", expected - originals)
+            problems += _missing("merged-form row", prunable - merged)
+            problems += _unexpected(originals - expected, "blocks the model does not have")
+            problems += _unexpected(merged - prunable, "merged forms of blocks that cannot be pruned")
+            lost = [name for name in layout["fixed"] if name not in fixed]
+            if lost:
+                problems.append(f"no row for fixed part(s) {', '.join(lost)}")
+        else:  # a table from before layouts were recorded: what its own rows imply
+            gaps = set(range(max(originals, default=-1) + 1)) - originals
+            problems += _missing("original-form row", gaps)
+            problems += _missing("original-form row", merged - originals)
+        if not originals:
+            problems.append("no block rows at all")
+        if "model" not in kinds:
+            problems.append("no whole-model row (every profile ends with it)")
+        predictor = self.meta.predictor
+        if predictor is not None and not problems:
+            priced = set(self.predictor.blocks)
+            if priced != merged:
+                problems.append(f"its predictor prices blocks {format_block_ranges(priced)} but the "
+                                f"prunable blocks are {format_block_ranges(merged)}")
+        return problems
+
+
+def predict_subnet(table: LatencyTable, subnet: Any) -> float:
+    """The table's latency for ``subnet``: a :class:`deploykit.subnet.Subnet` (of the table's model and
+    input size) or an iterable of pruned block indices. Forwards to :meth:`LatencyTable.predict`."""
+    if isinstance(subnet, Subnet):
+        return table.predict_subnet(subnet)
+    return table.predict(tuple(subnet))
+
+
+def layout_of(*, blocks: int, prunable: Iterable[int], fixed: Iterable[str]) -> dict[str, Any]:
+    """The ``layout`` a profile records: how many blocks, which can be pruned, the fixed parts' names."""
+    return {"blocks": int(blocks), "prunable": sorted(int(i) for i in prunable), "fixed": list(fixed)}
+
+
+def _check_layout(layout: Mapping[str, Any]) -> None:
+    blocks, prunable, fixed = layout.get("blocks"), layout.get("prunable"), layout.get("fixed")
+    ok = (set(layout) == {"blocks", "prunable", "fixed"} and isinstance(blocks, int) and blocks >= 0
+          and isinstance(prunable, list) and all(isinstance(i, int) and 0 <= i < blocks for i in prunable)
+          and isinstance(fixed, list) and all(isinstance(name, str) for name in fixed))
+    if not ok:
+        raise TableError(f"table layout must be {{blocks: N, prunable: [indices < N], fixed: [names]}}, "
+                         f"got {dict(layout)!r}")
+
+
+def _missing(what: str, indices: set[int]) -> list[str]:
+    return [f"block(s) {format_block_ranges(indices)} have no {what}"] if indices else []
+
+
+def _unexpected(indices: set[int], what: str) -> list[str]:
+    return [f"rows for block(s) {format_block_ranges(indices)}: {what}"] if indices else []
 
 
 def parse_indices(text: str) -> tuple[int, ...]:

@@ -1,14 +1,14 @@
 """Latency-constrained subnet search (DESIGN.md §1.3).
 
 ``search(table, budget, proxy)`` returns the subnet with the best accuracy proxy whose latency, as the
-table predicts it (:meth:`LatencyTable.predict`, calibrated where the table has a calibration), fits the
+table predicts it (:meth:`LatencyTable.predict`: its fitted predictor, or the isolated sum), fits the
 budget; ``pareto(table, proxy, N)`` the best subnets across N budgets. ``deploykit search`` is the CLI.
 
 - :mod:`~deploykit.search.budget`: budgets in ms or as a fraction of the unpruned prediction;
-- :mod:`~deploykit.search.space`: every subnet's predicted latency, vectorized from the table's savings;
+- :mod:`~deploykit.search.space`: every subnet's predicted latency, from per-block and pair terms;
 - :mod:`~deploykit.search.proxies`: depth, sensitivity:CKPT and supernet:CKPT;
-- :mod:`~deploykit.search.knapsack`: the exact branch-and-bound knapsack over per-block scores;
-- :mod:`~deploykit.search.engine`: the strategies (exhaustive, knapsack + evolutionary), results, Pareto.
+- :mod:`~deploykit.search.chain`: the exact dynamic program along the block chain (Pareto frontiers);
+- :mod:`~deploykit.search.engine`: the strategies (DP, exhaustive, evolutionary), results, Pareto.
 """
 
 from deploykit.search.budget import Budget, parse_budget

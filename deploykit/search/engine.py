@@ -4,15 +4,18 @@ The objective is lexicographic: the highest proxy score, then (within a relative
 predicted latency, then the smallest bit mask — one rule, :func:`pick`, on every code path, so the
 strategies agree whenever they find the same candidates. Strategies:
 
-- **exhaustive, vectorized** (additive proxies: depth, sensitivity; up to 2^22 subnets by default):
-  latency and score of all 2^n subsets by doubling sums (``out[m | 1 << j] = out[m] + v_j``), then one
-  masked arg-max. convnext_tiny's 2^18 take milliseconds.
+- **dynamic programming** (additive proxies: depth, sensitivity; ``auto``, any size): the predicted
+  latency is additive along the block chain (per-block terms plus adjacent-pair terms), so a sweep over
+  Pareto frontiers of (latency, score) gives the exact optimum (:mod:`deploykit.search.chain`);
+  convnext_base's 36 blocks take milliseconds.
+- **exhaustive, vectorized** (additive proxies, ``strategy="exhaustive"``; up to 2^26 subnets): latency
+  and score of all 2^n subsets by doubling sums, then one masked arg-max — the cross-check of the DP.
 - **exhaustive, evaluated** (the supernet proxy; up to 2^16 subnets): every subnet within the budget is
   evaluated on data (cached).
-- **knapsack + evolutionary** (larger spaces, or ``strategy="evolutionary"``): an exact branch-and-bound
-  knapsack over per-block scores (:mod:`deploykit.search.knapsack`; for an additive proxy that is the
-  exact optimum already) seeds a population that evolves by uniform crossover, bit-flip mutation and a
-  greedy repair into the budget, keeping the best half each generation. Deterministic under ``seed``.
+- **evolutionary** (the supernet proxy on larger spaces, or ``strategy="evolutionary"``): the DP's exact
+  optimum over per-block scores (each block pruned alone) seeds a population that evolves by uniform
+  crossover, bit-flip mutation and a greedy repair into the budget, keeping the best half each
+  generation. Deterministic under ``seed``.
 """
 
 from __future__ import annotations
@@ -28,18 +31,16 @@ import pandas as pd
 
 from deploykit.errors import ConfigError
 from deploykit.fileio import write_text_atomic
-from deploykit.latency.fidelity import predict_subnet
-from deploykit.latency.table import LatencyTable
+from deploykit.latency.table import LatencyTable, predict_subnet
 from deploykit.search.budget import Budget
-from deploykit.search.knapsack import lexicographic
+from deploykit.search.chain import Chain
 from deploykit.search.proxies import Proxy
 from deploykit.search.space import MAX_ENUMERATED_BITS, LatencySpace, subset_sums
 from deploykit.subnet import Subnet
 
 Progress = Callable[[str], None]
 STRATEGIES = ("auto", "exhaustive", "evolutionary")
-EXHAUSTIVE_BITS_ADDITIVE = 22     # vectorized: 2^22 subsets, two float64 arrays of 32 MiB
-EXHAUSTIVE_BITS_EVALUATED = 16    # the issue's bound for proxies evaluated on data, subnet by subnet
+EXHAUSTIVE_BITS_EVALUATED = 16    # the bound for proxies evaluated on data, subnet by subnet
 BUDGET_SLACK = 1e-9               # relative: a budget equal to a prediction admits it despite rounding
 
 
@@ -90,14 +91,15 @@ class Searcher:
         self.requested, self.strategy = strategy, self._resolve(strategy)
         self._prepared = False
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._chain: Chain | None = None
         self._scores: dict[int, float] = {}
 
     def _resolve(self, strategy: str) -> str:
         n, additive = self.space.bits, self.proxy.additive
-        limit = EXHAUSTIVE_BITS_ADDITIVE if additive else EXHAUSTIVE_BITS_EVALUATED
         if strategy == "auto":
-            return "exhaustive" if n <= limit else "evolutionary"
-        if strategy == "exhaustive" and n > (MAX_ENUMERATED_BITS if additive else limit):
+            return "dp" if additive else "exhaustive" if n <= EXHAUSTIVE_BITS_EVALUATED else "evolutionary"
+        limit = MAX_ENUMERATED_BITS if additive else EXHAUSTIVE_BITS_EVALUATED
+        if strategy == "exhaustive" and n > limit:
             raise ConfigError(f"{n} candidate blocks: 2^{n} subnets are too many for an exhaustive search "
                               f"with the {self.proxy.kind} proxy; use --strategy evolutionary (or auto)")
         return strategy
@@ -118,9 +120,25 @@ class Searcher:
         if not self._prepared:  # data work (sensitivity) only once a budget is known to be feasible
             self.proxy.prepare(self.space.candidates, self.say)
             self._prepared = True
+        if self.strategy == "dp":
+            return self._dynamic(limit)
         if self.strategy == "exhaustive":
             return self._vectorized(limit) if self.proxy.additive else self._enumerated(limit)
         return self._evolutionary(limit)
+
+    def chain(self) -> Chain:
+        """The DP over per-block scores (exact for an additive proxy), built once for every budget."""
+        if self._chain is None:
+            self._chain = self.space.chain(self.proxy.block_scores())
+        return self._chain
+
+    def _dynamic(self, limit: float) -> Solution:
+        chain = self.chain()
+        mask = chain.best(limit).mask
+        pairs = ", adjacent-pair terms included" if self.space.has_pairs else ""
+        return Solution(mask=mask, score=self.score(mask), latency_ms=self.space.latency(mask),
+                        method=f"exact dynamic programming along the chain of {self.space.bits} candidate "
+                               f"blocks ({chain.states} Pareto states{pairs})")
 
     def _vectorized(self, limit: float) -> Solution:
         if self._arrays is None:
@@ -151,22 +169,13 @@ class Searcher:
                                f"({len(feasible):,} within the budget evaluated)", feasible=len(feasible))
 
     def _evolutionary(self, limit: float) -> Solution:
-        space = self.space
-        block_scores = self.proxy.block_scores()
-        seed_choice = lexicographic(block_scores, space.savings, space.full_ms - limit)
-        seed = space.best_mask() if seed_choice is None else \
-            sum(1 << j for j in np.flatnonzero(seed_choice.chosen))
-        exact = seed_choice is not None and seed_choice.exact
-        if self.proxy.additive and exact and self.requested == "auto":
-            return self._solution_of([seed], limit, "exact knapsack over per-block scores (branch and bound; "
-                                                    "optimal for an additive proxy)")
-        evolution = Evolution(space, self.score, limit, block_scores=block_scores,
+        seed = self.chain().best(limit).mask
+        evolution = Evolution(self.space, self.score, limit, block_scores=self.proxy.block_scores(),
                               rng=np.random.default_rng(self.seed), population=self.population,
                               generations=self.generations, say=self.say)
         masks = evolution.run([seed])
-        knapsack = "exact knapsack" if exact else "knapsack (node limit reached)"
-        return self._solution_of(masks, limit, f"{knapsack} seed + evolutionary search "
-                                               f"({evolution.generations_run} generations, population "
+        return self._solution_of(masks, limit, f"exact DP over per-block scores as seed + evolutionary "
+                                               f"search ({evolution.generations_run} generations, population "
                                                f"{self.population}, seed {self.seed})")
 
     def _solution_of(self, masks: list[int], limit: float, method: str) -> Solution:
@@ -255,12 +264,11 @@ class Evolution:
 
     def repair(self, mask: int) -> int | None:
         """Flip the bit with the best latency gain per unit of score cost until the subnet fits."""
-        savings = self.space.savings
         while self.space.latency(mask) > self.limit:
             best, best_ratio = None, -1.0
             for j in range(self.space.bits):
                 pruned = bool(mask >> j & 1)
-                gain = -savings[j] if pruned else savings[j]
+                gain = self.space.flip_change(mask, j)
                 if gain <= 0:
                     continue
                 cost = -self.costs[j] if pruned else self.costs[j]
@@ -293,6 +301,7 @@ class SearchResult:
     elapsed_s: float
     feasible: int | None = None
     notes: tuple[str, ...] = field(default=())
+    fidelity: str = ""           # the table's stored held-out figures, one line
 
     def summary(self) -> str:
         table = self.subnet.table
@@ -311,6 +320,7 @@ class SearchResult:
                  f"best: prune {len(pruned)} of {len(self.candidates)} candidate blocks {pruned}: predicted "
                  f"{self.predicted_ms:.3f} ms, {self.speedup:.2f}× the unpruned model's speed; "
                  f"proxy {proxy.get('kind')} {proxy.get('metric')} = {shown}"]
+        lines += [self.fidelity] if self.fidelity else []
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -345,20 +355,18 @@ def _result(searcher: Searcher, solution: Solution, budget: Budget | None, budge
     details = proxy.describe(pruned)
     details.update({"speedup": reference / predicted, "unpruned_ms": reference, "budget_ms": budget_ms,
                     "calibrated": meta.calibration is not None, "target": meta.target,
+                    "predictor": "fitted" if meta.predictor is not None else "isolated sum",
                     "strategy": solution.method, "seed": searcher.seed})
     subnet = Subnet(model=meta.model, input_size=meta.input_size, pruned=pruned, predicted_ms=predicted,
                     table=str(table.path) if table.path else None, proxy=details)
     notes = []
     if meta.mode == "estimated":
         notes.append("the table is a roofline estimate, not a measurement; check the choice on the target")
-    if meta.calibration is None and meta.mode == "measured":
-        notes.append("the table is not calibrated; `deploykit lut check` measures its fidelity and "
-                     "calibrates it")
     return SearchResult(subnet=subnet, budget=budget, budget_ms=budget_ms, reference_ms=reference,
                         min_ms=space.min_ms(), predicted_ms=predicted, speedup=reference / predicted,
                         score=solution.score, method=solution.method, candidates=space.candidates,
                         evaluations=proxy.evaluations, elapsed_s=time.perf_counter() - started,
-                        feasible=solution.feasible, notes=tuple(notes))
+                        feasible=solution.feasible, notes=tuple(notes), fidelity=table.fidelity_line())
 
 
 def reachable_budget_ms(table: LatencyTable, space: LatencySpace, budget: Budget) -> float:
@@ -386,6 +394,7 @@ class ParetoResult:
     rows: list[dict[str, Any]]
     elapsed_s: float
     method: str
+    fidelity: str = ""
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -405,6 +414,7 @@ class ParetoResult:
             shown = f"{value:.4g}" if isinstance(value, float) else str(value)
             lines.append(f"{row['budget_ms']:>10.3f}{row['predicted_ms']:>11.3f}{row['speedup']:>9.2f}×"
                          f"{row['k']:>4}  {shown:>10}  {row['pruned'] or '-'}")
+        lines += [self.fidelity] if self.fidelity else []
         return "\n".join(lines)
 
 
@@ -435,4 +445,5 @@ def pareto(table: LatencyTable, proxy: Proxy, points: int, *, candidates: Iterab
                      "predicted_ms": predicted, "speedup": space.full_ms / predicted, "k": len(pruned),
                      "pruned": ";".join(map(str, pruned)), "proxy": proxy.kind, "metric": proxy.metric,
                      "proxy_value": description["value"], "score": solution.score})
-    return ParetoResult(rows=rows, elapsed_s=time.perf_counter() - started, method=method)
+    return ParetoResult(rows=rows, elapsed_s=time.perf_counter() - started, method=method,
+                        fidelity=table.fidelity_line())

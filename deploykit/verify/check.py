@@ -32,6 +32,8 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
     if table is not None and pruned is None:
         raise ConfigError("--table needs the pruned blocks: --pruned 0,3,5 or --subnet subnet.json "
                           "(--pruned '' for the unpruned model)")
+    if table is not None:
+        table.check_coverage()
     ok, reason = availability(target)
     if not ok:
         raise RuntimeUnavailableError(f"cannot verify on target {target.name} here: {reason}")

@@ -1,0 +1,166 @@
+"""A profile's end-to-end phase: measure whole subnets, fit the table's predictor, store its fidelity.
+
+After the isolated entries, ``deploykit profile`` measures subnets end to end
+(:func:`deploykit.latency.sampling.plan_end_to_end`, all in one shuffled order, each in a fresh
+process):
+
+- for the **fitted** predictor, the designed subnets (the unpruned model, each identical-block group
+  merged alone, everything merged) and ``fit_samples`` random ones, on which
+  :func:`deploykit.latency.predictor.fit_predictor` fits ``base + Σ δ_i + Σ δ_{i,i+1}`` toward the
+  isolated entries;
+- ``holdout`` further random subnets that no fit ever sees, on which the table's prediction (the fitted
+  predictor, or the isolated sum for ``isolated``) is compared with the measurement: Spearman ρ,
+  Kendall τ, the share within ±5 % / ±10 %, MAPE, bias and max error go into the metadata
+  (``fidelity``).
+
+Every measurement is appended to ``NAME.fit.csv`` beside the table as soon as it is taken, so an
+interrupted profile resumes without measuring a subnet twice; the predictor and figures are written
+into the table only at the end, together with ``complete``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from deploykit.errors import TableError
+from deploykit.fileio import write_text_atomic
+from deploykit.latency.options import MAX_DESIGNED, EndToEndOptions
+from deploykit.latency.predictor import Prior, fit_predictor
+from deploykit.latency.sampling import EndToEndPlan, plan_end_to_end
+from deploykit.latency.stats import Figures
+from deploykit.latency.subnets import Measurer, SubnetTiming
+from deploykit.latency.table import LatencyTable, format_indices, parse_indices
+from deploykit.subnet import format_block_ranges
+
+Progress = Callable[[str], None]
+MIN_HOLDOUT = 10          # fewer held-out subnets than this: the figures are stored with a warning
+POINT_COLUMNS = ("phase", "k", "pruned", "measured_ms", "p90_ms", "cv", "n", "load_1min", "predicted_ms",
+                 "measured_at")
+
+
+def points_path(table_csv: Path) -> Path:
+    """``foo.csv`` → ``foo.fit.csv``: the end-to-end measurements of the table's profile."""
+    return table_csv.with_name(table_csv.name[:-len(".csv")] + ".fit.csv")
+
+
+def prior_of(table: LatencyTable) -> Prior:
+    """What the isolated entries say, as the fit's prior."""
+    delta = {i: table.block_latency(i, "merged") - table.block_latency(i, "original")
+             for i in table.prunable_indices}
+    return Prior(base_ms=table.isolated_sum(()), delta_ms=delta, groups=table.groups)
+
+
+def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Measurer, points_file: Path,
+                   fresh: bool = False, progress: Progress | None = None) -> LatencyTable:
+    """Measure the plan (reusing what ``points_file`` holds unless ``fresh``), fit, compare on the held-out
+    subnets; the table with ``predictor`` and ``fidelity`` set (not yet written)."""
+    say = progress or (lambda line: None)
+    groups = table.groups
+    kind = options.resolve(len(groups))
+    if options.predictor == "auto" and kind == "isolated":
+        say(f"predictor: isolated ({len(groups)} identical-block groups; the fitted predictor would need "
+            f"{len(groups) + 2} designed subnets, more than {MAX_DESIGNED})")
+    plan = plan_end_to_end(groups, fit_samples=options.fit_samples, holdout=options.holdout,
+                           seed=options.seed, designed=kind == "fitted")
+    known = {} if fresh else _read_points(points_file, say)
+    timings = _measure(plan, measure, known, points_file, say)
+    predictor = None
+    if kind == "fitted":
+        fit_points = [(s, timings[s].measured_ms) for s in plan.fit]
+        predictor = fit_predictor(fit_points, prior_of(table), record={
+            "designed": len(plan.designed), "random": len(plan.random), "seed": options.seed,
+            "prior": "isolated table entries", "points_file": points_file.name})
+        say(f"fitted the predictor on {len(fit_points)} subnets: ridge {predictor.fit['ridge']:g}, "
+            f"{predictor.fit['pair_types_kept']} of {predictor.fit['pair_types_tried']} adjacent-pair types "
+            f"kept, leave-one-out error {predictor.fit['loo_rms_pct']:.2f}% (RMS)")
+    predict = predictor.predict if predictor is not None else table.isolated_sum
+    _write_points(points_file, plan, timings, predict)
+    fidelity = _fidelity(plan, timings, predict, kind, options, points_file, say)
+    notes = table.meta.notes
+    if table.meta.calibration is not None:  # fitted on the old prediction: it does not apply to the new one
+        say("dropping the table's `lut check` calibration: the new prediction was measured end to end")
+        notes = (*notes, "end-to-end phase: the earlier `lut check` calibration was dropped")
+    return table.with_meta(predictor=None if predictor is None else predictor.as_dict(), fidelity=fidelity,
+                           calibration=None, notes=notes)
+
+
+def _measure(plan: EndToEndPlan, measure: Measurer, known: dict, points_file: Path,
+             say: Progress) -> dict[tuple[int, ...], SubnetTiming]:
+    timings: dict[tuple[int, ...], SubnetTiming] = {}
+    width = len(str(len(plan.order)))
+    for number, (phase, subset) in enumerate(plan.order, 1):
+        head = f"[end to end {number:>{width}}/{len(plan.order)}] {phase:<7} k={len(subset):<2} " \
+               f"pruned {format_block_ranges(subset)}:"
+        if subset in known:
+            timings[subset] = known[subset]
+            say(f"{head} {known[subset].measured_ms:.3f} ms (already measured)")
+            continue
+        began = time.perf_counter()
+        timing = SubnetTiming.of(subset, measure(subset))
+        timings[subset] = timing
+        _write_points(points_file, plan, timings, None)
+        spread = f" (cv {timing.cv * 100:.0f}%)" if not math.isnan(timing.cv) else ""
+        say(f"{head} {timing.measured_ms:.3f} ms{spread} [{time.perf_counter() - began:.1f} s]")
+    return timings
+
+
+def _fidelity(plan: EndToEndPlan, timings: dict, predict: Callable, kind: str, options: EndToEndOptions,
+              points_file: Path, say: Progress) -> dict[str, Any] | None:
+    held = list(plan.holdout)
+    if not held:
+        say("no held-out subnet (--holdout 0, or the model has too few subnets): no fidelity stored")
+        return None
+    figures = Figures.compare([predict(s) for s in held], [timings[s].measured_ms for s in held])
+    record = {**figures.as_dict(), "predictor": "fitted" if kind == "fitted" else "isolated sum",
+              "seed": options.seed, "points_file": points_file.name,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if figures.n < MIN_HOLDOUT:
+        record["note"] = f"only {figures.n} held-out subnets: rough figures"
+        say(f"warning: only {figures.n} held-out subnets (at least {MIN_HOLDOUT} give steady figures)")
+    say(f"held-out check on {figures.n} subnets never used in fitting: ρ {figures.spearman:.3f}, "
+        f"±5% {figures.within_5:.0%}, ±10% {figures.within_10:.0%}, MAPE {figures.mape:.1f}%, "
+        f"max {figures.max_error:.1f}%")
+    return record
+
+
+def _write_points(path: Path, plan: EndToEndPlan, timings: dict, predict: Callable | None) -> None:
+    """Every measured subnet of the plan, in measuring order (predictions once there is a predictor)."""
+    rows = []
+    for phase, subset in plan.order:
+        timing = timings.get(subset)
+        if timing is None:
+            continue
+        rows.append({"phase": phase, "k": len(subset), "pruned": format_indices(subset),
+                     "measured_ms": timing.measured_ms, "p90_ms": timing.p90_ms, "cv": timing.cv,
+                     "n": timing.n, "load_1min": timing.load, "measured_at": timing.measured_at,
+                     "predicted_ms": predict(subset) if predict else math.nan})
+    frame = pd.DataFrame(rows, columns=list(POINT_COLUMNS))
+    write_text_atomic(path, frame.to_csv(index=False, float_format="%.6f"))
+
+
+def _read_points(path: Path, say: Progress) -> dict[tuple[int, ...], SubnetTiming]:
+    """Subnets an earlier (interrupted) run of this profile measured already."""
+    if not path.is_file():
+        return {}
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, dtype={"pruned": str, "measured_at": str})
+        found = {}
+        for row in frame.itertuples(index=False):
+            subset = parse_indices(row.pruned)
+            found[subset] = SubnetTiming(subset, float(row.measured_ms), float(row.p90_ms or "nan"),
+                                         float(row.cv or "nan"), int(row.n), float(row.load_1min or "nan"),
+                                         measured_at=str(row.measured_at))
+    except (ValueError, TypeError, AttributeError, TableError, pd.errors.ParserError,
+            pd.errors.EmptyDataError):
+        say(f"ignoring {path}: not the end-to-end points of a profile")
+        return {}
+    if found:
+        say(f"resuming the end-to-end phase from {path}: {len(found)} subnets already measured")
+    return found

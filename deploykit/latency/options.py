@@ -1,0 +1,75 @@
+"""How a measured profile ends (its end-to-end phase): the options and their command-line arguments.
+
+Kept apart from :mod:`deploykit.latency.endtoend` so that building the command line imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from deploykit.errors import ConfigError
+
+PREDICTORS = ("auto", "fitted", "isolated")
+DEFAULT_FIT_SAMPLES = 10
+DEFAULT_HOLDOUT = 10
+MAX_DESIGNED = 50         # auto: beyond this many designed subnets (groups + 2), the isolated predictor
+
+
+@dataclass(frozen=True)
+class EndToEndOptions:
+    """Which predictor, how many random fit and held-out subnets, the plan's seed.
+
+    ``fitted`` measures the designed subnets (unpruned, each identical-block group merged alone, all
+    merged) plus ``fit_samples`` random ones and fits the predictor on them; ``isolated`` keeps the
+    isolated sum (for huge spaces: nothing grows with the number of blocks); ``auto`` fits unless the
+    designed subnets would exceed :data:`MAX_DESIGNED`. Either way ``holdout`` further random subnets,
+    never used in fitting, give the fidelity figures stored in the table (0: none).
+    """
+
+    predictor: str = "auto"
+    fit_samples: int = DEFAULT_FIT_SAMPLES
+    holdout: int = DEFAULT_HOLDOUT
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.predictor not in PREDICTORS:
+            raise ConfigError(f"--predictor must be one of {', '.join(PREDICTORS)}, got {self.predictor!r}")
+        for name, value in (("--fit-samples", self.fit_samples), ("--holdout", self.holdout),
+                            ("seed", self.seed)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer ≥ 0, got {value!r}")
+
+    def resolve(self, groups: int) -> str:
+        """``fitted`` or ``isolated`` for a model with this many identical-block groups."""
+        if self.predictor != "auto":
+            return self.predictor
+        return "fitted" if groups + 2 <= MAX_DESIGNED else "isolated"
+
+    def as_dict(self) -> dict:
+        return {"predictor": self.predictor, "fit_samples": self.fit_samples, "holdout": self.holdout,
+                "seed": self.seed}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EndToEndOptions:
+        return cls(predictor=args.predictor, fit_samples=args.fit_samples, holdout=args.holdout)
+
+
+def add_end_to_end_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``--predictor --fit-samples --holdout``."""
+    group = parser.add_argument_group(
+        "end-to-end phase (measured tables)",
+        "after the isolated entries, whole subnets are measured: the predictor is fitted on designed and "
+        "random ones, and its fidelity measured on held-out ones stored in the table")
+    group.add_argument("--predictor", choices=PREDICTORS, default="auto",
+                       help="fitted: base + per-block + adjacent-pair terms fitted end to end, the isolated "
+                            "entries as prior; isolated: the plain sum of entries (huge spaces); auto: "
+                            f"fitted unless the model has more than {MAX_DESIGNED - 2} distinct prunable "
+                            "blocks (default: auto)")
+    group.add_argument("--fit-samples", type=int, default=DEFAULT_FIT_SAMPLES, metavar="N",
+                       help="random subnets measured for the fit, besides the designed ones: the unpruned "
+                            "model, each identical-block group merged alone, all merged "
+                            f"(default: {DEFAULT_FIT_SAMPLES})")
+    group.add_argument("--holdout", type=int, default=DEFAULT_HOLDOUT, metavar="N",
+                       help="random subnets never used in fitting, on which the stored fidelity figures "
+                            f"are measured; 0: none (default: {DEFAULT_HOLDOUT})")

@@ -1,0 +1,127 @@
+"""Which subnets to measure end to end: the fidelity check's stratified sample, and a profile's plan of
+designed, random and held-out subnets. Deterministic under a seed; pure numpy.
+
+A subnet is the sorted tuple of its pruned block indices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from deploykit.errors import ConfigError
+
+Subset = tuple[int, ...]
+
+
+def plan_subnets(prunable: Sequence[int], samples: int, seed: int) -> list[Subset]:
+    """``samples`` distinct subnets (pruned index tuples), stratified over k = 0..n, in measuring order.
+
+    The unpruned model is always in. Where a stratum has no unused subset left (k = 0 or k = n twice),
+    the nearest k that has one is taken. Fewer than ``samples`` come back only when the whole space
+    (2^n subnets) is smaller.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"--samples must be a positive integer, got {samples!r}")
+    blocks = tuple(sorted(prunable))
+    n = len(blocks)
+    rng = np.random.default_rng(seed)
+    total = 2 ** n if n < 63 else samples
+    count = min(samples, total)
+    taken: set[Subset] = set()
+    plan: list[Subset] = []
+    for i in range(count):
+        subset = _nearest(blocks, 0 if i == 0 else round(i * n / (count - 1)), taken, rng)
+        if subset is None:  # cannot happen while len(taken) < 2^n; kept as a guard
+            break
+        taken.add(subset)
+        plan.append(subset)
+    first, rest = plan[:1], plan[1:]
+    order = rng.permutation(len(rest))
+    return first + [rest[i] for i in order]
+
+
+def _nearest(blocks: tuple[int, ...], k: int, taken: set, rng: np.random.Generator) -> Subset | None:
+    """A random unused subset of size k, or of the nearest size that still has one."""
+    n = len(blocks)
+    for shift in sorted(range(-n, n + 1), key=abs):
+        subset = _draw(blocks, k + shift, taken, rng) if 0 <= k + shift <= n else None
+        if subset is not None:
+            return subset
+    return None
+
+
+def _draw(blocks: tuple[int, ...], k: int, taken: set, rng: np.random.Generator) -> Subset | None:
+    """A random unused k-subset of ``blocks``, or None when every k-subset is used."""
+    if math.comb(len(blocks), k) <= sum(1 for s in taken if len(s) == k):
+        return None
+    while True:
+        subset = tuple(sorted(int(b) for b in rng.choice(blocks, size=k, replace=False))) if k else ()
+        if subset not in taken:
+            return subset
+
+
+# --- a profile's end-to-end plan ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EndToEndPlan:
+    """The subnets a profile measures end to end after its isolated entries.
+
+    ``designed``: the unpruned model, each identical-block group merged alone, everything merged;
+    ``random``: random subnets for the fit; ``holdout``: random subnets never used in fitting (disjoint
+    from both). ``order`` is the measuring order, (phase, subnet) with phase ``fit`` or ``holdout``,
+    shuffled so that a slow drift of the machine does not line up with depth or with the phase.
+    """
+
+    designed: tuple[Subset, ...]
+    random: tuple[Subset, ...]
+    holdout: tuple[Subset, ...]
+    order: tuple[tuple[str, Subset], ...]
+
+    @property
+    def fit(self) -> tuple[Subset, ...]:
+        return self.designed + self.random
+
+
+def plan_end_to_end(groups: Sequence[Sequence[int]], *, fit_samples: int, holdout: int, seed: int,
+                    designed: bool = True) -> EndToEndPlan:
+    """Plan the end-to-end measurements of a profile over prunable ``groups`` (block indices that share
+    a table entry). ``designed=False`` (the isolated predictor) plans only the held-out subnets.
+    Random and held-out subnets prune k = 1..n−1 blocks, stratified; where the space is too small
+    for all of them, the held-out ones are drawn first."""
+    for name, value in (("--fit-samples", fit_samples), ("--holdout", holdout)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name} must be an integer ≥ 0, got {value!r}")
+    blocks = tuple(sorted({int(i) for group in groups for i in group}))
+    rng = np.random.default_rng(seed)
+    planned: list[Subset] = []
+    if designed:
+        candidates = [(), *(tuple(sorted(group)) for group in groups), blocks]
+        planned = list(dict.fromkeys(candidates))
+    taken = set(planned) | {(), blocks}   # held-out and random subnets are neither extreme
+    held = _stratified(blocks, holdout, taken, rng)
+    taken |= set(held)
+    extra = _stratified(blocks, fit_samples if designed else 0, taken, rng)
+    order = [("fit", s) for s in (*planned, *extra)] + [("holdout", s) for s in held]
+    shuffled = [order[i] for i in rng.permutation(len(order))]
+    return EndToEndPlan(designed=tuple(planned), random=tuple(extra), holdout=tuple(held),
+                        order=tuple(shuffled))
+
+
+def _stratified(blocks: tuple[int, ...], count: int, taken: set, rng: np.random.Generator) -> list[Subset]:
+    """Up to ``count`` distinct unused subsets with k spread evenly over 1..n−1 (fewer if none is left)."""
+    n = len(blocks)
+    free = (2 ** n if n < 63 else math.inf) - len(taken | {(), blocks})
+    count = int(min(count, max(free, 0)))
+    chosen: list[Subset] = []
+    for i in range(count):
+        k = 1 + round(i * (n - 2) / (count - 1)) if count > 1 else max(1, n // 2)
+        subset = _nearest(blocks, min(max(k, 0), n), taken, rng)
+        if subset is None:
+            break
+        taken.add(subset)
+        chosen.append(subset)
+    return chosen

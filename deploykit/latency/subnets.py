@@ -1,0 +1,94 @@
+"""Measuring whole subnets: build the merged subnet, export it to ONNX and time it on the target.
+
+:class:`SubnetMeasurer` is what a profile's end-to-end phase and ``deploykit lut check`` call for each
+subnet; :class:`SubnetTiming` is the one record both keep of a measurement.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import TableError
+from deploykit.latency.protocol import Measurement
+
+# A measurer times one subnet (the pruned block indices) end to end: a Measurement or plain milliseconds.
+Measurer = Callable[[tuple[int, ...]], "Measurement | float"]
+
+
+class SubnetMeasurer:
+    """Times a subnet end to end: prune, λ = 1, merge, export to ONNX, time (``time_onnx``).
+
+    Weights are random unless ``model`` is given: timing does not depend on them. Without ``time_onnx``
+    it only exports (:meth:`export`).
+    """
+
+    def __init__(self, model_name: str, *, input_size: tuple[int, int], batch: int, work: Path,
+                 time_onnx: Callable[[Path, tuple[int, ...]], Measurement] | None = None, model: Any = None):
+        from deploykit.models import create_model
+        from deploykit.prune import prunable
+
+        module = model if model is not None else create_model(model_name, input_size=tuple(input_size))
+        self.net = prunable(module.eval(), input_size=tuple(input_size)).eval()
+        self.shape = (batch, 3, *input_size)
+        self.work, self.time_onnx = work, time_onnx
+
+    @property
+    def prunable_indices(self) -> tuple[int, ...]:
+        return self.net.prunable_indices
+
+    def export(self, pruned: tuple[int, ...], path: Path) -> Path:
+        """The subnet with these blocks merged (λ = 1), exported to ONNX at ``path``."""
+        from deploykit.export import export_onnx
+
+        self.net.prune(pruned)
+        if pruned:
+            self.net.set_progress(1.0)
+        return export_onnx(self.net.eval().merge(), self.shape, path)
+
+    def __call__(self, pruned: tuple[int, ...]) -> Measurement:
+        if self.time_onnx is None:
+            raise TypeError("this SubnetMeasurer was built to export only (no time_onnx)")
+        path = self.export(pruned, self.work / "subnet.onnx")
+        try:
+            return self.time_onnx(path, self.shape)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class SubnetTiming:
+    """One subnet measured end to end, with the machine's 1-minute load average at that moment."""
+
+    pruned: tuple[int, ...]
+    measured_ms: float
+    p90_ms: float = math.nan
+    cv: float = math.nan
+    n: int = 0
+    load: float = math.nan
+    measured_at: str = ""        # ISO time (UTC)
+
+    @classmethod
+    def of(cls, pruned: tuple[int, ...], measured: Any) -> SubnetTiming:
+        """From what a measurer returned: a Measurement, or milliseconds > 0."""
+        if isinstance(measured, Measurement):
+            return cls(tuple(pruned), measured.median_ms, measured.p90_ms, measured.cv, measured.n,
+                       load_now(), _now())
+        if isinstance(measured, bool) or not isinstance(measured, (int, float)) or not measured > 0:
+            raise TableError(f"the measurer returned {measured!r} for subnet {list(pruned)}; "
+                             "expected milliseconds > 0")
+        return cls(tuple(pruned), float(measured), load=load_now(), measured_at=_now())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def load_now() -> float:
+    """The 1-minute load average (nan where the platform has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
