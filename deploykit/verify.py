@@ -345,7 +345,7 @@ def measure_interleaved(model_path: Path, reference_path: Path | None, *, target
                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time the model (and the reference) ``rounds`` times each, alternating, each in a fresh process."""
     from deploykit.latency.measure import measure_onnx
-    from deploykit.latency.protocol import Measurement
+    from deploykit.protocol import Measurement
 
     if rounds < 1:
         raise ConfigError(f"--rounds must be ≥ 1, got {rounds}")
@@ -382,8 +382,9 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
            batch: int | None = None, input_size: tuple[int, int] | None = None,
            progress: Callable[[str], None] | None = None) -> VerifyReport:
     """Verify ``onnx_path`` on ``target``; see the module docstring. ``table`` is a LatencyTable."""
+    from deploykit.latency.identity import table_for_this_machine
     from deploykit.latency.measure import runtime_info
-    from deploykit.latency.protocol import Protocol
+    from deploykit.protocol import Protocol
     from deploykit.runtimes import get_backend
 
     path = Path(onnx_path)
@@ -409,9 +410,11 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
 
     predicted = mismatches = None
     if table is not None:
-        mismatches = table.check_matches(target=target, device=info["device"],
-                                         runtime_version=info["runtime_version"], batch=shape[0],
-                                         input_size=tuple(shape[2:]), allow_mismatch=allow_mismatch)
+        mismatches = table.check_matches(target=target, batch=shape[0], input_size=tuple(shape[2:]),
+                                         allow_mismatch=allow_mismatch)
+        # Another machine (fingerprint) is never refused here: the measurement below shows the error.
+        table = table_for_this_machine(table, budget_unit=None,
+                                       say=lambda line: notes.append(line.removeprefix("note: ")))
         predicted = table.predict(tuple(pruned))
         if table.meta.mode != "measured":
             notes.append(f"the table is {table.meta.mode} (roofline), not measured")

@@ -22,11 +22,11 @@ from deploykit.latency.fidelity import (
     rankdata,
     spearman,
 )
-from deploykit.latency.protocol import Measurement, Protocol
 from deploykit.latency.table import LatencyTable, TableMeta, meta_path
+from deploykit.protocol import Measurement, Protocol
 from deploykit.subnet import Subnet
 
-TINY_PROTOCOL = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=3, max_cv=10.0,
+TINY_PROTOCOL = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=3,
                          max_repeats=1)
 
 

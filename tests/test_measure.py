@@ -21,7 +21,7 @@ from deploykit.errors import (
 from deploykit.latency import Measurement, Protocol, measure_onnx, runtime_info, worker
 from deploykit.targets import load_target
 
-SHORT = Protocol(warmup_s=0.05, warmup_iters=3, min_time_s=0.05, min_iters=10, max_cv=10.0, max_repeats=2)
+SHORT = Protocol(warmup_s=0.05, warmup_iters=3, min_time_s=0.05, min_iters=10, max_repeats=2)
 SHAPE = (1, 3, 16, 16)
 
 

@@ -19,15 +19,15 @@ from deploykit.errors import ConfigError, RuntimeUnavailableError, TableError
 from deploykit.latency import measure as measure_module
 from deploykit.latency import profile as profile_module
 from deploykit.latency.profile import find_entries, profile
-from deploykit.latency.protocol import Measurement, Protocol
 from deploykit.latency.table import LatencyTable
+from deploykit.protocol import Measurement, Protocol
 from deploykit.runtimes import hostinfo
 from deploykit.targets import availability, load_target
 
-TINY_PROTOCOL = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=3, max_cv=10.0,
+TINY_PROTOCOL = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=3,
                          max_repeats=1)
 TINY_PROTOCOL_ARGS = ["--warmup-time", "0", "--warmup-iters", "1", "--min-time", "0", "--min-iters", "3",
-                      "--max-cv", "10", "--max-repeats", "1"]
+                      "--max-repeats", "1"]
 
 
 class TinyConvNeXt(nn.Module):

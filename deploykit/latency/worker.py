@@ -2,9 +2,14 @@
 
 Reads one JSON request on stdin (``onnx_path``, ``target`` as :meth:`Target.as_dict`, ``protocol`` as
 :meth:`Protocol.as_dict`, ``input_shape``) and writes one JSON line on stdout: ``{"ok": true,
-"measurement": {...}, "runtime_version": ..., "device": ...}`` or ``{"ok": false, "type":
-"<DeployKitError subclass>", "error": "<one line>"}``. Whatever the runtimes print goes to stderr, so
-stdout carries the reply only. Started by :func:`deploykit.latency.measure.measure_onnx`.
+"measurement": {...}, "runtime_version": ..., "device": ..., "affinity": [cpus] or null}`` or
+``{"ok": false, "type": "<DeployKitError subclass>", "error": "<one line>"}``. Whatever the runtimes
+print goes to stderr, so stdout carries the reply only. Started by
+:func:`deploykit.latency.measure.measure_onnx`.
+
+Before the runtime starts its thread pool, the process pins itself to a fixed CPU set matching the
+thread count (:func:`deploykit.runtimes.hostinfo.pinned_cores`), so every measurement runs on the same
+cores; where the OS has no affinity API it runs unpinned and says so (``affinity`` null).
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import traceback
 def handle(request: dict) -> dict:
     """Run one measurement request; the reply as a dict."""
     from deploykit.errors import ConfigError
-    from deploykit.latency.protocol import Protocol
-    from deploykit.runtimes import get_backend
+    from deploykit.protocol import Protocol
+    from deploykit.runtimes import get_backend, hostinfo
     from deploykit.targets import target_from_dict
 
     try:
@@ -29,9 +34,10 @@ def handle(request: dict) -> dict:
     except (KeyError, TypeError) as error:
         raise ConfigError(f"malformed latency worker request: {error!r}") from None
     backend = get_backend(target.runtime)
+    affinity = hostinfo.pin_to_cores(protocol.resolve_threads(target.threads))
     measurement = backend.profile(onnx_path, target=target, protocol=protocol, input_shape=input_shape)
     return {"ok": True, "measurement": measurement.as_dict(), "runtime_version": backend.version(),
-            "device": backend.device_string(target)}
+            "device": backend.device_string(target), "affinity": list(affinity) if affinity else None}
 
 
 def main() -> int:

@@ -24,7 +24,7 @@ from deploykit.runtimes.base import (
 from deploykit.runtimes.onnxfile import input_names
 
 if TYPE_CHECKING:
-    from deploykit.latency.protocol import Measurement, Protocol
+    from deploykit.protocol import Measurement, Protocol
     from deploykit.targets import Target
 
 DEFAULT_DEVICE = "gpu"

@@ -30,7 +30,7 @@ from deploykit.runtimes.base import (
 from deploykit.runtimes.onnxfile import convert_to_fp16
 
 if TYPE_CHECKING:
-    from deploykit.latency.protocol import Measurement, Protocol
+    from deploykit.protocol import Measurement, Protocol
     from deploykit.targets import Target
 
 CPU = "CPUExecutionProvider"

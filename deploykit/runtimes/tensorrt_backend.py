@@ -27,7 +27,7 @@ from deploykit.runtimes.base import (
 from deploykit.runtimes.onnxfile import convert_to_fp16
 
 if TYPE_CHECKING:
-    from deploykit.latency.protocol import Measurement, Protocol
+    from deploykit.protocol import Measurement, Protocol
     from deploykit.targets import Target
 
 MIN_VERSION = (8, 6)  # named-tensor API: set_tensor_address, execute_async_v3
