@@ -45,8 +45,7 @@ def interleaved(files: Mapping[str, Path], *, time_onnx: TimeOnnx, rounds: int,
             result = time_onnx(path)
             runs[name].append(result)
             if say:
-                say(f"round {number}/{rounds}: {name} {result.median_ms:.3f} ms "
-                    f"(±{result.steady_within * 100:.1f}%, n {result.n})")
+                say(f"round {number}/{rounds}: {name} {result.brief()}")
     return runs
 
 

@@ -19,6 +19,7 @@ interrupted profile resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tempfile
@@ -543,7 +544,8 @@ def _measurer(target: Any, protocol) -> Callable[[Path, tuple[int, ...]], dict[s
     return time_entry
 
 
-_STAT_NAMES = ("median_ms", "p90_ms", "mean_ms", "std_ms", "cv", "n", "repeats", "compile_s", "first_run_ms")
+_STAT_NAMES = ("median_ms", "p90_ms", "mean_ms", "std_ms", "cv", "n", "repeats", "compile_s", "first_run_ms",
+               "ci_low_ms", "ci_high_ms", "ci_half_width")
 
 
 def measure_entry(onnx_file: Path, *, target: Any, protocol: Any, input_shape: tuple[int, ...]):
@@ -573,7 +575,9 @@ def _export(entry: Entry, batch: int, path: Path, opset: int | None) -> Path:
 def _shown_stats(stats: dict[str, float], mode: str) -> str:
     if mode == "estimated":
         return f"{stats['median_ms']:.4f} ms (estimated)"
-    return f"{stats['median_ms']:.3f} ms (cv {stats['cv'] * 100:.0f}%, n {int(stats['n'])})"
+    half = stats.get("ci_half_width", math.nan)
+    interval = f"±{half * 100:.1f}% CI, " if math.isfinite(half) else ""
+    return f"{stats['median_ms']:.3f} ms ({interval}cv {stats['cv'] * 100:.0f}%, n {int(stats['n'])})"
 
 
 # --- resuming --------------------------------------------------------------------------------------
@@ -641,15 +645,19 @@ def _swap_in(table: LatencyTable, pending: Path, path: Path, say: Progress) -> L
 
 
 def _differences(have: TableMeta, want: TableMeta) -> dict[str, str]:
-    """Setting name → "name: table X, now Y" for every setting that differs."""
+    """Setting name → "name: table X, now Y" for every setting that differs; the machine (fingerprint)
+    as one entry saying what differs, which then stands for the device string and runtime version."""
     old, new = have.settings(), want.settings()
     found = {}
+    machine = None
     if want.fingerprint is not None and (have.fingerprint or {}).get("id") != want.fingerprint.get("id"):
-        found["fingerprint"] = ("machine: " + "; ".join(
-            differences(Fingerprint.from_dict(have.fingerprint), Fingerprint.from_dict(want.fingerprint))
-            if have.fingerprint else ["the table carries no machine fingerprint"]))
+        if have.fingerprint:
+            machine = differences(Fingerprint.from_dict(have.fingerprint),
+                                  Fingerprint.from_dict(want.fingerprint))
+        else:
+            machine = ["the table carries no machine fingerprint"]
     for name in SETTINGS:
-        if old[name] == new[name]:
+        if old[name] == new[name] or (have.fingerprint and machine and name in ENVIRONMENT):
             continue
         if isinstance(old[name], dict) and isinstance(new[name], dict):
             keys = sorted(set(old[name]) | set(new[name]))
@@ -658,6 +666,8 @@ def _differences(have: TableMeta, want: TableMeta) -> dict[str, str]:
             found[name] = "; ".join(parts)
         else:
             found[name] = f"{name}: table {old[name]!r}, now {new[name]!r}"
+    if machine:
+        found["fingerprint"] = "machine: " + "; ".join(machine)
     return found
 
 
