@@ -20,8 +20,9 @@ import sys
 import traceback
 
 
-def handle(request: dict) -> dict:
-    """Run one measurement request; the reply as a dict."""
+def handle(request: dict, *, pin: bool = False) -> dict:
+    """Run one measurement request; the reply as a dict. With ``pin`` (the worker process, never a
+    caller that handles a request in its own process) the process is pinned to its cores first."""
     from deploykit.errors import ConfigError
     from deploykit.protocol import Protocol
     from deploykit.runtimes import get_backend, hostinfo
@@ -34,7 +35,7 @@ def handle(request: dict) -> dict:
     except (KeyError, TypeError) as error:
         raise ConfigError(f"malformed latency worker request: {error!r}") from None
     backend = get_backend(target.runtime)
-    affinity = hostinfo.pin_to_cores(protocol.resolve_threads(target.threads))
+    affinity = hostinfo.pin_to_cores(protocol.resolve_threads(target.threads)) if pin else None
     measurement = backend.profile(onnx_path, target=target, protocol=protocol, input_shape=input_shape)
     return {"ok": True, "measurement": measurement.as_dict(), "runtime_version": backend.version(),
             "device": backend.device_string(target), "affinity": list(affinity) if affinity else None}
@@ -56,7 +57,7 @@ def main() -> int:
             reply = {"ok": False, "type": "ConfigError", "error": f"bad latency worker request: {error}"}
         else:
             try:
-                reply = handle(request)
+                reply = handle(request, pin=True)
             except DeployKitError as error:
                 reply = {"ok": False, "type": type(error).__name__, "error": str(error)}
             except Exception as error:  # a bug or an SDK failure: keep the traceback on stderr
