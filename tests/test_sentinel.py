@@ -39,8 +39,8 @@ def test_the_process_tree_and_the_busiest_other_processes():
     before = {1: ("init", 0, 0), me: ("python", 1, 0), 101: ("worker", me, 0), 102: ("grandchild", 101, 0),
               200: ("backup", 1, 0), 300: ("compiler", 1, 10), 400: ("idle", 1, 5)}
     after = {1: ("init", 0, 0), me: ("python", 1, 900), 101: ("worker", me, 900),
-             102: ("grandchild", 101, 900), 200: ("backup", 1, 3 * TICKS), 300: ("compiler", 1, 10 + TICKS), 400: ("idle", 1, 5),
-             500: ("newcomer", 1, 50)}
+             102: ("grandchild", 101, 900), 200: ("backup", 1, 3 * TICKS), 300: ("compiler", 1, 10 + TICKS),
+             400: ("idle", 1, 5), 500: ("newcomer", 1, 50)}
     assert own_tree(after, me) == {me, 101, 102}
     top = busiest((10.0, before), (14.0, after), exclude_root=me)
     # 3 s of CPU in 4 s, 1 s in 4 s; this tree, idle processes and ones not seen before are left out
