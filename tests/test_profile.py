@@ -173,12 +173,13 @@ def test_profile_writes_every_entry_and_a_rerun_measures_nothing(tmp_path, monke
     lines: list[str] = []
     result = run(tmp_path, batch=2, progress=lines.append)
     assert runtime.entry_calls == [(2, 3, 32, 32), (2, 8, 8, 8), (2, 8, 8, 8), (2, 8, 8, 8), (2, 8)]
-    # sentinel at the start, entries (the model row from model.onnx), sentinel at the end, anchors
-    assert runtime.names() == ["model", "entry1", "entry2", "entry3", "entry4", "entry5", "model", "model",
+    # the model row first (the sentinel's start value), the entries, the sentinel at the end, the anchors
+    assert runtime.names() == ["model", "entry1", "entry2", "entry3", "entry4", "entry5", "model",
                                "model", "anchor_merged", "model", "anchor_merged"]
-    assert lines[0] == "sentinel: the whole model measures 5.000 ms at the start"
-    assert lines[1].startswith("[1/6] fixed conv1+bn1+act1 (Sequential 3x32x32) 0.100 ms (cv 1%, n 3)")
-    assert lines[2].startswith("[2/6] original blocks.0 (convnext 8x8x8, ×2) 0.200 ms")
+    assert lines[0].startswith("[6/6] model tiny (TinyConvNeXt 3x32x32) 5.000 ms (cv 1%, n 3)")
+    assert lines[1] == "sentinel: the whole model's row (5.000 ms) is the start value"
+    assert lines[2].startswith("[1/6] fixed conv1+bn1+act1 (Sequential 3x32x32) 0.100 ms (cv 1%, n 3)")
+    assert lines[3].startswith("[2/6] original blocks.0 (convnext 8x8x8, ×2) 0.200 ms")
     table = LatencyTable.read(tmp_path / "t.csv")
     assert table.equals(result.table) and table.meta.complete
     assert (table.meta.device_string, table.meta.runtime_version, table.meta.batch) == ("Test CPU", "9.9", 2)
@@ -248,7 +249,7 @@ def test_an_interrupted_force_keeps_the_old_table_and_the_next_force_resumes_the
     assert {name: (tmp_path / name).read_bytes() for name in old} == old  # the old table, intact
     assert LatencyTable.read(tmp_path / "t.csv").meta.complete
     pending = LatencyTable.read(tmp_path / ".t.pending.csv")
-    assert len(pending) == 2 and pending.meta.batch == 4 and not pending.meta.complete
+    assert len(pending) == 3 and pending.meta.batch == 4 and not pending.meta.complete  # model row + 2
     with pytest.raises(TableError, match=r"an unfinished --force run is at \.t\.pending\.csv"):
         run(tmp_path, batch=4)
     runtime.fail_at = None
@@ -256,7 +257,7 @@ def test_an_interrupted_force_keeps_the_old_table_and_the_next_force_resumes_the
     result = run(tmp_path, batch=4, force=True, progress=lines.append)
     assert len(runtime.entry_calls) == 3 + 3  # the first two entries were kept from the interrupted run
     assert any("resuming the new table" in line for line in lines)
-    assert result.kept == 2 and result.path == tmp_path / "t.csv"
+    assert result.kept == 3 and result.path == tmp_path / "t.csv"
     table = LatencyTable.read(tmp_path / "t.csv")
     assert table.meta.batch == 4 and table.meta.complete and len(table) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.meta.json"]
@@ -267,16 +268,17 @@ def test_sentinel_drift_measures_exactly_the_entries_of_the_window_again(tmp_pat
     runtime = FakeRuntime(monkeypatch, sentinel=lambda j: 5.6 if j == 2 else 5.0)
     lines: list[str] = []
     run(tmp_path, sentinel=SentinelPolicy(every=2, interval_s=1e9), progress=lines.append)
-    assert runtime.names()[:12] == ["model", "entry1", "entry2", "model",  # start, window 1-2, drift
+    assert runtime.names()[:11] == ["model",  # the model row: the start value
+                                    "entry1", "entry2", "model",  # window 1-2, drift
                                     "entry1", "entry2", "model",  # 1-2 again, steady
                                     "entry3", "entry4", "model",  # window 3-4, steady
-                                    "entry5", "model"]  # entry 6 is the model row
-    assert runtime.names()[12:] == ["model", "model", "anchor_merged", "model", "anchor_merged"]
+                                    "entry5"]
+    assert runtime.names()[11:] == ["model", "model", "anchor_merged", "model", "anchor_merged"]
     table = LatencyTable.read(tmp_path / "t.csv")
     rows = table.rows.set_index(["key", "form"])["median_ms"]
-    first, second = (table.rows.iloc[i] for i in (0, 1))
-    assert rows[(first["key"], first["form"])] == pytest.approx(0.3)  # the re-measured values
-    assert rows[(second["key"], second["form"])] == pytest.approx(0.4)
+    first, second = find_entries(tiny(), model_name="tiny", input_size=32)[:2]
+    assert rows[(first.key, first.form)] == pytest.approx(0.3)  # the re-measured values
+    assert rows[(second.key, second.form)] == pytest.approx(0.4)
     assert rows[("model", "model")] == 5.0
     drift = table.meta.conditions["runs"][-1]["sentinel"]["drifts"]
     assert len(drift) == 1 and drift[0]["entries"] == "1-2" and drift[0]["action"] == "measured again"
@@ -292,10 +294,10 @@ def test_a_lasting_drift_is_measured_again_a_bounded_number_of_times_then_kept(t
     runtime = FakeRuntime(monkeypatch, sentinel=lambda j: 5.0 if j == 1 else 6.0)
     lines: list[str] = []
     run(tmp_path, sentinel=SentinelPolicy(every=0, interval_s=1e9, retries=1), progress=lines.append)
-    assert len(runtime.entry_calls) == 5 + 5  # the whole window (entries 1-6) once more, then kept
+    assert len(runtime.entry_calls) == 5 + 5  # the whole window (entries 1-5) once more, then kept
     drifts = LatencyTable.read(tmp_path / "t.csv").meta.conditions["runs"][-1]["sentinel"]["drifts"]
     assert [d["action"] for d in drifts] == ["measured again", "kept (retries exhausted)"]
-    assert [d["entries"] for d in drifts] == ["1-6", "1-6"]
+    assert [d["entries"] for d in drifts] == ["1-5", "1-5"]
     assert "profile on a quieter machine" in [line for line in lines if line.startswith("warning:")][-1]
 
 

@@ -71,9 +71,9 @@ class Sentinel:
     _last_snapshot: tuple[float, Snapshot] | None = None
     _window_usage: list[dict[str, Any]] = field(default_factory=list)
 
-    def start(self) -> float:
-        """Measure the start value."""
-        self.start_ms = self._measure("start")
+    def start(self, value_ms: float | None = None) -> float:
+        """Measure the start value, or take ``value_ms``: the whole model just measured for its row."""
+        self.start_ms = self._measure("start", value_ms)
         return self.start_ms
 
     def add(self, item: Any) -> None:
@@ -109,8 +109,8 @@ class Sentinel:
         return {"policy": self.policy.as_dict(), "start_ms": self.start_ms, "checks": self.checks,
                 "drifts": self.drifts}
 
-    def _measure(self, kind: str) -> float:
-        value = float(self.measure())
+    def _measure(self, kind: str, value_ms: float | None = None) -> float:
+        value = float(self.measure() if value_ms is None else value_ms)
         self._last_time = self.clock()
         check = {"at": _now(), "kind": kind, "ms": value}
         if self.start_ms:
