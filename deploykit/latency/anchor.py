@@ -126,6 +126,11 @@ def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Say
     with tempfile.TemporaryDirectory(prefix="deploykit-anchor-") as work:
         files, pruned = export_anchor_models(meta.model, input_size=meta.input_size, batch=meta.batch,
                                              work=Path(work), model=model)
+        expected = (meta.anchors or {}).get("pruned")
+        if expected is not None and tuple(expected) != tuple(pruned):
+            raise TableError(f"{table.path}'s all-merged anchor merges blocks {list(expected)}, but "
+                             f"{meta.model} here has prunable blocks {list(pruned)}: the table is from "
+                             "another model definition; profile it again")
         figures = anchor_figures(interleaved(files, time_onnx=time_onnx, rounds=rounds, say=say),
                                  pruned=pruned)
     (a, b), kind = fit_rescale(mapped, figures)
