@@ -307,15 +307,16 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     """Measure ``samples`` random subnets end to end, compare with the table, fit and store a calibration.
 
     ``measure`` times one subnet (its pruned indices); by default each subnet is built from the table's
-    model with random weights, merged, exported and timed on the table's target under the table's
-    protocol in a fresh process — which needs the table's target here (same device string and runtime
-    version unless ``allow_mismatch``). ``out_dir`` is where the points CSV and the plot go (default:
-    beside the table). Points already in that CSV for the same plan and table are reused unless
-    ``fresh``. With ``store`` the calibration is written into the table's metadata (atomically) —
+    model with random weights, merged, exported and timed on the table's target under the table's protocol
+    in a fresh process — which needs the table's target here, on the machine that measured the table (its
+    fingerprint), or on one it was re-anchored for (``lut anchor``; its rescaled predictions are checked
+    and no calibration is stored), unless ``allow_mismatch``. ``out_dir`` is where the points CSV and the
+    plot go (default: beside the table). Points already in that CSV for the same plan and table are reused
+    unless ``fresh``. With ``store`` the calibration is written into the table's metadata (atomically) —
     unless the unpruned model, measured now, differs from the table's own end-to-end row by more than
-    :data:`DRIFT_LIMIT` (the machine is not in the state it was profiled in: load, clock, another
-    runtime build; the fit would encode that), which ``force_store`` overrides. ``model`` replaces
-    the timm model the table names (for tests and custom models).
+    :data:`DRIFT_LIMIT` (the machine is not in the state it was profiled in: load, clock, another runtime
+    build; the fit would encode that), which ``force_store`` overrides. ``model`` replaces the timm model
+    the table names (for tests and custom models).
     """
     started = time.perf_counter()
     say = progress or (lambda line: None)
