@@ -285,7 +285,7 @@ def test_sentinel_drift_measures_exactly_the_entries_of_the_window_again(tmp_pat
     assert drift[0]["drift"] == pytest.approx(0.12) and drift[0]["sentinel_ms"] == 5.6
     assert isinstance(drift[0]["busiest"], list) and ("load" in drift[0])
     warning = next(line for line in lines if line.startswith("warning:"))
-    assert "+12.0% from 5.000 ms" in warning and "entries 1-2" in warning
+    assert "+12.0% from 5.000 ms" in warning and "entries measured meanwhile: 1-2 — " in warning
     assert "measuring them again" in warning
     assert sum("(again)" in line for line in lines) == 2
 

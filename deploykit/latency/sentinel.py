@@ -137,7 +137,7 @@ def _warning(event: dict[str, Any], policy: SentinelPolicy) -> str:
             else f"keeping them after {policy.retries} re-measurements: profile on a quieter machine")
     return (f"warning: the whole model now measures {event['sentinel_ms']:.3f} ms, {event['drift']:+.1%} "
             f"from {event['start_ms']:.3f} ms at the start (limit ±{policy.max_drift:.0%}; {load_text}"
-            f"{busy_text}); entries {event['entries']} were measured meanwhile: {what}")
+            f"{busy_text}); entries measured meanwhile: {event['entries']} — {what}")
 
 
 def _now() -> str:
