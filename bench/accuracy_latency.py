@@ -100,12 +100,12 @@ METHODS = ("baseline", *DEPTH_METHODS, "torch-pruning")
 TARGET = "cpu-ort"
 SIZE = 32
 # deploykit's default protocol for the study; a short one for --quick.
-FULL_PROTOCOL = {"warmup_s": 0.2, "warmup_iters": 10, "min_time_s": 1.0, "min_iters": 20, "max_cv": 0.1,
-                 "max_repeats": 3}
-QUICK_PROTOCOL = {"warmup_s": 0.05, "warmup_iters": 5, "min_time_s": 0.1, "min_iters": 10, "max_cv": 0.1,
+FULL_PROTOCOL = {"warmup_s": 0.2, "warmup_iters": 10, "min_time_s": 1.0, "min_iters": 20, "max_ci": 0.02,
+                 "max_repeats": 5}
+QUICK_PROTOCOL = {"warmup_s": 0.05, "warmup_iters": 5, "min_time_s": 0.1, "min_iters": 10, "max_ci": 0.02,
                   "max_repeats": 1}
 _FLAGS = {"warmup_s": "--warmup-time", "warmup_iters": "--warmup-iters", "min_time_s": "--min-time",
-          "min_iters": "--min-iters", "max_cv": "--max-cv", "max_repeats": "--max-repeats"}
+          "min_iters": "--min-iters", "max_ci": "--max-ci", "max_repeats": "--max-repeats"}
 
 
 def say(message: str) -> None:

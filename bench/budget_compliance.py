@@ -51,9 +51,9 @@ sys.path.insert(0, str(ROOT))
 
 from deploykit import __version__  # noqa: E402
 from deploykit.fileio import write_text_atomic  # noqa: E402
-from deploykit.latency.protocol import Protocol  # noqa: E402
 from deploykit.latency.subnets import SubnetMeasurer  # noqa: E402
 from deploykit.latency.table import LatencyTable  # noqa: E402
+from deploykit.protocol import Protocol  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 from deploykit.search import DepthProxy, parse_budget, search  # noqa: E402
 from deploykit.targets import availability, load_target  # noqa: E402
@@ -64,7 +64,7 @@ FRACTIONS = ("0.5", "0.6", "0.7", "0.8", "0.9")
 MS_AT = (0.65, 0.85)                 # millisecond budgets: the table's prediction at these fractions
 TOLERANCE = 1.03                     # compliant: measured ≤ 1.03 × budget
 QUICK_TABLE = "latency_tables/cpu-ort/convnext_tiny_224_b1.csv"
-QUICK_PROTOCOL = Protocol(warmup_s=0.05, warmup_iters=2, min_time_s=0.1, min_iters=5, max_cv=10.0,
+QUICK_PROTOCOL = Protocol(warmup_s=0.05, warmup_iters=2, min_time_s=0.1, min_iters=5, max_ci=10.0,
                           max_repeats=1)
 
 

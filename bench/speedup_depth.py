@@ -83,8 +83,9 @@ sys.path.insert(0, str(ROOT))
 
 from deploykit import __version__  # noqa: E402
 from deploykit.fileio import atomic_path, write_text_atomic  # noqa: E402
-from deploykit.latency.protocol import Protocol  # noqa: E402
+from deploykit.latency.identity import here_for, judge  # noqa: E402
 from deploykit.latency.table import LatencyTable, format_indices  # noqa: E402
+from deploykit.protocol import Protocol  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 from deploykit.search import DepthProxy, Searcher  # noqa: E402
 
@@ -445,9 +446,8 @@ def batch_prediction(model: str, target, batch: int, pruned: tuple[int, ...],
     table = LatencyTable.read(path)
     if not table.meta.complete:
         return blank | {"predict_table": str(path.relative_to(ROOT)), "table_mismatch": "incomplete table"}
-    differences = table.check_matches(target=target, device=device["device"],
-                                      runtime_version=device["runtime_version"], batch=batch,
-                                      input_size=SIZE, allow_mismatch=True)
+    differences = table.check_matches(target=target, batch=batch, input_size=SIZE, allow_mismatch=True)
+    differences += judge(table, here_for(table.meta)).differences  # another machine: what differs
     reference, predicted = table.predict(()), table.predict(pruned)
     return {"predict_table": str(path.relative_to(ROOT)),
             "table_calibrated": table.meta.calibration is not None,

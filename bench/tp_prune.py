@@ -226,7 +226,7 @@ def run_match(args) -> int:
     from deploykit.data import DataConfig, eval_loader, load_datasets
     from deploykit.export import export_onnx
     from deploykit.fileio import write_json_atomic
-    from deploykit.latency.protocol import Protocol
+    from deploykit.protocol import Protocol
     from deploykit.targets import load_target
     from deploykit.training.evaluation import evaluate
     from deploykit.verify import measure_interleaved
@@ -340,7 +340,7 @@ def run_finetune(args) -> int:
 # --- command line ------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from deploykit.latency.protocol import add_protocol_arguments
+    from deploykit.protocol import add_protocol_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)

@@ -105,18 +105,25 @@ def _run_targets(args) -> int:
 
 def _add_profile(sub) -> None:
     from deploykit.latency.options import add_end_to_end_arguments
-    from deploykit.latency.protocol import add_protocol_arguments
+    from deploykit.latency.sentinel import SentinelPolicy
+    from deploykit.protocol import add_protocol_arguments
 
     p = sub.add_parser(
         "profile", help="measure a model's block latency table on a target (or --estimate it)",
         description="Time every distinct block of a timm model in original and merged form, plus the "
                     "fixed parts (stem, downsampling, head) and the whole model, each exported to ONNX "
-                    "and run on the target's runtime in a fresh process. Then whole subnets are measured "
+                    "and run on the target's runtime in a fresh process pinned to fixed cores. Each figure "
+                    "is sampled until the confidence interval of its median is narrow (--max-ci). A "
+                    "sentinel (the whole model) is measured at the start, every --sentinel-every entries "
+                    "or --sentinel-interval seconds, and at the end; when it drifts more than --max-drift, "
+                    "the entries measured meanwhile are measured again and the load is recorded. Then the "
+                    "speed anchors (the unpruned and the all-merged model, interleaved), and whole subnets "
                     "end to end: the table's predictor is fitted on designed and random subnets (the "
                     "isolated entries as prior) and its fidelity measured on held-out subnets is stored "
-                    "in the table. Writes the latency table (CSV + .meta.json) after every entry and each "
-                    "subnet into NAME.fit.csv: rerun the same command to resume an interrupted profile. "
-                    "--estimate builds a roofline table from the target's peak figures instead.")
+                    "in the table, with this machine's fingerprint. Writes the latency table (CSV + "
+                    ".meta.json) after every entry and each subnet into NAME.fit.csv: rerun the same "
+                    "command to resume an interrupted profile. --estimate builds a roofline table from the "
+                    "target's peak figures instead.")
     p.add_argument("--target", required=True, help="target name (see `deploykit targets`) or YAML path")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
     p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
@@ -126,9 +133,23 @@ def _add_profile(sub) -> None:
                    help="table CSV path (default: latency_tables/<target>/<model>_<size>_b<batch>.csv)")
     p.add_argument("--estimate", action="store_true",
                    help="roofline estimates from the target's peak figures, for hardware that is not here")
-    p.add_argument("--force", action="store_true", help="start an existing table at --out over")
+    p.add_argument("--force", action="store_true",
+                   help="measure an existing table at --out anew: the new table is built beside it and "
+                        "replaces it once complete (an interrupted --force run keeps the old table; rerun "
+                        "it to resume the new one)")
     p.add_argument("--allow-mismatch", action="store_true",
-                   help="resume a table measured on another device or runtime version")
+                   help="resume a table begun on another machine (another fingerprint: CPU, cores, ISA, "
+                        "memory, OS, runtime version, device); the table notes it")
+    sentinel = p.add_argument_group("sentinel", "the whole model, re-measured to catch the machine changing")
+    d = SentinelPolicy()
+    sentinel.add_argument("--sentinel-every", type=int, default=d.every, metavar="N",
+                          help=f"measure the sentinel after every N entries; 0: only at the start and the "
+                               f"end (default: {d.every})")
+    sentinel.add_argument("--sentinel-interval", type=float, default=d.interval_s, metavar="S",
+                          help=f"or after S seconds since the last one (default: {d.interval_s:g})")
+    sentinel.add_argument("--max-drift", type=float, default=d.max_drift, metavar="F",
+                          help="measure the entries since the last good sentinel again when the sentinel "
+                               f"moves more than this fraction from its start value (default: {d.max_drift})")
     add_end_to_end_arguments(p)
     add_protocol_arguments(p)
     p.set_defaults(func=_run_profile)
@@ -137,13 +158,16 @@ def _add_profile(sub) -> None:
 def _run_profile(args) -> int:
     from deploykit.latency.options import EndToEndOptions
     from deploykit.latency.profile import profile
-    from deploykit.latency.protocol import Protocol
+    from deploykit.latency.sentinel import SentinelPolicy
+    from deploykit.protocol import Protocol
     from deploykit.targets import load_target
 
+    sentinel = SentinelPolicy(every=args.sentinel_every, interval_s=args.sentinel_interval,
+                              max_drift=args.max_drift)
     result = profile(args.model, load_target(args.target), input_size=args.input_size, batch=args.batch,
                      out=args.out, protocol=None if args.estimate else Protocol.from_args(args),
                      estimate=args.estimate, force=args.force, allow_mismatch=args.allow_mismatch,
-                     end_to_end=EndToEndOptions.from_args(args),
+                     end_to_end=EndToEndOptions.from_args(args), sentinel=sentinel,
                      progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(result.summary())
     return 0
@@ -251,11 +275,12 @@ def _run_train(args) -> int:
 
 def _add_lut(sub) -> None:
     p = sub.add_parser(
-        "lut", help="latency tables: check a table end to end and calibrate it; predict a subnet's latency",
+        "lut", help="latency tables: check a table end to end, re-anchor it for this machine, predict",
         description="Work with a latency table (from `deploykit profile`): `check` measures random subnets "
                     "end to end on the table's target and reports how well the table's prediction matches "
-                    "them, then stores a calibration; `predict` prints the table's latency for one subnet "
-                    "and the held-out fidelity the table stores.")
+                    "them, then stores a calibration; `anchor` re-anchors a table measured on another "
+                    "machine for this one; `predict` prints the table's latency for one subnet and the "
+                    "held-out fidelity the table stores.")
     actions = p.add_subparsers(dest="lut_action", metavar="ACTION", required=True)
     check = actions.add_parser(
         "check", help="measure random subnets end to end, compare with the table, store a calibration",
@@ -273,7 +298,8 @@ def _add_lut(sub) -> None:
     check.add_argument("--out", default=None, metavar="DIR",
                        help="folder for fidelity_<target>_<table>.csv/.png (default: beside the table)")
     check.add_argument("--allow-mismatch", action="store_true",
-                       help="check a table measured on another device or runtime version anyway")
+                       help="check a table measured on another machine that is not re-anchored for this one "
+                            "(`deploykit lut anchor`) anyway, against its unscaled predictions")
     check.add_argument("--fresh", action="store_true",
                        help="measure every subnet again instead of reusing the points of an earlier run")
     check.add_argument("--no-store", action="store_true",
@@ -296,6 +322,19 @@ def _add_lut(sub) -> None:
     chosen.add_argument("--prune", default=None, metavar="LIST", help="blocks to prune, e.g. 0,3,5 or 2-4")
     chosen.add_argument("--subnet", default=None, metavar="FILE", help="subnet.json (from deploykit search)")
     predict.set_defaults(func=_run_lut_predict)
+    anchor = actions.add_parser(
+        "anchor", help="re-anchor a table measured on another machine for this one (seconds)",
+        description="Measure the table's two speed anchors on this machine — the unpruned model and "
+                    "the model with every prunable block merged (random weights), interleaved over "
+                    "--rounds rounds, each in a fresh process on the table's target with the table's "
+                    "protocol — and store the affine map from the table's anchors to these in the table's "
+                    "metadata, keyed by this machine's fingerprint. search, lut predict, verify --table and "
+                    "run then predict this machine's milliseconds and accept millisecond budgets. Two "
+                    "measurements do not prove the table's fidelity here: `deploykit lut check` does.")
+    anchor.add_argument("table", metavar="TABLE", help="latency table CSV (or its .meta.json)")
+    anchor.add_argument("--rounds", type=int, default=3, metavar="R",
+                        help="interleaved measurements of each anchor model; the median is kept (default: 3)")
+    anchor.set_defaults(func=_run_lut_anchor)
 
 
 def _run_lut_check(args) -> int:
@@ -309,11 +348,22 @@ def _run_lut_check(args) -> int:
     return 0
 
 
+def _run_lut_anchor(args) -> int:
+    from deploykit.latency.anchor import anchor_table
+
+    result = anchor_table(args.table, rounds=args.rounds,
+                          progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(result.summary())
+    return 0
+
+
 def _run_lut_predict(args) -> int:
+    from deploykit.latency.identity import table_for_this_machine
     from deploykit.latency.table import LatencyTable
     from deploykit.subnet import choose_subnet
 
-    table = LatencyTable.read(args.table)
+    table = table_for_this_machine(LatencyTable.read(args.table), budget_unit=None,
+                                   say=lambda line: print(line, file=sys.stderr, flush=True))
     meta = table.meta
     subnet = choose_subnet(path=args.subnet, prune=args.prune, model=meta.model if args.prune else None,
                            input_size=meta.input_size if args.prune else None)
@@ -339,11 +389,15 @@ def _add_search(sub) -> None:
                     "exhaustive up to 2^16 subnets, else the DP's optimum over per-block scores seeding an "
                     "evolutionary search; deterministic under --seed. Prints the table's stored held-out "
                     "fidelity. Writes a subnet.json for `deploykit train subnet --subnet`, or with "
-                    "--pareto N a CSV of the best subnets across N budgets.")
+                    "--pareto N a CSV of the best subnets across N budgets. A table measured on another "
+                    "machine (another fingerprint) says what differs; a millisecond budget on it is "
+                    "refused until `deploykit lut anchor TABLE` re-anchors it here, a ratio budget goes "
+                    "on with a note.")
     p.add_argument("--table", required=True, metavar="TABLE", help="latency table CSV (or its .meta.json)")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--budget", default=None, metavar="B",
-                      help="0.7 or 70%% (of the unpruned model's predicted latency) or 12ms")
+                      help="0.7 or 70%% (of the unpruned model's predicted latency) or 12ms (needs a table "
+                           "measured on, or re-anchored for, this machine)")
     goal.add_argument("--pareto", type=int, default=None, metavar="N",
                       help="the best subnets for N budgets from the smallest achievable latency to the "
                            "unpruned one")
@@ -383,6 +437,7 @@ def _add_search(sub) -> None:
 
 
 def _run_search(args) -> int:
+    from deploykit.latency.identity import table_for_this_machine
     from deploykit.latency.table import LatencyTable
     from deploykit.search import ProxyData, make_proxy, pareto, parse_budget, search
     from deploykit.subnet import parse_block_list
@@ -390,9 +445,11 @@ def _run_search(args) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    budget = parse_budget(args.budget) if args.budget is not None else None
     table = LatencyTable.read(args.table)
     table.check_coverage()  # before any proxy work
-    budget = parse_budget(args.budget) if args.budget is not None else None
+    table = table_for_this_machine(table, say=say,
+                                   budget_unit=budget.unit if budget is not None else "fraction")
     data = None if args.data is None else ProxyData(
         args.data, val_limit=args.val_limit, batch_size=args.batch_size, input_size=args.input_size,
         recalibrate_batches=args.recalibrate_batches)
@@ -518,7 +575,7 @@ def _run_convert(args) -> int:
 # --- deploykit verify ------------------------------------------------------------------------------
 
 def _add_verify(sub) -> None:
-    from deploykit.latency.protocol import add_protocol_arguments
+    from deploykit.protocol import add_protocol_arguments
 
     p = sub.add_parser(
         "verify", help="verify an exported model on its target: numerics, latency, prediction, speed-up",
@@ -543,7 +600,9 @@ def _add_verify(sub) -> None:
                         help="the pruned blocks, e.g. 0,3,5 or 2-4 ('' for none)")
     chosen.add_argument("--subnet", default=None, metavar="FILE", help="subnet.json naming the pruned blocks")
     p.add_argument("--allow-mismatch", action="store_true",
-                   help="use a table measured on another target, device, runtime version or shape")
+                   help="use a table made for another target, batch or input size (a table measured on "
+                        "another machine is always used, with a note, rescaled where `lut anchor` "
+                        "re-anchored it here)")
     p.add_argument("--torch", default=None, metavar="MODEL",
                    help="the PyTorch model to compare with: a model file (merged.safetensors from `deploykit "
                         "train subnet`), a timm model name or a Hugging Face-style folder")
@@ -569,9 +628,9 @@ def _add_verify(sub) -> None:
 
 def _run_verify(args) -> int:
     from deploykit.errors import ConfigError
-    from deploykit.latency.protocol import Protocol
     from deploykit.latency.table import LatencyTable
     from deploykit.modelfile import load_module
+    from deploykit.protocol import Protocol
     from deploykit.subnet import Subnet, parse_block_list
     from deploykit.targets import load_target
     from deploykit.verify import onnx_input_shape, verify
@@ -649,8 +708,8 @@ def _run_table(args) -> int:
 
 def _add_run(sub) -> None:
     from deploykit.latency.options import add_end_to_end_arguments
-    from deploykit.latency.protocol import add_protocol_arguments
     from deploykit.pipeline import demo_defaults
+    from deploykit.protocol import add_protocol_arguments
 
     d = SimpleNamespace(**demo_defaults())
     p = sub.add_parser(
@@ -711,8 +770,8 @@ def _add_run(sub) -> None:
 
 def _run_run(args) -> int:
     from deploykit.latency.options import EndToEndOptions
-    from deploykit.latency.protocol import Protocol
     from deploykit.pipeline import Pipeline, PipelineConfig
+    from deploykit.protocol import Protocol
 
     config = PipelineConfig(
         model=args.model, target=args.target, data=args.data, input_size=args.input_size,
@@ -776,7 +835,7 @@ def _run_serve(args) -> int:
 
 
 def _add_device(sub) -> None:
-    from deploykit.latency.protocol import add_protocol_arguments
+    from deploykit.protocol import add_protocol_arguments
 
     p = sub.add_parser(
         "device", help="ask a device agent (`deploykit serve`) what it serves, or measure a file on it",
@@ -809,7 +868,7 @@ def _add_device(sub) -> None:
 
 def _run_device(args) -> int:
     from deploykit.errors import ConfigError
-    from deploykit.latency.protocol import Protocol
+    from deploykit.protocol import Protocol
     from deploykit.remote.client import DeviceClient, RetryPolicy, describe_device, describe_measurement
 
     client = DeviceClient.connect(args.url, token_file=args.token_file, ca_file=args.ca_file,

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from deploykit.errors import ConfigError, MergeError
 from deploykit.fileio import write_json_atomic
 from deploykit.latency.options import EndToEndOptions
-from deploykit.latency.protocol import Protocol
+from deploykit.protocol import Protocol
 
 if TYPE_CHECKING:
     from deploykit.search.budget import Budget
@@ -365,10 +365,17 @@ class Pipeline:
                          threads=c.train_threads, resume=(out / "checkpoint.pt").is_file())
 
     def latency_table(self):
+        """The run's table, ready for this machine: a run resumed on another machine than the one that
+        profiled it says what differs, and its millisecond budgets need the table re-anchored here."""
+        from deploykit.latency.identity import table_for_this_machine
         from deploykit.latency.table import LatencyTable
+        from deploykit.search.budget import parse_budget
 
         if "table" not in self._cache:
-            self._cache["table"] = LatencyTable.read(self.layout.table)
+            units = {parse_budget(text).unit for text in self.config.budgets}
+            self._cache["table"] = table_for_this_machine(
+                LatencyTable.read(self.layout.table), budget_unit="ms" if "ms" in units else "fraction",
+                say=lambda line: self.say(f"  {line}"))
         return self._cache["table"]
 
     def candidates(self) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ from fake_backend import FakeBackend, fake_target, registered
 from onnx_fixtures import tiny_onnx
 
 from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError
-from deploykit.latency.protocol import Measurement, Protocol
+from deploykit.protocol import Measurement, Protocol
 from deploykit.runtimes import backends, hostinfo
 from deploykit.runtimes.base import RuntimeBackend, Session
 from deploykit.targets import Target, load_target
@@ -27,7 +27,7 @@ from deploykit.targets import Target, load_target
 SHAPE = (2, 3, 16, 16)
 TOLERANCE = 1e-4  # fp32: max |error| relative to the output's scale, as verify's numerics
 # warm-up and sampling by count only, one attempt: a profile makes exactly 1 + 2 + 5 runs
-COUNTED = Protocol(warmup_s=0.0, warmup_iters=2, min_time_s=0.0, min_iters=5, max_cv=10.0, max_repeats=1)
+COUNTED = Protocol(warmup_s=0.0, warmup_iters=2, min_time_s=0.0, min_iters=5, max_ci=10.0, max_repeats=1)
 
 
 def _variant(name: str, **changes) -> Callable[[], Target]:

@@ -22,6 +22,32 @@ def test_help_lists_commands(capsys):
     assert "blocks" in capsys.readouterr().out
 
 
+def help_text(capsys, *command) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+@pytest.mark.parametrize("command,parts", [
+    (("profile",), ("--max-ci F", "confidence interval of the median", "--max-time S", "--sentinel-every N",
+                    "--sentinel-interval S", "--max-drift F", "built beside it and replaces it once complete",
+                    "another fingerprint: CPU, cores")),
+    (("lut", "anchor"), ("--rounds R", "interleaved", "keyed by this machine's fingerprint",
+                         "`deploykit lut check` does")),
+    (("lut",), ("anchor",)),
+    (("search",), ("a millisecond budget on it is refused until `deploykit lut anchor TABLE`",
+                   "re-anchored for, this machine")),
+    (("verify",), ("a table measured on another machine is always used, with a note",)),
+    (("lut", "check"), ("not re-anchored for this one",)),
+])
+def test_help_explains_the_measurement_and_identity_options(capsys, command, parts):
+    text = help_text(capsys, *command)
+    for part in parts:
+        assert part in text, part
+    assert "--max-cv" not in text
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from deploykit.errors import (
 from deploykit.latency import Measurement, Protocol, measure_onnx, runtime_info, worker
 from deploykit.targets import load_target
 
-SHORT = Protocol(warmup_s=0.05, warmup_iters=3, min_time_s=0.05, min_iters=10, max_cv=10.0, max_repeats=2)
+SHORT = Protocol(warmup_s=0.05, warmup_iters=3, min_time_s=0.05, min_iters=10, max_repeats=2)
 SHAPE = (1, 3, 16, 16)
 
 
@@ -115,6 +117,7 @@ def test_worker_request_handling_in_process(model):
                "protocol": SHORT.as_dict(), "input_shape": list(SHAPE)}
     reply = worker.handle(request)
     assert reply["ok"] and reply["runtime_version"] and reply["device"]
+    assert reply["affinity"] is None  # in this process: never pinned
     check(Measurement.from_dict(reply["measurement"]))
     with pytest.raises(ConfigError, match="malformed latency worker request"):
         worker.handle({"target": request["target"]})
@@ -126,6 +129,23 @@ def test_worker_request_handling_in_process(model):
     bad = {**request["target"], "provider": "NoSuchExecutionProvider"}
     with pytest.raises(ConfigError, match=r"cpu-ort\.yaml: provider: unknown execution provider 'NoSuch"):
         worker.handle({**request, "target": bad})
+
+
+def test_the_worker_process_pins_itself_to_one_cpu_per_thread(model):
+    from deploykit.runtimes import hostinfo
+
+    one = dataclasses.replace(SHORT, threads=1)
+    request = {"onnx_path": str(model), "target": load_target("cpu-ort").as_dict(),
+               "protocol": one.as_dict(), "input_shape": list(SHAPE)}
+    root = str(Path(worker.__file__).resolve().parents[2])  # the folder that holds deploykit/
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-m", "deploykit.latency.worker"], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=300, check=False, env=env)
+    reply = json.loads(done.stdout.strip().splitlines()[-1])
+    assert reply["ok"], reply
+    expected = hostinfo.pinned_cores(1)
+    assert reply["affinity"] == (list(expected) if expected else None)
+    assert expected is None or len(expected) == 1
 
 
 def test_protocol_is_the_one_the_worker_uses(model):

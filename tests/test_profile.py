@@ -20,15 +20,16 @@ from deploykit.latency import measure as measure_module
 from deploykit.latency import profile as profile_module
 from deploykit.latency.options import EndToEndOptions
 from deploykit.latency.profile import find_entries, profile
-from deploykit.latency.protocol import Measurement, Protocol
+from deploykit.latency.sentinel import SentinelPolicy
 from deploykit.latency.table import LatencyTable
+from deploykit.protocol import Measurement, Protocol
 from deploykit.runtimes import availability, hostinfo
 from deploykit.targets import load_target
 
-TINY_PROTOCOL = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=3, max_cv=10.0,
+TINY_PROTOCOL = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=3,
                          max_repeats=1)
 TINY_PROTOCOL_ARGS = ["--warmup-time", "0", "--warmup-iters", "1", "--min-time", "0", "--min-iters", "3",
-                      "--max-cv", "10", "--max-repeats", "1"]
+                      "--max-repeats", "1"]
 
 
 class TinyConvNeXt(nn.Module):
@@ -111,12 +112,20 @@ def test_an_in_place_functional_op_breaks_a_chain():
 # --- the profile driver, with a scripted measurement -----------------------------------------------
 
 class FakeRuntime:
-    """Stands in for the measuring subprocess: a deterministic Measurement per call, counted."""
+    """Stands in for the measuring subprocess and the exports: a deterministic Measurement per call.
 
-    def __init__(self, monkeypatch, device: str = "Test CPU"):
-        self.calls: list[tuple] = []
+    Entry ``k`` (in measuring order, counting measurements again) takes 0.1·k ms; the whole model
+    (``model.onnx``: sentinel, model row, unpruned anchor) takes ``sentinel(j)`` ms at its j-th
+    measurement (5 ms unless scripted); the all-merged anchor 2 ms.
+    """
+
+    def __init__(self, monkeypatch, device: str = "Test CPU", sentinel=None, fail_at: int | None = None):
+        self.calls: list[tuple[str, tuple]] = []
+        self.sentinel = sentinel or (lambda j: 5.0)
+        self.fail_at = fail_at
         monkeypatch.setattr(profile_module, "measure_entry", self)
         monkeypatch.setattr(profile_module, "_export", self.export)  # real exports: tested elsewhere
+        monkeypatch.setattr(profile_module, "export_anchor_models", self.export_anchors)
         monkeypatch.setattr(measure_module, "runtime_info", lambda target: {
             "runtime": target.runtime, "runtime_version": "9.9", "device": self.device})
         self.device = device
@@ -126,11 +135,32 @@ class FakeRuntime:
         path.write_bytes(b"stand-in for " + entry.key.encode())
         return path
 
+    @staticmethod
+    def export_anchors(model_name, *, input_size, batch, work, model=None, unpruned=None):
+        merged = work / "anchor_merged.onnx"
+        merged.write_bytes(b"stand-in for the all-merged model")
+        return {"unpruned": unpruned, "merged": merged}, (0, 1)
+
+    @property
+    def entry_calls(self) -> list[tuple]:
+        return [shape for name, shape in self.calls if name.startswith("entry")]
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
     def __call__(self, onnx_file, *, target, protocol, input_shape):
         assert onnx_file.is_file() and protocol == TINY_PROTOCOL
-        self.calls.append(tuple(input_shape))
-        base = 0.1 * len(self.calls)
-        return Measurement.from_samples([base, base * 1.01, base * 0.99])
+        name = onnx_file.stem
+        self.calls.append((name, tuple(input_shape)))
+        if name.startswith("entry") and len(self.entry_calls) == self.fail_at:
+            raise KeyboardInterrupt
+        if name == "model":
+            ms = self.sentinel(self.names().count("model"))
+        elif name == "anchor_merged":
+            ms = 2.0
+        else:
+            ms = 0.1 * len(self.entry_calls)
+        return Measurement.from_samples([ms, ms * 1.01, ms * 0.99])
 
 
 # entries only: the end-to-end phase has tests of its own
@@ -148,9 +178,14 @@ def test_profile_writes_every_entry_and_a_rerun_measures_nothing(tmp_path, monke
     runtime = FakeRuntime(monkeypatch)
     lines: list[str] = []
     result = run(tmp_path, batch=2, progress=lines.append)
-    assert runtime.calls == [(2, 3, 32, 32), (2, 8, 8, 8), (2, 8, 8, 8), (2, 8, 8, 8), (2, 8), (2, 3, 32, 32)]
-    assert lines[0].startswith("[1/6] fixed conv1+bn1+act1 (Sequential 3x32x32) 0.100 ms (cv 1%, n 3)")
-    assert lines[1].startswith("[2/6] original blocks.0 (convnext 8x8x8, ×2) 0.200 ms")
+    assert runtime.entry_calls == [(2, 3, 32, 32), (2, 8, 8, 8), (2, 8, 8, 8), (2, 8, 8, 8), (2, 8)]
+    # the model row first (the sentinel's start value), the entries, the sentinel at the end, the anchors
+    assert runtime.names() == ["model", "entry1", "entry2", "entry3", "entry4", "entry5", "model",
+                               "model", "anchor_merged", "model", "anchor_merged"]
+    assert lines[0].startswith("[6/6] model tiny (TinyConvNeXt 3x32x32) 5.000 ms (cv 1%, n 3)")
+    assert lines[1] == "sentinel: the whole model's row (5.000 ms) is the start value"
+    assert lines[2].startswith("[1/6] fixed conv1+bn1+act1 (Sequential 3x32x32) 0.100 ms (cv 1%, n 3)")
+    assert lines[3].startswith("[2/6] original blocks.0 (convnext 8x8x8, ×2) 0.200 ms")
     table = LatencyTable.read(tmp_path / "t.csv")
     assert table.equals(result.table) and table.meta.complete
     assert (table.meta.device_string, table.meta.runtime_version, table.meta.batch) == ("Test CPU", "9.9", 2)
@@ -158,11 +193,24 @@ def test_profile_writes_every_entry_and_a_rerun_measures_nothing(tmp_path, monke
     assert set(table.rows["source"]) == {"measured"}
     assert table.predict([]) == pytest.approx(0.1 + 2 * 0.2 + 0.4 + 0.5)
     assert table.predict([1]) == pytest.approx(0.1 + 0.2 + 0.3 + 0.4 + 0.5)
+    assert table.model_latency() == 5.0
     assert "wrote" in result.summary() and str(tmp_path / "t.csv") in result.summary()
+    # identity: this machine's fingerprint (with the runtime's device string) and the two anchors
+    meta = table.meta
+    assert meta.fingerprint["device"] == "Test CPU" and meta.fingerprint["runtime_version"] == "9.9"
+    assert meta.fingerprint["cpu"] == hostinfo.cpu_name() and len(meta.fingerprint["id"]) == 16
+    assert (meta.anchors["unpruned_ms"], meta.anchors["merged_ms"], meta.anchors["rounds"]) == (5.0, 2.0, 2)
+    assert meta.anchors["pruned"] == [0, 1]
+    run_record = meta.conditions["runs"][-1]
+    assert run_record["measured"] == 6 and run_record["sentinel"]["start_ms"] == 5.0
+    assert [c["kind"] for c in run_record["sentinel"]["checks"]] == ["start", "check"]
+    assert run_record["sentinel"]["drifts"] == []
+    assert meta.conditions["affinity"] == list(hostinfo.pinned_cores(None))
 
     lines.clear()
+    calls = len(runtime.calls)
     again = run(tmp_path, batch=2, progress=lines.append)
-    assert len(runtime.calls) == 6  # nothing measured twice
+    assert len(runtime.calls) == calls  # nothing measured twice, not even the anchors
     assert (again.done_now, again.kept) == (0, 6)
     assert all(line.endswith("already in the table") for line in lines[1:7])
     assert lines[7].startswith("no held-out subnet") and len(lines) == 8
@@ -180,17 +228,84 @@ def test_resuming_with_other_settings_is_refused_naming_the_field(tmp_path, monk
     with pytest.raises(TableError, match="input_size"):
         run(tmp_path, input_size=64)
     runtime.device = "Another CPU"
-    with pytest.raises(TableError, match="device_string: table 'Test CPU', now 'Another CPU'"):
+    expected = r"other settings \(machine: device: table 'Test CPU', here 'Another CPU'\)"
+    with pytest.raises(TableError, match=expected):
         run(tmp_path)
     lines: list[str] = []
     resumed = run(tmp_path, allow_mismatch=True, progress=lines.append)
     assert "resumed on a different machine" in resumed.table.meta.notes[0]
+    assert resumed.table.meta.fingerprint["device"] == "Another CPU"
     assert lines[0].startswith("warning:")
     with pytest.raises(TableError, match="batch"):  # --allow-mismatch covers the machine, not the request
         run(tmp_path, batch=4, allow_mismatch=True)
-    calls = len(runtime.calls)
+    calls = len(runtime.entry_calls)
     started_over = run(tmp_path, batch=4, force=True)
-    assert started_over.table.meta.batch == 4 and len(runtime.calls) == calls + 6
+    assert started_over.table.meta.batch == 4 and len(runtime.entry_calls) == calls + 5
+    assert LatencyTable.read(tmp_path / "t.csv").meta.batch == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.meta.json"]
+
+
+def test_an_interrupted_force_keeps_the_old_table_and_the_next_force_resumes_the_new_one(tmp_path,
+                                                                                        monkeypatch):
+    FakeRuntime(monkeypatch)
+    run(tmp_path)
+    old = {name: (tmp_path / name).read_bytes() for name in ("t.csv", "t.meta.json")}
+    runtime = FakeRuntime(monkeypatch, fail_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, batch=4, force=True)
+    assert {name: (tmp_path / name).read_bytes() for name in old} == old  # the old table, intact
+    assert LatencyTable.read(tmp_path / "t.csv").meta.complete
+    pending = LatencyTable.read(tmp_path / ".t.pending.csv")
+    assert len(pending) == 3 and pending.meta.batch == 4 and not pending.meta.complete  # model row + 2
+    with pytest.raises(TableError, match=r"an unfinished --force run is at \.t\.pending\.csv"):
+        run(tmp_path, batch=4)
+    runtime.fail_at = None
+    lines: list[str] = []
+    result = run(tmp_path, batch=4, force=True, progress=lines.append)
+    assert len(runtime.entry_calls) == 3 + 3  # the first two entries were kept from the interrupted run
+    assert any("resuming the new table" in line for line in lines)
+    assert result.kept == 3 and result.path == tmp_path / "t.csv"
+    table = LatencyTable.read(tmp_path / "t.csv")
+    assert table.meta.batch == 4 and table.meta.complete and len(table) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.meta.json"]
+
+
+def test_sentinel_drift_measures_exactly_the_entries_of_the_window_again(tmp_path, monkeypatch):
+    # the whole model: 5 ms, but 5.6 ms (+12 %) at its 2nd measurement (the check after entries 1-2)
+    runtime = FakeRuntime(monkeypatch, sentinel=lambda j: 5.6 if j == 2 else 5.0)
+    lines: list[str] = []
+    run(tmp_path, sentinel=SentinelPolicy(every=2, interval_s=1e9), progress=lines.append)
+    assert runtime.names()[:11] == ["model",  # the model row: the start value
+                                    "entry1", "entry2", "model",  # window 1-2, drift
+                                    "entry1", "entry2", "model",  # 1-2 again, steady
+                                    "entry3", "entry4", "model",  # window 3-4, steady
+                                    "entry5"]
+    assert runtime.names()[11:] == ["model", "model", "anchor_merged", "model", "anchor_merged"]
+    table = LatencyTable.read(tmp_path / "t.csv")
+    rows = table.rows.set_index(["key", "form"])["median_ms"]
+    first, second = find_entries(tiny(), model_name="tiny", input_size=32)[:2]
+    assert rows[(first.key, first.form)] == pytest.approx(0.3)  # the re-measured values
+    assert rows[(second.key, second.form)] == pytest.approx(0.4)
+    assert rows[("model", "model")] == 5.0
+    drift = table.meta.conditions["runs"][-1]["sentinel"]["drifts"]
+    assert len(drift) == 1 and drift[0]["entries"] == "1-2" and drift[0]["action"] == "measured again"
+    assert drift[0]["drift"] == pytest.approx(0.12) and drift[0]["sentinel_ms"] == 5.6
+    assert isinstance(drift[0]["busiest"], list) and ("load" in drift[0])
+    warning = next(line for line in lines if line.startswith("warning:"))
+    assert "+12.0% from 5.000 ms" in warning and "entries measured meanwhile: 1-2 — " in warning
+    assert "measuring them again" in warning
+    assert sum("(again)" in line for line in lines) == 2
+
+
+def test_a_lasting_drift_is_measured_again_a_bounded_number_of_times_then_kept(tmp_path, monkeypatch):
+    runtime = FakeRuntime(monkeypatch, sentinel=lambda j: 5.0 if j == 1 else 6.0)
+    lines: list[str] = []
+    run(tmp_path, sentinel=SentinelPolicy(every=0, interval_s=1e9, retries=1), progress=lines.append)
+    assert len(runtime.entry_calls) == 5 + 5  # the whole window (entries 1-5) once more, then kept
+    drifts = LatencyTable.read(tmp_path / "t.csv").meta.conditions["runs"][-1]["sentinel"]["drifts"]
+    assert [d["action"] for d in drifts] == ["measured again", "kept (retries exhausted)"]
+    assert [d["entries"] for d in drifts] == ["1-5", "1-5"]
+    assert "profile on a quieter machine" in [line for line in lines if line.startswith("warning:")][-1]
 
 
 def test_bad_batch_is_a_config_error(tmp_path, monkeypatch):
@@ -293,8 +408,10 @@ def test_real_onnxruntime_cpu_table(killed_and_resumed):
     # the end-to-end phase: the unpruned and the all-merged model fitted, two subnets held out
     assert meta.predictor["fit"]["designed"] == 2 and meta.fidelity["n"] == 2
     assert (table.path.parent / "vit.fit.csv").is_file()
-    table.check_matches(target="cpu-ort", device=hostinfo.cpu_name(), runtime_version=onnxruntime.__version__,
-                        batch=1, input_size=32)
+    table.check_matches(target="cpu-ort", batch=1, input_size=32)
+    assert meta.fingerprint["runtime_version"] == onnxruntime.__version__
+    assert meta.anchors["unpruned_ms"] > meta.anchors["merged_ms"] > 0  # test_vit: merging pays
+    assert table.rows["ci_low_ms"].notna().all() or (table.rows["n"] < 6).any()
 
 
 @pytest.mark.openvino

@@ -19,7 +19,7 @@ from onnx_fixtures import tiny_onnx
 
 from deploykit.errors import AuthError, ConfigError, DeviceError, ModelError, RuntimeUnavailableError
 from deploykit.latency.measure import measure_onnx, runtime_info
-from deploykit.latency.protocol import Protocol
+from deploykit.protocol import Protocol
 from deploykit.remote.client import DeviceClient, RetryPolicy, describe_measurement
 from deploykit.remote.device import ServedTargets, check_onnx_upload
 from deploykit.remote.local import LocalAgent

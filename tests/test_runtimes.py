@@ -17,13 +17,13 @@ from onnx_fixtures import tiny_onnx
 
 import deploykit
 from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError
-from deploykit.latency.protocol import Protocol
+from deploykit.protocol import Protocol
 from deploykit.runtimes import backends, get_backend, hostinfo, register_backend, unregister
 from deploykit.runtimes.base import RuntimeBackend, random_input
 from deploykit.runtimes.onnxruntime_backend import check_providers, create_session, provider_options
 from deploykit.targets import load_target
 
-QUICK = Protocol(warmup_s=0.01, warmup_iters=2, min_time_s=0.02, min_iters=5, max_cv=10.0, max_repeats=1)
+QUICK = Protocol(warmup_s=0.01, warmup_iters=2, min_time_s=0.02, min_iters=5, max_repeats=1)
 SHAPE = (2, 3, 16, 16)
 
 

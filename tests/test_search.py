@@ -40,6 +40,13 @@ from deploykit.subnet import Subnet
 
 # --- fake tables -----------------------------------------------------------------------------------
 
+def this_machine() -> dict:
+    from deploykit.latency.fingerprint import for_target
+    from deploykit.targets import load_target
+
+    return for_target(load_target("cpu-ort"), threads=None).stored()
+
+
 def fake_table(original, merged, *, groups=None, fixed=1.0, model="convnext_atto", size=(32, 32),
                calibration=None, mode="measured", path=None) -> LatencyTable:
     """Block i (or group i of block indices) costs original[i] ms, merged[i] ms once pruned."""
@@ -48,7 +55,7 @@ def fake_table(original, merged, *, groups=None, fixed=1.0, model="convnext_atto
                      runtime="onnxruntime", runtime_version="0.0", provider="CPUExecutionProvider",
                      precision="fp32", batch=1, input_size=size, threads=None, protocol={}, mode=mode,
                      date="2026-01-01T00:00:00+00:00", deploykit_version="0.1.0", complete=True,
-                     calibration=calibration)
+                     calibration=calibration, fingerprint=this_machine())  # measured here: used silently
     table = LatencyTable(meta=meta)
     base = {"family": "convnext", "block_type": "ConvNeXtBlock", "in_shape": "8x4x4", "out_shape": "8x4x4",
             "macs": 1, "p90_ms": 0.0, "mean_ms": 0.0, "std_ms": 0.0, "cv": 0.0, "n": 1, "repeats": 1,

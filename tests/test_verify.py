@@ -144,6 +144,9 @@ def test_verify_table_prediction_checks_the_table_against_the_model(models, caps
     report = json.loads(capsys.readouterr().out)
     assert report["predicted_ms"] > 0 and report["pruned"] == [0, 3, 5]
     assert any("input size" in m for m in report["table_mismatches"])
+    # a shipped table carries no fingerprint of this machine: said, never refused (verify measures here)
+    assert any("measured on another machine" in note and "no machine fingerprint" in note
+               for note in report["notes"])
 
 
 def test_verify_refuses_a_silent_fallback(models, tmp_path, capsys):

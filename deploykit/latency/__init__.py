@@ -1,11 +1,11 @@
-"""Latency: the measurement protocol, measuring an ONNX file on a target in a fresh process.
+"""Latency: measuring an ONNX file on a target in a fresh process, tables, profiles, identity.
 
-Importing this package is cheap: no runtime SDK is loaded until something is measured. The protocol's
-``measure`` function lives in :mod:`deploykit.latency.protocol` (not re-exported here, so that
-``deploykit.latency.measure`` stays the module that holds :func:`measure_onnx`).
+Importing this package is cheap: no runtime SDK is loaded until something is measured. The measurement
+protocol and its statistics live in :mod:`deploykit.protocol` (at the bottom of the import graph, since
+the runtimes use them); they are re-exported here for convenience.
 """
 
 from deploykit.latency.measure import measure_onnx, runtime_info
-from deploykit.latency.protocol import Measurement, Protocol, add_protocol_arguments
+from deploykit.protocol import Measurement, Protocol, add_protocol_arguments
 
 __all__ = ["Measurement", "Protocol", "add_protocol_arguments", "measure_onnx", "runtime_info"]

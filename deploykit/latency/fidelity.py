@@ -151,15 +151,16 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     """Measure ``samples`` random subnets end to end, compare with the table, fit and store a calibration.
 
     ``measure`` times one subnet (its pruned indices); by default each subnet is built from the table's
-    model with random weights, merged, exported and timed on the table's target under the table's
-    protocol in a fresh process — which needs the table's target here (same device string and runtime
-    version unless ``allow_mismatch``). ``out_dir`` is where the points CSV and the plot go (default:
-    beside the table). Points already in that CSV for the same plan and table are reused unless
-    ``fresh``. With ``store`` the calibration is written into the table's metadata (atomically) —
+    model with random weights, merged, exported and timed on the table's target under the table's protocol
+    in a fresh process — which needs the table's target here, on the machine that measured the table (its
+    fingerprint), or on one it was re-anchored for (``lut anchor``; its rescaled predictions are checked
+    and no calibration is stored), unless ``allow_mismatch``. ``out_dir`` is where the points CSV and the
+    plot go (default: beside the table). Points already in that CSV for the same plan and table are reused
+    unless ``fresh``. With ``store`` the calibration is written into the table's metadata (atomically) —
     unless the unpruned model, measured now, differs from the table's own end-to-end row by more than
-    :data:`DRIFT_LIMIT` (the machine is not in the state it was profiled in: load, clock, another
-    runtime build; the fit would encode that), which ``force_store`` overrides. ``model`` replaces
-    the timm model the table names (for tests and custom models).
+    :data:`DRIFT_LIMIT` (the machine is not in the state it was profiled in: load, clock, another runtime
+    build; the fit would encode that), which ``force_store`` overrides. ``model`` replaces the timm model
+    the table names (for tests and custom models).
     """
     started = time.perf_counter()
     say = progress or (lambda line: None)
@@ -170,6 +171,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
         raise ConfigError(f"--samples must be an integer ≥ 2 (a calibration fits two parameters), "
                           f"got {samples!r}")
     raw = table.with_meta(calibration=None)
+    anchored_note = None
     plan = plan_subnets(table.prunable_indices, samples, seed)
     if len(plan) < samples:
         say(f"the table's model has only {len(plan)} distinct subnets; checking all of them")
@@ -179,7 +181,13 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     with contextlib.ExitStack() as stack:
         if measure is None:
             work = stack.enter_context(tempfile.TemporaryDirectory(prefix="deploykit-lut-check-"))
-            measure, measured_on = _default_measurer(table, Path(work), allow_mismatch, model, say)
+            measure, measured_on, rescale = _default_measurer(table, Path(work), allow_mismatch, model, say)
+            if rescale is not None:  # re-anchored here: compare with what this machine is predicted to do
+                raw = raw.with_rescale(rescale)
+                store = False
+                anchored_note = ("the table is re-anchored for this machine: these figures are for its "
+                                 "rescaled predictions; a calibration is stored only on the machine that "
+                                 "measured the table")
         else:
             measured_on = "injected measurer"
         known = {} if fresh else _reusable(csv_path, seed, measured_on, say)
@@ -192,10 +200,12 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     if table.meta.calibration is not None:
         pa, pb = table.meta.calibration
         previous = Figures.compare(pa * predicted + pb, measured)
-    # "before": the prediction search uses (predictor or sum, then the calibration the table has)
-    used = np.array([table.predict(p.pruned) for p in points])
+    # "before": the prediction search uses (predictor or sum, then the calibration the table has, then
+    # this machine's rescaling where the table was re-anchored here)
+    used_table = table if raw.rescale is None else table.with_rescale(raw.rescale)
+    used = np.array([used_table.predict(p.pruned) for p in points])
     before, after = Figures.compare(used, measured), Figures.compare(a * predicted + b, measured)
-    notes: list[str] = []
+    notes: list[str] = [anchored_note] if anchored_note else []
     if after.n < 10:
         notes.append(f"only {after.n} subnets: the figures and the calibration are rough; "
                      "use --samples 20 or more")
@@ -263,35 +273,26 @@ def _require_checkable(table: LatencyTable) -> None:
 
 
 def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, model: Any,
-                      say: Progress) -> tuple[Measurer, str]:
-    """Refuse a table from another machine, then build the subnet measurer on the table's target."""
-    from deploykit.latency.measure import measure_onnx, runtime_info
-    from deploykit.latency.protocol import Protocol
-    from deploykit.runtimes import availability
-    from deploykit.targets import load_target
+                      say: Progress) -> tuple[Measurer, str, tuple[float, float] | None]:
+    """Refuse a table from another machine (unless re-anchored here, or ``allow_mismatch``), then build
+    the subnet measurer on the table's target; also the rescaling to compare with, if re-anchored."""
+    from deploykit.latency.fingerprint import for_target
+    from deploykit.latency.identity import judge, measuring_setup
+    from deploykit.latency.measure import measure_onnx
 
     meta = table.meta
-    target = load_target(meta.target)
-    changed = [f"{name} {theirs!r} (the target file now says {ours!r})"
-               for name, theirs, ours in (("runtime", meta.runtime, target.runtime),
-                                          ("provider", meta.provider, target.provider),
-                                          ("precision", meta.precision, target.precision))
-               if theirs != ours]
-    if changed:
-        raise TableError(f"{table.path} was measured with {'; '.join(changed)}; profile it again")
-    ok, reason = availability(target)
-    if not ok:
-        raise TableError(f"cannot check {table.path} here: target {target.name} is not available ({reason})")
-    info = runtime_info(target)
-    differences = table.check_matches(device=info["device"], runtime_version=info["runtime_version"],
-                                      allow_mismatch=allow_mismatch)
-    if differences:
-        say("warning: checking on another machine than the table's (--allow-mismatch): "
-            + "; ".join(differences))
-    try:
-        protocol = Protocol.from_dict(meta.protocol)
-    except ConfigError as error:
-        raise TableError(f"{meta_path(table.path)}: bad protocol: {error}") from None
+    target, protocol = measuring_setup(table, doing="check")
+    here = for_target(target, threads=meta.threads)
+    verdict = judge(table, here)
+    if not verdict.same and verdict.rescale is not None:
+        say(f"note: the table was measured on another machine ({verdict.describe()}); re-anchored for this "
+            f"one on {verdict.anchored_on}: checking its rescaled predictions")
+    elif not verdict.same and not allow_mismatch:
+        raise TableError(f"{table.path} was measured on another machine ({verdict.describe()}); re-anchor it "
+                         f"here first (deploykit lut anchor {table.path}), or pass --allow-mismatch to check "
+                         "its unscaled predictions")
+    elif not verdict.same:
+        say(f"warning: checking on another machine than the table's (--allow-mismatch): {verdict.describe()}")
     say(f"building {meta.model} at {_size(meta.input_size)} (random weights: timing does not depend on them)")
     measurer = SubnetMeasurer(meta.model, input_size=meta.input_size, batch=meta.batch, work=work,
                               model=model, time_onnx=lambda path, shape: measure_onnx(
@@ -300,7 +301,8 @@ def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, mod
         raise TableError(f"{table.path} prunes blocks {list(table.prunable_indices)} but {meta.model} "
                          f"here has prunable blocks {list(measurer.prunable_indices)}: the table is from "
                          "another model definition; profile it again")
-    return measurer, f"{info['device']} / {info['runtime']} {info['runtime_version']}"
+    rescale = None if verdict.same else verdict.rescale
+    return measurer, f"{here.device} / {here.runtime} {here.runtime_version}", rescale
 
 
 def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measurer, known: dict,

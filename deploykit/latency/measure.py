@@ -16,7 +16,7 @@ from pathlib import Path
 
 from deploykit import errors
 from deploykit.errors import DeployKitError, ModelError
-from deploykit.latency.protocol import Measurement, Protocol
+from deploykit.protocol import Measurement, Protocol
 from deploykit.targets import Target
 
 WORKER_MODULE = "deploykit.latency.worker"

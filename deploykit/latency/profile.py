@@ -21,6 +21,8 @@ fidelity stored — resumable too.
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import re
 import tempfile
 import time
@@ -34,9 +36,12 @@ import torch
 from torch import Tensor, fx, nn
 
 from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError, TableError
+from deploykit.latency.anchor import anchor_figures, export_anchor_models, interleaved
 from deploykit.latency.endtoend import finish_profile, points_path
 from deploykit.latency.estimate import Roofline, estimate_onnx
+from deploykit.latency.fingerprint import Fingerprint, differences, this_machine
 from deploykit.latency.options import EndToEndOptions
+from deploykit.latency.sentinel import Sentinel, SentinelPolicy, load_average
 from deploykit.latency.subnets import Measurer, SubnetMeasurer
 from deploykit.latency.table import (
     ENVIRONMENT,
@@ -54,6 +59,7 @@ from deploykit.macs import count_macs, eval_mode
 from deploykit.prune import parse_input_size, prunable
 
 Progress = Callable[[str], None]
+PROFILE_ANCHOR_ROUNDS = 2  # interleaved rounds of the two speed anchors at the end of a profile
 
 
 # --- entries ---------------------------------------------------------------------------------------
@@ -315,22 +321,27 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
             batch: int | None = None, out: str | Path | None = None, protocol: Any = None,
             estimate: bool = False, force: bool = False, allow_mismatch: bool = False,
             progress: Progress | None = None, model: nn.Module | None = None,
-            opset: int | None = None, end_to_end: EndToEndOptions | None = None,
+            opset: int | None = None, sentinel: SentinelPolicy | None = None,
+            anchor_rounds: int = PROFILE_ANCHOR_ROUNDS, end_to_end: EndToEndOptions | None = None,
             measure_subnet: Measurer | None = None) -> ProfileResult:
     """Build (or resume) the latency table of ``model_name`` on ``target``.
 
     ``input_size`` and ``batch`` default to the target's. Measured tables time every entry with the
-    target's runtime under ``protocol`` (:class:`deploykit.latency.protocol.Protocol`); with
+    target's runtime under ``protocol`` (:class:`deploykit.protocol.Protocol`), watched by a sentinel
+    (``sentinel``, see :mod:`deploykit.latency.sentinel`), then the speed anchors: the unpruned
+    and the all-merged model, interleaved over ``anchor_rounds`` rounds; the metadata records this
+    machine's fingerprint. A measured profile ends with ``end_to_end`` (:class:`EndToEndOptions`;
+    default: the fitted predictor, 10 random fit and 10 held-out subnets): whole subnets are measured
+    (by ``measure_subnet``, default: merged, exported and timed like the entries), the predictor is
+    fitted and its held-out figures stored; only then is the table ``complete``. With
     ``estimate=True`` every entry is a roofline estimate from the target's peak figures instead.
-    An existing table at ``out`` is resumed when its settings match, refused (TableError naming the
-    differing settings) when they do not, and started over with ``force``. ``allow_mismatch`` lets a
-    resume go on where only the machine differs (device string, runtime version). ``model`` gives
-    the module to profile instead of creating ``model_name`` with timm.
 
-    A measured profile ends with ``end_to_end`` (:class:`EndToEndOptions`; default: the fitted
-    predictor, 10 random fit and 10 held-out subnets): whole subnets are measured (by
-    ``measure_subnet``, default: merged, exported and timed like the entries), the predictor is fitted
-    and its held-out figures stored; only then is the table ``complete``.
+    An existing table at ``out`` is resumed when its settings match and refused (TableError naming the
+    differing settings) when they do not. With ``force`` the new table (and its end-to-end points) is
+    built beside it (``.NAME.pending.csv``) and replaces it only once complete, so an interrupted
+    ``force`` run leaves the old table intact and the next one resumes the new table.
+    ``allow_mismatch`` lets a resume go on where only the machine differs (its fingerprint). ``model``
+    gives the module to profile instead of creating ``model_name`` with timm.
     """
     from deploykit.runtimes import check_target
 
@@ -351,52 +362,161 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
     path = table_path(out) if out is not None else default_table_path(model_name, target.name, size, batch,
                                                                      estimate=estimate)
     options = end_to_end if end_to_end is not None else EndToEndOptions()
-    table = _open_table(path, meta, force=force, allow_mismatch=allow_mismatch, say=say)
-    if force:  # the end-to-end points of the table being replaced are not this table's
-        points_path(path).unlink(missing_ok=True)
+    table, work_path = _open_table(path, meta, force=force, allow_mismatch=allow_mismatch, say=say)
     if model is None:
         from deploykit.models import create_model
 
         model = create_model(model_name, input_size=size)
     entries = find_entries(model.eval(), model_name=model_name, input_size=size)
-    _check_same_model(table, entries, path)
+    try:
+        _check_same_model(table, entries, work_path)
+    except TableError:
+        if work_path == path:
+            raise
+        say("--force: starting the new table over (its rows are from another model definition)")
+        table = LatencyTable(meta=meta, path=work_path)
+    if table.rows.empty:  # end-to-end points are measured after every row: without rows they are stale
+        points_path(work_path).unlink(missing_ok=True)
     table = table.with_meta(layout=_layout(entries))
     spent_before = table.meta.profile_s
 
     def save(table: LatencyTable, **changes) -> LatencyTable:
         table = table.with_meta(profile_s=spent_before + time.perf_counter() - started, **changes)
-        table.write(path)
+        table.write(work_path)
         return table
 
-    width = len(str(len(entries)))
-    done = 0
-    with tempfile.TemporaryDirectory(prefix="deploykit-profile-") as work:
-        for number, entry in enumerate(entries, 1):
-            head = f"[{number:>{width}}/{len(entries)}] {entry.label()}"
-            if table.has(entry.key, entry.form):
-                say(f"{head} already in the table")
-                continue
-            began = time.perf_counter()
-            onnx_file = _export(entry, batch, Path(work) / f"entry{number}.onnx", opset)
-            stats = time_entry(onnx_file, (batch, *entry.in_shape))
-            onnx_file.unlink()
-            table.add(entry.row(stats, source=meta.mode))
-            table = save(table)
-            done += 1
-            say(f"{head} {_shown_stats(stats, meta.mode)} [{time.perf_counter() - began:.1f} s]")
-    if estimate:  # estimates are additive by construction; nothing to measure end to end
-        table = save(table, complete=True)
-    else:
-        with tempfile.TemporaryDirectory(prefix="deploykit-subnets-") as work:
+    with tempfile.TemporaryDirectory(prefix="deploykit-profile-") as folder:
+        runner = _Runner(table, entries, save=save, time_entry=time_entry, batch=batch, work=Path(folder),
+                         opset=opset, mode=meta.mode, say=say)
+        todo = runner.announce_kept()
+        if meta.mode == "measured":
+            changes = _measure_watched(runner, todo, model_name, target, protocol, size, batch, model,
+                                       sentinel or SentinelPolicy(), anchor_rounds, say)
+            table = save(runner.table, **changes)
             measure = measure_subnet or _LazySubnets(lambda: SubnetMeasurer(
-                model_name, input_size=size, batch=batch, work=Path(work), model=model,
+                model_name, input_size=size, batch=batch, work=Path(folder), model=model,
                 time_onnx=lambda onnx, shape: measure_entry(onnx, target=target, protocol=protocol,
                                                             input_shape=shape)))
-            table = finish_profile(table, options=options, measure=measure, points_file=points_path(path),
-                                   progress=say)
+            table = finish_profile(table, options=options, measure=measure,
+                                   points_file=points_path(work_path), progress=say)
+        else:  # estimates are additive by construction; nothing to measure end to end
+            for number, entry in todo:
+                runner.measure(number, entry)
+            table = runner.table
         table = save(table, complete=True)
-    return ProfileResult(table=table, path=path, entries=len(entries), done_now=done,
-                         kept=len(entries) - done, elapsed_s=time.perf_counter() - started)
+    if work_path != path:
+        table = _swap_in(table, work_path, path, say)
+    return ProfileResult(table=table, path=path, entries=len(entries), done_now=runner.done,
+                         kept=len(entries) - len(todo), elapsed_s=time.perf_counter() - started)
+
+
+
+class _Runner:
+    """Measures entries into the table, writing it after each one (and again for a drift window)."""
+
+    def __init__(self, table: LatencyTable, entries: list[Entry], *, save, time_entry, batch: int, work: Path,
+                 opset: int | None, mode: str, say: Progress):
+        self.table, self.entries, self.save, self.time_entry = table, entries, save, time_entry
+        self.batch, self.work, self.opset, self.mode, self.say = batch, work, opset, mode, say
+        self.width = len(str(len(entries)))
+        self.done = 0
+        self._model_file: Path | None = None
+
+    def head(self, number: int, entry: Entry) -> str:
+        return f"[{number:>{self.width}}/{len(self.entries)}] {entry.label()}"
+
+    def announce_kept(self) -> list[tuple[int, Entry]]:
+        """Say which entries the table already has; the others, numbered, in order."""
+        todo = []
+        for number, entry in enumerate(self.entries, 1):
+            if self.table.has(entry.key, entry.form):
+                self.say(f"{self.head(number, entry)} already in the table")
+            else:
+                todo.append((number, entry))
+        return todo
+
+    def model_file(self) -> Path:
+        """The whole model as ONNX, exported once (the sentinel, the model row and the anchor use it)."""
+        if self._model_file is None:
+            entry = self.entries[-1]
+            self._model_file = _export(entry, self.batch, self.work / "model.onnx", self.opset)
+        return self._model_file
+
+    def measure(self, number: int, entry: Entry, *, again: bool = False) -> None:
+        began = time.perf_counter()
+        is_model = entry.kind == "model"
+        onnx_file = self.model_file() if is_model else _export(entry, self.batch,
+                                                               self.work / f"entry{number}.onnx", self.opset)
+        stats = self.time_entry(onnx_file, (self.batch, *entry.in_shape))
+        if not is_model:
+            onnx_file.unlink()
+        if again:
+            self.table.discard(entry.key, entry.form)
+        self.table.add(entry.row(stats, source=self.mode))
+        self.table = self.save(self.table)
+        self.done += 0 if again else 1
+        note = " (again)" if again else ""
+        self.say(f"{self.head(number, entry)}{note} {_shown_stats(stats, self.mode)} "
+                 f"[{time.perf_counter() - began:.1f} s]")
+
+
+def _measure_watched(runner: _Runner, todo: list[tuple[int, Entry]], model_name: str, target: Any, protocol,
+                     size: tuple[int, int], batch: int, model: nn.Module, policy: SentinelPolicy,
+                     anchor_rounds: int, say: Progress) -> dict[str, Any]:
+    """Measure ``todo`` under the sentinel, then the anchors; the metadata changes to save."""
+    from deploykit.runtimes.hostinfo import pinned_cores
+    from deploykit.subnet import format_block_ranges
+
+    def time_model() -> float:
+        return measure_entry(runner.model_file(), target=target, protocol=protocol,
+                             input_shape=(batch, *runner.entries[-1].in_shape)).median_ms
+
+    def redo(window: list[tuple[int, Entry]]) -> None:
+        for number, entry in window:
+            runner.measure(number, entry, again=True)
+
+    run: dict[str, Any] = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "load_start": load_average(), "measured": len(todo)}
+    measured_any = bool(todo)
+    if todo:
+        watch = Sentinel(measure=time_model, policy=policy, say=say)
+        whole = [(number, entry) for number, entry in todo if entry.kind == "model"]
+        if whole:  # the model row first: it is the sentinel's start value, measured once
+            runner.measure(*whole[0])
+            todo = [(number, entry) for number, entry in todo if entry.kind != "model"]
+            start = watch.start(runner.table.model_latency())
+            say(f"sentinel: the whole model's row ({start:.3f} ms) is the start value")
+        else:
+            say(f"sentinel: the whole model measures {watch.start():.3f} ms at the start")
+        for number, entry in todo:
+            runner.measure(number, entry)
+            watch.add((number, entry))
+            if watch.due() or number == todo[-1][0]:
+                watch.settle(redo, lambda window: format_block_ranges(n for n, _ in window))
+        run["sentinel"] = watch.record()
+    changes: dict[str, Any] = {}
+    if runner.table.meta.anchors is None or measured_any:
+        changes["anchors"] = _anchors(runner, model_name, target, protocol, size, batch, model, anchor_rounds,
+                                      say)
+    run["load_end"] = load_average()
+    old = runner.table.meta.conditions or {}
+    threads = protocol.resolve_threads(target.threads)
+    cores = pinned_cores(threads)
+    changes["conditions"] = {"affinity": list(cores) if cores else None,
+                             "runs": [*old.get("runs", []), run]}
+    return changes
+
+
+def _anchors(runner: _Runner, model_name: str, target: Any, protocol, size: tuple[int, int], batch: int,
+             model: nn.Module, rounds: int, say: Progress) -> dict[str, Any]:
+    """The speed anchors: the unpruned and the all-merged model, interleaved, ``rounds`` rounds."""
+    files, pruned = export_anchor_models(model_name, input_size=size, batch=batch, work=runner.work,
+                                         model=model, unpruned=runner.model_file())
+    shape = (batch, *runner.entries[-1].in_shape)
+    runs = interleaved(files, rounds=rounds, say=lambda line: say(f"anchor {line}"),
+                       time_onnx=lambda path: measure_entry(path, target=target, protocol=protocol,
+                                                            input_shape=shape))
+    return anchor_figures(runs, pruned=pruned)
 
 
 class _LazySubnets:
@@ -426,7 +546,7 @@ def _check_batch(batch: Any) -> int:
 
 
 def _protocol(protocol: Any):
-    from deploykit.latency.protocol import Protocol
+    from deploykit.protocol import Protocol
 
     if protocol is None:
         return Protocol()
@@ -458,10 +578,12 @@ def _measured_meta(model_name: str, target: Any, size, batch: int, protocol) -> 
     from deploykit.latency.measure import runtime_info
 
     info = runtime_info(target)
-    threads = protocol.threads if protocol.threads is not None else target.threads
+    threads = protocol.resolve_threads(target.threads)
+    here = this_machine(runtime=info["runtime"], runtime_version=info["runtime_version"],
+                        provider=target.provider, device=info["device"], threads=threads)
     return TableMeta(**_base_meta(model_name, target, size, batch), mode="measured",
                      device_string=info["device"], runtime_version=info["runtime_version"],
-                     threads=threads, protocol=protocol.as_dict())
+                     threads=threads, protocol=protocol.as_dict(), fingerprint=here.stored())
 
 
 def _estimated_meta(model_name: str, target: Any, size, batch: int, roofline: Roofline) -> TableMeta:
@@ -478,7 +600,8 @@ def _measurer(target: Any, protocol) -> Callable[[Path, tuple[int, ...]], dict[s
     return time_entry
 
 
-_STAT_NAMES = ("median_ms", "p90_ms", "mean_ms", "std_ms", "cv", "n", "repeats", "compile_s", "first_run_ms")
+_STAT_NAMES = ("median_ms", "p90_ms", "mean_ms", "std_ms", "cv", "n", "repeats", "compile_s", "first_run_ms",
+               "ci_low_ms", "ci_high_ms", "ci_half_width")
 
 
 def measure_entry(onnx_file: Path, *, target: Any, protocol: Any, input_shape: tuple[int, ...]):
@@ -508,47 +631,93 @@ def _export(entry: Entry, batch: int, path: Path, opset: int | None) -> Path:
 def _shown_stats(stats: dict[str, float], mode: str) -> str:
     if mode == "estimated":
         return f"{stats['median_ms']:.4f} ms (estimated)"
-    return f"{stats['median_ms']:.3f} ms (cv {stats['cv'] * 100:.0f}%, n {int(stats['n'])})"
+    half = stats.get("ci_half_width", math.nan)
+    interval = f"±{half * 100:.1f}% CI, " if math.isfinite(half) else ""
+    return f"{stats['median_ms']:.3f} ms ({interval}cv {stats['cv'] * 100:.0f}%, n {int(stats['n'])})"
 
 
 # --- resuming --------------------------------------------------------------------------------------
 
+def pending_path(path: Path) -> Path:
+    """Where ``--force`` builds the new table beside ``path`` until it is complete."""
+    return path.with_name(f".{path.stem}.pending.csv")
+
+
 def _open_table(path: Path, meta: TableMeta, *, force: bool, allow_mismatch: bool,
-                say: Progress) -> LatencyTable:
+                say: Progress) -> tuple[LatencyTable, Path]:
+    """The table to continue and the path to write it to (``path``, or the pending one with ``force``)."""
     exists = path.exists() or meta_path(path).exists()
-    if not exists or force:
-        if exists:
-            say(f"--force: starting {path} over")
-        return LatencyTable(meta=meta, path=path)
+    if not exists:
+        return LatencyTable(meta=meta, path=path), path
+    if not force:
+        return _resume(path, meta, allow_mismatch=allow_mismatch, say=say, pending=pending_path(path)), path
+    pending = pending_path(path)
+    if pending.exists() or meta_path(pending).exists():
+        try:
+            table = _resume(pending, meta, allow_mismatch=False, say=say, pending=None)
+            say(f"--force: resuming the new table beside {path} ({pending.name}); {path} stays as it is "
+                "until the new one is complete")
+            return table, pending
+        except TableError as error:
+            say(f"--force: starting the new table over ({error})")
+    else:
+        say(f"--force: building the new table beside {path} ({pending.name}); {path} stays as it is until "
+            "the new one is complete")
+    return LatencyTable(meta=meta, path=pending), pending
+
+
+def _resume(path: Path, meta: TableMeta, *, allow_mismatch: bool, say: Progress,
+            pending: Path | None) -> LatencyTable:
     try:
         # No CSV yet: interrupted between the first metadata write and the first rows.
         table = LatencyTable.read(path) if path.exists() else LatencyTable(meta=read_meta(path), path=path)
     except TableError as error:
         raise TableError(f"cannot resume: {error} (--force starts the table over)") from None
-    differences = _differences(table.meta, meta)
-    if not differences:
-        if table.rows.empty:
-            return table
-        say(f"resuming {path}: {len(table)} rows already there")
+    changed = _differences(table.meta, meta)
+    if not changed:
+        if not table.rows.empty:
+            say(f"resuming {path}: {len(table)} rows already there")
         return table
     if table.meta.mode != meta.mode:
         raise TableError(f"{path} is a {table.meta.mode} table and this run is {meta.mode}: measured and "
                          "estimated rows never mix; use another --out, or --force to start it over")
-    if allow_mismatch and all(name in ENVIRONMENT for name in differences):
-        note = f"resumed on a different machine: {'; '.join(differences.values())}"
+    if allow_mismatch and all(name in ENVIRONMENT for name in changed):
+        note = f"resumed on a different machine: {'; '.join(changed.values())}"
         say(f"warning: {note} (--allow-mismatch)")
-        return table.with_meta(notes=(*table.meta.notes, note))
-    detail = "; ".join(differences.values())
+        return table.with_meta(notes=(*table.meta.notes, note), fingerprint=meta.fingerprint)
+    detail = "; ".join(changed.values())
+    unfinished = (f"; an unfinished --force run is at {pending.name}: --force resumes it"
+                  if pending is not None and (pending.exists() or meta_path(pending).exists()) else "")
     raise TableError(f"{path} was profiled with other settings ({detail}); use the same settings to "
-                     "resume it, another --out, or --force to start it over")
+                     f"resume it, another --out, or --force to start it over{unfinished}")
+
+
+def _swap_in(table: LatencyTable, pending: Path, path: Path, say: Progress) -> LatencyTable:
+    """Replace the old table by the complete new one: the CSV, then the metadata (each atomically)."""
+    os.replace(pending, path)
+    os.replace(meta_path(pending), meta_path(path))
+    if points_path(pending).exists():  # the end-to-end points belong to the new table
+        os.replace(points_path(pending), points_path(path))
+    else:
+        points_path(path).unlink(missing_ok=True)
+    say(f"--force: the new table replaced {path}")
+    return LatencyTable(meta=table.meta, rows=table.rows, path=path)
 
 
 def _differences(have: TableMeta, want: TableMeta) -> dict[str, str]:
-    """Setting name → "name: table X, now Y" for every setting that differs."""
+    """Setting name → "name: table X, now Y" for every setting that differs; the machine (fingerprint)
+    as one entry saying what differs, which then stands for the device string and runtime version."""
     old, new = have.settings(), want.settings()
     found = {}
+    machine = None
+    if want.fingerprint is not None and (have.fingerprint or {}).get("id") != want.fingerprint.get("id"):
+        if have.fingerprint:
+            machine = differences(Fingerprint.from_dict(have.fingerprint),
+                                  Fingerprint.from_dict(want.fingerprint))
+        else:
+            machine = ["the table carries no machine fingerprint"]
     for name in SETTINGS:
-        if old[name] == new[name]:
+        if old[name] == new[name] or (have.fingerprint and machine and name in ENVIRONMENT):
             continue
         if isinstance(old[name], dict) and isinstance(new[name], dict):
             keys = sorted(set(old[name]) | set(new[name]))
@@ -557,6 +726,8 @@ def _differences(have: TableMeta, want: TableMeta) -> dict[str, str]:
             found[name] = "; ".join(parts)
         else:
             found[name] = f"{name}: table {old[name]!r}, now {new[name]!r}"
+    if machine:
+        found["fingerprint"] = "machine: " + "; ".join(machine)
     return found
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import TableError
-from deploykit.latency.protocol import Measurement
+from deploykit.protocol import Measurement
 
 # A measurer times one subnet (the pruned block indices) end to end: a Measurement or plain milliseconds.
 Measurer = Callable[[tuple[int, ...]], "Measurement | float"]

@@ -49,14 +49,18 @@ COLUMNS: dict[str, type] = {
     "median_ms": float, "p90_ms": float, "mean_ms": float, "std_ms": float, "cv": float,
     "n": int, "repeats": int, "compile_s": float, "first_run_ms": float,
     "source": str, "measured_at": str,
+    "ci_low_ms": float, "ci_high_ms": float, "ci_half_width": float,
 }
 _REQUIRED_NUMBERS = ("count", "macs", "median_ms", "n", "repeats")
+# Columns added after tables were shipped: a table without them reads with empty (nan) values.
+OPTIONAL_COLUMNS = ("ci_low_ms", "ci_high_ms", "ci_half_width")
 
 # Settings a resumed table must share with the run that continues it.
 SETTINGS = ("model", "target", "mode", "device", "device_string", "runtime", "runtime_version",
             "provider", "precision", "batch", "input_size", "threads", "protocol", "estimate")
-# Of those, the ones that describe the machine rather than the request (--allow-mismatch covers them).
-ENVIRONMENT = ("device_string", "runtime_version")
+# Of those, the ones that describe the machine rather than the request (--allow-mismatch covers them),
+# with the machine's fingerprint (compared apart: it is not a setting of the request).
+ENVIRONMENT = ("device_string", "runtime_version", "fingerprint")
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,13 @@ class TableMeta:
     predictor: Mapping[str, Any] | None = None       # Predictor.as_dict(); None: the isolated sum
     fidelity: Mapping[str, Any] | None = None        # held-out figures of the prediction (profile)
     layout: Mapping[str, Any] | None = None          # what the model has: blocks, prunable, fixed parts
+    # Identity (see deploykit.latency.fingerprint and .identity): the machine that measured the table,
+    # its speed anchors (unpruned and all-merged model end to end), the rescalings `lut anchor` stored
+    # for other machines (by fingerprint id), and the conditions of the profile (affinity, load, drift).
+    fingerprint: Mapping[str, Any] | None = None
+    anchors: Mapping[str, Any] | None = None
+    rescalings: Mapping[str, Any] = field(default_factory=dict)
+    conditions: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -98,9 +109,7 @@ class TableMeta:
         object.__setattr__(self, "input_size", size)
         object.__setattr__(self, "protocol", dict(self.protocol or {}))
         object.__setattr__(self, "notes", tuple(self.notes))
-        if self.estimate is not None:
-            object.__setattr__(self, "estimate", dict(self.estimate))
-        for name in ("predictor", "fidelity", "layout"):
+        for name in ("estimate", "predictor", "fidelity", "layout", "fingerprint", "anchors", "conditions"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Mapping):
                 raise TableError(f"table {name} must be a JSON object, got {value!r}")
@@ -110,6 +119,9 @@ class TableMeta:
             Predictor.from_dict(self.predictor)  # malformed: an error now, not at the first prediction
         if self.layout is not None:
             _check_layout(self.layout)
+        if not isinstance(self.rescalings, Mapping):
+            raise TableError(f"table rescalings must be a JSON object, got {self.rescalings!r}")
+        object.__setattr__(self, "rescalings", dict(self.rescalings))
         if self.calibration is not None:
             cal = tuple(self.calibration)
             if len(cal) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in cal):
@@ -184,6 +196,9 @@ class LatencyTable:
     meta: TableMeta
     rows: pd.DataFrame = field(default_factory=empty_rows)
     path: Path | None = None
+    # ``a · prediction + b`` for this machine, set by deploykit.latency.identity.table_for_this_machine
+    # from a rescaling `lut anchor` stored; never written to the files.
+    rescale: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         self.rows = _validate_rows(self.rows, self.meta, self.path)
@@ -224,7 +239,9 @@ class LatencyTable:
         return bool(((self.rows["key"] == key) & (self.rows["form"] == form)).any())
 
     def add(self, row: Mapping[str, Any]) -> None:
-        """Append one row (all :data:`COLUMNS`); a duplicate ``(key, form)`` is a TableError."""
+        """Append one row (all :data:`COLUMNS`; those in :data:`OPTIONAL_COLUMNS` may be left out and are
+        then empty); a duplicate ``(key, form)`` is a TableError."""
+        row = {**dict.fromkeys(OPTIONAL_COLUMNS, math.nan), **row}
         missing = [name for name in COLUMNS if name not in row]
         if missing:
             raise TableError(f"table row lacks column(s): {', '.join(missing)}")
@@ -234,8 +251,18 @@ class LatencyTable:
         self.rows = _validate_rows(pd.concat([self.rows, _typed(new)], ignore_index=True), self.meta,
                                    self.path)
 
+    def discard(self, key: str, form: str) -> None:
+        """Remove the row ``(key, form)`` (to measure it again); nothing happens when it is absent."""
+        keep = ~((self.rows["key"] == key) & (self.rows["form"] == form))
+        self.rows = self.rows[keep].reset_index(drop=True)
+
     def with_meta(self, **changes: Any) -> LatencyTable:
-        return LatencyTable(meta=replace(self.meta, **changes), rows=self.rows.copy(), path=self.path)
+        return LatencyTable(meta=replace(self.meta, **changes), rows=self.rows.copy(), path=self.path,
+                            rescale=self.rescale)
+
+    def with_rescale(self, rescale: tuple[float, float] | None) -> LatencyTable:
+        """A copy whose predictions end with ``a · x + b`` (None: no rescaling)."""
+        return LatencyTable(meta=self.meta, rows=self.rows.copy(), path=self.path, rescale=rescale)
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -321,6 +348,9 @@ class LatencyTable:
         if self.meta.calibration is not None:
             a, b = self.meta.calibration
             total = a * total + b
+        if self.rescale is not None:  # this machine's rescaling (lut anchor): always the last step
+            a, b = self.rescale
+            total = a * total + b
         return total
 
     def predict_subnet(self, subnet: Subnet) -> float:
@@ -366,31 +396,25 @@ class LatencyTable:
         except (KeyError, TypeError, ValueError):
             return "table fidelity: malformed in the metadata (profile the table again)"
 
-    def check_matches(self, *, target: Any = None, device: str | None = None,
-                      runtime_version: str | None = None, batch: int | None = None,
+    def check_matches(self, *, target: Any = None, batch: int | None = None,
                       input_size: int | tuple[int, int] | None = None,
                       allow_mismatch: bool = False) -> list[str]:
-        """Compare the table with what is asked (None = not checked).
+        """Compare what the table was made for with what is asked (None = not checked).
 
         Returns the differences; raises a TableError naming each of them unless ``allow_mismatch``.
-        ``target`` is a target name or an object with a ``name``; ``device`` is compared with the
-        device string the table was measured on.
+        ``target`` is a target name or an object with a ``name``. The machine (CPU, runtime version,
+        device, ...) is not compared here: :func:`deploykit.latency.identity.table_for_this_machine`
+        compares fingerprints.
         """
         asked: dict[str, Any] = {}
         if target is not None:
             asked["target"] = getattr(target, "name", target)
-        if device is not None:
-            asked["device"] = device
-        if runtime_version is not None:
-            asked["runtime version"] = str(runtime_version)
         if batch is not None:
             asked["batch"] = batch
         if input_size is not None:
             size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
             asked["input size"] = size
-        have = {"target": self.meta.target, "device": self.meta.device_string,
-                "runtime version": self.meta.runtime_version, "batch": self.meta.batch,
-                "input size": self.meta.input_size}
+        have = {"target": self.meta.target, "batch": self.meta.batch, "input size": self.meta.input_size}
         differences = [f"{name} {_show(have[name])} (asked {_show(value)})"
                        for name, value in asked.items() if have[name] != value]
         if differences and not allow_mismatch:
@@ -540,6 +564,7 @@ def _typed(rows: pd.DataFrame) -> pd.DataFrame:
 
 def _validate_rows(rows: pd.DataFrame, meta: TableMeta, path: Path | None) -> pd.DataFrame:
     where = f"latency table {path}" if path else "latency table"
+    rows = rows.assign(**{name: math.nan for name in OPTIONAL_COLUMNS if name not in rows.columns})
     missing = [name for name in COLUMNS if name not in rows.columns]
     if missing:
         raise TableError(f"{where} lacks column(s): {', '.join(missing)}")

@@ -2,9 +2,14 @@
 
 Reads one JSON request on stdin (``onnx_path``, ``target`` as :meth:`Target.as_dict`, ``protocol`` as
 :meth:`Protocol.as_dict`, ``input_shape``) and writes one JSON line on stdout: ``{"ok": true,
-"measurement": {...}, "runtime_version": ..., "device": ...}`` or ``{"ok": false, "type":
-"<DeployKitError subclass>", "error": "<one line>"}``. Whatever the runtimes print goes to stderr, so
-stdout carries the reply only. Started by :func:`deploykit.latency.measure.measure_onnx`.
+"measurement": {...}, "runtime_version": ..., "device": ..., "affinity": [cpus] or null}`` or
+``{"ok": false, "type": "<DeployKitError subclass>", "error": "<one line>"}``. Whatever the runtimes
+print goes to stderr, so stdout carries the reply only. Started by
+:func:`deploykit.latency.measure.measure_onnx`.
+
+Before the runtime starts its thread pool, the process pins itself to a fixed CPU set matching the
+thread count (:func:`deploykit.runtimes.hostinfo.pinned_cores`), so every measurement runs on the same
+cores; where the OS has no affinity API it runs unpinned and says so (``affinity`` null).
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import sys
 import traceback
 
 
-def handle(request: dict) -> dict:
-    """Run one measurement request; the reply as a dict."""
+def handle(request: dict, *, pin: bool = False) -> dict:
+    """Run one measurement request; the reply as a dict. With ``pin`` (the worker process, never a
+    caller that handles a request in its own process) the process is pinned to its cores first."""
     from deploykit.errors import ConfigError
-    from deploykit.latency.protocol import Protocol
-    from deploykit.runtimes import check_target
+    from deploykit.protocol import Protocol
+    from deploykit.runtimes import check_target, hostinfo
     from deploykit.targets import target_from_dict
 
     try:
@@ -29,9 +35,10 @@ def handle(request: dict) -> dict:
     except (KeyError, TypeError) as error:
         raise ConfigError(f"malformed latency worker request: {error!r}") from None
     backend = check_target(target)
+    affinity = hostinfo.pin_to_cores(protocol.resolve_threads(target.threads)) if pin else None
     measurement = backend.profile(onnx_path, target=target, protocol=protocol, input_shape=input_shape)
     return {"ok": True, "measurement": measurement.as_dict(), "runtime_version": backend.version(),
-            "device": backend.device_string(target)}
+            "device": backend.device_string(target), "affinity": list(affinity) if affinity else None}
 
 
 def main() -> int:
@@ -50,7 +57,7 @@ def main() -> int:
             reply = {"ok": False, "type": "ConfigError", "error": f"bad latency worker request: {error}"}
         else:
             try:
-                reply = handle(request)
+                reply = handle(request, pin=True)
             except DeployKitError as error:
                 reply = {"ok": False, "type": type(error).__name__, "error": str(error)}
             except Exception as error:  # a bug or an SDK failure: keep the traceback on stderr

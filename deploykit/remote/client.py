@@ -32,7 +32,7 @@ from deploykit.errors import (
     RuntimeUnavailableError,
     error_class,
 )
-from deploykit.latency.protocol import Measurement, Protocol
+from deploykit.protocol import Measurement, Protocol
 from deploykit.remote.wire import API_VERSION, DEFAULT_PORT, REQUEST_HEADER, MeasureRequest, token_from
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit.errors import ConfigError, DeployKitError
-from deploykit.latency.protocol import Protocol
+from deploykit.protocol import Protocol
 from deploykit.runtimes.base import check_input_shape, one_line
 
 API_VERSION = 1  # bumped whenever a request or reply changes incompatibly

@@ -26,7 +26,7 @@ from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUna
 from deploykit.runtimes import hostinfo
 
 if TYPE_CHECKING:
-    from deploykit.latency.protocol import Measurement, Protocol
+    from deploykit.protocol import Measurement, Protocol
     from deploykit.targets import Target
 
 T = TypeVar("T")
@@ -259,7 +259,7 @@ def time_and_measure(run_once: Callable[[], None], protocol: Protocol, *, compil
     A failing first run (wrong input shape or type, a kernel the device lacks) is a ModelError
     naming ``what`` was run.
     """
-    from deploykit.latency.protocol import measure
+    from deploykit.protocol import measure
 
     try:
         _, first_s = timed(run_once, clock=clock)

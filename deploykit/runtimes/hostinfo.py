@@ -133,3 +133,54 @@ def _run(command: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return done.stdout.strip() if done.returncode == 0 else ""
+
+
+# --- CPU affinity ----------------------------------------------------------------------------------
+
+def pinned_cores(threads: int | None) -> tuple[int, ...] | None:
+    """The fixed CPU set a measuring process pins itself to for ``threads`` intra-op threads, or None
+    where the OS has no affinity API.
+
+    One logical CPU per physical core first (SMT siblings share a core's execution units, so two
+    threads on one core time something else than two cores), lowest numbers first, from the CPUs this
+    process may use; SMT siblings only when more threads than cores are asked. ``threads`` None (the
+    runtime's default: one thread per physical core) takes one CPU of every physical core.
+    """
+    import os
+
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    first, siblings, seen = [], [], set()
+    for cpu in allowed:
+        core = _core_of(cpu)
+        (siblings if core in seen else first).append(cpu)
+        seen.add(core)
+    ordered = first + siblings
+    count = len(first) if threads is None else min(threads, len(ordered))
+    return tuple(sorted(ordered[:count]))
+
+
+def pin_to_cores(threads: int | None) -> tuple[int, ...] | None:
+    """Pin this process (and the threads it starts later) to :func:`pinned_cores`; the set, or None
+    where the OS does not allow it."""
+    import os
+
+    cores = pinned_cores(threads)
+    if not cores:
+        return None
+    try:
+        os.sched_setaffinity(0, cores)
+    except OSError:
+        return None
+    return cores
+
+
+def _core_of(cpu: int) -> tuple[str, str]:
+    """(package, core) of a logical CPU from sysfs; the CPU itself where the topology is not there."""
+    topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+    try:
+        return ((topology / "physical_package_id").read_text().strip(),
+                (topology / "core_id").read_text().strip())
+    except OSError:
+        return ("cpu", str(cpu))

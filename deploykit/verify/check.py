@@ -19,8 +19,9 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
            batch: int | None = None, input_size: tuple[int, int] | None = None,
            progress: Callable[[str], None] | None = None) -> VerifyReport:
     """Verify ``onnx_path`` on ``target``; see :mod:`deploykit.verify`. ``table`` is a LatencyTable."""
+    from deploykit.latency.identity import table_for_this_machine
     from deploykit.latency.measure import runtime_info
-    from deploykit.latency.protocol import Protocol
+    from deploykit.protocol import Protocol
     from deploykit.runtimes import availability
 
     path = Path(onnx_path)
@@ -48,9 +49,11 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
 
     predicted = mismatches = None
     if table is not None:
-        mismatches = table.check_matches(target=target, device=info["device"],
-                                         runtime_version=info["runtime_version"], batch=shape[0],
-                                         input_size=tuple(shape[2:]), allow_mismatch=allow_mismatch)
+        mismatches = table.check_matches(target=target, batch=shape[0], input_size=tuple(shape[2:]),
+                                         allow_mismatch=allow_mismatch)
+        # Another machine (fingerprint) is never refused here: the measurement below shows the error.
+        table = table_for_this_machine(table, budget_unit=None,
+                                       say=lambda line: notes.append(line.removeprefix("note: ")))
         predicted = table.predict(tuple(pruned))
         if table.meta.mode != "measured":
             notes.append(f"the table is {table.meta.mode} (roofline), not measured")

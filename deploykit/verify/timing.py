@@ -15,7 +15,7 @@ def measure_interleaved(model_path: Path, reference_path: Path | None, *, target
                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time the model (and the reference) ``rounds`` times each, alternating, each in a fresh process."""
     from deploykit.latency.measure import measure_onnx
-    from deploykit.latency.protocol import Measurement
+    from deploykit.protocol import Measurement
 
     if rounds < 1:
         raise ConfigError(f"--rounds must be ≥ 1, got {rounds}")

@@ -1,0 +1,169 @@
+"""Speed anchors: the unpruned and the all-merged model end to end, and re-anchoring a table elsewhere.
+
+A table records two end-to-end figures of the machine that measured it (:func:`measure_anchors`, at
+the end of ``deploykit profile``): the unpruned model and the model with every prunable block merged.
+``deploykit lut anchor TABLE`` (:func:`anchor_table`) measures the same two models on another machine,
+interleaved (unpruned, merged, unpruned, merged, …; each in a fresh process), and stores the affine
+map from the table's anchors to this machine's (:func:`deploykit.latency.identity.fit_rescale`) in the
+table's metadata, keyed by this machine's fingerprint id: the table then predicts this machine's
+milliseconds (:func:`deploykit.latency.identity.table_for_this_machine`). Two measurements do not
+prove the table's fidelity here; ``deploykit lut check`` does.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import ConfigError, TableError
+from deploykit.fileio import write_json_atomic
+from deploykit.latency.fingerprint import Fingerprint, differences, for_target
+from deploykit.latency.identity import describe_record, fit_rescale, measuring_setup, table_anchors
+from deploykit.latency.table import LatencyTable, meta_path, read_meta
+from deploykit.protocol import Measurement, Protocol
+
+Say = Callable[[str], None]
+TimeOnnx = Callable[[Path], Measurement]
+ANCHOR_ROUNDS = 3
+
+
+def interleaved(files: Mapping[str, Path], *, time_onnx: TimeOnnx, rounds: int,
+                say: Say | None = None) -> dict[str, list[Measurement]]:
+    """Time every file once per round, in the same order each round (A, B, A, B, …), so that a drift
+    of the machine touches all of them alike. ``{name: [one Measurement per round]}``."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"--rounds must be a positive integer, got {rounds!r}")
+    runs: dict[str, list[Measurement]] = {name: [] for name in files}
+    for number in range(1, rounds + 1):
+        for name, path in files.items():
+            result = time_onnx(path)
+            runs[name].append(result)
+            if say:
+                say(f"round {number}/{rounds}: {name} {result.brief()}")
+    return runs
+
+
+def anchor_figures(runs: Mapping[str, list[Measurement]], *, pruned: tuple[int, ...]) -> dict[str, Any]:
+    """The anchors from interleaved runs: the median over rounds of each model's median."""
+    figures: dict[str, Any] = {"rounds": len(runs["unpruned"]), "pruned": list(pruned),
+                               "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for name in ("unpruned", "merged"):
+        medians = [m.median_ms for m in runs.get(name, [])]
+        figures[f"{name}_ms"] = statistics.median(medians) if medians else None
+        figures[f"{name}_rounds_ms"] = medians
+    return figures
+
+
+def export_anchor_models(model_name: str, *, input_size: tuple[int, int], batch: int, work: Path,
+                         model: Any = None, unpruned: Path | None = None) -> tuple[dict[str, Path], tuple]:
+    """The unpruned and the all-merged model as ONNX files in ``work`` (random weights: timing does
+    not depend on them), built like ``lut check`` builds its subnets; ``unpruned`` reuses a file
+    already exported. Returns the files and the merged block indices."""
+    from deploykit.latency.fidelity import SubnetMeasurer
+
+    subnets = SubnetMeasurer(model_name, input_size=tuple(input_size), batch=batch, work=work, model=model,
+                             time_onnx=_no_timing)
+    pruned = tuple(subnets.prunable_indices)
+    files = {"unpruned": unpruned or subnets.export((), work / "anchor_unpruned.onnx")}
+    if pruned:
+        files["merged"] = subnets.export(pruned, work / "anchor_merged.onnx")
+    return files, pruned
+
+
+def _no_timing(path: Path, shape: tuple[int, ...]) -> Measurement:
+    raise RuntimeError("internal: the anchor models are exported here and timed by the caller")
+
+
+# --- deploykit lut anchor --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AnchorResult:
+    """What ``lut anchor`` measured and stored."""
+
+    path: Path
+    fingerprint: Fingerprint
+    record: dict[str, Any]
+    differences: tuple[str, ...]
+    elapsed_s: float
+
+    def summary(self) -> str:
+        same = ("this is the machine that measured the table" if not self.differences
+                else "this machine differs from the table's: " + "; ".join(self.differences))
+        return "\n".join([
+            f"anchored {self.path} for this machine (fingerprint {self.fingerprint.id}) in "
+            f"{self.elapsed_s:.0f} s: {describe_record(self.record)}",
+            same,
+            f"stored in {meta_path(self.path)}; millisecond budgets are now accepted here",
+            f"the table's fidelity on this machine is not checked yet: deploykit lut check {self.path}",
+        ])
+
+
+def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Say | None = None,
+                 model: Any = None, time_onnx: TimeOnnx | None = None) -> AnchorResult:
+    """Measure the table's two anchor models on this machine and store the rescaling (module docstring).
+
+    ``model`` replaces the timm model the table names; ``time_onnx`` replaces the fresh-process
+    measurement on the table's target (tests).
+    """
+    started = time.perf_counter()
+    say = progress or (lambda line: None)
+    table = LatencyTable.read(path)
+    meta = table.meta
+    _require_anchorable(table)
+    mapped = table_anchors(table)
+    target, protocol = measuring_setup(table, doing="anchor")
+    here = for_target(target, threads=meta.threads)
+    if time_onnx is None:
+        time_onnx = _fresh_process_timer(target, protocol, (meta.batch, 3, *meta.input_size))
+    say(f"building {meta.model} at {meta.input_size[0]}x{meta.input_size[1]}, unpruned and all-merged "
+        "(random weights: timing does not depend on them)")
+    with tempfile.TemporaryDirectory(prefix="deploykit-anchor-") as work:
+        files, pruned = export_anchor_models(meta.model, input_size=meta.input_size, batch=meta.batch,
+                                             work=Path(work), model=model)
+        expected = (meta.anchors or {}).get("pruned")
+        if expected is not None and tuple(expected) != tuple(pruned):
+            raise TableError(f"{table.path}'s all-merged anchor merges blocks {list(expected)}, but "
+                             f"{meta.model} here has prunable blocks {list(pruned)}: the table is from "
+                             "another model definition; profile it again")
+        figures = anchor_figures(interleaved(files, time_onnx=time_onnx, rounds=rounds, say=say),
+                                 pruned=pruned)
+    (a, b), kind = fit_rescale(mapped, figures)
+    record = {"a": a, "b": b, "kind": kind, "date": figures["measured_at"], "fingerprint": here.stored(),
+              "here": figures, "table": mapped}
+    _store(table, here.id, record)
+    theirs = Fingerprint.from_dict(meta.fingerprint) if meta.fingerprint else None
+    found = tuple(differences(theirs, here)) if theirs else ("the table carries no machine fingerprint",)
+    return AnchorResult(path=table.path, fingerprint=here, record=record, differences=found,
+                        elapsed_s=time.perf_counter() - started)
+
+
+def _require_anchorable(table: LatencyTable) -> None:
+    where = table.path
+    if table.meta.mode == "estimated":
+        raise TableError(f"{where} is an estimated (roofline) table: it has no measured anchors to map; "
+                         f"profile a measured table on {table.meta.device}")
+    if not table.meta.complete:
+        raise TableError(f"{where} is incomplete (its profile was interrupted); finish it with the same "
+                         "`deploykit profile` command first")
+
+
+def _fresh_process_timer(target: Any, protocol: Protocol, shape: tuple[int, ...]) -> TimeOnnx:
+    from deploykit.latency.measure import measure_onnx
+
+    return lambda path: measure_onnx(path, target=target, protocol=protocol, input_shape=shape)
+
+
+def _store(table: LatencyTable, fingerprint_id: str, record: dict[str, Any]) -> None:
+    """Add the rescaling to the metadata on disk (atomically), refusing if the table changed meanwhile."""
+    current = read_meta(table.path)
+    if current.anchors != table.meta.anchors or current.date != table.meta.date:
+        raise TableError(f"{table.path} changed on disk while it was being anchored (profiled again?); "
+                         "anchor it again")
+    updated = replace(current, rescalings={**current.rescalings, fingerprint_id: record})
+    write_json_atomic(meta_path(table.path), updated.as_dict())

@@ -1,0 +1,202 @@
+"""Using a latency table on a machine: is it the machine that measured it, or one it was re-anchored for?
+
+Every user of a table (``search``, ``lut predict``, ``verify --table``, ``run``) passes it through
+:func:`table_for_this_machine` first. It compares the table's fingerprint (:mod:`.fingerprint`) with
+this machine's for the table's target:
+
+- the same machine: silent, the table is used as it is;
+- another machine for which ``deploykit lut anchor`` stored a rescaling: one line saying so; the
+  table comes back with :attr:`LatencyTable.rescale` set, so every prediction is in this machine's ms;
+- another machine, not re-anchored (a table without a fingerprint, from before fingerprints, counts
+  as one): a millisecond budget is refused — the table's milliseconds are another machine's — and
+  anything else (ratio budgets, no budget) goes on with one line saying exactly what differs.
+
+Estimated (roofline) tables are not measurements of any machine and pass unchanged; the commands
+label them as estimates already.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from deploykit.errors import ConfigError, DeployKitError, RuntimeUnavailableError, TableError
+from deploykit.latency.fingerprint import NOT_INSTALLED, Fingerprint, differences, for_target, this_machine
+from deploykit.latency.table import LatencyTable, TableMeta
+
+Say = Callable[[str], None]
+BUDGET_UNITS = ("ms", "fraction", None)
+# Below this spread between the unpruned and the all-merged anchor (relative to the unpruned one) the
+# two points do not pin a slope down: the rescaling is the ratio of the unpruned anchors instead.
+MIN_ANCHOR_SPREAD = 0.05
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a table relates to this machine."""
+
+    same: bool                                   # measured on this machine (same fingerprint id)
+    differences: tuple[str, ...]                 # what differs (empty when same)
+    rescale: tuple[float, float] | None          # the stored rescaling for this machine, if valid
+    anchored_on: str | None                      # when that rescaling was measured
+
+    def describe(self) -> str:
+        return "; ".join(self.differences)
+
+
+def here_for(meta: TableMeta) -> Fingerprint:
+    """This machine's fingerprint for the table's target and thread setting."""
+    from deploykit.targets import load_target
+
+    try:
+        target = load_target(meta.target)
+    except DeployKitError:  # a custom target file that is not on this machine
+        return this_machine(runtime=meta.runtime, runtime_version=f"unknown (no target {meta.target} here)",
+                            provider=meta.provider, device=NOT_INSTALLED, threads=meta.threads)
+    return for_target(target, threads=meta.threads)
+
+
+def judge(table: LatencyTable, here: Fingerprint) -> Verdict:
+    """Compare ``table`` with ``here`` (see the module docstring)."""
+    meta = table.meta
+    rescale, anchored_on = _stored_rescale(table, here.id)
+    if meta.fingerprint is None:
+        return Verdict(False, ("the table carries no machine fingerprint (made before fingerprints were "
+                               "recorded)",), rescale, anchored_on)
+    theirs = Fingerprint.from_dict(meta.fingerprint)
+    if theirs.id == here.id:
+        return Verdict(True, (), rescale, anchored_on)
+    found = differences(theirs, here) or [f"fingerprint {theirs.id} vs {here.id}"]
+    return Verdict(False, tuple(found), rescale, anchored_on)
+
+
+def table_for_this_machine(table: LatencyTable, *, budget_unit: str | None = None, say: Say | None = None,
+                           here: Fingerprint | None = None) -> LatencyTable:
+    """``table`` ready to predict for this machine; see the module docstring.
+
+    ``budget_unit`` is ``ms`` (a millisecond budget: refused on a foreign table that is not
+    re-anchored here), ``fraction`` (a ratio budget) or None (no budget: predictions are shown).
+    ``here`` replaces this machine's fingerprint (the device a remote agent measures on).
+    """
+    if budget_unit not in BUDGET_UNITS:
+        raise ValueError(f"budget_unit must be one of {BUDGET_UNITS}, got {budget_unit!r}")
+    say = say or (lambda line: None)
+    if table.meta.mode == "estimated":
+        return table
+    verdict = judge(table, here or here_for(table.meta))
+    where = str(table.path) if table.path else "the latency table"
+    if verdict.same:
+        return table.with_rescale(verdict.rescale)
+    if verdict.rescale is not None:
+        a, b = verdict.rescale
+        say(f"note: {where} was measured on another machine ({verdict.describe()}); re-anchored for this one "
+            f"on {verdict.anchored_on}: predictions here = {a:.4f} × the table's {'+' if b >= 0 else '−'} "
+            f"{abs(b):.3f} ms")
+        return table.with_rescale(verdict.rescale)
+    anchor = f"deploykit lut anchor {table.path}" if table.path else "deploykit lut anchor TABLE"
+    if budget_unit == "ms":
+        raise TableError(f"{where} was measured on another machine ({verdict.describe()}): its milliseconds "
+                         f"are that machine's, so a millisecond budget is refused; re-anchor it here in "
+                         f"seconds with `{anchor}`, or give the budget as a fraction (e.g. 0.7)")
+    what = ("a ratio budget is relative to the unpruned model and goes on" if budget_unit == "fraction"
+            else "its milliseconds are that machine's")
+    say(f"note: {where} was measured on another machine ({verdict.describe()}); {what} (`{anchor}` "
+        "re-anchors it for this machine)")
+    return table
+
+
+def measuring_setup(table: LatencyTable, *, doing: str) -> tuple[Any, Any]:
+    """The table's target and protocol, to measure on this machine the way the table was measured.
+
+    A target file that now names another runtime, provider or precision is a TableError; a target
+    whose runtime or hardware is not here a RuntimeUnavailableError. ``doing`` names the command for
+    the messages (``check``, ``anchor``).
+    """
+    from deploykit.protocol import Protocol
+    from deploykit.targets import availability, load_target
+
+    meta = table.meta
+    try:
+        target = load_target(meta.target)
+    except ConfigError as error:
+        raise TableError(f"cannot {doing} {table.path} here: its target {meta.target!r} is not known here "
+                         f"({error})") from None
+    changed = [f"{name} {theirs!r} (the target file now says {ours!r})"
+               for name, theirs, ours in (("runtime", meta.runtime, target.runtime),
+                                          ("provider", meta.provider, target.provider),
+                                          ("precision", meta.precision, target.precision)) if theirs != ours]
+    if changed:
+        raise TableError(f"{table.path} was measured with {'; '.join(changed)}; profile it again")
+    ok, reason = availability(target)
+    if not ok:
+        raise RuntimeUnavailableError(f"cannot {doing} {table.path} here: its target {target.name} cannot "
+                                      f"run on this machine ({reason})")
+    try:
+        protocol = Protocol.from_dict(meta.protocol)
+    except ConfigError as error:
+        raise TableError(f"{table.path}: the table's protocol is malformed: {error}") from None
+    return target, protocol
+
+
+# --- rescalings --------------------------------------------------------------------------------------
+
+def table_anchors(table: LatencyTable) -> dict[str, float | None]:
+    """The table's speed anchors: ``unpruned_ms`` and ``merged_ms`` (the all-merged model) end to end.
+    A table from before anchors has only its end-to-end model row (``merged_ms`` None)."""
+    anchors = table.meta.anchors or {}
+    unpruned = anchors.get("unpruned_ms", table.model_latency())
+    if unpruned is None or not unpruned > 0:
+        where = table.path or "the latency table"
+        raise TableError(f"{where} has no speed anchor (no end-to-end measurement of the model): profile "
+                         "it again with this version of deploykit")
+    merged = anchors.get("merged_ms")
+    return {"unpruned_ms": float(unpruned), "merged_ms": float(merged) if merged else None}
+
+
+def fit_rescale(table: Mapping[str, float | None],
+                here: Mapping[str, float | None]) -> tuple[tuple[float, float], str]:
+    """The affine map ``a·x + b`` taking the table's anchors onto the ones measured here, and its kind.
+
+    Through both anchors (``affine``) where the table has an all-merged anchor and it is at least
+    :data:`MIN_ANCHOR_SPREAD` below the unpruned one (and the slope comes out positive); otherwise the
+    ratio of the unpruned anchors (``ratio``, b = 0).
+    """
+    u_t, m_t = table["unpruned_ms"], table.get("merged_ms")
+    u_h, m_h = here["unpruned_ms"], here.get("merged_ms")
+    if m_t and m_h and (u_t - m_t) / u_t >= MIN_ANCHOR_SPREAD:
+        a = (u_h - m_h) / (u_t - m_t)
+        if a > 0:
+            return (a, u_h - a * u_t), "affine"
+    return (u_h / u_t, 0.0), "ratio"
+
+
+def _stored_rescale(table: LatencyTable,
+                    fingerprint_id: str) -> tuple[tuple[float, float] | None, str | None]:
+    """The rescaling ``lut anchor`` stored for ``fingerprint_id``, if it still maps the table's anchors
+    (a table profiled again since has other anchors: its old rescalings are stale and ignored)."""
+    record = table.meta.rescalings.get(fingerprint_id)
+    if not isinstance(record, Mapping):
+        return None, None
+    try:
+        a, b = float(record["a"]), float(record["b"])
+        mapped = float(record["table"]["unpruned_ms"])
+        current = table_anchors(table)["unpruned_ms"]
+    except (KeyError, TypeError, ValueError, TableError):
+        return None, None
+    if not (math.isfinite(a) and math.isfinite(b) and a > 0 and math.isclose(mapped, current, rel_tol=1e-9)):
+        return None, None
+    return (a, b), str(record.get("date", "an unknown date"))
+
+
+def describe_record(record: Mapping[str, Any]) -> str:
+    """One line for a stored rescaling (``lut anchor``'s summary)."""
+    here, mapped = record["here"], record["table"]
+    merged = (f"; all-merged {here['merged_ms']:.3f} ms here, {mapped['merged_ms']:.3f} ms in the table"
+              if here.get("merged_ms") and mapped.get("merged_ms") else "")
+    b = record["b"]
+    return (f"unpruned {here['unpruned_ms']:.3f} ms here, {mapped['unpruned_ms']:.3f} ms in the table"
+            f"{merged} "
+            f"→ predictions here = {record['a']:.4f} × the table's {'+' if b >= 0 else '−'} {abs(b):.3f} ms "
+            f"({record['kind']})")

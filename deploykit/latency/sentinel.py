@@ -1,0 +1,222 @@
+"""The sentinel: the whole model, re-measured during a profile to catch the machine changing under it.
+
+A profile takes minutes; a backup job, a compile or a noisy neighbour starting meanwhile makes every
+entry measured from then on slower, and the table silently mixes two machines. So the whole model is
+measured at the start of a profile, again every ``every`` entries or ``interval_s`` seconds, and at
+the end. When it drifts more than ``max_drift`` from the start value, the entries measured since the
+last good sentinel are measured again (at most ``retries`` times for one window), and the load average
+and the busiest other processes (from ``/proc``, this process tree excluded) are recorded and warned
+about.
+
+:class:`Sentinel` holds that bookkeeping; the profile supplies ``measure`` (the whole model, a fresh
+process, ms) and ``redo`` (measure a window's entries again). Clock, load and process snapshot are
+injectable, so the rules are tested exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import ConfigError
+
+Say = Callable[[str], None]
+Snapshot = dict[int, tuple[str, int, int]]          # pid → (name, parent pid, CPU ticks)
+TOP_PROCESSES = 5
+
+
+@dataclass(frozen=True)
+class SentinelPolicy:
+    """When the sentinel is measured and what it tolerates (see the module docstring)."""
+
+    every: int = 8              # entries between two sentinel measurements; 0: start and end only
+    interval_s: float = 60.0    # or this many seconds since the last one, whichever comes first
+    max_drift: float = 0.05     # |sentinel / start − 1| above this is a drift
+    retries: int = 2            # a window is measured again at most this many times
+
+    def __post_init__(self) -> None:
+        for name, value, integer in (("every", self.every, True), ("interval_s", self.interval_s, False),
+                                     ("max_drift", self.max_drift, False), ("retries", self.retries, True)):
+            kind = int if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind) or value < 0:
+                what = "integer" if integer else "number"
+                raise ConfigError(f"sentinel {name} must be a non-negative {what}, got {value!r}")
+        if self.max_drift == 0:
+            raise ConfigError("sentinel max_drift must be > 0")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Sentinel:
+    """The sentinel's state for one profile run; :meth:`record` is what the table's metadata keeps."""
+
+    measure: Callable[[], float]
+    policy: SentinelPolicy = field(default_factory=SentinelPolicy)
+    say: Say = field(default=lambda line: None)
+    clock: Callable[[], float] = time.monotonic
+    load: Callable[[], list[float] | None] = field(default=lambda: load_average())
+    snapshot: Callable[[], Snapshot] = field(default=lambda: process_snapshot())
+    start_ms: float | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    drifts: list[dict[str, Any]] = field(default_factory=list)
+    window: list[Any] = field(default_factory=list)
+    _last_time: float = 0.0
+    _last_snapshot: tuple[float, Snapshot] | None = None
+    _window_usage: list[dict[str, Any]] = field(default_factory=list)
+
+    def start(self, value_ms: float | None = None) -> float:
+        """Measure the start value, or take ``value_ms``: the whole model just measured for its row."""
+        self.start_ms = self._measure("start", value_ms)
+        return self.start_ms
+
+    def add(self, item: Any) -> None:
+        """One more entry measured since the last good sentinel."""
+        self.window.append(item)
+
+    def due(self) -> bool:
+        """Whether the sentinel should be measured now (after the entry just added)."""
+        if not self.window:
+            return False
+        by_count = self.policy.every > 0 and len(self.window) >= self.policy.every
+        return by_count or self.clock() - self._last_time >= self.policy.interval_s
+
+    def settle(self, redo: Callable[[list[Any]], None], describe: Callable[[list[Any]], str]) -> None:
+        """Measure the sentinel; on a drift, record it, warn, and ``redo`` the window (bounded); then the
+        window is closed. ``describe`` names a window's entries for the warning."""
+        if self.start_ms is None:
+            raise RuntimeError("internal: the sentinel was not started")
+        for attempt in range(self.policy.retries + 1):
+            value = self._measure("check")
+            drift = value / self.start_ms - 1.0
+            if abs(drift) <= self.policy.max_drift:
+                break
+            again = attempt < self.policy.retries
+            event = self._drift_event(value, drift, describe(self.window), again)
+            self.say(_warning(event, self.policy))
+            if not again:
+                break
+            redo(self.window)
+        self.window = []
+
+    def record(self) -> dict[str, Any]:
+        return {"policy": self.policy.as_dict(), "start_ms": self.start_ms, "checks": self.checks,
+                "drifts": self.drifts}
+
+    def _measure(self, kind: str, value_ms: float | None = None) -> float:
+        value = float(self.measure() if value_ms is None else value_ms)
+        self._last_time = self.clock()
+        check = {"at": _now(), "kind": kind, "ms": value}
+        if self.start_ms:
+            check["drift"] = value / self.start_ms - 1.0
+        self.checks.append(check)
+        previous, self._last_snapshot = self._last_snapshot, (self._last_time, self.snapshot())
+        self._window_usage = busiest(previous, self._last_snapshot) if previous else []
+        return value
+
+    def _drift_event(self, value: float, drift: float, entries: str, again: bool) -> dict[str, Any]:
+        event = {"at": _now(), "sentinel_ms": value, "start_ms": self.start_ms, "drift": drift,
+                 "load": self.load(), "busiest": self._window_usage, "entries": entries,
+                 "action": "measured again" if again else "kept (retries exhausted)"}
+        self.drifts.append(event)
+        return event
+
+
+def _warning(event: dict[str, Any], policy: SentinelPolicy) -> str:
+    load = event["load"]
+    load_text = f"load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}" if load else "load unknown"
+    busy = ", ".join(f"{p['name']} (pid {p['pid']}) {p['cpu_share']:.0%}" for p in event["busiest"][:3])
+    busy_text = f"; busiest other processes: {busy}" if busy else ""
+    what = ("measuring them again" if event["action"] == "measured again"
+            else f"keeping them after {policy.retries} re-measurements: profile on a quieter machine")
+    return (f"warning: the whole model now measures {event['sentinel_ms']:.3f} ms, {event['drift']:+.1%} "
+            f"from {event['start_ms']:.3f} ms at the start (limit ±{policy.max_drift:.0%}; {load_text}"
+            f"{busy_text}); entries measured meanwhile: {event['entries']} — {what}")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --- what else runs on the machine ---------------------------------------------------------------
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages, or None where the OS has none."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def process_snapshot(proc: Path = Path("/proc")) -> Snapshot:
+    """Every process's name, parent and CPU time (user + system, clock ticks), from ``/proc/PID/stat``."""
+    found: Snapshot = {}
+    try:
+        entries = list(proc.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        parsed = parse_stat(text)
+        if parsed is not None:
+            found[int(entry.name)] = parsed
+    return found
+
+
+def parse_stat(text: str) -> tuple[str, int, int] | None:
+    """``(name, ppid, utime + stime)`` from one ``/proc/PID/stat`` line (the name may hold spaces)."""
+    left, right = text.find("("), text.rfind(")")
+    if left < 0 or right < left:
+        return None
+    fields = text[right + 2:].split()
+    try:
+        return text[left + 1:right], int(fields[1]), int(fields[11]) + int(fields[12])
+    except (IndexError, ValueError):
+        return None
+
+
+def busiest(before: tuple[float, Snapshot], after: tuple[float, Snapshot], *, exclude_root: int | None = None,
+            top: int = TOP_PROCESSES) -> list[dict[str, Any]]:
+    """The processes that used the most CPU between two snapshots, this process tree excluded (its
+    measuring workers are the load being measured, not competition): pid, name, share of one CPU."""
+    (t0, first), (t1, second) = before, after
+    wall = max(t1 - t0, 1e-9)
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    mine = own_tree(second, os.getpid() if exclude_root is None else exclude_root)
+    used = []
+    for pid, (name, _, cpu) in second.items():
+        if pid in mine or pid not in first or first[pid][0] != name:
+            continue
+        share = (cpu - first[pid][2]) / ticks / wall
+        if share > 0:
+            used.append({"pid": pid, "name": name, "cpu_share": round(share, 3)})
+    used.sort(key=lambda p: (-p["cpu_share"], p["pid"]))
+    return used[:top]
+
+
+def own_tree(snapshot: Snapshot, root: int) -> set[int]:
+    """``root`` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for pid, (_, parent, _) in snapshot.items():
+        children.setdefault(parent, []).append(pid)
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo += children.get(pid, [])
+    return tree
+

@@ -1,0 +1,121 @@
+"""The sentinel's rules and what it reads from /proc, with a scripted clock and snapshots; CPU pinning."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from deploykit.errors import ConfigError
+from deploykit.latency.sentinel import (
+    Sentinel,
+    SentinelPolicy,
+    busiest,
+    own_tree,
+    parse_stat,
+    process_snapshot,
+)
+from deploykit.runtimes import hostinfo
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_parse_stat_reads_name_parent_and_cpu_time_even_with_spaces_in_the_name():
+    line = "4242 (my (odd) worker) S 17 4242 4242 0 -1 4194560 100 0 0 0 350 25 0 0 20 0 3 0 9 0 0\n"
+    assert parse_stat(line) == ("my (odd) worker", 17, 375)
+    assert parse_stat("garbage") is None
+
+
+def test_the_process_tree_and_the_busiest_other_processes():
+    me = 100
+    before = {1: ("init", 0, 0), me: ("python", 1, 0), 101: ("worker", me, 0), 102: ("grandchild", 101, 0),
+              200: ("backup", 1, 0), 300: ("compiler", 1, 10), 400: ("idle", 1, 5)}
+    after = {1: ("init", 0, 0), me: ("python", 1, 900), 101: ("worker", me, 900),
+             102: ("grandchild", 101, 900), 200: ("backup", 1, 3 * TICKS), 300: ("compiler", 1, 10 + TICKS),
+             400: ("idle", 1, 5), 500: ("newcomer", 1, 50)}
+    assert own_tree(after, me) == {me, 101, 102}
+    top = busiest((10.0, before), (14.0, after), exclude_root=me)
+    # 3 s of CPU in 4 s, 1 s in 4 s; this tree, idle processes and ones not seen before are left out
+    assert top == [{"pid": 200, "name": "backup", "cpu_share": 0.75},
+                   {"pid": 300, "name": "compiler", "cpu_share": 0.25}]
+    # a pid reused by another program between the snapshots is not compared
+    reused = dict(after)
+    reused[200] = ("other", 1, 3 * TICKS)
+    assert [p["name"] for p in busiest((10.0, before), (14.0, reused), exclude_root=me)] == ["compiler"]
+
+
+def test_a_real_snapshot_sees_this_process():
+    snapshot = process_snapshot()
+    assert os.getpid() in snapshot and snapshot[os.getpid()][1] == os.getppid()
+
+
+def test_the_sentinel_is_due_by_count_or_by_time():
+    clock = Clock()
+    watch = Sentinel(measure=lambda: 5.0, policy=SentinelPolicy(every=3, interval_s=60.0), clock=clock,
+                     snapshot=dict, load=lambda: [0.1, 0.2, 0.3])
+    watch.start()
+    assert not watch.due()  # nothing measured since
+    watch.add((1, "a"))
+    watch.add((2, "b"))
+    assert not watch.due()
+    watch.add((3, "c"))
+    assert watch.due()  # three entries
+    watch.settle(redo=lambda window: None, describe=lambda window: "")
+    assert watch.window == []
+    watch.add((4, "d"))
+    clock.now = 59.9
+    assert not watch.due()
+    clock.now = 60.0
+    assert watch.due()  # sixty seconds since the last sentinel
+    only_ends = Sentinel(measure=lambda: 5.0, policy=SentinelPolicy(every=0, interval_s=1e9), clock=clock,
+                         snapshot=dict)
+    only_ends.start()
+    for number in range(100):
+        only_ends.add((number, None))
+    assert not only_ends.due()
+
+
+def test_settle_redoes_the_window_until_steady_within_the_bound():
+    values = iter([10.0, 11.0, 10.6, 10.2])  # start; +10 %, +6 %: drifts; +2 %: steady
+    redone: list[list] = []
+    said: list[str] = []
+    watch = Sentinel(measure=lambda: next(values), policy=SentinelPolicy(every=2, retries=3), say=said.append,
+                     clock=Clock(), snapshot=dict, load=lambda: [2.5, 1.0, 0.5])
+    watch.start()
+    watch.add((1, "a"))
+    watch.add((2, "b"))
+    watch.settle(redo=lambda window: redone.append(list(window)), describe=lambda window: "1-2")
+    assert redone == [[(1, "a"), (2, "b")]] * 2
+    record = watch.record()
+    assert [c["ms"] for c in record["checks"]] == [10.0, 11.0, 10.6, 10.2]
+    assert [round(d["drift"], 6) for d in record["drifts"]] == [0.1, 0.06]
+    assert all(d["action"] == "measured again" and d["load"] == [2.5, 1.0, 0.5] for d in record["drifts"])
+    assert len(said) == 2 and "+10.0% from 10.000 ms" in said[0] and "load 2.50/1.00/0.50" in said[0]
+
+
+def test_sentinel_policy_validation():
+    assert SentinelPolicy().as_dict() == {"every": 8, "interval_s": 60.0, "max_drift": 0.05, "retries": 2}
+    for bad in (dict(every=-1), dict(every=1.5), dict(max_drift=0.0), dict(retries=True)):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            SentinelPolicy(**bad)
+
+
+def test_pinned_cores_take_one_cpu_per_physical_core_first(monkeypatch):
+    # four logical CPUs, two cores with two hyper-threads each: (0, 1) and (2, 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(hostinfo, "_core_of", lambda cpu: ("0", str(cpu // 2)))
+    assert hostinfo.pinned_cores(None) == (0, 2)  # the runtime's default: one thread per core
+    assert hostinfo.pinned_cores(1) == (0,)
+    assert hostinfo.pinned_cores(2) == (0, 2)
+    assert hostinfo.pinned_cores(3) == (0, 1, 2)  # a sibling only once every core has a thread
+    assert hostinfo.pinned_cores(16) == (0, 1, 2, 3)
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert hostinfo.pinned_cores(2) is None  # no affinity API (macOS, Windows)
