@@ -54,9 +54,10 @@ from deploykit.fileio import write_text_atomic  # noqa: E402
 from deploykit.latency.subnets import SubnetMeasurer  # noqa: E402
 from deploykit.latency.table import LatencyTable  # noqa: E402
 from deploykit.protocol import Protocol  # noqa: E402
+from deploykit.runtimes import availability  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 from deploykit.search import DepthProxy, parse_budget, search  # noqa: E402
-from deploykit.targets import availability, load_target  # noqa: E402
+from deploykit.targets import load_target  # noqa: E402
 from deploykit.verify import measure_interleaved  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

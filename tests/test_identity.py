@@ -23,7 +23,8 @@ from deploykit.latency.identity import fit_rescale, judge, table_for_this_machin
 from deploykit.latency.profile import find_entries
 from deploykit.latency.table import LatencyTable, TableMeta
 from deploykit.protocol import Protocol
-from deploykit.targets import availability, load_target
+from deploykit.runtimes import availability
+from deploykit.targets import load_target
 
 TINY_PROTOCOL = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=3, max_repeats=1)
 

@@ -115,7 +115,8 @@ def measuring_setup(table: LatencyTable, *, doing: str) -> tuple[Any, Any]:
     the messages (``check``, ``anchor``).
     """
     from deploykit.protocol import Protocol
-    from deploykit.targets import availability, load_target
+    from deploykit.runtimes import availability
+    from deploykit.targets import load_target
 
     meta = table.meta
     try:

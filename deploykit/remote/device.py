@@ -30,7 +30,8 @@ class ServedTargets:
         """Serve ``names`` (target names or YAML paths), each of which must be available here; without
         names, serve every target in ``targets/`` that is available here. Nothing to serve is a
         RuntimeUnavailableError, as is a named target that cannot run here."""
-        from deploykit.targets import availability, list_targets, load_target
+        from deploykit.runtimes import availability
+        from deploykit.targets import list_targets, load_target
 
         known = {target.name: target for target in list_targets()}
         if names:
@@ -69,7 +70,7 @@ class ServedTargets:
     def listing(self) -> list[dict]:
         """One row per known target, as ``deploykit targets --format json`` shows it, with ``served``;
         the rows of targets not served say why not (``available`` false: cannot run here)."""
-        from deploykit.targets import describe
+        from deploykit.runtimes import describe
 
         rows = [{**describe(target), "served": True} for target in self.served.values()]
         rows += [{"name": name, "available": False, "served": False, "reason": why}
