@@ -362,11 +362,13 @@ def _run_lut_predict(args) -> int:
     from deploykit.latency.table import LatencyTable
     from deploykit.subnet import choose_subnet
 
-    table = table_for_this_machine(LatencyTable.read(args.table), budget_unit=None,
+    table = LatencyTable.read(args.table)
+    table.check_coverage()  # a cut or interrupted table is an error before anything else is said
+    subnet = choose_subnet(path=args.subnet, prune=args.prune, model=table.meta.model if args.prune else None,
+                           input_size=table.meta.input_size if args.prune else None)
+    table = table_for_this_machine(table, budget_unit=None,
                                    say=lambda line: print(line, file=sys.stderr, flush=True))
     meta = table.meta
-    subnet = choose_subnet(path=args.subnet, prune=args.prune, model=meta.model if args.prune else None,
-                           input_size=meta.input_size if args.prune else None)
     predicted, unpruned = table.predict_subnet(subnet), table.predict(())
     how = "fitted predictor" if meta.predictor is not None else "isolated sum"
     if meta.calibration:

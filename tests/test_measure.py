@@ -150,7 +150,8 @@ def test_the_worker_process_pins_itself_to_one_cpu_per_thread(model):
 
 def test_protocol_is_the_one_the_worker_uses(model):
     """The parent's protocol reaches the worker unchanged: a long minimum count shows in n."""
-    many = dataclasses.replace(SHORT, min_iters=57, min_time_s=0.0)
+    # max_ci so wide that one round is always steady: n is then exactly the minimum count
+    many = dataclasses.replace(SHORT, min_iters=57, min_time_s=0.0, max_ci=10.0)
     reply = worker.handle({"onnx_path": str(model), "target": load_target("cpu-ort").as_dict(),
                            "protocol": many.as_dict(), "input_shape": list(SHAPE)})
     assert reply["measurement"]["n"] == 57

@@ -242,14 +242,14 @@ def test_resuming_with_other_settings_is_refused_naming_the_field(tmp_path, monk
     started_over = run(tmp_path, batch=4, force=True)
     assert started_over.table.meta.batch == 4 and len(runtime.entry_calls) == calls + 5
     assert LatencyTable.read(tmp_path / "t.csv").meta.batch == 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.meta.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.fit.csv", "t.meta.json"]
 
 
 def test_an_interrupted_force_keeps_the_old_table_and_the_next_force_resumes_the_new_one(tmp_path,
                                                                                         monkeypatch):
     FakeRuntime(monkeypatch)
     run(tmp_path)
-    old = {name: (tmp_path / name).read_bytes() for name in ("t.csv", "t.meta.json")}
+    old = {name: (tmp_path / name).read_bytes() for name in ("t.csv", "t.meta.json", "t.fit.csv")}
     runtime = FakeRuntime(monkeypatch, fail_at=3)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, batch=4, force=True)
@@ -267,7 +267,7 @@ def test_an_interrupted_force_keeps_the_old_table_and_the_next_force_resumes_the
     assert result.kept == 3 and result.path == tmp_path / "t.csv"
     table = LatencyTable.read(tmp_path / "t.csv")
     assert table.meta.batch == 4 and table.meta.complete and len(table) == 6
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.meta.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.fit.csv", "t.meta.json"]
 
 
 def test_sentinel_drift_measures_exactly_the_entries_of_the_window_again(tmp_path, monkeypatch):

@@ -119,7 +119,7 @@ def test_check_matches_names_every_difference():
 
 
 def test_rescale_is_the_last_step_of_predict_and_is_never_written(tmp_path):
-    table = make_table(calibration=(2.0, 1.0))
+    table = make_table(calibration=(2.0, 1.0), complete=True)
     plain = table.predict([0, 2])
     assert plain == pytest.approx(2.0 * (0.5 + 0.4 + 1.0 + 0.5 + 2 * 0.25) + 1.0)  # calibrated sum
     scaled = table.with_rescale((0.5, 0.25))
@@ -132,7 +132,8 @@ def test_rescale_is_the_last_step_of_predict_and_is_never_written(tmp_path):
 
 def test_identity_metadata_round_trips_and_older_tables_still_read(tmp_path):
     table = make_table(fingerprint={"cpu": "X", "id": "abc"}, anchors={"unpruned_ms": 5.5, "merged_ms": 3.0},
-                       rescalings={"def": {"a": 1.5, "b": 0.0}}, conditions={"affinity": [0]})
+                       rescalings={"def": {"a": 1.5, "b": 0.0}}, conditions={"affinity": [0]},
+                       complete=True)
     path = table.write(tmp_path / "t.csv")
     assert LatencyTable.read(path).meta == table.meta
     # a table written before the interval columns and the identity fields
