@@ -1,8 +1,9 @@
 """The ``deploykit`` command: parses arguments, calls one library stage, prints. No logic lives here.
 
 Each command is a pair: ``_add_<name>(subparsers)`` declares its arguments and sets ``func`` to a
-``_run_<name>(args) -> int`` that calls the library. Every :class:`DeployKitError` becomes one line on
-stderr and exit code 2; anything else is a bug and keeps its traceback.
+``_run_<name>(args) -> int`` that calls the library. Every :class:`DeployKitError`, and any OSError
+(a file or folder that cannot be read or written), becomes one line on stderr and exit code 2;
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 from deploykit import __version__
-from deploykit.errors import DeployKitError
+from deploykit.errors import DeployKitError, one_line, os_error_reason
 
 DEFAULT_MODEL = "convnext_tiny"
 
@@ -562,6 +563,7 @@ def _run_table(args) -> int:
 def _add_run(sub) -> None:
     from deploykit.latency.protocol import add_protocol_arguments
     from deploykit.pipeline import demo_defaults
+    from deploykit.training.options import add_strict_images_argument
 
     d = SimpleNamespace(**demo_defaults())
     p = sub.add_parser(
@@ -579,6 +581,7 @@ def _add_run(sub) -> None:
     p.add_argument("--target", default=d.target, help=f"target name or YAML path (default: {d.target})")
     p.add_argument("--data", default=d.data, metavar="NAME",
                    help=f"digits | mnist5k | imagefolder:PATH (default: {d.data})")
+    add_strict_images_argument(p)
     p.add_argument("--input-size", type=parse_size, default=d.input_size, metavar="SIZE",
                    help=f"input resolution for training and latency (default: {d.input_size[0]})")
     p.add_argument("--budgets", default=",".join(d.budgets), metavar="LIST",
@@ -624,7 +627,8 @@ def _run_run(args) -> int:
     from deploykit.pipeline import Pipeline, PipelineConfig
 
     config = PipelineConfig(
-        model=args.model, target=args.target, data=args.data, input_size=args.input_size,
+        model=args.model, target=args.target, data=args.data, strict_images=args.strict_images,
+        input_size=args.input_size,
         budgets=tuple(b for b in args.budgets.split(",")), weights=args.weights,
         baseline_epochs=args.baseline_epochs, supernet_epochs=args.supernet_epochs,
         subnet_epochs=args.subnet_epochs, method=args.method, batch_size=args.batch_size,
@@ -666,14 +670,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except DeployKitError as error:
-        print(f"deploykit {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(args.command, one_line(error))
     except KeyboardInterrupt:
         print(f"deploykit {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit-time flush quiet
         return 0
+    except OSError as error:  # a file or folder the library did not anticipate: still one line
+        return _fail(args.command, os_error_reason(error))
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"deploykit {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

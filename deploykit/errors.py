@@ -32,3 +32,22 @@ class RuntimeUnavailableError(DeployKitError):
 
 class TableError(DeployKitError):
     """A latency table that is malformed or does not match what is asked."""
+
+
+class OutputError(DeployKitError):
+    """An output that cannot be written: its folder is a regular file or read-only, the path is a
+    folder, the disk is full. Nothing half-written is left behind."""
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s message as one line: its lines joined with "; ", or its class name when it has none
+    (``str()`` of some exceptions is empty)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+def os_error_reason(error: OSError) -> str:
+    """An OSError as a short reason with the file it names: ``permission denied: /sys/x``."""
+    reason = (error.strerror or one_line(error)).lower()
+    names = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    return f"{reason}: {' → '.join(names)}" if names else reason

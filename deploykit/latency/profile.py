@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError, TableError
+from deploykit.fileio import check_output_files
 from deploykit.latency.estimate import Roofline, estimate_onnx
 from deploykit.latency.table import (
     ENVIRONMENT,
@@ -333,6 +334,7 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
         time_entry = _measurer(target, protocol)
     path = table_path(out) if out is not None else default_table_path(model_name, target.name, size, batch,
                                                                      estimate=estimate)
+    check_output_files(path, meta_path(path))  # before measuring anything, not at the first entry
     table = _open_table(path, meta, force=force, allow_mismatch=allow_mismatch, say=say)
     if model is None:
         from deploykit.models import create_model
