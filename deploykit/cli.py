@@ -648,8 +648,16 @@ COMMANDS = (_add_run, _add_blocks, _add_targets, _add_profile, _add_train, _add_
             _add_export, _add_verify, _add_table)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one line (like every other deploykit error) that
+    points to --help instead of repeating the usage. Sub-command parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="deploykit",
         description="Hardware-aware depth pruning for timm vision models: find the blocks whose merged "
                     "(re-parameterized) form is faster on your target, prune them progressively, merge, "

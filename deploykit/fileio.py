@@ -24,9 +24,7 @@ def ensure_dir(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         return path
-    blocker = _file_in_the_way(path)
-    if blocker is not None:
-        raise OutputError(f"cannot create folder {path}: {blocker} exists and is not a folder")
+    _refuse_blocked(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -35,31 +33,38 @@ def ensure_dir(path: str | Path) -> Path:
 
 
 def check_output_file(path: str | Path) -> Path:
-    """Fail early, with an OutputError, where ``path`` cannot become a file: it is a folder, or its
-    folder cannot be created. Creates the folder; writes nothing."""
+    """Fail early, with an OutputError, where ``path`` plainly cannot become a file: it is a folder,
+    or a regular file stands where one of its folders should be. Creates and writes nothing."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder")
-    ensure_dir(path.parent)
+    _refuse_blocked(path.parent)
     return path
 
 
 def check_writable_dir(path: str | Path) -> Path:
-    """Create the folder ``path`` if needed and prove that a file can be written in it (a probe
-    file, removed at once): long jobs call this before they start rather than fail at their end."""
-    path = ensure_dir(path)
+    """Prove that files can be written in the folder ``path``, or in the nearest existing folder
+    above it where ``path`` is still to be made (a probe file, removed at once). Creates nothing,
+    so a job refused later leaves no empty folder: long jobs call this before they start rather
+    than fail at their end."""
+    path = Path(path)
+    _refuse_blocked(path)
+    existing = next(folder for folder in (path, *path.parents) if folder.is_dir())
     try:
-        handle, probe = tempfile.mkstemp(dir=path, prefix=".deploykit-probe-")
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".deploykit-probe-")
     except OSError as error:
-        raise OutputError(f"cannot write in folder {path}: {_reason(error)}") from None
+        if existing == path:
+            raise OutputError(f"cannot write in folder {path}: {_reason(error)}") from None
+        raise OutputError(f"cannot create folder {path}: {_reason(error)} in folder {existing}") from None
     os.close(handle)
     os.unlink(probe)
     return path
 
 
 def check_output_files(*paths: str | Path | None) -> tuple[Path, ...]:
-    """:func:`check_output_file` for each path (``None`` skipped), and a probe write in each folder:
-    for a job that writes several files, or writes late, so that it fails before it starts."""
+    """:func:`check_output_file` for each path (``None`` skipped) and :func:`check_writable_dir` for
+    each folder: for a job that writes several files, or writes late, so that it fails before it
+    starts and writes either all of its files or none."""
     checked = tuple(check_output_file(path) for path in paths if path is not None)
     for folder in dict.fromkeys(path.parent for path in checked):
         check_writable_dir(folder)
@@ -72,6 +77,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     is removed when it fails. For writers that want a file name (``torch.save``, ``savefig``).
     An OSError while writing becomes an OutputError naming ``path``."""
     path = check_output_file(path)
+    ensure_dir(path.parent)
     try:
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
@@ -94,6 +100,7 @@ def scratch_dir(path: str | Path) -> Iterator[Path]:
     """A temporary folder beside ``path`` (same file system, so its files can be renamed onto
     ``path``), removed afterwards. For writers that produce intermediate files."""
     path = check_output_file(path)
+    ensure_dir(path.parent)
     try:
         work = tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.")
     except OSError as error:
@@ -130,6 +137,12 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
 def _reason(error: OSError) -> str:
     """The OS's reason alone: the message names the path already (the error may name a temporary)."""
     return (error.strerror or os_error_reason(error)).lower()
+
+
+def _refuse_blocked(folder: Path) -> None:
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
+        raise OutputError(f"cannot create folder {folder}: {blocker} exists and is not a folder")
 
 
 def _file_in_the_way(path: Path) -> Path | None:

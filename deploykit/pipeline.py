@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploykit.errors import ConfigError, MergeError
-from deploykit.fileio import write_json_atomic
+from deploykit.fileio import check_writable_dir, write_json_atomic
 from deploykit.latency.protocol import Protocol
 
 if TYPE_CHECKING:
@@ -296,11 +296,13 @@ class Pipeline:
     def validate(self) -> None:
         """Check everything that can be checked before the run directory is touched, so that a
         refused run writes (or, with --fresh, deletes) nothing: the model, the target, the data and
-        the batch size, and --weights (readable, and fitting the model and the data's classes)."""
+        the batch size, --weights (readable, and fitting the model and the data's classes), and that
+        the run directory can be written."""
         from deploykit.models import require_known_model
 
         require_known_model(self.config.model)
         self._require_target()
+        check_writable_dir(self.layout.root)
         num_classes = self._check_data()
         if self.config.weights is not None:
             self._check_weights(num_classes)

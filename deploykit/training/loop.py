@@ -100,7 +100,7 @@ def fit(task: Task, *, run: RunConfig, optim: OptimConfig, ctx: DistContext,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> Fit:
     """Train ``task.student`` for ``run.epochs`` epochs (resuming from ``run.out`` if asked)."""
     started = time.perf_counter()
-    check_writable_dir(run.out)  # fail now, not when the first epoch is written
+    check_writable_dir(run.out)  # fail now, not when the first epoch is written (creates nothing)
     if run.batch_size % ctx.world:
         raise ConfigError(f"batch size {run.batch_size} does not split evenly over {ctx.world} processes")
     local_batch = run.batch_size // ctx.world
