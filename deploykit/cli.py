@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 from deploykit import __version__
-from deploykit.errors import DeployKitError, one_line, os_error_reason
+from deploykit.errors import DeployKitError, os_error_reason
 
 DEFAULT_MODEL = "convnext_tiny"
 
@@ -678,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except DeployKitError as error:
-        return _fail(args.command, one_line(error))
+        return _fail(args.command, _whole_message(error))
     except KeyboardInterrupt:
         print(f"deploykit {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -692,6 +692,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(command: str, message: str) -> int:
     print(f"deploykit {command}: error: {message}", file=sys.stderr)
     return 2
+
+
+def _whole_message(error: DeployKitError) -> str:
+    """All of the message on one line (never cut: it is the user's only clue); the error's class name
+    when it has no message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -39,11 +39,12 @@ class OutputError(DeployKitError):
     folder, the disk is full. Nothing half-written is left behind."""
 
 
-def one_line(error: BaseException) -> str:
-    """``error``'s message as one line: its lines joined with "; ", or its class name when it has none
-    (``str()`` of some exceptions is empty)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return "; ".join(lines) or type(error).__name__
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message as one short line; its type name when the message is empty (a 0-byte
+    file makes ``torch.load`` raise ``EOFError('')``)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def os_error_reason(error: OSError) -> str:
