@@ -19,6 +19,7 @@ without padding, so summed counts over ranks are exact.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -212,11 +213,6 @@ def load_rgb_image(path: str):
         raise ConfigError(f"cannot decode image {path}: {one_line(error)}") from None
 
 
-# (path, size, mtime) → None when the file decodes, else the reason: a later load (the pipeline
-# validates its data, then each stage loads it) only stats the files.
-_DECODED: dict[tuple[str, int, int], str | None] = {}
-
-
 def decode_problem(path: str | Path) -> str | None:
     """Why the image file at ``path`` cannot be decoded, or None when it can. Fast: PNG's own
     integrity check (every chunk's CRC), for other formats a decode (JPEG at 1/8 scale, which
@@ -224,33 +220,38 @@ def decode_problem(path: str | Path) -> str | None:
     from PIL import Image
 
     try:
-        stat = os.stat(path)
-    except OSError as error:
+        with Image.open(path) as image:
+            if image.format == "PNG":
+                image.verify()
+            else:
+                image.draft("RGB", (1, 1))
+                image.load()
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError… for broken files
         return one_line(error)
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _DECODED:
-        try:
-            with Image.open(path) as image:
-                if image.format == "PNG":
-                    image.verify()
-                else:
-                    image.draft("RGB", (1, 1))
-                    image.load()
-            _DECODED[key] = None
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError… for broken files
-            _DECODED[key] = one_line(error)
-    return _DECODED[key]
+    return None
+
+
+# Fingerprint of a split's files (path, size, mtime of each) → its undecodable files: a second load
+# in one process (the pipeline validates its data, then each stage loads it) only stats the files.
+_CHECKED: dict[str, dict[str, str]] = {}
 
 
 def _undecodable(dataset) -> dict[str, str]:
     """{file: reason} for the files of an ImageFolder that cannot be decoded (checked in threads:
     PIL decodes without the GIL)."""
     paths = [path for path, _ in dataset.samples]
-    workers = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                         else os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        problems = list(pool.map(decode_problem, paths))
-    return {path: problem for path, problem in zip(paths, problems) if problem is not None}
+    fingerprint = hashlib.sha256()
+    for path in paths:
+        stat = os.stat(path)
+        fingerprint.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    key = fingerprint.hexdigest()
+    if key not in _CHECKED:
+        workers = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            problems = list(pool.map(decode_problem, paths))
+        _CHECKED[key] = {path: problem for path, problem in zip(paths, problems) if problem is not None}
+    return dict(_CHECKED[key])
 
 
 def _skip_undecodable(root: Path, splits: dict, bad: dict[str, dict[str, str]], *,

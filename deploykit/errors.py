@@ -34,9 +34,10 @@ class TableError(DeployKitError):
     """A latency table that is malformed or does not match what is asked."""
 
 
-class OutputError(DeployKitError):
+class OutputError(DeployKitError, OSError):
     """An output that cannot be written: its folder is a regular file or read-only, the path is a
-    folder, the disk is full. Nothing half-written is left behind."""
+    folder, the disk is full. Nothing half-written is left behind. Also an OSError, so that code
+    that handles a failed write as one keeps doing so."""
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:

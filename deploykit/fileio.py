@@ -87,6 +87,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; results are shared artifacts
         yield Path(tmp)
         os.replace(tmp, path)
+    except OutputError:  # said already, by a writer inside the block
+        Path(tmp).unlink(missing_ok=True)
+        raise
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {_reason(error)}") from None

@@ -42,7 +42,9 @@ class CliRunner:
     def __init__(self, logs: Path, *, fresh: bool | None = None):
         self.logs = Path(logs)
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.fresh = os.environ.get("DEPLOYKIT_TEST_FRESH_PROCESS") == "1" if fresh is None else fresh
+        if fresh is None:  # no fork (Windows): fresh processes
+            fresh = os.environ.get("DEPLOYKIT_TEST_FRESH_PROCESS") == "1" or not hasattr(os, "fork")
+        self.fresh = fresh
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT),
                     os.environ.get("PYTHONPATH")))), "OMP_NUM_THREADS": "1"}
         self._count = 0

@@ -111,7 +111,7 @@ def test_several_outputs_are_checked_before_any_is_written(tmp_path):
 
 
 def test_messages_are_one_line():
-    assert issubclass(OutputError, DeployKitError)
+    assert issubclass(OutputError, DeployKitError) and issubclass(OutputError, OSError)
     assert one_line(IndexError()) == "IndexError"
     assert one_line(ValueError("first\n\n  second  \n")) == "first second"
     assert os_error_reason(PermissionError(13, "Permission denied", "/x")) == "permission denied: /x"
