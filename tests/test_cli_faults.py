@@ -41,9 +41,11 @@ MEASURE = "fixed on branch measure (issue 13 item 6: profile --force writes besi
 
 # --- fixtures: written once, through the library ------------------------------------------------------
 
-def write_table(path: Path, *, keep: int | None = None, complete: bool = True) -> Path:
-    """A convnext_atto table at 32×32 with every entry profile would measure (the library finds
-    them), costs growing with the entry's MACs: a stand-in for a measured table, built in a second."""
+def write_table(path: Path, *, keep: int | None = None, complete: bool = True,
+                mode: str = "estimated") -> Path:
+    """A convnext_atto table at 32×32 with every entry profile would find (the library finds them),
+    costs growing with the entry's MACs, built in a second. ``estimated`` (a roofline table) by
+    default: tables measured elsewhere make commands print a note about the machine first."""
     from deploykit import __version__
     from deploykit.latency.profile import find_entries
     from deploykit.latency.table import LatencyTable, TableMeta
@@ -53,13 +55,13 @@ def write_table(path: Path, *, keep: int | None = None, complete: bool = True) -
     meta = TableMeta(model="convnext_atto", target="cpu-ort", device="the local CPU (any)",
                      device_string="test fixture", runtime="onnxruntime", runtime_version="0.0",
                      provider="CPUExecutionProvider", precision="fp32", batch=1, input_size=(32, 32),
-                     threads=None, protocol={}, mode="measured", date="2026-01-01T00:00:00+00:00",
+                     threads=None, protocol={}, mode=mode, date="2026-01-01T00:00:00+00:00",
                      deploykit_version=__version__, complete=complete)
     table = LatencyTable(meta=meta)
     for entry in entries[:keep]:
         ms = 0.002 + entry.macs / 1e9
         table.add(entry.row({"median_ms": ms, "p90_ms": ms, "mean_ms": ms, "std_ms": 0.0, "cv": 0.0, "n": 1,
-                             "repeats": 1, "compile_s": 0.0, "first_run_ms": ms}, source="measured"))
+                             "repeats": 1, "compile_s": 0.0, "first_run_ms": ms}, source=mode))
     return table.write(path)
 
 
@@ -104,6 +106,7 @@ def fx(tmp_path_factory) -> Path:
     fx = tmp_path_factory.mktemp("fixtures")
     (fx / "afile").write_text("a regular file where a folder is expected\n")
     atto = write_table(fx / "atto.csv")
+    write_table(fx / "measured.csv", mode="measured")  # lut check checks measured tables only
     write_table(fx / "incomplete.csv", keep=6, complete=False)
     lines = atto.read_text().splitlines(keepends=True)
     shutil.copy(atto.with_suffix(".meta.json"), fx / "cut.meta.json")  # says complete
@@ -249,8 +252,8 @@ CASES = [
          "--out {here}/adir.csv", message="it is a folder", absent=("{here}/adir.meta.json",)),
     case("profile-out-read-only", f"{ESTIMATE} "
          "--out {ro}/t.csv", message="cannot write"),
-    case("profile-resume-other-mode", "profile --target cpu-ort --model convnext_atto --input-size 32 "
-         "--batch 1 --estimate --out {fx}/atto.csv", message="never mix"),
+    case("profile-into-other-mode", "profile --target cpu-ort --model convnext_atto --input-size 32 "
+         "--batch 1 --out {fx}/atto.csv", message="never mix"),
     # train
     case("train-unknown-model", f"train baseline --model no_such_model {DIGITS} --out {{here}}/r",
          message="unknown model 'no_such_model'", progress=True, absent=("{here}/r",)),
@@ -307,11 +310,11 @@ CASES = [
          message="reversed block range", xfail=PREDICT),
     case("lut-predict-incomplete", "lut predict {fx}/incomplete.csv --prune 1", xfail=PREDICT),
     case("lut-predict-cut-csv", "lut predict {fx}/cut.csv --prune 1", xfail=PREDICT),
-    case("lut-check-samples", "lut check {fx}/atto.csv --samples 1 --out {here}/c", message="--samples",
+    case("lut-check-samples", "lut check {fx}/measured.csv --samples 1 --out {here}/c", message="--samples",
          absent=("{here}/c",)),
-    case("lut-check-out-under-file", "lut check {fx}/atto.csv --samples 2 --out {fx}/afile",
+    case("lut-check-out-under-file", "lut check {fx}/measured.csv --samples 2 --out {fx}/afile",
          message=UNDER_FILE),
-    case("lut-check-out-read-only", "lut check {fx}/atto.csv --samples 2 --out {ro}/c", message="cannot"),
+    case("lut-check-out-read-only", "lut check {fx}/measured.csv --samples 2 --out {ro}/c", message="cannot"),
     # search
     case("search-malformed-budget", "search --table {fx}/atto.csv --budget fast --out {here}/s.json",
          message="malformed budget", absent=("{here}/s.json",)),
@@ -484,8 +487,8 @@ def test_profile_force_keeps_the_old_table_until_the_new_one_is_complete(fx, tmp
     """``profile --force`` over a complete table, killed after its first new entry: the old table is
     still there, whole."""
     table = tmp_path / "atto.csv"
-    shutil.copy(fx / "atto.csv", table)
-    shutil.copy(fx / "atto.meta.json", tmp_path / "atto.meta.json")
+    shutil.copy(fx / "measured.csv", table)
+    shutil.copy(fx / "measured.meta.json", tmp_path / "atto.meta.json")
     before = {name: (tmp_path / name).read_bytes() for name in ("atto.csv", "atto.meta.json")}
     child = subprocess.Popen(
         [sys.executable, "-m", "deploykit.cli", "profile", "--target", "cpu-ort", "--model", "convnext_atto",
