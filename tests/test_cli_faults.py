@@ -37,6 +37,8 @@ pytestmark = pytest.mark.slow
 MODELFILE = "fixed on branch modelfile (issue 13 item 1, 3 and 4: no unpickling, 0-byte files, class count)"
 PREDICT = "fixed on branch predict (issue 13 items 2 and 5: table coverage, reversed ranges)"
 MEASURE = "fixed on branch measure (issue 13 item 6: profile --force writes beside the old table)"
+CONVERT = "the command comes with branch modelfile"
+REMOTE = "the command comes with branch remote"
 
 
 # --- fixtures: written once, through the library ------------------------------------------------------
@@ -145,6 +147,8 @@ def fx(tmp_path_factory) -> Path:
     write_images(fx / "no_val")
     shutil.rmtree(fx / "no_val" / "val")
 
+    (fx / "token").write_text("0123456789abcdef0123\n")
+    (fx / "short_token").write_text("short\n")
     (fx / "bad_target.yaml").write_text("name: [oops\n")
     (fx / "odd_target.yaml").write_text((ROOT / "targets" / "cpu-ort.yaml").read_text() + "colour: blue\n")
 
@@ -375,6 +379,21 @@ CASES = [
     case("table-out-no-suffix", f"{TABLE} --out {{here}}/t", message="use .md, .csv, .html",
          absent=("{here}/t",)),
     case("table-out-read-only", f"{TABLE} --out {{ro}}/t.md", message="cannot write"),
+    # convert, serve, device
+    case("convert-pickle-runs-nothing", "convert {fx}/payload.pt --out {here}/m.safetensors",
+         message="refuses", absent=("{fx}/pwned", "{here}/m.safetensors"), xfail=CONVERT),
+    case("convert-out-under-file", "convert convnext_atto --input-size 32 --out {fx}/afile/m.safetensors",
+         message=UNDER_FILE, xfail=CONVERT),
+    case("convert-out-is-folder", "convert convnext_atto --input-size 32 --out {here}/adir",
+         message="it is a folder", xfail=CONVERT),
+    case("convert-out-read-only", "convert convnext_atto --input-size 32 --out {ro}/m.safetensors",
+         message="cannot write", xfail=CONVERT),
+    case("serve-no-token-file", "serve --token-file {here}/none", message="no token file", xfail=REMOTE),
+    case("serve-short-token", "serve --token-file {fx}/short_token", message="at least 16", xfail=REMOTE),
+    case("device-bad-url", "device notaurl --token-file {fx}/token", message="device URL must look like",
+         xfail=REMOTE),
+    case("device-unreachable", "device http://127.0.0.1:9 --token-file {fx}/token --retries 1",
+         message="cannot reach the device", xfail=REMOTE),
     # run: refused before anything is written
     case("run-weights-missing", f"run {RUN} --weights {{here}}/none.pt --out {{here}}/r",
          message="weights file not found", absent=("{here}/r",)),
