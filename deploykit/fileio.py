@@ -1,6 +1,9 @@
 """Writing results atomically: a temporary file beside the target, then a rename.
 
-A reader (or a resumed run) sees the old file or the new one, never a half-written one.
+A reader (or a resumed run) sees the old file or the new one, never a half-written one. An output
+that cannot be written (its folder is a regular file or read-only, the path is a folder, the disk is
+full) is one :class:`~deploykit.errors.OutputError` naming the path and the reason, and leaves no
+temporary file behind.
 """
 
 from __future__ import annotations
@@ -13,22 +16,109 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from deploykit.errors import OutputError, os_error_reason
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Create the folder ``path`` and its parents if needed; an OutputError says why it cannot be."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    _refuse_blocked(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create folder {path}: {os_error_reason(error)}") from None
+    return path
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Fail early, with an OutputError, where ``path`` plainly cannot become a file: it is a folder,
+    or a regular file stands where one of its folders should be. Creates and writes nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    _refuse_blocked(path.parent)
+    return path
+
+
+def check_writable_dir(path: str | Path) -> Path:
+    """Prove that files can be written in the folder ``path``, or in the nearest existing folder
+    above it where ``path`` is still to be made (a probe file, removed at once). Creates nothing,
+    so a job refused later leaves no empty folder: long jobs call this before they start rather
+    than fail at their end."""
+    path = Path(path)
+    _refuse_blocked(path)
+    existing = next(folder for folder in (path, *path.parents) if folder.is_dir())
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".deploykit-probe-")
+    except OSError as error:
+        if existing == path:
+            raise OutputError(f"cannot write in folder {path}: {_reason(error)}") from None
+        raise OutputError(f"cannot create folder {path}: {_reason(error)} in folder {existing}") from None
+    os.close(handle)
+    os.unlink(probe)
+    return path
+
+
+def check_output_files(*paths: str | Path | None) -> tuple[Path, ...]:
+    """:func:`check_output_file` for each path (``None`` skipped) and :func:`check_writable_dir` for
+    each folder: for a job that writes several files, or writes late, so that it fails before it
+    starts and writes either all of its files or none."""
+    checked = tuple(check_output_file(path) for path in paths if path is not None)
+    for folder in dict.fromkeys(path.parent for path in checked):
+        check_writable_dir(folder)
+    return checked
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; it replaces ``path`` when the block succeeds and
-    is removed when it fails. For writers that want a file name (``torch.save``, ``savefig``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; results are shared artifacts
+    is removed when it fails. For writers that want a file name (``torch.save``, ``savefig``).
+    An OSError while writing becomes an OutputError naming ``path``."""
+    path = check_output_file(path)
+    ensure_dir(path.parent)
     try:
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {_reason(error)} in folder {path.parent}") from None
+    os.close(handle)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; results are shared artifacts
         yield Path(tmp)
         os.replace(tmp, path)
+    except OutputError:  # said already, by a writer inside the block
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {_reason(error)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def scratch_dir(path: str | Path) -> Iterator[Path]:
+    """A temporary folder beside ``path`` (same file system, so its files can be renamed onto
+    ``path``), removed afterwards. For writers that produce intermediate files."""
+    path = check_output_file(path)
+    ensure_dir(path.parent)
+    try:
+        work = tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {_reason(error)} in folder {path.parent}") from None
+    with work as folder:
+        yield Path(folder)
+
+
+def replace_file(source: str | Path, path: str | Path) -> Path:
+    """Rename ``source`` onto ``path`` (atomic on one file system); an OutputError if it cannot be."""
+    try:
+        os.replace(source, path)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {_reason(error)}") from None
+    return Path(path)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -45,6 +135,25 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def _reason(error: OSError) -> str:
+    """The OS's reason alone: the message names the path already (the error may name a temporary)."""
+    return (error.strerror or os_error_reason(error)).lower()
+
+
+def _refuse_blocked(folder: Path) -> None:
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
+        raise OutputError(f"cannot create folder {folder}: {blocker} exists and is not a folder")
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` (or ``path`` itself) when it is not a folder."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def _umask() -> int:

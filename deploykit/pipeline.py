@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploykit.errors import ConfigError, MergeError
-from deploykit.fileio import write_json_atomic
+from deploykit.fileio import check_writable_dir, write_json_atomic
 from deploykit.latency.options import EndToEndOptions
 from deploykit.protocol import Protocol
 
@@ -61,6 +61,7 @@ class PipelineConfig:
     model: str = "convnext_atto"
     target: str = "cpu-ort"
     data: str = "mnist5k"
+    strict_images: bool = False               # an undecodable image is an error, not skipped
     input_size: tuple[int, int] = (32, 32)
     budgets: tuple[str, ...] = ("0.8", "0.6")
     weights: str | None = None
@@ -277,11 +278,8 @@ class Pipeline:
 
     def run(self) -> PipelineResult:
         """Run every stage that is not done yet; return what ran, what was skipped and the timings."""
-        from deploykit.models import require_known_model
-
         started = time.perf_counter()
-        require_known_model(self.config.model)
-        self._require_target()
+        self.validate()
         state = self._open_run_dir()
         stages = self.stages()
         ran, skipped = [], []
@@ -305,6 +303,34 @@ class Pipeline:
         outputs = (lay.root / "table.md", lay.root / "table.csv", lay.root / "pareto.png")
         return PipelineResult(root=lay.root, ran=tuple(ran), skipped=tuple(skipped), seconds=seconds,
                               wall_s=time.perf_counter() - started, outputs=outputs)
+
+    def validate(self) -> None:
+        """Check everything that can be checked before the run directory is touched, so that a
+        refused run writes (or, with --fresh, deletes) nothing: the model, the target, the data and
+        the batch size, --weights (readable, and fitting the model and the data's classes), and that
+        the run directory can be written."""
+        from deploykit.models import require_known_model
+
+        require_known_model(self.config.model)
+        self._require_target()
+        check_writable_dir(self.layout.root)
+        num_classes = self._check_data()
+        if self.config.weights is not None:
+            self._check_weights(num_classes)
+
+    def _check_data(self) -> int:
+        from deploykit.data import load_datasets, train_loader
+
+        datasets = load_datasets(self.data_config())
+        train_loader(datasets.train, batch_size=self.config.batch_size, seed=self.config.seed)
+        return datasets.num_classes
+
+    def _check_weights(self, num_classes: int) -> None:
+        from deploykit.models import create_model
+        from deploykit.training import load_model_weights
+
+        module = create_model(self.config.model, num_classes=num_classes, input_size=self.config.input_size)
+        load_model_weights(module, self.config.weights, new_head=False)
 
     def _require_target(self) -> None:
         from deploykit.runtimes import availability
@@ -355,7 +381,7 @@ class Pipeline:
 
         c = self.config
         return DataConfig(name=c.data, input_size=c.input_size, train_limit=c.train_limit,
-                          val_limit=c.val_limit)
+                          val_limit=c.val_limit, strict_images=c.strict_images)
 
     def run_config(self, out: Path, epochs: int):
         from deploykit.training import RunConfig

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from deploykit.errors import ConfigError
-from deploykit.fileio import write_bytes_atomic, write_text_atomic
+from deploykit.fileio import check_output_files, write_bytes_atomic, write_text_atomic
 from deploykit.verify import VerifyReport
 
 RESULT_FILE = "result.json"
@@ -357,6 +357,7 @@ def write_speed_accuracy(paths: Sequence[str | Path], *, out: str | Path | None 
     if plot is not None and Path(plot).suffix.lower() != ".png":
         raise ConfigError(f"the Pareto plot is a PNG file: --plot {plot} should end in .png")
     image = render_pareto_png(frame) if plot is not None else None
+    check_output_files(out, plot)  # both writable, or neither is written
     table_path = write_text_atomic(out, text) if out is not None else None
     plot_path = write_bytes_atomic(plot, image) if plot is not None else None
     return TableOutput(frame=frame, markdown=format_markdown(frame), table_path=table_path,

@@ -39,6 +39,29 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def active_model(model_name: str, seed: int = 0, **kwargs) -> nn.Module:
+    """A timm model standing in for a trained original whose blocks matter (:func:`randomize_`):
+    a fresh ConvNeXt's blocks are near identities (γ = 1e-6), so pruning or dropping them would
+    change nothing and a test of it would prove nothing."""
+    torch.manual_seed(seed)
+    return randomize_(timm.create_model(model_name, pretrained=False, **kwargs), seed)
+
+
+def drop_effect(model: nn.Module, indices, size: tuple[int, int], seed: int = 0) -> float:
+    """How much replacing the blocks ``indices`` by identities changes ``model``'s output in eval mode
+    (max abs change relative to the output scale): a test asserts it is large before trusting a
+    comparison that involves those blocks."""
+    from deploykit.training.build import dropped
+
+    net = prunable(model, input_size=size)
+    x = torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(seed))
+    was_training = model.training
+    with torch.no_grad():
+        error = rel_error(model.eval()(x), dropped(model, net, tuple(indices)).eval()(x))
+    model.train(was_training)
+    return error
+
+
 def rel_error(reference: torch.Tensor, other: torch.Tensor) -> float:
     """Max abs error relative to the output scale (max |reference|)."""
     reference, other = reference.detach().double(), other.detach().double()

@@ -81,3 +81,37 @@ def test_bad_input_is_one_line_without_traceback(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_are_one_line_pointing_to_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["blocks", "--input-size", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err
+    assert err.startswith("deploykit blocks: error: argument --input-size: expected a size like 224")
+    assert err.rstrip().endswith("(see `deploykit blocks --help`)")
+
+
+@pytest.mark.parametrize("error,message", [
+    (PermissionError(13, "Permission denied", "/data/x.csv"), "permission denied: /data/x.csv"),
+    (OSError(28, "No space left on device"), "no space left on device"),
+])
+def test_an_os_error_the_library_did_not_anticipate_is_still_one_line(monkeypatch, capsys, error, message):
+    def fails(args):
+        raise error
+
+    monkeypatch.setattr("deploykit.cli._run_blocks", fails)
+    assert main(["blocks"]) == 2
+    assert capsys.readouterr().err == f"deploykit blocks: error: {message}\n"
+
+
+def test_an_error_without_a_message_is_still_a_line(monkeypatch, capsys):
+    from deploykit.errors import ConfigError
+
+    def fails(args):
+        raise ConfigError("")
+
+    monkeypatch.setattr("deploykit.cli._run_blocks", fails)
+    assert main(["blocks"]) == 2
+    assert capsys.readouterr().err == "deploykit blocks: error: ConfigError\n"

@@ -93,6 +93,56 @@ def test_imagefolder_loads_with_timm_transforms(tmp_path):
     assert len(limited.train) == 4
 
 
+def _break(root):
+    """A text file named .jpg, a JPEG cut in half, an empty PNG: none of them can be decoded."""
+    (root / "train" / "cat" / "notes.jpg").write_text("not an image")
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(root / "train" / "dog" / "whole.jpg")
+    whole = (root / "train" / "dog" / "whole.jpg").read_bytes()
+    (root / "train" / "dog" / "whole.jpg").unlink()
+    (root / "train" / "dog" / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    (root / "val" / "dog" / "empty.png").write_bytes(b"")
+    return root
+
+
+def test_undecodable_images_are_skipped_counted_and_named(tmp_path):
+    root = _break(_folder(tmp_path / "set"))
+    data = load_datasets(DataConfig(f"imagefolder:{root}", input_size=(32, 32)))
+    assert (len(data.train), len(data.val)) == (6, 6)  # the broken files are not counted
+    assert data.skipped == ("train/cat/notes.jpg", "train/dog/cut.jpg", "val/dog/empty.png")
+    assert "skipped 3 undecodable file(s): train/cat/notes.jpg, train/dog/cut.jpg, val/dog/empty.png" \
+        in data.describe
+    assert [data.train[i][1] for i in range(6)] == [0, 0, 0, 1, 1, 1]  # every sample loads: none left
+    assert not load_datasets(DataConfig(f"imagefolder:{_folder(tmp_path / 'ok')}")).skipped
+
+
+def test_strict_images_refuse_undecodable_files(tmp_path):
+    root = _break(_folder(tmp_path / "set"))
+    with pytest.raises(ConfigError, match=r"3 image file\(s\) cannot be decoded: train/cat/notes.jpg, "
+                                          r"train/dog/cut.jpg, val/dog/empty.png \(cannot identify"):
+        load_datasets(DataConfig(f"imagefolder:{root}", strict_images=True))
+    for i in range(3):
+        (root / "train" / "cat" / f"extra{i}.jpg").write_text("no")
+    with pytest.raises(ConfigError, match=r"cannot be decoded: .* and 3 more"):
+        load_datasets(DataConfig(f"imagefolder:{root}", strict_images=True))
+
+
+def test_a_class_with_no_decodable_image_is_an_error(tmp_path):
+    root = _folder(tmp_path / "set")
+    for split in ("train", "val"):
+        (root / split / "bird").mkdir()
+        (root / split / "bird" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(ConfigError, match=r"no decodable image in class folder\(s\) bird"):
+        load_datasets(DataConfig(f"imagefolder:{root}"))
+
+
+def test_an_image_broken_after_the_check_is_a_one_line_error(tmp_path):
+    root = _folder(tmp_path / "set")
+    data = load_datasets(DataConfig(f"imagefolder:{root}", input_size=(32, 32)))
+    (root / "val" / "cat" / "0.png").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"cannot decode image .*0.png: cannot identify image file"):
+        data.val[0]
+
+
 @pytest.mark.parametrize("name,message", [
     ("cifar10", "unknown data set 'cifar10'; choose one of digits, mnist5k, imagefolder:PATH"),
     ("imagefolder:", "imagefolder needs a path"),

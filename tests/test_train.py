@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from family_checks import active_model, drop_effect
 from safetensors.torch import load_file
 from torch import nn
 
@@ -56,10 +57,12 @@ def run_config(out, **changes):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    """A 10-class convnext_atto standing in for a trained original."""
-    torch.manual_seed(0)
+    """A 10-class convnext_atto standing in for a trained original, whose blocks matter: pruning,
+    merging or dropping them changes the output (timm's fresh layer scales would make them ≈ identity)."""
+    model = active_model("convnext_atto", num_classes=10)
+    assert drop_effect(model, SUBNET.pruned, SIZE) > 0.05
     path = tmp_path_factory.mktemp("weights") / "convnext_atto.pt"
-    torch.save(timm.create_model("convnext_atto", num_classes=10).state_dict(), path)
+    torch.save(model.state_dict(), path)
     return path
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from deploykit.errors import ConfigError, TableError
-from deploykit.fileio import write_text_atomic
+from deploykit.fileio import check_output_files, write_text_atomic
 from deploykit.latency.plot import plot_fidelity
 from deploykit.latency.sampling import plan_subnets
 from deploykit.latency.stats import Figures, fit_calibration, leave_one_out
@@ -178,6 +178,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     folder = Path(out_dir) if out_dir is not None else table.path.parent
     csv_path = folder / f"fidelity_{table.meta.target}_{table.path.stem}.csv"
     png_path = csv_path.with_suffix(".png") if plot else None
+    check_output_files(csv_path, png_path)  # before measuring anything, not after the first subnet
     with contextlib.ExitStack() as stack:
         if measure is None:
             work = stack.enter_context(tempfile.TemporaryDirectory(prefix="deploykit-lut-check-"))

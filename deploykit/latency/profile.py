@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError, TableError
+from deploykit.fileio import check_output_files
 from deploykit.latency.anchor import anchor_figures, export_anchor_models, interleaved
 from deploykit.latency.endtoend import finish_profile, points_path
 from deploykit.latency.estimate import Roofline, estimate_onnx
@@ -362,6 +363,7 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
     path = table_path(out) if out is not None else default_table_path(model_name, target.name, size, batch,
                                                                      estimate=estimate)
     options = end_to_end if end_to_end is not None else EndToEndOptions()
+    check_output_files(path, meta_path(path))  # before measuring anything, not at the first entry
     table, work_path = _open_table(path, meta, force=force, allow_mismatch=allow_mismatch, say=say)
     if model is None:
         from deploykit.models import create_model

@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from deploykit.errors import TableError
-from deploykit.fileio import write_json_atomic, write_text_atomic
+from deploykit.fileio import check_output_files, write_json_atomic, write_text_atomic
 from deploykit.latency.predictor import Predictor
 from deploykit.subnet import Subnet, format_block_ranges
 
@@ -225,7 +225,7 @@ class LatencyTable:
         if path is None and self.path is None:
             raise TableError("no path to write the latency table to")
         csv = table_path(path if path is not None else self.path)
-        csv.parent.mkdir(parents=True, exist_ok=True)
+        check_output_files(csv, meta_path(csv))  # both writable, or neither is written
         # Metadata first: it never depends on the rows (``complete`` only turns true once the rows
         # are all there), so a crash between the two writes leaves a table that resumes correctly.
         write_json_atomic(meta_path(csv), self.meta.as_dict())

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from deploykit.data import Datasets, eval_loader, train_loader
 from deploykit.errors import ConfigError
+from deploykit.fileio import check_writable_dir
 from deploykit.training.checkpoint import (
     CHECKPOINT,
     FORMAT,
@@ -99,6 +100,7 @@ def fit(task: Task, *, run: RunConfig, optim: OptimConfig, ctx: DistContext,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> Fit:
     """Train ``task.student`` for ``run.epochs`` epochs (resuming from ``run.out`` if asked)."""
     started = time.perf_counter()
+    check_writable_dir(run.out)  # fail now, not when the first epoch is written (creates nothing)
     if run.batch_size % ctx.world:
         raise ConfigError(f"batch size {run.batch_size} does not split evenly over {ctx.world} processes")
     local_batch = run.batch_size // ctx.world

@@ -35,6 +35,7 @@ def add_common_arguments(p: argparse.ArgumentParser, command: str,
     data.add_argument("--val-limit", type=int, default=None, metavar="N",
                       help="use only the first N validation samples of the fixed split")
     data.add_argument("--workers", type=int, default=0, help="data loader worker processes (default: 0)")
+    add_strict_images_argument(data)
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
     train.add_argument("--batch-size", type=int, default=64, metavar="B",
@@ -56,6 +57,12 @@ def add_common_arguments(p: argparse.ArgumentParser, command: str,
     run.add_argument("--log-steps", action="store_true", help="also write steps.csv, one row per step")
 
 
+def add_strict_images_argument(group) -> None:
+    group.add_argument("--strict-images", action="store_true",
+                       help="fail on an image file that cannot be decoded (default: skip it, counted "
+                            "and named in the data summary)")
+
+
 def add_distill_arguments(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("distillation from the original")
     group.add_argument("--temperature", type=float, default=2.0, help="KL temperature T (default: 2)")
@@ -68,7 +75,7 @@ def data_config(args: argparse.Namespace, input_size: tuple[int, int] | None = N
 
     size = input_size or args.input_size or default_input_size(args.data)
     return DataConfig(name=args.data, input_size=tuple(size), train_limit=args.train_limit,
-                      val_limit=args.val_limit)
+                      val_limit=args.val_limit, strict_images=args.strict_images)
 
 
 def run_config(args: argparse.Namespace, command: str, model: str) -> RunConfig:
