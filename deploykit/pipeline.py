@@ -1,4 +1,4 @@
-"""``deploykit run``: every stage in order, in one run directory, resumable (DESIGN.md §1, §3).
+"""``deploykit run``: every stage in order, in one run directory, resumable (docs/method.md).
 
 Each stage writes its artifact atomically and is skipped when that artifact is already there, so a run
 that was interrupted continues where it stopped (an interrupted training resumes from its last

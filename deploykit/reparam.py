@@ -2,7 +2,7 @@
 
 Conventions: a conv kernel is ``(out, in/groups, kh, kw)``; a linear weight is ``(out, in)``.
 Convs are composed *unpadded*: the caller pads the input once by the total padding
-(:func:`total_padding`), which is what makes the composition exact at the borders (DESIGN.md §1.1).
+(:func:`total_padding`), which is what makes the composition exact at the borders (docs/method.md, padding).
 Every function returns new tensors and leaves its inputs untouched.
 """
 

@@ -1,4 +1,4 @@
-"""The two exactness invariants of DESIGN.md §1.1, written once and used by every family's tests."""
+"""The two exactness invariants of docs/method.md, written once and used by every family's tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ResNet BasicBlock / Bottleneck: λ = 0 reproduces the model, λ = 1 merges exactly (DESIGN.md §1.1).
+"""ResNet BasicBlock / Bottleneck: λ = 0 reproduces the model, λ = 1 merges exactly (docs/method.md).
 
 Most checks run on narrow variants (``channels=NARROW``): the same blocks, strides and shortcuts as
 the real model at a fraction of the cost; resnet18 also merges at full width (fp32 rounding at real

@@ -1,4 +1,4 @@
-"""Exactness of every re-parameterization function on randomized BatchNorm statistics (DESIGN.md §4)."""
+"""Exactness of every re-parameterization function on randomized BatchNorm statistics (docs/method.md)."""
 
 import pytest
 import torch

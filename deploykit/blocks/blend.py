@@ -1,4 +1,4 @@
-"""The λ-blended ops every family shares (DESIGN.md §1.1).
+"""The λ-blended ops every family shares (docs/method.md).
 
 ``Blend(old, new)`` computes ``(1 − λ)·old(x) + λ·new(x)``; an appended op is ``Blend(Identity, op)``.
 The padding rule lives here too: a pruned block pads its input once by the total padding, runs its

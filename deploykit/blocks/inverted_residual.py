@@ -12,7 +12,7 @@ InvertedResidual
             same values, with the grid bit-identical to the original's.)
   Merged:   one dense k×k conv C_in → C_out (stride s, pad p; BNs and shortcut folded) → act → BN.
   The 1×1 before the dw conv maps the padded zeros to its folded bias, which the original's zero
-  padding of the dw input never sees: hence the ring (DESIGN.md §1.1, Padding).
+  padding of the dw input never sees: hence the ring (docs/method.md, padding).
 
 DepthwiseSeparableConv
   Original: k×k dw (stride s, pad p) → BN → act → 1×1 → BN [→ act if ``pw_act``] (+ x).
@@ -101,7 +101,7 @@ class _InvertedResidualBase(PrunableBlock):
     family = "inverted_residual"
 
     def _init_tail(self, inner_act: nn.Module, last_bn: nn.Module) -> None:
-        """Blend the block's last activation and append act + BN (DESIGN.md §1.1).
+        """Blend the block's last activation and append act + BN (docs/method.md).
 
         ``inner_act`` is the block's activation (a copy of it is appended); a block that already ends
         in an activation (one after the last BN and no skip) keeps it, and only the BN is appended.

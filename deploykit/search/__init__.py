@@ -1,4 +1,4 @@
-"""Latency-constrained subnet search (DESIGN.md §1.3).
+"""Latency-constrained subnet search (docs/method.md).
 
 ``search(table, budget, proxy)`` returns the subnet with the best accuracy proxy whose latency, as the
 table predicts it (:meth:`LatencyTable.predict`: its fitted predictor, or the isolated sum), fits the

@@ -1,4 +1,4 @@
-"""Latency-constrained subnet search (DESIGN.md §1.3): the best proxy score with predicted latency ≤ budget.
+"""Latency-constrained subnet search (docs/method.md): the best proxy score with predicted latency ≤ budget.
 
 The objective is lexicographic: the highest proxy score, then (within a relative 1e-9) the lowest
 predicted latency, then the smallest bit mask — one rule, :func:`pick`, on every code path, so the

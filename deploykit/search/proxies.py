@@ -6,7 +6,7 @@
   on held-out batches; a subnet's score is minus the sum over its pruned blocks. CKPT is a supernet
   (``deploykit train supernet``) or plain weights of the table's model.
 - ``supernet:CKPT`` with ``--data``: the supernet's top-1 (or loss) with that subnet's gates on held-out
-  batches (DESIGN.md §1.3), evaluated per subnet and cached.
+  batches (docs/method.md), evaluated per subnet and cached.
 
 Additive proxies (depth, sensitivity) score a subnet as Σ of per-block scores, which the search
 enumerates vectorized or solves exactly; the supernet proxy gives per-block scores too (each block pruned

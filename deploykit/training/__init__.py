@@ -1,4 +1,4 @@
-"""Supernet training, progressive subnet training and the baselines (DESIGN.md §1.2, §1.4).
+"""Supernet training, progressive subnet training and the baselines (docs/method.md).
 
 One module per concern: ``config`` (frozen settings), ``schedule`` (λ ramp, learning rate, sampled
 pruned sets: functions of the step alone), ``losses`` (CE + distillation), ``distributed`` (torchrun /

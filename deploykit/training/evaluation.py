@@ -1,6 +1,6 @@
 """Top-1 and loss on held-out data, for any module, and for one subnet of a trained supernet.
 
-``evaluate_subnet`` is the supernet accuracy proxy of the search (DESIGN.md §1.3): the supernet's
+``evaluate_subnet`` is the supernet accuracy proxy of the search (docs/method.md): the supernet's
 shared weights with one subnet's gates, optionally with its BatchNorm statistics re-estimated
 for that subnet on a few training batches first.
 """

@@ -1,4 +1,4 @@
-"""Cross-entropy plus distillation from the frozen original (DESIGN.md §1.2, §1.4)."""
+"""Cross-entropy plus distillation from the frozen original (docs/method.md)."""
 
 from __future__ import annotations
 

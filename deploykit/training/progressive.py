@@ -1,6 +1,6 @@
 """``deploykit train subnet``: train a chosen subnet with distillation from the original, then merge it.
 
-Methods (DESIGN.md §1.4), same data, budget and distillation for each:
+Methods (docs/method.md), same data, budget and distillation for each:
 
 - ``progressive``: λ of every pruned block ramps 0 → 1 per step over the first ``progressive_epochs``
   (default a third of the run), then stays 1: the original weights are eased into the pruned form;

@@ -1,4 +1,4 @@
-"""``deploykit train supernet``: one set of weights for every subnet (DESIGN.md §1.2).
+"""``deploykit train supernet``: one set of weights for every subnet (docs/method.md).
 
 Every prunable block is wrapped. Each step draws the pruned set (``k ~ U{0..K}`` blocks, then which,
 seeded by the step so every rank draws the same), runs those blocks in pruned form at the global λ
