@@ -26,6 +26,7 @@ STEPS: dict[str, tuple[list[str] | None, list[str] | None]] = {
     "fidelity": (["bench/lut_fidelity.py", "--samples", "30"], ["bench/lut_fidelity.py", "--quick"]),
     "speedup": (["bench/speedup_depth.py"], ["bench/speedup_depth.py", "--quick"]),
     "accuracy": (["bench/accuracy_latency.py"], ["bench/accuracy_latency.py", "--quick"]),
+    "recovery": (["bench/recovery.py"], ["bench/recovery.py", "--quick"]),
     "search": (["bench/search_speed.py"], None),
     "run": (["bench/costs.py", "--run"], ["bench/costs.py", "--run", "--quick"]),
 }

@@ -531,8 +531,9 @@ def _run_verify(args) -> int:
 def _add_table(sub) -> None:
     p = sub.add_parser(
         "table", help="the speed-vs-accuracy table of trained variants, and a Pareto plot",
-        description="One row per variant (the original and each pruned model): top-1 (merged, for a "
-                    "subnet), Δ top-1 vs the original of the same model, params, MACs, and per target the "
+        description="One row per variant (the original and each pruned model): its training budget in "
+                    "epochs, top-1 (merged, for a subnet), Δ top-1 against the unpruned model of the same "
+                    "budget (named in the 'Δ vs' column), params, MACs, and per target the "
                     "table's predicted latency, the measured latency, the speed-up measured against the "
                     "reference in the same verify run, and the numerics verdict. Each RUN is a variant "
                     "directory (result.json from `deploykit train`, plus any verify*.json reports) or a "
