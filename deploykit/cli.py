@@ -572,7 +572,9 @@ def _add_run(sub) -> None:
                     "profile its block latency table on the target, train the supernet, and for each "
                     "budget search the subnet, train it progressively, merge, export to ONNX and verify it "
                     "on the target against the original (numerics, latency, speed-up measured side by "
-                    "side); finally write table.md, table.csv and pareto.png. Each stage's artifact is "
+                    "side); train the original on for the same epochs with the same recipe, nothing pruned, "
+                    "as the equal-budget reference of every Δ top-1; finally write table.md, table.csv "
+                    "and pareto.png. Each stage's artifact is "
                     "written atomically and a finished stage is skipped: rerun the same command to resume "
                     "an interrupted run. The defaults are the embedded demo: "
                     f"{d.model} on {d.data} at {d.input_size[0]}x{d.input_size[1]} on {d.target}.")
@@ -596,7 +598,8 @@ def _add_run(sub) -> None:
     train.add_argument("--supernet-epochs", type=int, default=d.supernet_epochs, metavar="E",
                        help=f"(default: {d.supernet_epochs})")
     train.add_argument("--subnet-epochs", type=int, default=d.subnet_epochs, metavar="E",
-                       help=f"progressive training of each chosen subnet (default: {d.subnet_epochs})")
+                       help="training of each chosen subnet, and of the original continued as their "
+                            f"equal-budget reference (default: {d.subnet_epochs})")
     train.add_argument("--method", choices=("progressive", "abrupt", "drop"), default=d.method,
                        help=f"how the chosen blocks are removed (default: {d.method})")
     train.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",
