@@ -468,10 +468,10 @@ def render_curves(curve: pd.DataFrame, figures: pd.DataFrame) -> bytes:
                 axes.plot(x, points["top1_training_mean"], linestyle="--", color=COLORS[method], alpha=0.7,
                           label="progressive at its training λ")
         axes.axhline(info["original_top1_mean"].iloc[0], color="0.5", linewidth=1, label="original")
-        axes.set_xscale("symlog", linthresh=max(1.0, float(here["step"][here["step"] > 0].min())))
+        axes.set_xlim(left=-0.02 * here["step"].max())
         axes.set(xlabel="fine-tuning step", ylabel="val top-1 (%)",
                  title=f"{case}: {set_name} ({info['n_pruned'].iloc[0]} blocks), n = {info['n'].max()}")
-        axes.legend(fontsize=7, loc="lower right")
+        axes.legend(fontsize=7, loc="best")
     for axes in axes_grid[len(panels):]:
         axes.set_visible(False)
     return _png(figure)
@@ -497,8 +497,9 @@ def render_auc(figures: pd.DataFrame) -> bytes:
     axes.set_xticks(np.arange(len(groups)), labels, fontsize=7)
     low = np.nanmin(figures["auc_mean"] - figures["auc_std"].fillna(0))
     axes.set_ylim(max(0.0, low - 5), 100)
-    axes.set(ylabel="area under the recovery curve / steps (% top-1)",
-             title="recovery: mean val top-1 of the pruned model over the fine-tuning (± std over seeds)")
+    axes.set(ylabel="area under the curve / steps (% top-1)",
+             title="mean val top-1 of the pruned model over the fine-tuning\n(area under the recovery curve "
+                   "/ steps; ± std over seeds)")
     axes.legend(fontsize=8)
     return _png(figure)
 
