@@ -37,8 +37,10 @@ interrupted study resumes with the next run), ``recovery_summary.csv`` (mean ± 
 ``recovery_auc.csv`` (the summary figures), ``recovery.png`` (curves) and ``recovery_auc.png``.
 Originals and work folders live in ``--runs`` (default ``runs/recovery``); settings that change results
 are kept in ``--runs``/settings.json and a rerun with other settings is refused (``--fresh`` starts over).
+Processes for different seeds (or cases) may run side by side: rows are appended under a lock.
 
     .venv/bin/python bench/recovery.py                   # the study (see BENCHMARKS.md for its cost)
+    for s in 0 1 2; do .venv/bin/python bench/recovery.py --seeds $s & done; wait   # one process per seed
     .venv/bin/python bench/recovery.py --cases convnext_atto --seeds 0 1 2
     .venv/bin/python bench/recovery.py --quick           # smoke test: 1 seed, few steps, small data
     .venv/bin/python bench/recovery.py --summarize       # tables and plots from the CSV only

@@ -95,7 +95,7 @@ def _pm(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def recovery(steps: tuple[int, ...] = (25, 100)) -> str:
+def recovery(steps: tuple[int, ...] = (25, 50, 100)) -> str:
     """bench/recovery.py: per case × pruned set × method, the area under the recovery curve (mean top-1
     over the fine-tuning) and top-1 right after pruning, at a few steps and at the end, mean ± std."""
     figures = pd.read_csv(RESULTS / "recovery_auc.csv")
