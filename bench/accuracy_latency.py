@@ -176,15 +176,19 @@ def settings(args) -> dict:
 
 
 def check_settings(args) -> None:
-    path = args.runs / "settings.json"
-    mine = settings(args)
+    require_same_settings(args.runs / "settings.json", settings(args), hint="pass --fresh or another --runs")
+
+
+def require_same_settings(path: Path, mine: dict, *, hint: str) -> None:
+    """Record ``mine`` in ``path``; exit if it already records other settings (a study's runs must not
+    mix settings). Shared by the studies in bench/."""
     if path.is_file():
         theirs = json.loads(path.read_text())
         changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if changed:
             shown = "; ".join(f"{k}: {theirs.get(k)!r} → {mine.get(k)!r}" for k in changed)
-            sys.exit(f"{args.runs} holds runs with other settings ({shown}); pass --fresh or another --runs")
-    args.runs.mkdir(parents=True, exist_ok=True)
+            sys.exit(f"{path.parent} holds runs with other settings ({shown}); {hint}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(mine, indent=2) + "\n")
 
 

@@ -27,6 +27,7 @@ STEPS: dict[str, tuple[list[str] | None, list[str] | None]] = {
     "speedup": (["bench/speedup_depth.py"], ["bench/speedup_depth.py", "--quick"]),
     "accuracy": (["bench/accuracy_latency.py"], ["bench/accuracy_latency.py", "--quick"]),
     "compliance": (["bench/budget_compliance.py"], ["bench/budget_compliance.py", "--quick"]),
+    "recovery": (["bench/recovery.py"], ["bench/recovery.py", "--quick"]),
     "search": (["bench/search_speed.py"], ["bench/search_speed.py", "--quick"]),
     "run": (["bench/costs.py", "--run"], ["bench/costs.py", "--run", "--quick"]),
     "remote": (["bench/remote_overhead.py"], ["bench/remote_overhead.py", "--quick"]),

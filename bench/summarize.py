@@ -2,7 +2,8 @@
 by hand).
 
     .venv/bin/python bench/summarize.py            # every section to stdout
-    .venv/bin/python bench/summarize.py speedup    # one section: speedup, bapp, fidelity, accuracy, costs
+    .venv/bin/python bench/summarize.py speedup    # one section: speedup, bapp, fidelity, accuracy, recovery,
+                                                   # costs
 """
 
 from __future__ import annotations
@@ -90,6 +91,40 @@ def accuracy() -> str:
     return markdown(pd.DataFrame(rows))
 
 
+def _pm(mean: float, std: float, digits: int = 2) -> str:
+    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def recovery(steps: tuple[int, ...] = (25, 50, 100)) -> str:
+    """bench/recovery.py: per case × pruned set × method, the area under the recovery curve (mean top-1
+    over the fine-tuning) and top-1 right after pruning, at a few steps and at the end, mean ± std."""
+    figures = pd.read_csv(RESULTS / "recovery_auc.csv")
+    curve = pd.read_csv(RESULTS / "recovery_summary.csv").set_index(["case", "set", "method", "step"])
+    rows = []
+    for _, r in figures.iterrows():
+        row = {"case": r["case"], "data": f"{r['data']} {r['input_size']}px", "set": f"{r['set']} "
+               f"({r['n_pruned']} blocks)", "method": r["method"], "n": r["n"],
+               "original": _pm(r["original_top1_mean"], r["original_top1_std"]),
+               "AUC / steps": f"**{_pm(r['auc_mean'], r['auc_std'])}**",
+               "AUC, training λ": _pm(r["auc_training_mean"], r["auc_training_std"]),
+               "step 0": _pm(r["top1_step0_mean"], r["top1_step0_std"], 1)}
+        for step in steps:
+            key = (r["case"], r["set"], r["method"], step)
+            row[f"step {step}"] = (_pm(curve.loc[key, "top1_mean"], curve.loc[key, "top1_std"], 1)
+                                   if key in curve.index else "")
+        row[f"end ({r['end_step']})"] = _pm(r["top1_end_mean"], r["top1_end_std"])
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    ends = [c for c in frame.columns if c.startswith("end (")]  # one end column per step count
+    frame["end"] = frame[ends].bfill(axis=1).iloc[:, 0]
+    frame = frame.drop(columns=ends)
+    blocks = "; ".join(f"{case} {s}: {p}" for (case, s), p in
+                       figures.groupby(["case", "set"], sort=False)["pruned"].first().items())
+    ends = figures.groupby("case", sort=False)["end_step"].first()
+    return (markdown(frame) + f"\n\nPruned blocks — {blocks}. End steps: "
+            + ", ".join(f"{case} {int(end)}" for case, end in ends.items()) + ".")
+
+
 def costs() -> str:
     parts = []
     path = RESULTS / "profile_times.csv"
@@ -126,7 +161,7 @@ def _total(stage: dict[str, float], prefix: str) -> float:
 
 
 SECTIONS: dict[str, Callable[[], str]] = {"speedup": speedup, "bapp": bapp, "fidelity": fidelity,
-                                          "accuracy": accuracy, "costs": costs}
+                                          "accuracy": accuracy, "recovery": recovery, "costs": costs}
 
 
 def main(argv: list[str]) -> int:

@@ -681,8 +681,9 @@ def _run_verify(args) -> int:
 def _add_table(sub) -> None:
     p = sub.add_parser(
         "table", help="the speed-vs-accuracy table of trained variants, and a Pareto plot",
-        description="One row per variant (the original and each pruned model): top-1 (merged, for a "
-                    "subnet), Δ top-1 vs the original of the same model, params, MACs, and per target the "
+        description="One row per variant (the original and each pruned model): its training budget in "
+                    "epochs, top-1 (merged, for a subnet), Δ top-1 against the unpruned model of the same "
+                    "budget (named in the 'Δ vs' column), params, MACs, and per target the "
                     "table's predicted latency, the measured latency, the speed-up measured against the "
                     "reference in the same verify run, and the numerics verdict. Each RUN is a variant "
                     "directory (result.json from `deploykit train`, plus any verify*.json reports) or a "
@@ -723,7 +724,9 @@ def _add_run(sub) -> None:
                     "profile its block latency table on the target, train the supernet, and for each "
                     "budget search the subnet, train it progressively, merge, export to ONNX and verify it "
                     "on the target against the original (numerics, latency, speed-up measured side by "
-                    "side); finally write table.md, table.csv and pareto.png. Each stage's artifact is "
+                    "side); train the original on for the same epochs with the same recipe, nothing pruned, "
+                    "as the equal-budget reference of every Δ top-1; finally write table.md, table.csv "
+                    "and pareto.png. Each stage's artifact is "
                     "written atomically and a finished stage is skipped: rerun the same command to resume "
                     "an interrupted run. The defaults are the embedded demo: "
                     f"{d.model} on {d.data} at {d.input_size[0]}x{d.input_size[1]} on {d.target}.")
@@ -748,7 +751,8 @@ def _add_run(sub) -> None:
     train.add_argument("--supernet-epochs", type=int, default=d.supernet_epochs, metavar="E",
                        help=f"(default: {d.supernet_epochs})")
     train.add_argument("--subnet-epochs", type=int, default=d.subnet_epochs, metavar="E",
-                       help=f"progressive training of each chosen subnet (default: {d.subnet_epochs})")
+                       help="training of each chosen subnet, and of the original continued as their "
+                            f"equal-budget reference (default: {d.subnet_epochs})")
     train.add_argument("--method", choices=("progressive", "abrupt", "drop"), default=d.method,
                        help=f"how the chosen blocks are removed (default: {d.method})")
     train.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",

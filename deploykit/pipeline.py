@@ -18,7 +18,21 @@ finished epoch, an interrupted profile from its last entry)::
       export B        RUN/budget-B/model.onnx
       verify B        RUN/budget-B/verify-<target>.json      … and speed-up against the original,
                                                               measured interleaved in the same run
-    table             RUN/table.md, table.csv, pareto.png     speed vs accuracy
+    continue original RUN/original-continued/model.pt, …      the equal-budget reference: the original
+                                                              trained subnet-epochs more with subnet
+                                                              training's recipe (distillation from
+                                                              itself, same lr), nothing pruned
+    export continued  RUN/original-continued/model.onnx
+    verify continued  RUN/original-continued/verify-<target>.json
+    table             RUN/table.md, table.csv, pareto.png     speed vs accuracy; each Δ top-1 against
+                                                              the unpruned model of equal budget
+
+Why "original, continued": the pruned variants start from the original's weights and train
+``subnet_epochs`` more (the supernet only chooses the blocks; its weights are not reused), so comparing
+them with the original as it was credits pruning with what those extra epochs give. The reference
+trains the same weights for the same epochs with the same loss (cross-entropy + distillation from the
+original), learning rate and seed — everything as for a pruned variant except the pruning — so its Δ
+measures pruning alone. (Plain cross-entropy would change the loss as well as the architecture.)
 
 ``RUN/run.json`` holds the settings and each stage's wall time. A rerun with other settings is
 refused (choose another ``--out``, or ``--fresh`` to start over), except that budgets may be added.
@@ -176,6 +190,11 @@ class RunLayout:
     def supernet(self) -> Path:
         return self.root / "supernet" / "supernet.pt"
 
+    @property
+    def continued(self) -> Path:
+        """The equal-budget reference: the original trained on like the pruned variants."""
+        return self.root / "original-continued"
+
     def onnx(self, folder: Path) -> Path:
         return folder / "model.onnx"
 
@@ -259,8 +278,21 @@ class Pipeline:
         ]
         for text in self.config.budgets:
             stages += self._budget_stages(text)
+        stages += self._continued_stages()
         stages.append(Stage("table", lambda: False, self._table, lay.root / "table.md"))
         return stages
+
+    def _continued_stages(self) -> list[Stage]:
+        folder = self.layout.continued
+        weights, onnx, report = folder / "model.pt", self.layout.onnx(folder), self.layout.report(folder)
+        return [
+            Stage("continue original", lambda: _exists(weights, folder / "result.json"),
+                  self._continue_original, weights),
+            Stage("export continued", lambda: _exists(onnx),
+                  lambda: self._export(lambda: self.original_module(folder), folder), onnx),
+            Stage("verify continued", lambda: _verified(report),
+                  lambda: self._verify(folder, pruned=(), reference=None), report),
+        ]
 
     def _budget_stages(self, text: str) -> list[Stage]:
         lay, folder = self.layout, self.layout.budget(text)
@@ -419,14 +451,16 @@ class Pipeline:
         self._cache["candidates"] = faster
         return faster
 
-    def original_module(self):
+    def original_module(self, folder: Path | None = None):
+        """The unpruned model whose model.pt and result.json are in ``folder`` (default: the original)."""
         from deploykit.models import create_model
         from deploykit.training import load_model_weights
 
-        result = json.loads((self.layout.baseline / "result.json").read_text())
+        folder = folder or self.layout.baseline
+        result = json.loads((folder / "result.json").read_text())
         module = create_model(self.config.model, num_classes=int(result["num_classes"]),
                               input_size=self.config.input_size)
-        load_model_weights(module, self.layout.weights)
+        load_model_weights(module, folder / "model.pt")
         return module.eval()
 
     # -- the stages --
@@ -443,6 +477,19 @@ class Pipeline:
         result = train_baseline(c.model, data=self.data_config(), run=self.run_config(out, c.baseline_epochs),
                                 optim=OptimConfig(lr=lr, warmup_epochs=warmup))
         return f"trained {c.baseline_epochs} epoch(s): top-1 {result.top1:.2f}%"
+
+    def _continue_original(self) -> str:
+        from deploykit.training import DistillConfig, OptimConfig, train_baseline
+        from deploykit.training.options import DEFAULT_LR
+
+        c = self.config
+        lr, warmup = DEFAULT_LR["subnet"]  # the pruned variants' recipe (see the module docstring)
+        result = train_baseline(c.model, data=self.data_config(),
+                                run=self.run_config(self.layout.continued, c.subnet_epochs),
+                                optim=OptimConfig(lr=lr, warmup_epochs=warmup), weights=self.layout.weights,
+                                distill=DistillConfig())
+        return (f"{c.subnet_epochs} more epoch(s), unpruned, distilled from the original: "
+                f"top-1 {result.top1:.2f}%")
 
     def _table_complete(self) -> bool:
         from deploykit.latency.table import read_meta
@@ -548,7 +595,7 @@ class Pipeline:
             pruned = Subnet.read(folder / "subnet.json").pruned
             module = _merged_module(folder)
         else:
-            module = self.original_module()
+            module = self.original_module(folder)
         path = self.layout.report(folder)
         report = verify(self.layout.onnx(folder), target=self.target, protocol=self.config.protocol,
                         reference=reference, torch_module=module, torch_name=str(folder),
@@ -570,7 +617,8 @@ class Pipeline:
         from deploykit.results_table import render_table, write_speed_accuracy
 
         root = self.layout.root
-        folders = [self.layout.baseline] + [self.layout.budget(text) for text in self.config.budgets]
+        folders = [self.layout.baseline, self.layout.continued] + [self.layout.budget(text)
+                                                                   for text in self.config.budgets]
         written = write_speed_accuracy(folders, out=root / "table.md", plot=root / "pareto.png")
         csv = write_text_atomic(root / "table.csv", render_table(written.frame, ".csv"))
         return f"wrote {written.table_path}, {csv}, {written.plot_path}"

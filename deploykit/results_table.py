@@ -5,6 +5,17 @@ zero or more ``verify*.json`` reports (:class:`~deploykit.verify.VerifyReport`),
 target. A *run directory* holds variant directories as immediate subfolders. Every figure in the
 table is read from those files; nothing is estimated: a missing value stays blank.
 
+Δ top-1 is fair only against an unpruned model trained as long: a pruned variant fine-tuned for 2 more
+epochs from a 4-epoch original must be compared with that original trained 4 + 2 epochs, not with the
+4-epoch one (extra epochs alone raise top-1 on a short-trained original). So every variant's *training
+budget* is followed back through the weights it started from (``result.json`` ``weights`` → the
+variant directory that holds them → its own ``weights`` …): ``4+2`` is 4 epochs from scratch, then 2.
+A pruned row's Δ is against the unpruned variant of the same model and validation data with the same
+budget (preferring one that started from the same weights); where there is none, against the original
+it started from (or the first one listed) and its ``Δ vs`` cell says that the budgets differ. An
+unpruned row's Δ is against the variant it was trained from, when that is listed too (what the extra
+epochs alone gave). The ``Δ vs`` column names each row's reference and its budget.
+
 Kept apart from :mod:`deploykit.report` so that the command does not import torch.
 """
 
@@ -14,7 +25,7 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +39,10 @@ from deploykit.verify import VerifyReport
 RESULT_FILE = "result.json"
 REPORT_GLOB = "verify*.json"
 TOP1, DELTA, PARAMS, MACS = "top-1 %", "Δ top-1", "params M", "MACs M"
-BASE_COLUMNS = ("variant", "model", "method", "pruned", TOP1, DELTA, PARAMS, MACS)
+EPOCHS, DELTA_VS = "epochs", "Δ vs"
+BASE_COLUMNS = ("variant", "model", "method", "pruned", EPOCHS, TOP1, DELTA, DELTA_VS, PARAMS, MACS)
+UNEQUAL, UNKNOWN = "not the same budget", "budget unknown"
+LOG_FILE = "log.csv"  # one row per finished epoch (written by deploykit train)
 PREDICTED, MEASURED, SPEEDUP, NUMERICS = "predicted ms", "measured ms", "speed-up", "numerics"
 TARGET_FIELDS = (PREDICTED, MEASURED, SPEEDUP, NUMERICS)
 NO_LATENCY = "no variant has a measured latency: run deploykit verify --out DIR/verify-TARGET.json first"
@@ -55,9 +69,29 @@ class Variant:
     params: int | None
     macs: int | None
     reports: tuple[VerifyReport, ...] = ()
+    budget: Budget | None = None  # None: not known (no epoch count, or its weights cannot be found)
+    start: Path | None = None  # the variant directory whose weights it started from, if it is one
+    data: tuple[Any, ...] | None = None  # which validation data its top-1 is on (see _data_key)
 
     def report(self, target: str) -> VerifyReport | None:
         return next((r for r in self.reports if r.target == target), None)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a variant's weights were trained: epochs per training run, oldest first, starting from
+    random weights (``scratch``) or from weights trained elsewhere (``pretrained``)."""
+
+    origin: str
+    epochs: tuple[int, ...]
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.origin, sum(self.epochs)
+
+    def text(self) -> str:
+        parts = (["pretrained"] if self.origin == "pretrained" else []) + [str(e) for e in self.epochs]
+        return "+".join(parts) or "0"
 
 
 def find_variant_dirs(path: str | Path) -> list[Path]:
@@ -120,7 +154,79 @@ def load_variant(directory: str | Path) -> Variant:
     return Variant(directory=directory, kind=data["kind"], model=model, method=method, pruned=tuple(pruned),
                    top1=_number(data, "top1_merged" if subnet else "top1", source, required=True),
                    params=_number(data, "params", source), macs=_number(data, "macs", source),
-                   reports=load_reports(directory))
+                   reports=load_reports(directory), budget=_budget(directory, data, seen=frozenset()),
+                   start=_start_directory(data.get("weights"), directory), data=_data_key(data))
+
+
+# --- training budgets -------------------------------------------------------------------------------
+
+def _budget(directory: Path, data: dict[str, Any], *, seen: frozenset[Path]) -> Budget | None:
+    """This variant's epochs after those of the variant it started from (followed back to the start)."""
+    epochs = _own_epochs(directory, data)
+    if epochs is None:
+        return None
+    own = (epochs,) if epochs else ()
+    weights = data.get("weights")
+    if weights is None:  # a subnet always starts from an original: one that does not say which is unknown
+        return Budget("scratch", own) if data.get("kind") == "baseline" else None
+    start = _start_directory(weights, directory)
+    if start is None:
+        return Budget("pretrained", own) if _weights_exist(weights, directory) else None
+    if start.resolve() in seen:
+        return None
+    try:
+        before = _budget(start, json.loads((start / RESULT_FILE).read_text()), seen=seen | {start.resolve()})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if before is None else Budget(before.origin, before.epochs + own)
+
+
+def _own_epochs(directory: Path, data: dict[str, Any]) -> int | None:
+    """``epochs`` of result.json; else the rows of the run's epoch log; else unknown."""
+    epochs = data.get("epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 0:
+        return epochs
+    try:
+        lines = (directory / LOG_FILE).read_text().splitlines()
+    except OSError:
+        return None
+    return max(len(lines) - 1, 0) if lines else None
+
+
+def _candidate_paths(weights: str, directory: Path) -> Iterator[Path]:
+    """Where the weights a result.json names may be: as written (relative to where training ran, often
+    the current folder), or relative to any folder above the variant directory."""
+    path = Path(weights).expanduser()
+    yield path
+    if not path.is_absolute():
+        for folder in directory.resolve().parents:
+            yield folder / path
+
+
+def _start_directory(weights: Any, directory: Path) -> Path | None:
+    """The variant directory whose weights file ``weights`` is (one holding a result.json), if any."""
+    if not isinstance(weights, str) or weights.startswith("package:"):
+        return None
+    for path in _candidate_paths(weights, directory):
+        if path.is_file() and (path.parent / RESULT_FILE).is_file():
+            return path.parent
+    return None
+
+
+def _weights_exist(weights: Any, directory: Path) -> bool:
+    if isinstance(weights, str) and weights.startswith("package:"):
+        return True
+    return isinstance(weights, str) and any(p.is_file() for p in _candidate_paths(weights, directory))
+
+
+def _data_key(data: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What must agree for two top-1 figures to be comparable: the validation data."""
+    described = data.get("data")
+    if not isinstance(described, dict):
+        return None
+    size = data.get("input_size", described.get("input_size"))
+    return (described.get("name"), tuple(size) if isinstance(size, list) else size,
+            described.get("val_limit"), described.get("val_fraction"), described.get("split_seed"))
 
 
 def load_reports(directory: Path) -> tuple[VerifyReport, ...]:
@@ -155,21 +261,60 @@ def variants_frame(variants: Sequence[Variant]) -> pd.DataFrame:
     """One row per variant: :data:`BASE_COLUMNS`, then :data:`TARGET_FIELDS` per target (by name)."""
     targets = sorted({r.target for v in variants for r in v.reports})
     labels = variant_labels(variants)
-    originals: dict[str, float] = {}
-    for v in variants:
-        if v.kind == "baseline":
-            originals.setdefault(v.model, v.top1)
+    label_of = {id(v): label for v, label in zip(variants, labels)}
     rows = []
     for label, v in zip(labels, variants):
+        reference = delta_reference(v, variants)
         row: dict[str, Any] = {
             "variant": label, "model": v.model, "method": v.method, "pruned": _pruned_text(v.pruned),
-            TOP1: v.top1, DELTA: _delta(v.top1, originals.get(v.model)),
+            EPOCHS: v.budget.text() if v.budget is not None else "",
+            TOP1: v.top1, DELTA: _delta(v.top1, reference.variant.top1 if reference else None),
+            DELTA_VS: reference.describe(label_of[id(reference.variant)]) if reference else "",
             PARAMS: _millions(v.params), MACS: _millions(v.macs)}
         for target in targets:
             row.update(_target_cells(v, target, variants))
         rows.append(row)
     columns = [*BASE_COLUMNS, *(f"{t} {f}" for t in targets for f in TARGET_FIELDS)]
     return pd.DataFrame(rows, columns=columns)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The variant a row's Δ top-1 is taken against, and whether it had the same training budget."""
+
+    variant: Variant
+    note: str = ""  # "" (same budget, or an unpruned row's own origin), UNEQUAL or UNKNOWN
+
+    def describe(self, label: str) -> str:
+        budget = self.variant.budget
+        shown = f"{label} ({budget.text()} ep)" if budget is not None else label
+        return f"{shown}; {self.note}" if self.note else shown
+
+
+def delta_reference(variant: Variant, variants: Sequence[Variant]) -> Reference | None:
+    """What ``variant``'s Δ top-1 is against (see the module docstring); None: nothing comparable."""
+    unpruned = [v for v in variants if v.kind == "baseline" and v is not variant and v.model == variant.model
+                and _same_data(v, variant)]
+    origin = next((v for v in unpruned if _same_dir(v.directory, variant.start)), None)
+    if variant.kind == "baseline":
+        return Reference(origin) if origin is not None else None
+    if variant.budget is not None:
+        equal = [v for v in unpruned if v.budget is not None and v.budget.key == variant.budget.key]
+        equal.sort(key=lambda v: not _same_dir(v.start, variant.start))
+        if equal:
+            return Reference(equal[0])
+    fallback = origin or next(iter(unpruned), None)
+    if fallback is None:
+        return None
+    return Reference(fallback, UNKNOWN if variant.budget is None or fallback.budget is None else UNEQUAL)
+
+
+def _same_data(a: Variant, b: Variant) -> bool:
+    return a.data is None or b.data is None or a.data == b.data
+
+
+def _same_dir(a: Path | None, b: Path | None) -> bool:
+    return a is not None and b is not None and a.resolve() == b.resolve()
 
 
 def variant_labels(variants: Sequence[Variant]) -> list[str]:

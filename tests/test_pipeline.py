@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from deploykit.cli import main
 from deploykit.pipeline import Pipeline, PipelineConfig
@@ -87,19 +88,22 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(completed):
     run, before, killed_after, code, _, err = completed
     assert code == 0, err[-3000:]
     assert {"baseline", "profile"} <= killed_after and "verify 0.9" not in killed_after
+    assert "continue original" not in killed_after
     assert "baseline: done already" in err and "profile: done already" in err
     assert sha256(run / "baseline" / "model.pt") == before["weights"]
     assert (run / "baseline" / "model.pt").stat().st_mtime_ns == before["weights_mtime"]
     assert sha256(next((run / "profile").glob("*.csv"))) == before["table"]
     state = json.loads((run / "run.json").read_text())
-    assert set(state["stages"]) >= {"baseline", "profile", "supernet", "search 0.95", "train 0.9", "table"}
+    assert set(state["stages"]) >= {"baseline", "profile", "supernet", "search 0.95", "train 0.9",
+                                    "continue original", "export continued", "verify continued", "table"}
     assert all(entry["seconds"] >= 0 for entry in state["stages"].values())
 
 
 def test_every_stage_leaves_its_artifact(completed):
     run = completed[0]
     for name in ("baseline/model.pt", "baseline/model.onnx", "baseline/verify-cpu-ort.json",
-                 "supernet/supernet.pt", "table.md", "table.csv", "pareto.png"):
+                 "supernet/supernet.pt", "original-continued/model.pt", "original-continued/model.onnx",
+                 "original-continued/verify-cpu-ort.json", "table.md", "table.csv", "pareto.png"):
         assert (run / name).is_file(), name
     for budget in ("0.95", "0.9"):
         folder = run / f"budget-{budget}"
@@ -116,18 +120,42 @@ def test_every_stage_leaves_its_artifact(completed):
     assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_table_has_the_original_and_one_row_per_budget(completed):
+def test_the_original_continued_is_trained_like_the_pruned_variants(completed):
+    """The equal-budget reference: from the original's weights, subnet-epochs more, same lr and
+    distillation as subnet training, nothing pruned; exported and verified like the original."""
+    run = completed[0]
+    continued = json.loads((run / "original-continued" / "result.json").read_text())
+    pruned = json.loads((run / "budget-0.9" / "result.json").read_text())
+    assert continued["kind"] == "baseline" and continued["epochs"] == pruned["epochs"] == 1
+    assert continued["weights"] == pruned["weights"] == str(run / "baseline" / "model.pt")
+    assert continued["distill"] == {"temperature": 2.0, "weight": 1.0}
+    checkpoint = torch.load(run / "original-continued" / "checkpoint.pt", weights_only=True)
+    subnet_checkpoint = torch.load(run / "budget-0.9" / "checkpoint.pt", weights_only=True)
+    for key in ("optim", "distill", "batch_size", "seed", "epochs"):
+        assert checkpoint["meta"][key] == subnet_checkpoint["meta"][key], key
+    assert sha256(run / "original-continued" / "model.pt") != sha256(run / "baseline" / "model.pt")
+    report = VerifyReport.read(run / "original-continued" / "verify-cpu-ort.json")
+    assert report.passed is True and report.pruned == () and report.latency["model"]["median_ms"] > 0
+
+
+def test_the_table_has_the_originals_and_one_row_per_budget(completed):
     run, *_, out, _ = completed
     frame = pd.read_csv(run / "table.csv")
-    assert list(frame["variant"]) == ["baseline", "budget-0.95", "budget-0.9"]
+    assert list(frame["variant"]) == ["baseline", "original-continued", "budget-0.95", "budget-0.9"]
     rows = frame.set_index("variant")
     baseline = json.loads((run / "baseline" / "result.json").read_text())
+    continued = json.loads((run / "original-continued" / "result.json").read_text())
     assert rows.loc["baseline", "top-1 %"] == pytest.approx(baseline["top1"])
+    assert rows.loc["original-continued", "epochs"] == "1+1"
+    assert rows.loc["original-continued", "Δ vs"] == "baseline (1 ep)"
+    assert rows.loc["original-continued", "cpu-ort measured ms"] > 0
     for budget in ("0.95", "0.9"):
         result = json.loads((run / f"budget-{budget}" / "result.json").read_text())
         report = VerifyReport.read(run / f"budget-{budget}" / "verify-cpu-ort.json")
         row = rows.loc[f"budget-{budget}"]
         assert row["top-1 %"] == pytest.approx(result["top1_merged"])
+        assert row["epochs"] == "1+1" and row["Δ vs"] == "original-continued (1+1 ep)"
+        assert row["Δ top-1"] == pytest.approx(result["top1_merged"] - continued["top1"], abs=1e-6)
         assert row["cpu-ort speed-up"] == pytest.approx(report.speedup)
         assert row["params M"] < rows.loc["baseline", "params M"]
     assert "| baseline" in out and "wrote" in out and str(run / "table.md") in out
@@ -137,7 +165,8 @@ def test_deploykit_table_reads_a_run_directory_and_skips_its_supernet(completed,
     run = completed[0]
     assert main(["table", str(run)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
-    assert [row.split("|")[1].strip() for row in rows] == ["baseline", "budget-0.9", "budget-0.95"]
+    assert [row.split("|")[1].strip() for row in rows] == ["baseline", "original-continued", "budget-0.9",
+                                                           "budget-0.95"]
 
 
 def test_a_finished_run_reruns_nothing_but_the_cheap_checks(completed, capsys):
@@ -146,6 +175,7 @@ def test_a_finished_run_reruns_nothing_but_the_cheap_checks(completed, capsys):
     assert main(["run", "--out", str(run), *TINY]) == 0
     err = capsys.readouterr().err
     assert "verify 0.9: done already" in err and "train 0.95: done already" in err
+    assert "continue original: done already" in err and "verify continued: done already" in err
     assert sha256(run / "table.csv") == table
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -29,17 +30,29 @@ def write_result(folder, **data):
     return folder
 
 
-def baseline(folder, top1=80.0, model="resnet18"):
-    return write_result(folder, kind="baseline", model=model, input_size=[32, 32], num_classes=10,
-                        weights=None, data={}, top1=top1, loss=0.5, params=11_000_000, macs=500_000_000,
-                        train_wall_s=1.0, weights_path=str(folder / "model.pt"))
+DATA = {"name": "digits", "input_size": [32, 32], "val_fraction": 0.2, "split_seed": 0, "train_limit": None,
+        "val_limit": None}
 
 
-def subnet(folder, pruned, top1_merged, model="resnet18", method="progressive"):
+def baseline(folder, top1=80.0, model="resnet18", *, epochs=4, weights=None, data=DATA):
+    """A baseline's result.json (``epochs=None``: none recorded, as written before it was) and its weights
+    file (only its existence matters: the table follows ``weights`` back to the directory holding them)."""
+    extra = {} if epochs is None else {"epochs": epochs}
+    folder = write_result(folder, kind="baseline", model=model, input_size=[32, 32], num_classes=10,
+                          weights=None if weights is None else str(weights), data=data, top1=top1, loss=0.5,
+                          params=11_000_000, macs=500_000_000, train_wall_s=1.0,
+                          weights_path=str(folder / "model.pt"), **extra)
+    (folder / "model.pt").write_bytes(b"")
+    return folder
+
+
+def subnet(folder, pruned, top1_merged, model="resnet18", method="progressive", *, weights=None, epochs=3,
+           data=DATA):
     return write_result(folder, kind="subnet", model=model, method=method, pruned=pruned,
                         top1_unmerged=top1_merged + 0.3, top1_merged=top1_merged, loss_unmerged=0.6,
                         loss_merged=0.61, merge_rel_error=1e-6, params=9_000_000, macs=400_000_000,
-                        merged_path=str(folder / "merged.pt"), epochs=3)
+                        weights=None if weights is None else str(weights), input_size=[32, 32], data=data,
+                        merged_path=str(folder / "merged.pt"), epochs=epochs)
 
 
 def report(folder, target, sha, *, median_ms=None, reference_sha=None, speedup=None, predicted_ms=None,
@@ -62,8 +75,8 @@ def run(tmp_path):
     that is no variant."""
     root = tmp_path / "RUN"
     orig = baseline(root / "baseline")
-    b08 = subnet(root / "budget-0.8", [1, 4, 7, 10], 79.1)
-    b06 = subnet(root / "budget-0.6", [2, 5], 77.5, method="abrupt")
+    b08 = subnet(root / "budget-0.8", [1, 4, 7, 10], 79.1, weights=orig / "model.pt")
+    b06 = subnet(root / "budget-0.6", [2, 5], 77.5, method="abrupt", weights=orig / "model.pt")
     (root / "logs").mkdir()
     report(orig, "cpu-ort", SHA["orig"], median_ms=2.0, predicted_ms=2.1, passed=True)
     report(b08, "cpu-ort", SHA["b08"], median_ms=1.5, reference_sha=SHA["orig"], speedup=1.4,
@@ -88,11 +101,74 @@ def test_rows_baseline_first_then_subnets_by_name(run):
     assert list(frame["pruned"]) == ["0", "2: 2,5", "4: 1,4,7,10"]
 
 
-def test_top1_is_the_merged_one_and_delta_is_against_the_original(run):
+def test_top1_is_the_merged_one_and_without_an_equal_budget_original_delta_says_so(run):
     frame = speed_accuracy_frame([run]).set_index("variant")
     assert frame.loc["budget-0.8", "top-1 %"] == 79.1  # top1_merged, not top1_unmerged
-    assert frame["Δ top-1"].round(6).tolist() == [0.0, -2.5, -0.9]
+    assert math.isnan(frame.loc["baseline", "Δ top-1"]) and frame.loc["baseline", "Δ vs"] == ""
+    assert frame.loc[["budget-0.6", "budget-0.8"], "Δ top-1"].round(6).tolist() == [-2.5, -0.9]
+    assert frame["epochs"].tolist() == ["4", "4+3", "4+3"]
+    assert set(frame.loc[["budget-0.6", "budget-0.8"], "Δ vs"]) == {"baseline (4 ep); not the same budget"}
     assert frame.loc["baseline", "params M"] == 11.0 and frame.loc["baseline", "MACs M"] == 500.0
+
+
+def test_delta_is_against_the_original_trained_for_the_same_budget(run, capsys):
+    """The fair-Δ row: with the original continued for the pruned variants' extra epochs, their Δ is
+    against it, and the continued original's own Δ is what the extra epochs alone gave."""
+    baseline(run / "original-continued", top1=81.0, epochs=3, weights=run / "baseline" / "model.pt")
+    frame = speed_accuracy_frame([run]).set_index("variant")
+    assert list(frame.index) == ["baseline", "original-continued", "budget-0.6", "budget-0.8"]
+    assert frame.loc["original-continued", "epochs"] == "4+3"
+    assert frame.loc["original-continued", "Δ top-1"] == pytest.approx(1.0)
+    assert frame.loc["original-continued", "Δ vs"] == "baseline (4 ep)"
+    assert frame.loc["budget-0.8", "Δ top-1"] == pytest.approx(79.1 - 81.0)
+    assert frame.loc["budget-0.6", "Δ top-1"] == pytest.approx(77.5 - 81.0)
+    assert set(frame.loc[["budget-0.6", "budget-0.8"], "Δ vs"]) == {"original-continued (4+3 ep)"}
+    assert main(["table", str(run)]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "-1.90" in rows["budget-0.8"] and "original-continued (4+3 ep)" in rows["budget-0.8"]
+
+
+def test_the_equal_budget_reference_that_started_from_the_same_weights_wins(tmp_path, run):
+    other = baseline(tmp_path / "other" / "scratch-7", top1=90.0, epochs=7)  # 7 from scratch: not 4+3
+    continued = baseline(tmp_path / "other" / "continued", top1=82.0, epochs=3, weights=run / "baseline" /
+                         "model.pt")
+    elsewhere = baseline(tmp_path / "elsewhere" / "base", top1=70.0, epochs=4)
+    lookalike = baseline(tmp_path / "elsewhere" / "cont", top1=60.0, epochs=3, weights=elsewhere / "model.pt")
+    frame = speed_accuracy_frame([lookalike, other, run, continued]).set_index("variant")
+    assert frame.loc["budget-0.8", "Δ vs"] == "continued (4+3 ep)"  # not cont: same budget, other start
+    assert frame.loc["budget-0.8", "Δ top-1"] == pytest.approx(79.1 - 82.0)
+
+
+def test_budgets_follow_relative_weights_paths_from_another_folder(tmp_path, monkeypatch):
+    """result.json names its weights relative to where training ran; the table may run elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    base = baseline(Path("proj/runs/baseline"), top1=80.0, epochs=4)
+    baseline(Path("proj/runs/continued"), top1=81.0, epochs=2, weights=Path("runs/baseline/model.pt"))
+    subnet(Path("proj/runs/budget-0.8"), [1], 79.0, weights=Path("runs/baseline/model.pt"), epochs=2)
+    frame = speed_accuracy_frame([tmp_path / "proj" / "runs"]).set_index("variant")
+    assert frame["epochs"].tolist() == ["4", "4+2", "4+2"]
+    assert frame.loc["budget-0.8", "Δ vs"] == "continued (4+2 ep)"
+    assert base.is_dir()
+
+
+def test_unknown_and_pretrained_budgets(tmp_path):
+    old = baseline(tmp_path / "old", top1=80.0, epochs=None)  # no epochs, no log: unknown
+    lost = subnet(tmp_path / "lost", [1], 79.0, weights=tmp_path / "gone" / "model.pt")
+    frame = speed_accuracy_frame([old, lost]).set_index("variant")
+    assert frame.loc["old", "epochs"] == "" and frame.loc["lost", "epochs"] == ""
+    assert frame.loc["lost", "Δ vs"] == "old; budget unknown"
+    (old / "log.csv").write_text("epoch,val_top1\n1,70\n2,75\n3,80\n")  # a log gives the epochs
+    tuned = baseline(tmp_path / "tuned", top1=85.0, epochs=2, weights="package:efficientnet_lite0")
+    frame = speed_accuracy_frame([old, tuned]).set_index("variant")
+    assert frame["epochs"].tolist() == ["3", "pretrained+2"]
+
+
+def test_other_validation_data_is_no_reference(tmp_path):
+    digits = baseline(tmp_path / "digits", top1=80.0)
+    mnist = subnet(tmp_path / "mnist", [1], 79.0, weights=digits / "model.pt",
+                   data={**DATA, "name": "mnist5k"})
+    frame = speed_accuracy_frame([digits, mnist]).set_index("variant")
+    assert math.isnan(frame.loc["mnist", "Δ top-1"]) and frame.loc["mnist", "Δ vs"] == ""
 
 
 def test_per_target_columns_and_the_speedup_rule(run):
@@ -116,7 +192,8 @@ def test_per_target_columns_and_the_speedup_rule(run):
 
 def test_variant_dirs_in_the_given_order_and_colliding_names(tmp_path, run):
     other = baseline(tmp_path / "other" / "baseline", top1=70.0, model="mobilenetv3_small_100")
-    pruned = subnet(tmp_path / "other" / "budget-0.8", [3], 69.0, model="mobilenetv3_small_100")
+    pruned = subnet(tmp_path / "other" / "budget-0.8", [3], 69.0, model="mobilenetv3_small_100",
+                    weights=other / "model.pt")
     frame = speed_accuracy_frame([run / "budget-0.8", other, pruned, run / "budget-0.8"])
     assert list(frame["variant"]) == ["RUN/budget-0.8", "baseline", "other/budget-0.8"]
     assert math.isnan(frame["Δ top-1"][0])  # no original of resnet18 among these rows
@@ -126,8 +203,8 @@ def test_variant_dirs_in_the_given_order_and_colliding_names(tmp_path, run):
 
 def test_a_variant_without_reports_has_no_target_columns(tmp_path):
     frame = speed_accuracy_frame([baseline(tmp_path / "b")])
-    assert list(frame.columns) == ["variant", "model", "method", "pruned", "top-1 %", "Δ top-1",
-                                   "params M", "MACs M"]
+    assert list(frame.columns) == ["variant", "model", "method", "pruned", "epochs", "top-1 %", "Δ top-1",
+                                   "Δ vs", "params M", "MACs M"]
 
 
 # --- the writers ------------------------------------------------------------------------------------
@@ -138,7 +215,7 @@ def test_markdown_table(run):
     assert len(lines) == 2 + 3
     assert lines[0].startswith("| variant") and "cpu-ort speed-up" in lines[0]
     assert set(lines[1]) <= {"|", "-", ":", " "}
-    assert "80.00" in lines[2] and "+0.00" in lines[2] and "1.00×" in lines[2]
+    assert "80.00" in lines[2] and "1.00×" in lines[2]
     assert "-0.90" in lines[4] and "1.40×" in lines[4] and "1.500" in lines[4]
     assert all(line.count("|") == lines[0].count("|") for line in lines)
 

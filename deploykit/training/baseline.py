@@ -21,12 +21,13 @@ from deploykit.training.build import (
     count_params,
     data_meta,
     original_model,
+    require_weights,
     set_threads,
     validate_plain,
     write_json,
 )
 from deploykit.training.checkpoint import FORMAT, save_atomic
-from deploykit.training.config import OptimConfig, RunConfig
+from deploykit.training.config import DistillConfig, OptimConfig, RunConfig
 from deploykit.training.distributed import distributed
 from deploykit.training.loop import Policy, Task, fit
 
@@ -46,20 +47,29 @@ class BaselineResult:
 
 
 def train_baseline(model: str, *, data: DataConfig, run: RunConfig, optim: OptimConfig | None = None,
-                   weights: str | Path | None = None,
+                   weights: str | Path | None = None, distill: DistillConfig | None = None,
                    on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> BaselineResult:
-    """Train ``model`` on ``data`` with cross-entropy; the seed fixes initialization and data order."""
+    """Train ``model`` on ``data`` with cross-entropy; the seed fixes initialization and data order.
+
+    With ``distill``, the loss adds distillation from a frozen copy of the starting ``weights``: subnet
+    training's recipe without pruning, so that an unpruned model trained on for the same epochs is an
+    equal-budget reference for the pruned ones (``deploykit run``'s "original, continued")."""
     optim = optim or OptimConfig()
+    if distill is not None:
+        require_weights(weights, "distilled baseline")
     with distributed(run.device) as ctx:
         set_threads(run)
         datasets = load_datasets(data)
         ctx.log(f"data: {datasets.describe}")
         torch.manual_seed(run.seed)
         net = original_model(model, num_classes=datasets.num_classes, weights=weights, new_head=True, ctx=ctx)
+        teacher = None if distill is None else original_model(
+            model, num_classes=datasets.num_classes, weights=weights, new_head=False, ctx=ctx)
         meta = {"model": model, "input_size": data.input_size, "num_classes": datasets.num_classes,
                 "weights": str(weights) if weights is not None else None, "data": data_meta(data)}
         task = Task(kind="baseline", student=net, datasets=datasets, meta=meta,
-                    make_policy=lambda steps_per_epoch: Policy(), validate=validate_plain)
+                    make_policy=lambda steps_per_epoch: Policy(), validate=validate_plain,
+                    teacher=teacher, distill=distill)
         fitted = fit(task, run=run, optim=optim, ctx=ctx, on_epoch_end=on_epoch_end)
         last = fitted.history[-1]
         result = BaselineResult(out=run.out, weights_path=run.out / "model.pt", top1=last["val_top1"],
@@ -71,6 +81,7 @@ def train_baseline(model: str, *, data: DataConfig, run: RunConfig, optim: Optim
                          "state_dict": net.state_dict()}, result.weights_path)
             write_json({"kind": "baseline", **meta, "top1": result.top1, "loss": result.loss,
                         "params": result.params, "macs": result.macs, "train_wall_s": round(fitted.wall_s, 3),
+                        "epochs": run.epochs, "distill": vars(distill) if distill is not None else None,
                         "weights_path": result.weights_path}, run.out / "result.json")
             ctx.log(f"baseline {model}: val top-1 {result.top1:.2f}%, loss {result.loss:.4f}; "
                     f"wrote {result.weights_path}, {run.out / 'log.csv'}, {run.out / 'result.json'}")

@@ -96,9 +96,16 @@ class Fit:
     steps: list[dict[str, Any]] = field(default_factory=list)
 
 
+StepHook = Callable[[int, nn.Module], None]
+
+
 def fit(task: Task, *, run: RunConfig, optim: OptimConfig, ctx: DistContext,
-        on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> Fit:
-    """Train ``task.student`` for ``run.epochs`` epochs (resuming from ``run.out`` if asked)."""
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None, on_step: StepHook | None = None) -> Fit:
+    """Train ``task.student`` for ``run.epochs`` epochs (resuming from ``run.out`` if asked).
+
+    ``on_step(step, student)`` runs before each optimizer step, after the policy set that step's gates
+    (``step`` steps are done): for measurements along the way, e.g. ``bench/recovery.py``'s curves. It
+    must leave the student's gates and mode as it found them."""
     started = time.perf_counter()
     check_writable_dir(run.out)  # fail now, not when the first epoch is written (creates nothing)
     if run.batch_size % ctx.world:
@@ -140,6 +147,8 @@ def fit(task: Task, *, run: RunConfig, optim: OptimConfig, ctx: DistContext,
         for batch_index, (images, labels) in enumerate(_progress(loader, ctx, epoch, run.epochs)):
             step = epoch * steps_per_epoch + batch_index
             logged = policy.apply(step)
+            if on_step is not None:
+                on_step(step, student)
             if batch_index == 0:
                 check_agree(policy.digest(), ctx, f"the gates of step {step}")
             lr = learning_rate(step, base=optim.lr, total_steps=total_steps, warmup_steps=warmup,

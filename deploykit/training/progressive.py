@@ -43,7 +43,7 @@ from deploykit.training.build import (
 from deploykit.training.config import DistillConfig, OptimConfig, RunConfig, SubnetConfig, default_ramp
 from deploykit.training.distributed import DistContext, distributed
 from deploykit.training.evaluation import evaluate
-from deploykit.training.loop import Fit, Policy, Task, fit
+from deploykit.training.loop import Fit, Policy, StepHook, Task, fit
 from deploykit.training.schedule import ramp_lambda, ramp_steps
 
 MERGE_TOLERANCE = 1e-4  # max |merged − unmerged| logit error relative to the logit scale (fp32)
@@ -96,8 +96,10 @@ class SubnetResult:
 def train_subnet(subnet: Subnet, *, weights: str | Path | None, data: DataConfig, run: RunConfig,
                  config: SubnetConfig | None = None, optim: OptimConfig | None = None,
                  distill: DistillConfig | None = None,
-                 on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> SubnetResult:
-    """Train ``subnet`` from the original ``weights`` with ``config.method``; merge; write the results."""
+                 on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+                 on_step: StepHook | None = None) -> SubnetResult:
+    """Train ``subnet`` from the original ``weights`` with ``config.method``; merge; write the results.
+    ``on_step``: see :func:`~deploykit.training.loop.fit`."""
     config, optim, distill = config or SubnetConfig(), optim or OptimConfig(), distill or DistillConfig()
     weights = require_weights(weights, "subnet")
     if not subnet.pruned:
@@ -126,8 +128,8 @@ def train_subnet(subnet: Subnet, *, weights: str | Path | None, data: DataConfig
                 + (f", λ ramp over {ramp_epochs:g} epochs" if config.method == "progressive" else ""))
         task = Task(kind="subnet", student=student, datasets=datasets, meta=meta, make_policy=make_policy,
                     validate=validate_plain, teacher=original, distill=distill)
-        fitted = fit(task, run=run, optim=optim, ctx=ctx, on_epoch_end=on_epoch_end)
-        return _finish(fitted, subnet, config, run, ctx, num_classes=datasets.num_classes)
+        fitted = fit(task, run=run, optim=optim, ctx=ctx, on_epoch_end=on_epoch_end, on_step=on_step)
+        return _finish(fitted, subnet, config, run, ctx, meta)
 
 
 def _ramp_epochs(config: SubnetConfig, epochs: int) -> float:
@@ -136,8 +138,8 @@ def _ramp_epochs(config: SubnetConfig, epochs: int) -> float:
     return 0.0
 
 
-def _finish(fitted: Fit, subnet: Subnet, config: SubnetConfig, run: RunConfig, ctx: DistContext, *,
-            num_classes: int) -> SubnetResult:
+def _finish(fitted: Fit, subnet: Subnet, config: SubnetConfig, run: RunConfig, ctx: DistContext,
+            meta: dict[str, Any]) -> SubnetResult:
     student = fitted.student.eval()
     fitted.policy.apply(fitted.total_steps - 1)  # the last step's gates, also after resuming a finished run
     merged = student.merge() if isinstance(student, PrunableNet) else student
@@ -152,7 +154,7 @@ def _finish(fitted: Fit, subnet: Subnet, config: SubnetConfig, run: RunConfig, c
                           macs=count_macs(merged, size), merged_path=run.out / MERGED_FILE,
                           wall_s=fitted.wall_s, history=tuple(fitted.history))
     if ctx.is_main:
-        _write(result, merged, subnet, _record(subnet, config, num_classes), fitted, run)
+        _write(result, merged, subnet, _record(subnet, config, meta["num_classes"]), fitted, run, meta)
         ctx.log(f"subnet ({config.method}): top-1 {top1_unmerged:.2f}% unmerged, {top1_merged:.2f}% merged "
                 f"(logit error {rel_error:.1e}); wrote {result.merged_path}, {run.out / 'result.json'}")
     if rel_error > MERGE_TOLERANCE:
@@ -178,9 +180,12 @@ def _record(subnet: Subnet, config: SubnetConfig, num_classes: int) -> ModelReco
 
 
 def _write(result: SubnetResult, merged: nn.Module, subnet: Subnet, record: ModelRecord, fitted: Fit,
-           run: RunConfig) -> None:
+           run: RunConfig, meta: dict[str, Any]) -> None:
+    """The merged model file, the subnet and result.json — with the run's settings (the weights it
+    started from, the data: ``deploykit table`` follows them to the training budget and validation
+    data of the row's Δ reference)."""
     save_model(merged.cpu(), result.merged_path, record)
     subnet.write(run.out / "subnet.json")
     summary = {key: value for key, value in vars(result).items() if key != "history"}
-    write_json({"kind": "subnet", "model": subnet.model, **summary, "train_wall_s": round(fitted.wall_s, 3),
-                "epochs": run.epochs}, run.out / "result.json")
+    write_json({"kind": "subnet", **meta, "model": subnet.model, **summary,
+                "train_wall_s": round(fitted.wall_s, 3), "epochs": run.epochs}, run.out / "result.json")
