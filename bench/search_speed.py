@@ -68,7 +68,8 @@ def sensitivity_scores(table: LatencyTable, say) -> tuple[dict[int, float], str,
     import timm
     import torch
 
-    from deploykit.search import ProxyData, SensitivityProxy
+    from deploykit.search import SensitivityProxy
+    from deploykit.training import ProxyData
 
     with tempfile.TemporaryDirectory() as work:
         weights = Path(work) / "weights.pt"

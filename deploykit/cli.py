@@ -441,8 +441,9 @@ def _add_search(sub) -> None:
 def _run_search(args) -> int:
     from deploykit.latency.identity import table_for_this_machine
     from deploykit.latency.table import LatencyTable
-    from deploykit.search import ProxyData, make_proxy, pareto, parse_budget, search
+    from deploykit.search import make_proxy, pareto, parse_budget, search
     from deploykit.subnet import parse_block_list
+    from deploykit.training import ProxyData
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -470,7 +470,8 @@ class Pipeline:
         return f"top-1 {result.top1:.2f}% unpruned, {result.top1_probe:.2f}% with probe {list(result.probe)}"
 
     def _proxy(self):
-        from deploykit.search import ProxyData, make_proxy
+        from deploykit.search import make_proxy
+        from deploykit.training import ProxyData
 
         if "proxy" not in self._cache:
             c = self.config

@@ -1,0 +1,263 @@
+"""The package's imports obey the rule in deploykit/_layers.py: downward only, no cycles.
+
+Every ``import`` and ``from … import`` in every module is read from its AST, at module level and
+inside functions and classes alike (a deferred import is still an edge). Imports under
+``if TYPE_CHECKING:`` never run: they are left out of the cycle check but must still go downward.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploykit import _layers
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "deploykit"
+
+
+@dataclass(frozen=True)
+class Edge:
+    importer: str  # dotted, relative to the package; "__init__" for the root
+    imported: str
+    file: str  # relative to the folder that holds the package
+    line: int
+    type_only: bool  # under `if TYPE_CHECKING:`
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.importer} → {self.imported}"
+
+
+def module_files(package_dir: Path) -> dict[str, Path]:
+    """Every module of the package by its relative dotted name (the root is ``__init__``)."""
+    modules = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = list(path.relative_to(package_dir).with_suffix("").parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def import_edges(package_dir: Path, package: str) -> list[Edge]:
+    """Every import of one of the package's own modules, with its line."""
+    modules = module_files(package_dir)
+    edges = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        type_only = _type_checking_nodes(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                file = path.relative_to(package_dir.parent).as_posix()
+                for target in sorted(_targets(node, name, path, package, modules)):
+                    edges.append(Edge(name, target, file, node.lineno, id(node) in type_only))
+    return edges
+
+
+def _targets(node: ast.Import | ast.ImportFrom, importer: str, path: Path, package: str,
+             modules: dict[str, Path]) -> set[str]:
+    """The package's modules ``node`` imports: ``from a import b`` is module ``a.b`` when that is a
+    module, else module ``a``. Relative imports are resolved against the importer."""
+    if isinstance(node, ast.Import):
+        dotted = [alias.name for alias in node.names]
+    else:
+        source = node.module or ""
+        if node.level:
+            base = [package, *([] if importer == "__init__" else importer.split("."))]
+            if path.name != "__init__.py":
+                base = base[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            source = ".".join(base + ([node.module] if node.module else []))
+        dotted = [f"{source}.{alias.name}" if _relative(f"{source}.{alias.name}", package) in modules
+                  else source for alias in node.names]
+    return {_relative(name, package) for name in dotted} & modules.keys()
+
+
+def _relative(dotted: str, package: str) -> str:
+    if dotted == package:
+        return "__init__"
+    return dotted[len(package) + 1:] if dotted.startswith(package + ".") else ""
+
+
+def _type_checking_nodes(tree: ast.Module) -> set[int]:
+    nodes = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for statement in node.body:
+                nodes.update(id(inner) for inner in ast.walk(statement))
+    return nodes
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def upward_edges(edges: list[Edge], may_import=_layers.may_import) -> list[Edge]:
+    return [edge for edge in edges if not may_import(edge.importer, edge.imported)]
+
+
+def cycles(edges: list[Edge]) -> list[list[Edge]]:
+    """The strongly connected components of more than one module (or a module importing itself),
+    each as the edges inside it (Tarjan's algorithm, iterative)."""
+    graph: dict[str, list[Edge]] = {}
+    for edge in edges:
+        if not edge.type_only:
+            graph.setdefault(edge.importer, []).append(edge)
+            graph.setdefault(edge.imported, [])
+    index, low, on_stack, stack, components = {}, {}, set(), [], []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, position = work.pop()
+            if position == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            for offset, edge in enumerate(graph[node][position:], start=position):
+                nxt = edge.imported
+                if nxt not in index:
+                    work.append((node, offset + 1))
+                    work.append((nxt, 0))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                if low[node] == index[node]:
+                    members = set()
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        members.add(member)
+                        if member == node:
+                            break
+                    components.append(members)
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+    found = []
+    for members in components:
+        inside = [e for m in sorted(members) for e in graph[m] if e.imported in members]
+        if len(members) > 1 or inside:
+            found.append(inside)
+    return found
+
+
+def _report(title: str, edges: list[Edge]) -> str:
+    return title + "\n" + "\n".join(f"  {edge}" for edge in sorted(edges, key=str))
+
+
+# --- the package ------------------------------------------------------------------------------------
+
+EDGES = import_edges(PACKAGE_DIR, "deploykit")
+
+
+def test_every_module_is_in_a_layer():
+    homeless = []
+    for module in module_files(PACKAGE_DIR):
+        try:
+            _layers.unit_of(module)
+        except KeyError:
+            homeless.append(module)
+    assert not homeless, f"modules in no layer of deploykit/_layers.py: {homeless}"
+
+
+def test_the_rule_names_real_modules_and_sideways_stays_in_a_layer():
+    modules = module_files(PACKAGE_DIR)
+    for layer in _layers.LAYERS:
+        for unit in layer:
+            assert unit in modules, f"_layers.LAYERS names {unit!r}, which is no module of deploykit"
+    for source, targets in _layers.SIDEWAYS.items():
+        for target in targets:
+            assert _layers.layer_of(source) == _layers.layer_of(target), (source, target)
+
+
+def test_imports_go_downward():
+    assert EDGES, "the walk found no imports at all"
+    upward = upward_edges(EDGES)
+    assert not upward, _report("imports against deploykit/_layers.py (importer → imported):", upward)
+
+
+def test_no_import_cycles():
+    found = cycles(EDGES)
+    assert not found, "\n".join(_report(f"import cycle {i + 1}:", c) for i, c in enumerate(found))
+
+
+# --- the checker itself -----------------------------------------------------------------------------
+
+def _write_package(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / "pkg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root / "pkg"
+
+
+def test_the_walk_sees_deferred_relative_and_type_only_imports(tmp_path):
+    package = _write_package(tmp_path, {
+        "__init__.py": "",
+        "low.py": "def f():\n    from pkg import high\n",  # deferred, closes a cycle
+        "high.py": "from . import low\nfrom typing import TYPE_CHECKING\n"
+                   "if TYPE_CHECKING:\n    from pkg.sub.leaf import X\n",
+        "sub/__init__.py": "",
+        "sub/leaf.py": "from ..high import thing\nfrom pkg.sub import leaf\n",
+    })
+    edges = {(e.importer, e.imported, e.line, e.type_only) for e in import_edges(package, "pkg")}
+    assert edges == {
+        ("low", "high", 2, False),
+        ("high", "low", 1, False),
+        ("high", "sub.leaf", 4, True),
+        ("sub.leaf", "high", 1, False),
+        ("sub.leaf", "sub.leaf", 2, False),
+    }
+
+
+def test_cycles_are_found_with_their_edges_and_type_only_edges_close_none(tmp_path):
+    package = _write_package(tmp_path, {
+        "__init__.py": "",
+        "a.py": "import pkg.b\n",
+        "b.py": "def later():\n    import pkg.c\n",
+        "c.py": "from pkg import a\n",
+        "d.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.e\n",
+        "e.py": "import pkg.d\n",
+    })
+    found = cycles(import_edges(package, "pkg"))
+    assert [sorted((e.importer, e.imported) for e in c) for c in found] == [
+        [("a", "b"), ("b", "c"), ("c", "a")]]
+    assert "pkg/b.py:2: b → c" in {str(e) for e in found[0]}
+
+
+def test_upward_and_sideways_edges_are_named(tmp_path):
+    package = _write_package(tmp_path, {
+        "__init__.py": "",
+        "top.py": "",
+        "stage_a.py": "import pkg.stage_b\n",
+        "stage_b.py": "def f():\n    import pkg.top\n",
+    })
+    layers = {"top": 0, "stage_a": 1, "stage_b": 1}
+
+    def may_import(importer: str, imported: str) -> bool:
+        return layers[imported] > layers[importer]
+
+    upward = sorted(str(e) for e in upward_edges(import_edges(package, "pkg"), may_import))
+    assert upward == ["pkg/stage_a.py:1: stage_a → stage_b", "pkg/stage_b.py:2: stage_b → top"]
+
+
+@pytest.mark.parametrize(("importer", "imported", "allowed"), [
+    ("cli", "pipeline", True),
+    ("pipeline", "cli", False),
+    ("search.engine", "latency.table", True),  # SIDEWAYS
+    ("latency.table", "search.engine", False),
+    ("search.proxies", "training", False),
+    ("latency.measure", "remote.client", True),  # the client sits at the bottom
+    ("remote.device", "latency.measure", True),
+    ("runtimes.base", "latency.measure", False),
+    ("targets", "runtimes", False),
+    ("latency.table", "latency.predictor", True),  # inside one unit
+])
+def test_the_rule(importer, imported, allowed):
+    assert _layers.may_import(importer, imported) is allowed
