@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 from deploykit import __version__
 from deploykit.errors import DeployKitError
+from deploykit.progress import to_stderr
 
 DEFAULT_MODEL = "convnext_tiny"
 WEIGHTS_FORMATS = ("a .pt/.pth/.bin/.safetensors file (a state dict or a timm training checkpoint, whose EMA "
@@ -168,7 +169,7 @@ def _run_profile(args) -> int:
                      out=args.out, protocol=None if args.estimate else Protocol.from_args(args),
                      estimate=args.estimate, force=args.force, allow_mismatch=args.allow_mismatch,
                      end_to_end=EndToEndOptions.from_args(args), sentinel=sentinel,
-                     progress=lambda line: print(line, file=sys.stderr, flush=True))
+                     progress=to_stderr)
     print(result.summary())
     return 0
 
@@ -343,7 +344,7 @@ def _run_lut_check(args) -> int:
     result = check_table(args.table, samples=args.samples, seed=args.seed, out_dir=args.out,
                          allow_mismatch=args.allow_mismatch, fresh=args.fresh, store=not args.no_store,
                          plot=not args.no_plot, force_store=args.force_store,
-                         progress=lambda line: print(line, file=sys.stderr, flush=True))
+                         progress=to_stderr)
     print(write_json(result) if args.format == "json" else result.summary())
     return 0
 
@@ -352,7 +353,7 @@ def _run_lut_anchor(args) -> int:
     from deploykit.latency.anchor import anchor_table
 
     result = anchor_table(args.table, rounds=args.rounds,
-                          progress=lambda line: print(line, file=sys.stderr, flush=True))
+                          progress=to_stderr)
     print(result.summary())
     return 0
 
@@ -367,7 +368,7 @@ def _run_lut_predict(args) -> int:
     subnet = choose_subnet(path=args.subnet, prune=args.prune, model=table.meta.model if args.prune else None,
                            input_size=table.meta.input_size if args.prune else None)
     table = table_for_this_machine(table, budget_unit=None,
-                                   say=lambda line: print(line, file=sys.stderr, flush=True))
+                                   say=to_stderr)
     meta = table.meta
     predicted, unpruned = table.predict_subnet(subnet), table.predict(())
     how = "fitted predictor" if meta.predictor is not None else "isolated sum"
@@ -445,21 +446,18 @@ def _run_search(args) -> int:
     from deploykit.subnet import parse_block_list
     from deploykit.training import ProxyData
 
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
     budget = parse_budget(args.budget) if args.budget is not None else None
     table = LatencyTable.read(args.table)
     table.check_coverage()  # before any proxy work
-    table = table_for_this_machine(table, say=say,
+    table = table_for_this_machine(table, say=to_stderr,
                                    budget_unit=budget.unit if budget is not None else "fraction")
     data = None if args.data is None else ProxyData(
         args.data, val_limit=args.val_limit, batch_size=args.batch_size, input_size=args.input_size,
         recalibrate_batches=args.recalibrate_batches)
-    proxy = make_proxy(args.proxy, table=table, data=data, metric=args.metric, progress=say)
+    proxy = make_proxy(args.proxy, table=table, data=data, metric=args.metric, progress=to_stderr)
     options = dict(candidates=parse_block_list(args.candidates) if args.candidates is not None else None,
                    strategy=args.strategy, seed=args.seed, population=args.population,
-                   generations=args.generations, progress=say)
+                   generations=args.generations, progress=to_stderr)
     if budget is None:
         result = pareto(table, proxy, args.pareto, **options)
         path = result.write(args.out or "pareto.csv")
@@ -506,7 +504,7 @@ def _run_export(args) -> int:
 
     from deploykit.errors import ConfigError
     from deploykit.export import export_onnx, onnx_summary
-    from deploykit.macs import count_macs
+    from deploykit.macs import count_macs, count_params
     from deploykit.modelfile import load_module
 
     if args.batch < 1:
@@ -524,7 +522,7 @@ def _run_export(args) -> int:
         if issubclass(warning.category, RuntimeWarning):
             print(f"deploykit export: warning: {warning.message}", file=sys.stderr)
     info = onnx_summary(path)
-    params = sum(p.numel() for p in module.parameters())
+    params = count_params(module)
     macs = count_macs(module, shape[1:])
     inputs = ", ".join(f"{name} {list(dims)}" for name, dims in info["inputs"].items())
     print(f"exported {what} → {path}")
@@ -669,7 +667,7 @@ def _run_verify(args) -> int:
                     allow_mismatch=args.allow_mismatch, n_inputs=args.inputs, seed=args.seed,
                     rounds=args.rounds, measure_latency=not args.numerics_only, batch=args.batch,
                     input_size=args.input_size,
-                    progress=lambda line: print(line, file=sys.stderr, flush=True))
+                    progress=to_stderr)
     print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.summary())
     if args.out is not None:
         print(f"wrote {report.write(args.out)}", file=sys.stderr)
@@ -785,7 +783,7 @@ def _run_run(args) -> int:
         seed=args.seed, device=args.device, train_threads=args.train_threads, latency_batch=args.batch,
         rounds=args.rounds, protocol=Protocol.from_args(args), end_to_end=EndToEndOptions.from_args(args))
     pipeline = Pipeline(config, args.out, fresh=args.fresh,
-                        progress=lambda line: print(line, file=sys.stderr, flush=True))
+                        progress=to_stderr)
     result = pipeline.run()
     print(result.summary())
     return 0

@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 from deploykit.errors import ConfigError, MergeError
 from deploykit.fileio import write_json_atomic
 from deploykit.latency.options import EndToEndOptions
+from deploykit.progress import Progress, silent
 from deploykit.protocol import Protocol
 
 if TYPE_CHECKING:
     from deploykit.search.budget import Budget
 
-Progress = Callable[[str], None]
 RUN_FILE = "run.json"
 EXHAUSTIVE_PROXY_BITS = 9     # evaluate every subnet on data up to 2^9 of them; evolve beyond
 SEARCH_POPULATION, SEARCH_GENERATIONS = 12, 6   # ≤ ~85 evaluations per budget, shared through a cache
@@ -231,7 +231,7 @@ class Pipeline:
         from deploykit.targets import load_target
 
         self.config = config
-        self.say = progress or (lambda line: None)
+        self.say = progress or silent
         self.target = load_target(config.target)
         check_target(self.target)
         self.batch = config.latency_batch or self.target.batch

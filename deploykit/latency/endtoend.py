@@ -37,9 +37,9 @@ from deploykit.latency.sampling import EndToEndPlan, plan_end_to_end
 from deploykit.latency.stats import Figures
 from deploykit.latency.subnets import Measurer, SubnetTiming
 from deploykit.latency.table import LatencyTable, format_indices, parse_indices
+from deploykit.progress import Progress, silent
 from deploykit.subnet import format_block_ranges
 
-Progress = Callable[[str], None]
 MIN_HOLDOUT = 10          # fewer held-out subnets than this: the figures are stored with a warning
 POINT_COLUMNS = ("phase", "k", "pruned", "measured_ms", "p90_ms", "cv", "n", "load_1min", "predicted_ms",
                  "measured_at")
@@ -61,7 +61,7 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
                    fresh: bool = False, progress: Progress | None = None) -> LatencyTable:
     """Measure the plan (reusing what ``points_file`` holds unless ``fresh``), fit, compare on the held-out
     subnets; the table with ``predictor`` and ``fidelity`` set (not yet written)."""
-    say = progress or (lambda line: None)
+    say = progress or silent
     groups = table.groups
     kind = options.resolve(len(groups))
     if options.predictor == "auto" and kind == "isolated":

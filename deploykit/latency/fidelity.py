@@ -27,7 +27,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,8 @@ from deploykit.latency.sampling import plan_subnets
 from deploykit.latency.stats import Figures, fit_calibration, leave_one_out
 from deploykit.latency.subnets import Measurer, SubnetMeasurer, SubnetTiming
 from deploykit.latency.table import LatencyTable, format_indices, meta_path, parse_indices
+from deploykit.progress import Progress, silent
 from deploykit.subnet import format_block_ranges
-
-Progress = Callable[[str], None]
 
 NOTE_PREFIX = "lut check:"
 # Largest relative difference between the unpruned model measured by the check and the table's own
@@ -163,7 +162,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     the table names (for tests and custom models).
     """
     started = time.perf_counter()
-    say = progress or (lambda line: None)
+    say = progress or silent
     if not isinstance(table, LatencyTable):
         table = LatencyTable.read(table)
     _require_checkable(table)

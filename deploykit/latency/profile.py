@@ -56,9 +56,9 @@ from deploykit.latency.table import (
     table_path,
 )
 from deploykit.macs import count_macs, eval_mode
+from deploykit.progress import Progress, silent
 from deploykit.prune import parse_input_size, prunable
 
-Progress = Callable[[str], None]
 PROFILE_ANCHOR_ROUNDS = 2  # interleaved rounds of the two speed anchors at the end of a profile
 
 
@@ -347,7 +347,7 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
 
     check_target(target)  # a target its runtime cannot serve as written: one line naming the key
     started = time.perf_counter()
-    say = progress or (lambda line: None)
+    say = progress or silent
     size = parse_input_size(input_size if input_size is not None else target.input_size)
     batch = _check_batch(batch if batch is not None else target.batch)
     if estimate:
@@ -426,7 +426,7 @@ class _Runner:
         return f"[{number:>{self.width}}/{len(self.entries)}] {entry.label()}"
 
     def announce_kept(self) -> list[tuple[int, Entry]]:
-        """Say which entries the table already has; the others, numbered, in order."""
+        """Progress which entries the table already has; the others, numbered, in order."""
         todo = []
         for number, entry in enumerate(self.entries, 1):
             if self.table.has(entry.key, entry.form):

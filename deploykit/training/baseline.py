@@ -16,9 +16,8 @@ from typing import Any
 import torch
 
 from deploykit.data import DataConfig, eval_loader, load_datasets
-from deploykit.macs import count_macs
+from deploykit.macs import count_macs, count_params
 from deploykit.training.build import (
-    count_params,
     data_meta,
     original_model,
     set_threads,

@@ -78,9 +78,5 @@ def write_json(data: dict[str, Any], path: Path) -> Path:
     return write_text_atomic(path, json.dumps(plain(data), indent=2) + "\n")
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _shape(shape) -> str:
     return "x".join(str(s) for s in shape)

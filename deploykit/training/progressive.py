@@ -26,12 +26,11 @@ from torch import nn
 
 from deploykit.data import DataConfig, load_datasets
 from deploykit.errors import ConfigError, MergeError
-from deploykit.macs import count_macs
+from deploykit.macs import count_macs, count_params
 from deploykit.modelfile import ModelRecord, save_model
 from deploykit.prune import PrunableNet, prunable
 from deploykit.subnet import Subnet
 from deploykit.training.build import (
-    count_params,
     data_meta,
     dropped,
     original_model,
