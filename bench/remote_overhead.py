@@ -100,7 +100,7 @@ def main(argv=None) -> int:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    from deploykit.cli import parse_size
+    from deploykit.shapes import size_argument
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="convnext_tiny",
@@ -108,7 +108,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--entries", choices=("all", "model"), default="all",
                    help="all: every entry of each model's table; model: the whole model only (default: all)")
     p.add_argument("--target", default="cpu-ort", help="target measured both ways (default: cpu-ort)")
-    p.add_argument("--input-size", type=parse_size, default=(224, 224), metavar="SIZE", help="default: 224")
+    p.add_argument("--input-size", type=size_argument, default=(224, 224), metavar="SIZE",
+                   help="default: 224")
     p.add_argument("--batch", type=int, default=1, help="default: 1")
     p.add_argument("--rounds", type=int, default=3, help="measurements per side and entry (default: 3)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="measure only the first N entries")

@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("remote.wire",),  # what travels between agent and client
     ("runtimes", "export", "models", "data"),
     ("targets", "protocol", "subnet", "checkpoints", "macs"),
-    ("fileio",),
+    ("fileio", "shapes"),
     ("errors", "progress", "_layers"),
 )
 

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from deploykit import __version__
 from deploykit.errors import DeployKitError
 from deploykit.progress import to_stderr
+from deploykit.shapes import size_argument
 
 DEFAULT_MODEL = "convnext_tiny"
 WEIGHTS_FORMATS = ("a .pt/.pth/.bin/.safetensors file (a state dict or a timm training checkpoint, whose EMA "
@@ -25,20 +26,6 @@ WEIGHTS_FORMATS = ("a .pt/.pth/.bin/.safetensors file (a state dict or a timm tr
 UNSAFE_PICKLE_HELP = ("also load a whole-module torch.save pickle (such as merged.pt of deploykit before "
                       "model files). DANGER: unpickling runs code stored in the file; use it only for "
                       "files you made or trust")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``224`` → (224, 224); ``96x128`` → (96, 128) as height × width."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a size like 224 or 96x128, got {text!r}")
-    return values
 
 
 # --- deploykit blocks ------------------------------------------------------------------------------
@@ -51,7 +38,7 @@ def _add_blocks(sub) -> None:
                     "can be pruned (and why not). Built without pretrained weights: no network needed.")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help=f"timm model name (default: {DEFAULT_MODEL})")
-    p.add_argument("--input-size", type=parse_size, default=(224, 224), metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=(224, 224), metavar="SIZE",
                    help="input resolution, 224 or HxW such as 96x128 (default: 224)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="output format (default: table)")
@@ -127,7 +114,7 @@ def _add_profile(sub) -> None:
                     "target's peak figures instead.")
     p.add_argument("--target", required=True, help="target name (see `deploykit targets`) or YAML path")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
-    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                    help="input resolution, 224 or HxW (default: the target's)")
     p.add_argument("--batch", type=int, default=None, metavar="B", help="batch size (default: the target's)")
     p.add_argument("--out", default=None, metavar="PATH",
@@ -194,7 +181,7 @@ def _add_train(sub) -> None:
                                "names it)")
     baseline.add_argument("--weights", default=None, metavar="FILE",
                           help=f"weights to fine-tune (optional): {WEIGHTS_FORMATS}")
-    add_common_arguments(baseline, "baseline", parse_size)
+    add_common_arguments(baseline, "baseline")
     supernet = stages.add_parser(
         "supernet", help="train the weight-sharing supernet (sampled pruned sets, distillation)",
         description="Wrap every prunable block; each step prunes k ~ U{0..K} sampled blocks at the global "
@@ -211,7 +198,7 @@ def _add_train(sub) -> None:
                           help="blocks that may be pruned, e.g. 0,2-5 (default: every prunable block)")
     supernet.add_argument("--ramp-epochs", type=float, default=None, metavar="R",
                           help="epochs over which λ ramps 0 → 1 (default: a third of --epochs)")
-    add_common_arguments(supernet, "supernet", parse_size)
+    add_common_arguments(supernet, "supernet")
     add_distill_arguments(supernet)
     subnet = stages.add_parser(
         "subnet", help="train a pruned subnet (progressive λ ramp, abrupt or drop), then merge it",
@@ -230,7 +217,7 @@ def _add_train(sub) -> None:
                         help="progressive λ ramp (default), abrupt (λ = 1 from the start) or drop the blocks")
     subnet.add_argument("--progressive-epochs", type=float, default=None, metavar="P",
                         help="epochs over which λ ramps 0 → 1 (default: a third of --epochs; 0 = abrupt)")
-    add_common_arguments(subnet, "subnet", parse_size)
+    add_common_arguments(subnet, "subnet")
     add_distill_arguments(subnet)
     p.set_defaults(func=_run_train)
 
@@ -428,7 +415,7 @@ def _add_search(sub) -> None:
     data.add_argument("--val-limit", type=int, default=None, metavar="N", help="use only N held-out samples")
     data.add_argument("--batch-size", type=int, default=256, metavar="B",
                       help="evaluation batch (default: 256)")
-    data.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    data.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                       help="resolution of the proxy data (default: the supernet's training size, else "
                            "the table's)")
     data.add_argument("--metric", choices=("top1", "loss"), default=None,
@@ -487,7 +474,7 @@ def _add_export(sub) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="the ONNX file to write")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help=f"weights for a timm model name: {WEIGHTS_FORMATS}")
-    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                    help="input resolution, 224 or HxW (default: a model file's own, else 224)")
     p.add_argument("--batch", type=int, default=1, metavar="B", help="batch size (default: 1)")
     p.add_argument("--opset", type=int, default=None, metavar="N",
@@ -557,7 +544,7 @@ def _add_convert(sub) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="the model file to write (.safetensors)")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help=f"weights for a timm model name: {WEIGHTS_FORMATS}")
-    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                    help="input resolution recorded in the file, 224 or HxW (default: the model's fixed size, "
                         "else 224)")
     p.add_argument("--unsafe-pickle", action="store_true", help=UNSAFE_PICKLE_HELP)
@@ -615,7 +602,7 @@ def _add_verify(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of those inputs (default: 0)")
     p.add_argument("--batch", type=int, default=None, metavar="B",
                    help="batch for a dynamic-batch file (default: the file's, else the target's)")
-    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                    help="input size for a file with dynamic height/width (default: the file's)")
     p.add_argument("--rounds", type=int, default=3, metavar="R",
                    help="latency measurements per file, alternating model and reference; the speed-up is "
@@ -728,7 +715,7 @@ def _add_run(sub) -> None:
     p.add_argument("--target", default=d.target, help=f"target name or YAML path (default: {d.target})")
     p.add_argument("--data", default=d.data, metavar="NAME",
                    help=f"digits | mnist5k | imagefolder:PATH (default: {d.data})")
-    p.add_argument("--input-size", type=parse_size, default=d.input_size, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=d.input_size, metavar="SIZE",
                    help=f"input resolution for training and latency (default: {d.input_size[0]})")
     p.add_argument("--budgets", default=",".join(d.budgets), metavar="LIST",
                    help="latency budgets, comma-separated: fractions of the original's predicted latency "
@@ -858,7 +845,7 @@ def _add_device(sub) -> None:
     p.add_argument("--target", default=None, help="the target to time it on (with --measure)")
     p.add_argument("--batch", type=int, default=None, metavar="B",
                    help="batch for a dynamic-batch file (default: the file's, else the target's)")
-    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                    help="input size for a file with dynamic height/width (default: the target's)")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="longest measurement in seconds (the agent's --timeout caps it)")

@@ -41,6 +41,7 @@ from deploykit.fileio import write_json_atomic
 from deploykit.latency.options import EndToEndOptions
 from deploykit.progress import Progress, silent
 from deploykit.protocol import Protocol
+from deploykit.shapes import check_input_size
 
 if TYPE_CHECKING:
     from deploykit.search.budget import Budget
@@ -81,10 +82,7 @@ class PipelineConfig:
     end_to_end: EndToEndOptions = field(default_factory=EndToEndOptions)   # how the profile ends (its fit)
 
     def __post_init__(self) -> None:
-        size = tuple(self.input_size)
-        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-            raise ConfigError(f"input size must be [height, width], got {self.input_size!r}")
-        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "input_size", check_input_size(self.input_size))
         from deploykit.search.budget import parse_budget
 
         budgets = tuple(str(b).strip() for b in self.budgets)
@@ -122,8 +120,7 @@ class PipelineConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        return cls(**{**data, "input_size": tuple(data.get("input_size", (32, 32))),
-                      "budgets": tuple(data.get("budgets", ()))})
+        return cls(**{**data, "budgets": tuple(data.get("budgets", ()))})
 
     def differences(self, other: PipelineConfig) -> list[str]:
         """Settings that differ, budgets aside (a run may gain budgets)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from deploykit.errors import ConfigError
 from deploykit.fileio import write_json_atomic
+from deploykit.shapes import check_input_size
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,7 @@ class Subnet:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"subnet 'model' must be a non-empty string, got {self.model!r}")
-        size = self.input_size
-        if isinstance(size, int) and not isinstance(size, bool):
-            size = (size, size)
-        if not _int_list(size) or len(size) != 2 or min(size) <= 0:
-            raise ConfigError(f"subnet 'input_size' must be [height, width], got {self.input_size!r}")
+        size = check_input_size(self.input_size, what="subnet 'input_size'")
         if not _int_list(self.pruned) or min(self.pruned, default=0) < 0:
             raise ConfigError(f"subnet 'pruned' must be a list of block indices ≥ 0, got {self.pruned!r}")
         if len(set(self.pruned)) != len(self.pruned):

@@ -27,7 +27,6 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from deploykit.latency.stats import Figures, fit_calibration, leave_one_out
 from deploykit.latency.subnets import Measurer, SubnetMeasurer, SubnetTiming
 from deploykit.latency.table import LatencyTable, format_indices, meta_path, parse_indices
 from deploykit.progress import Progress, silent
+from deploykit.shapes import format_shape
 from deploykit.subnet import format_block_ranges
 
 NOTE_PREFIX = "lut check:"
@@ -232,7 +232,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
         meta = table.meta
         plot_fidelity(png_path, predicted=predicted, measured=measured, depth=[len(p.pruned) for p in points],
                       calibration=(a, b), before=before, after=after, label=label,
-                      title=f"{meta.model} {_size(meta.input_size)} b{meta.batch} on {meta.target} "
+                      title=f"{meta.model} {format_shape(meta.input_size)} b{meta.batch} on {meta.target} "
                             f"({meta.device_string})")
     return CheckResult(table=result_table, points=points, before=before, after=after,
                        cross_validated=Figures.compare(loo, measured) if loo is not None else None,
@@ -292,7 +292,8 @@ def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, mod
                          "its unscaled predictions")
     elif not verdict.same:
         say(f"warning: checking on another machine than the table's (--allow-mismatch): {verdict.describe()}")
-    say(f"building {meta.model} at {_size(meta.input_size)} (random weights: timing does not depend on them)")
+    say(f"building {meta.model} at {format_shape(meta.input_size)} "
+        "(random weights: timing does not depend on them)")
     measurer = SubnetMeasurer(meta.model, input_size=meta.input_size, batch=meta.batch, work=work,
                               model=model, time_onnx=lambda path, shape: measure_onnx(
                                   path, target=target, protocol=protocol, input_shape=shape))
@@ -394,9 +395,6 @@ def _figure_row(label: str, f: Figures) -> str:
             f"{f.mape:>7.1f}%{f.bias:>+7.1f}%{f.max_error:>7.1f}%")
 
 
-def _size(size: Iterable[int]) -> str:
-    h, w = tuple(size)
-    return f"{h}x{w}"
 
 
 def write_json(result: CheckResult) -> str:

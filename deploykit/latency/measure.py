@@ -28,7 +28,7 @@ def measure_onnx(onnx_path: str | Path, *, target: Target, protocol: Protocol,
     """Time ``onnx_path`` on ``target`` under ``protocol`` with one input of ``input_shape`` (batch
     included), in a fresh subprocess. Any failure of the worker is a DeployKitError (the same
     subclass the worker raised, e.g. RuntimeUnavailableError) carrying its one-line message."""
-    from deploykit.runtimes.base import check_input_shape
+    from deploykit.shapes import check_input_shape
 
     path = Path(onnx_path)
     if not path.is_file():

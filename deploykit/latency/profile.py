@@ -49,7 +49,6 @@ from deploykit.latency.table import (
     LatencyTable,
     TableMeta,
     format_indices,
-    format_shape,
     layout_of,
     meta_path,
     read_meta,
@@ -57,7 +56,8 @@ from deploykit.latency.table import (
 )
 from deploykit.macs import count_macs, eval_mode
 from deploykit.progress import Progress, silent
-from deploykit.prune import parse_input_size, prunable
+from deploykit.prune import prunable
+from deploykit.shapes import check_input_size, format_shape
 
 PROFILE_ANCHOR_ROUNDS = 2  # interleaved rounds of the two speed anchors at the end of a profile
 
@@ -101,7 +101,7 @@ def find_entries(model: nn.Module, *, model_name: str, input_size: int | tuple[i
                  in_chans: int = 3) -> list[Entry]:
     """Every entry of ``model`` in execution order (each block group: original, then merged), then
     the whole model. Raises ModelError when the model has no block of a supported family."""
-    size = parse_input_size(input_size)
+    size = check_input_size(input_size, error=ModelError)
     input_shape = (in_chans, *size)
     net = prunable(model, input_size=size, in_chans=in_chans).eval()
     block_names = [info.name for info in net.blocks]
@@ -348,7 +348,7 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
     check_target(target)  # a target its runtime cannot serve as written: one line naming the key
     started = time.perf_counter()
     say = progress or silent
-    size = parse_input_size(input_size if input_size is not None else target.input_size)
+    size = check_input_size(input_size if input_size is not None else target.input_size, error=ModelError)
     batch = _check_batch(batch if batch is not None else target.batch)
     if estimate:
         roofline = Roofline.from_target(target)

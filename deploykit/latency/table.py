@@ -36,6 +36,7 @@ import pandas as pd
 from deploykit.errors import TableError
 from deploykit.fileio import write_json_atomic, write_text_atomic
 from deploykit.latency.predictor import Predictor
+from deploykit.shapes import check_input_size
 from deploykit.subnet import Subnet, format_block_ranges
 
 KINDS = ("block", "fixed", "model")
@@ -103,10 +104,8 @@ class TableMeta:
             raise TableError(f"table mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch <= 0:
             raise TableError(f"table batch must be a positive integer, got {self.batch!r}")
-        size = tuple(self.input_size) if isinstance(self.input_size, (list, tuple)) else ()
-        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-            raise TableError(f"table input_size must be [height, width], got {self.input_size!r}")
-        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "input_size",
+                           check_input_size(self.input_size, what="table input_size", error=TableError))
         object.__setattr__(self, "protocol", dict(self.protocol or {}))
         object.__setattr__(self, "notes", tuple(self.notes))
         for name in ("estimate", "predictor", "fidelity", "layout", "fingerprint", "anchors", "conditions"):
@@ -412,8 +411,7 @@ class LatencyTable:
         if batch is not None:
             asked["batch"] = batch
         if input_size is not None:
-            size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-            asked["input size"] = size
+            asked["input size"] = check_input_size(input_size)
         have = {"target": self.meta.target, "batch": self.meta.batch, "input size": self.meta.input_size}
         differences = [f"{name} {_show(have[name])} (asked {_show(value)})"
                        for name, value in asked.items() if have[name] != value]
@@ -544,10 +542,6 @@ def parse_indices(text: str) -> tuple[int, ...]:
 
 def format_indices(indices: Iterable[int]) -> str:
     return ";".join(str(i) for i in indices)
-
-
-def format_shape(shape: Iterable[int]) -> str:
-    return "x".join(str(s) for s in shape)
 
 
 def _typed(rows: pd.DataFrame) -> pd.DataFrame:

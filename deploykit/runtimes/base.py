@@ -24,6 +24,7 @@ import numpy as np
 
 from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError
 from deploykit.runtimes import hostinfo
+from deploykit.shapes import check_input_shape
 
 if TYPE_CHECKING:
     from deploykit.protocol import Measurement, Protocol
@@ -225,18 +226,6 @@ class RuntimeBackend(ABC):
 
     def unavailable(self, reason: str) -> RuntimeUnavailableError:
         return RuntimeUnavailableError(f"{self.name}: {reason}")
-
-
-def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
-    """A tuple of positive ints (batch first), else ConfigError."""
-    try:
-        shape = tuple(input_shape)
-    except TypeError:
-        shape = ()
-    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-        raise ConfigError(f"input shape must be positive integers such as (1, 3, 224, 224), "
-                          f"got {input_shape!r}")
-    return shape
 
 
 def random_input(shape: Sequence[int], dtype: str | np.dtype = "float32") -> np.ndarray:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from deploykit.errors import BlockSelectionError, ConfigError
 from deploykit.fileio import write_text_atomic
 from deploykit.prune import PrunableNet
+from deploykit.shapes import format_shape
 from deploykit.training.checkpoint import plain
 from deploykit.training.config import RunConfig
 from deploykit.training.distributed import DistContext
@@ -60,7 +61,7 @@ def dropped(model: nn.Module, net: PrunableNet, indices: tuple[int, ...]) -> nn.
                                       f"0..{len(net.blocks) - 1}")
     reshaping = [net.blocks[i] for i in indices if net.blocks[i].in_shape != net.blocks[i].out_shape]
     if reshaping:
-        named = ", ".join(f"{b.index} ({b.name}: {_shape(b.in_shape)} → {_shape(b.out_shape)})"
+        named = ", ".join(f"{b.index} ({b.name}: {format_shape(b.in_shape)} → {format_shape(b.out_shape)})"
                           for b in reshaping)
         raise BlockSelectionError(f"--method drop cannot remove block(s) {named}: their output shape "
                                   "differs from their input shape; choose blocks that keep their shape")
@@ -76,7 +77,3 @@ def data_meta(data) -> dict[str, Any]:
 
 def write_json(data: dict[str, Any], path: Path) -> Path:
     return write_text_atomic(path, json.dumps(plain(data), indent=2) + "\n")
-
-
-def _shape(shape) -> str:
-    return "x".join(str(s) for s in shape)

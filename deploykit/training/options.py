@@ -8,10 +8,10 @@ sub-commands and calls :func:`add_common_arguments` / :func:`add_distill_argumen
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deploykit.shapes import size_argument
 from deploykit.training.config import DistillConfig, OptimConfig, RunConfig
 
 if TYPE_CHECKING:
@@ -21,13 +21,12 @@ if TYPE_CHECKING:
 DEFAULT_LR = {"baseline": (2e-3, 1.0), "supernet": (5e-4, 0.0), "subnet": (5e-4, 0.0)}
 
 
-def add_common_arguments(p: argparse.ArgumentParser, command: str,
-                         size_type: Callable[[str], tuple[int, int]]) -> None:
+def add_common_arguments(p: argparse.ArgumentParser, command: str) -> None:
     lr, warmup = DEFAULT_LR[command]
     data = p.add_argument_group("data")
     data.add_argument("--data", required=True, metavar="NAME",
                       help="digits | mnist5k | imagefolder:PATH (PATH/train/<class>/*, PATH/val/<class>/*)")
-    data.add_argument("--input-size", type=size_type, default=None, metavar="SIZE",
+    data.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                       help="input resolution, 32 or HxW (default: the subnet's, else 32 for digits/mnist5k "
                            "and 224 for image folders)")
     data.add_argument("--train-limit", type=int, default=None, metavar="N",
