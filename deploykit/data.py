@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from deploykit.errors import ConfigError
+from deploykit.errors import ConfigError, one_line
 from deploykit.shapes import check_input_size
 
 INSTALL_HINT = "install it with: pip install 'deploykit[data]'"
@@ -182,7 +182,7 @@ def _image_split(root: Path, split: str, config: DataConfig):
     try:
         return ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, OSError) as error:
-        raise ConfigError(f"{folder}: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"{folder}: {one_line(error)}") from None
 
 
 def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:

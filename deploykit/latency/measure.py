@@ -14,8 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploykit import errors
-from deploykit.errors import DeployKitError, ModelError
+from deploykit.errors import DeployKitError, ModelError, error_class, last_line
 from deploykit.protocol import Measurement, Protocol
 from deploykit.targets import Target
 
@@ -59,12 +58,9 @@ def _run_worker(request: dict, *, what: str, timeout_s: float | None) -> dict:
     reply = _parse_reply(done.stdout)
     if reply is None:
         raise DeployKitError(f"the latency worker measuring {what} gave no reply "
-                             f"({_exit(done.returncode)}): {_last_line(done.stderr) or 'no message'}")
+                             f"({_exit(done.returncode)}): {last_line(done.stderr) or 'no message'}")
     if not reply.get("ok"):
-        cls = getattr(errors, str(reply.get("type")), DeployKitError)
-        if not (isinstance(cls, type) and issubclass(cls, DeployKitError)):
-            cls = DeployKitError
-        raise cls(str(reply.get("error", "unknown worker error")))
+        raise error_class(reply.get("type"))(str(reply.get("error", "unknown worker error")))
     return reply
 
 
@@ -90,6 +86,3 @@ def _exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""

@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from deploykit.errors import TableError
+from deploykit.errors import TableError, one_line
 from deploykit.fileio import write_json_atomic, write_text_atomic
 from deploykit.latency.predictor import Predictor
 from deploykit.shapes import check_input_size
@@ -216,7 +216,7 @@ class LatencyTable:
                                keep_default_na=False, na_values={n: [""] for n, t in COLUMNS.items()
                                                                  if t is not str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
-            raise TableError(f"cannot read latency table {csv}: {str(error).splitlines()[0]}") from None
+            raise TableError(f"cannot read latency table {csv}: {one_line(error)}") from None
         return cls(meta=meta, rows=rows, path=csv)
 
     def write(self, path: str | Path | None = None) -> Path:
@@ -571,7 +571,7 @@ def _validate_rows(rows: pd.DataFrame, meta: TableMeta, path: Path | None) -> pd
     try:
         rows = _typed(rows)
     except (ValueError, TypeError) as error:
-        raise TableError(f"{where} has a malformed value: {str(error).splitlines()[0]}") from None
+        raise TableError(f"{where} has a malformed value: {one_line(error)}") from None
     for row in rows.itertuples(index=False):
         if row.kind not in KINDS:
             raise TableError(f"{where}: row {row.key!r} has kind {row.kind!r}, expected one of {KINDS}")

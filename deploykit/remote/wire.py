@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploykit.errors import ConfigError, DeployKitError
+from deploykit.errors import ConfigError, DeployKitError, one_line
 from deploykit.protocol import Protocol
-from deploykit.runtimes.base import one_line
 from deploykit.shapes import check_input_shape
 
 API_VERSION = 1  # bumped whenever a request or reply changes incompatibly

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import numpy as np
 
-from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError
+from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError, one_line
 from deploykit.runtimes import hostinfo
 from deploykit.shapes import check_input_shape
 
@@ -256,13 +256,6 @@ def time_and_measure(run_once: Callable[[], None], protocol: Protocol, *, compil
         raise ModelError(f"{what} failed: {one_line(error)}") from None
     result = measure(run_once, protocol, clock=clock)
     return replace(result, compile_s=compile_s, first_run_ms=first_s * 1000.0)
-
-
-def one_line(error: BaseException, limit: int = 300) -> str:
-    """An SDK exception as one short line (SDK messages are often multi-line dumps)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    text = " ".join(lines[:3]) if lines else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def device_index(target: Target) -> int:
