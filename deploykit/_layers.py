@@ -22,6 +22,9 @@ from __future__ import annotations
 # SIDEWAYS lets them.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),  # parses, calls one library function, prints
+    # `deploykit train`'s argparse options, kept beside the configs they fill; only the CLI uses them
+    # (the pipeline and the Python API take the configs themselves).
+    ("training.options",),
     ("pipeline",),  # `deploykit run`: the stages in order
     # The stages. A stage gets what another stage would compute as an argument (search's accuracy
     # proxies take an evaluation function; they never import training).

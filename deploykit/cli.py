@@ -164,6 +164,7 @@ def _run_profile(args) -> int:
 # --- deploykit train -------------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
+    from deploykit.training.config import METHODS, SubnetConfig, SupernetConfig
     from deploykit.training.options import add_common_arguments, add_distill_arguments
 
     p = sub.add_parser(
@@ -192,11 +193,11 @@ def _add_train(sub) -> None:
                                "names it)")
     supernet.add_argument("--weights", required=True, metavar="FILE",
                           help=f"the trained original: {WEIGHTS_FORMATS}")
-    supernet.add_argument("--max-pruned", type=int, default=None, metavar="K",
+    supernet.add_argument("--max-pruned", type=int, default=SupernetConfig.max_pruned, metavar="K",
                           help="at most K blocks pruned per step (default: all candidates)")
-    supernet.add_argument("--candidates", default=None, metavar="LIST",
+    supernet.add_argument("--candidates", default=SupernetConfig.candidates, metavar="LIST",
                           help="blocks that may be pruned, e.g. 0,2-5 (default: every prunable block)")
-    supernet.add_argument("--ramp-epochs", type=float, default=None, metavar="R",
+    supernet.add_argument("--ramp-epochs", type=float, default=SupernetConfig.ramp_epochs, metavar="R",
                           help="epochs over which λ ramps 0 → 1 (default: a third of --epochs)")
     add_common_arguments(supernet, "supernet")
     add_distill_arguments(supernet)
@@ -213,9 +214,10 @@ def _add_train(sub) -> None:
     subnet.add_argument("--model", default=None, help="timm model name (with --prune)")
     subnet.add_argument("--weights", required=True, metavar="FILE",
                         help=f"the trained original: {WEIGHTS_FORMATS}")
-    subnet.add_argument("--method", choices=("progressive", "abrupt", "drop"), default="progressive",
+    subnet.add_argument("--method", choices=METHODS, default=SubnetConfig.method,
                         help="progressive λ ramp (default), abrupt (λ = 1 from the start) or drop the blocks")
-    subnet.add_argument("--progressive-epochs", type=float, default=None, metavar="P",
+    subnet.add_argument("--progressive-epochs", type=float, default=SubnetConfig.progressive_epochs,
+                        metavar="P",
                         help="epochs over which λ ramps 0 → 1 (default: a third of --epochs; 0 = abrupt)")
     add_common_arguments(subnet, "subnet")
     add_distill_arguments(subnet)
@@ -698,6 +700,7 @@ def _add_run(sub) -> None:
     from deploykit.latency.options import add_end_to_end_arguments
     from deploykit.pipeline import demo_defaults
     from deploykit.protocol import add_protocol_arguments
+    from deploykit.training.config import DEVICES, METHODS
 
     d = SimpleNamespace(**demo_defaults())
     p = sub.add_parser(
@@ -732,7 +735,7 @@ def _add_run(sub) -> None:
                        help=f"(default: {d.supernet_epochs})")
     train.add_argument("--subnet-epochs", type=int, default=d.subnet_epochs, metavar="E",
                        help=f"progressive training of each chosen subnet (default: {d.subnet_epochs})")
-    train.add_argument("--method", choices=("progressive", "abrupt", "drop"), default=d.method,
+    train.add_argument("--method", choices=METHODS, default=d.method,
                        help=f"how the chosen blocks are removed (default: {d.method})")
     train.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",
                        help=f"(default: {d.batch_size})")
@@ -742,8 +745,8 @@ def _add_run(sub) -> None:
                        help=f"validation samples the search's supernet proxy scores each subnet on "
                             f"(default: {d.proxy_val_limit})")
     train.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
-                       help="training device (default: auto)")
+    train.add_argument("--device", choices=DEVICES, default=d.device,
+                       help=f"training device (default: {d.device})")
     train.add_argument("--train-threads", type=int, default=None, metavar="N",
                        help="CPU threads for training (default: torch's)")
     latency = p.add_argument_group("latency")

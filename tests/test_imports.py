@@ -253,6 +253,9 @@ def test_upward_and_sideways_edges_are_named(tmp_path):
     ("search.engine", "latency.table", True),  # SIDEWAYS
     ("latency.table", "search.engine", False),
     ("search.proxies", "training", False),
+    ("pipeline", "training.options", False),  # the argparse options are the command layer's
+    ("cli", "training.options", True),
+    ("training.options", "training.config", True),
     ("latency.measure", "remote.client", True),  # the client sits at the bottom
     ("remote.device", "latency.measure", True),
     ("runtimes.base", "latency.measure", False),
