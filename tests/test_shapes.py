@@ -83,7 +83,8 @@ READERS = {
     "table": (TableError, lambda tmp, size: _table_meta(size)),
     "data": (ConfigError, lambda tmp, size: DataConfig("digits", input_size=size)),
     "run": (ConfigError, lambda tmp, size: PipelineConfig(input_size=size)),
-    "model file": (ModelError, lambda tmp, size: ModelRecord(model="resnet10t", num_classes=10, input_size=size)),
+    "model file": (ModelError,
+                   lambda tmp, size: ModelRecord(model="resnet10t", num_classes=10, input_size=size)),
     "prunable": (ModelError, lambda tmp, size: prunable(timm.create_model("resnet10t"), input_size=size)),
 }
 

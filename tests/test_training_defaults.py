@@ -94,7 +94,8 @@ def _api_configs(stage: str, monkeypatch, tmp_path) -> dict:
         raise _Captured(optim=optim, distill=task.distill, run=run)
 
     monkeypatch.setattr(module, "stage_data", lambda *args, **kwargs: FakeStart())
-    monkeypatch.setattr(module, "original_model", lambda name, **kwargs: timm.create_model(name, num_classes=10))
+    monkeypatch.setattr(module, "original_model",
+                        lambda name, **kwargs: timm.create_model(name, num_classes=10))
     monkeypatch.setattr(module, "fit", capture)
     data, run = DataConfig("digits"), RunConfig(out=tmp_path)
     with pytest.raises(_Captured) as caught:
