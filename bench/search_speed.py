@@ -52,9 +52,10 @@ sys.path.insert(0, str(ROOT))
 
 from deploykit import __version__  # noqa: E402
 from deploykit.latency.predictor import Predictor  # noqa: E402
-from deploykit.latency.table import LatencyTable, format_indices  # noqa: E402
+from deploykit.latency.table import LatencyTable  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 from deploykit.search import BlockScoreProxy, DepthProxy, parse_budget, search  # noqa: E402
+from deploykit.subnet import format_indices  # noqa: E402
 
 
 def sensitivity_scores(table: LatencyTable, say) -> tuple[dict[int, float], str, float]:

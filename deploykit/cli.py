@@ -155,8 +155,7 @@ def _run_profile(args) -> int:
     result = profile(args.model, load_target(args.target), input_size=args.input_size, batch=args.batch,
                      out=args.out, protocol=None if args.estimate else Protocol.from_args(args),
                      estimate=args.estimate, force=args.force, allow_mismatch=args.allow_mismatch,
-                     end_to_end=EndToEndOptions.from_args(args), sentinel=sentinel,
-                     progress=to_stderr)
+                     end_to_end=EndToEndOptions.from_args(args), sentinel=sentinel, progress=to_stderr)
     print(result.summary())
     return 0
 
@@ -332,8 +331,7 @@ def _run_lut_check(args) -> int:
 
     result = check_table(args.table, samples=args.samples, seed=args.seed, out_dir=args.out,
                          allow_mismatch=args.allow_mismatch, fresh=args.fresh, store=not args.no_store,
-                         plot=not args.no_plot, force_store=args.force_store,
-                         progress=to_stderr)
+                         plot=not args.no_plot, force_store=args.force_store, progress=to_stderr)
     print(write_json(result) if args.format == "json" else result.summary())
     return 0
 
@@ -341,8 +339,7 @@ def _run_lut_check(args) -> int:
 def _run_lut_anchor(args) -> int:
     from deploykit.latency.anchor import anchor_table
 
-    result = anchor_table(args.table, rounds=args.rounds,
-                          progress=to_stderr)
+    result = anchor_table(args.table, rounds=args.rounds, progress=to_stderr)
     print(result.summary())
     return 0
 
@@ -356,8 +353,7 @@ def _run_lut_predict(args) -> int:
     table.check_coverage()  # a cut or interrupted table is an error before anything else is said
     subnet = choose_subnet(path=args.subnet, prune=args.prune, model=table.meta.model if args.prune else None,
                            input_size=table.meta.input_size if args.prune else None)
-    table = table_for_this_machine(table, budget_unit=None,
-                                   say=to_stderr)
+    table = table_for_this_machine(table, budget_unit=None, say=to_stderr)
     meta = table.meta
     predicted, unpruned = table.predict_subnet(subnet), table.predict(())
     how = "fitted predictor" if meta.predictor is not None else "isolated sum"
@@ -655,8 +651,7 @@ def _run_verify(args) -> int:
                     torch_module=module, torch_name=name, table=table, pruned=pruned,
                     allow_mismatch=args.allow_mismatch, n_inputs=args.inputs, seed=args.seed,
                     rounds=args.rounds, measure_latency=not args.numerics_only, batch=args.batch,
-                    input_size=args.input_size,
-                    progress=to_stderr)
+                    input_size=args.input_size, progress=to_stderr)
     print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.summary())
     if args.out is not None:
         print(f"wrote {report.write(args.out)}", file=sys.stderr)
@@ -772,8 +767,7 @@ def _run_run(args) -> int:
         train_limit=args.train_limit, val_limit=args.val_limit, proxy_val_limit=args.proxy_val_limit,
         seed=args.seed, device=args.device, train_threads=args.train_threads, latency_batch=args.batch,
         rounds=args.rounds, protocol=Protocol.from_args(args), end_to_end=EndToEndOptions.from_args(args))
-    pipeline = Pipeline(config, args.out, fresh=args.fresh,
-                        progress=to_stderr)
+    pipeline = Pipeline(config, args.out, fresh=args.fresh, progress=to_stderr)
     result = pipeline.run()
     print(result.summary())
     return 0

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from deploykit.errors import ConfigError
+from deploykit.errors import ConfigError, TableError
 from deploykit.fileio import write_json_atomic
 from deploykit.shapes import check_input_size
 
@@ -121,6 +121,20 @@ def format_block_ranges(indices: Iterable[int]) -> str:
             spans.append(f"{start}" if start == index else f"{start}-{index}")
             start = None
     return ", ".join(spans) or "none"
+
+
+def parse_indices(text: str) -> tuple[int, ...]:
+    """A block list as a CSV cell stores it (a table's rows, points files): ``"3;4;5"`` → (3, 4, 5); the
+    empty string → (). Semicolons, because the cell sits in a comma-separated file."""
+    try:
+        return tuple(int(part) for part in str(text).split(";") if part != "")
+    except ValueError:
+        raise TableError(f"malformed block indices {text!r} (expected e.g. 3;4;5)") from None
+
+
+def format_indices(indices: Iterable[int]) -> str:
+    """The inverse of :func:`parse_indices`: (3, 4, 5) → ``"3;4;5"``."""
+    return ";".join(str(i) for i in indices)
 
 
 def _int_list(values: Any) -> bool:

@@ -147,6 +147,52 @@ def cycles(edges: list[Edge]) -> list[list[Edge]]:
     return found
 
 
+def top_level_names(path: Path) -> set[str] | None:
+    """The names a module defines at its top level (None when it defines ``__getattr__``: it may
+    provide any name, as the lazy ``deploykit.training`` does)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in _top_level(tree.body):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return None if "__getattr__" in names else names
+
+
+def _top_level(body: list[ast.stmt]):
+    for node in body:
+        yield node
+        if isinstance(node, (ast.If, ast.Try)):  # `if TYPE_CHECKING:`, `try: import x` at top level
+            for inner in (node.body, getattr(node, "orelse", []), getattr(node, "finalbody", []),
+                          *[h.body for h in getattr(node, "handlers", [])]):
+                yield from _top_level(inner)
+
+
+def missing_names(package_dir: Path, package: str) -> list[str]:
+    """``from <package module> import name`` where the module defines no ``name`` (and has no such
+    submodule): an ImportError waiting in a deferred import."""
+    modules = module_files(package_dir)
+    defined = {name: top_level_names(path) for name, path in modules.items()}
+    found = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                continue
+            source = _relative(node.module, package)
+            if source not in modules or defined[source] is None:
+                continue
+            for alias in node.names:
+                submodule = alias.name if source == "__init__" else f"{source}.{alias.name}"
+                if alias.name not in defined[source] and submodule not in modules:
+                    where = path.relative_to(package_dir.parent).as_posix()
+                    found.append(f"{where}:{node.lineno}: {node.module} has no {alias.name}")
+    return found
+
+
 def _report(title: str, edges: list[Edge]) -> str:
     return title + "\n" + "\n".join(f"  {edge}" for edge in sorted(edges, key=str))
 
@@ -185,6 +231,11 @@ def test_imports_go_downward():
 def test_no_import_cycles():
     found = cycles(EDGES)
     assert not found, "\n".join(_report(f"import cycle {i + 1}:", c) for i, c in enumerate(found))
+
+
+def test_every_imported_name_exists():
+    missing = missing_names(PACKAGE_DIR, "deploykit")
+    assert not missing, "\n".join(missing)
 
 
 # --- the checker itself -----------------------------------------------------------------------------
@@ -245,6 +296,15 @@ def test_upward_and_sideways_edges_are_named(tmp_path):
 
     upward = sorted(str(e) for e in upward_edges(import_edges(package, "pkg"), may_import))
     assert upward == ["pkg/stage_a.py:1: stage_a → stage_b", "pkg/stage_b.py:2: stage_b → top"]
+
+
+def test_a_missing_name_is_found(tmp_path):
+    package = _write_package(tmp_path, {
+        "__init__.py": "",
+        "a.py": "X = 1\nif True:\n    Y = 2\ndef f():\n    pass\n",
+        "b.py": "def g():\n    from pkg.a import X, Y, f, Z\n    from pkg import a, nothing\n",
+    })
+    assert missing_names(package, "pkg") == ["pkg/b.py:2: pkg.a has no Z", "pkg/b.py:3: pkg has no nothing"]
 
 
 @pytest.mark.parametrize(("importer", "imported", "allowed"), [

@@ -32,18 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from deploykit.errors import ConfigError, TableError
-from deploykit.fileio import write_text_atomic
 from deploykit.latency.plot import plot_fidelity
 from deploykit.latency.sampling import plan_subnets
 from deploykit.latency.stats import Figures, fit_calibration, leave_one_out
-from deploykit.latency.subnets import Measurer, SubnetMeasurer, SubnetTiming
-from deploykit.latency.table import LatencyTable, format_indices, meta_path, parse_indices
+from deploykit.latency.subnets import Measurer, SubnetMeasurer, SubnetTiming, read_points, write_points
+from deploykit.latency.table import LatencyTable, meta_path
 from deploykit.progress import Progress, silent
 from deploykit.shapes import format_shape
-from deploykit.subnet import format_block_ranges
+from deploykit.subnet import format_block_ranges, format_indices, parse_indices
 
 NOTE_PREFIX = "lut check:"
 # Largest relative difference between the unpruned model measured by the check and the table's own
@@ -334,23 +332,17 @@ def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measu
 
 def _reusable(csv_path: Path, seed: int, measured_on: str, say: Progress) -> dict:
     """Points of an earlier (possibly interrupted) check with the same seed on the same machine."""
-    if not csv_path.is_file():
-        return {}
-    try:
-        rows = pd.read_csv(csv_path, keep_default_na=False, dtype={"pruned": str, "measured_on": str})
-        found = {}
-        for row in rows.itertuples(index=False):
-            if int(row.seed) != seed or row.measured_on != measured_on:
-                continue
-            pruned = parse_indices(row.pruned)
-            found[(int(row.sample), pruned)] = Point(int(row.sample), pruned, float(row.predicted_ms),
-                                                     float(row.measured_ms), float(row.p90_ms or "nan"),
-                                                     float(row.cv or "nan"), int(row.n),
-                                                     float(getattr(row, "load_1min", "") or "nan"))
-    except (ValueError, TypeError, AttributeError, TableError, pd.errors.ParserError,
-            pd.errors.EmptyDataError):
-        say(f"ignoring {csv_path}: not a points file of this check")
-        return {}
+    def point(row) -> tuple[tuple[int, tuple[int, ...]], Point] | None:
+        if int(row.seed) != seed or row.measured_on != measured_on:
+            return None
+        pruned = parse_indices(row.pruned)
+        return (int(row.sample), pruned), Point(int(row.sample), pruned, float(row.predicted_ms),
+                                                float(row.measured_ms), float(row.p90_ms or "nan"),
+                                                float(row.cv or "nan"), int(row.n),
+                                                float(getattr(row, "load_1min", "") or "nan"))
+
+    found = read_points(csv_path, dtype={"pruned": str, "measured_on": str}, parse=point,
+                        what="not a points file of this check", say=say)
     if found:
         say(f"resuming from {csv_path}: up to {len(found)} points can be reused (--fresh measures all again)")
     return found
@@ -368,8 +360,7 @@ def _write_points(path: Path, points: list[Point], seed: int, measured_on: str,
                      "error_pct": (p.predicted_ms - p.measured_ms) / p.measured_ms * 100,
                      "calibrated_error_pct": (calibrated - p.measured_ms) / p.measured_ms * 100,
                      "load_1min": p.load, "seed": seed, "measured_on": measured_on})
-    frame = pd.DataFrame(rows, columns=list(POINT_COLUMNS))
-    write_text_atomic(path, frame.to_csv(index=False, float_format="%.6f"))
+    write_points(path, rows, POINT_COLUMNS)
 
 
 def _store(table: LatencyTable, calibration: tuple[float, float], before: Figures, after: Figures,

@@ -48,7 +48,6 @@ from deploykit.latency.table import (
     SETTINGS,
     LatencyTable,
     TableMeta,
-    format_indices,
     layout_of,
     meta_path,
     read_meta,
@@ -58,6 +57,7 @@ from deploykit.macs import count_macs, eval_mode
 from deploykit.progress import Progress, silent
 from deploykit.prune import prunable
 from deploykit.shapes import check_input_size, format_shape
+from deploykit.subnet import format_block_ranges, format_indices
 
 PROFILE_ANCHOR_ROUNDS = 2  # interleaved rounds of the two speed anchors at the end of a profile
 
@@ -465,7 +465,6 @@ def _measure_watched(runner: _Runner, todo: list[tuple[int, Entry]], model_name:
                      anchor_rounds: int, say: Progress) -> dict[str, Any]:
     """Measure ``todo`` under the sentinel, then the anchors; the metadata changes to save."""
     from deploykit.runtimes.hostinfo import pinned_cores
-    from deploykit.subnet import format_block_ranges
 
     def time_model() -> float:
         return measure_entry(runner.model_file(), target=target, protocol=protocol,

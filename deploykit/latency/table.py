@@ -37,7 +37,7 @@ from deploykit.errors import TableError, one_line
 from deploykit.fileio import write_json_atomic, write_text_atomic
 from deploykit.latency.predictor import Predictor
 from deploykit.shapes import check_input_size
-from deploykit.subnet import Subnet, format_block_ranges
+from deploykit.subnet import Subnet, format_block_ranges, parse_indices
 
 KINDS = ("block", "fixed", "model")
 FORMS = {"block": ("original", "merged"), "fixed": ("fixed",), "model": ("model",)}
@@ -530,18 +530,6 @@ def _missing(what: str, indices: set[int]) -> list[str]:
 
 def _unexpected(indices: set[int], what: str) -> list[str]:
     return [f"rows for block(s) {format_block_ranges(indices)}: {what}"] if indices else []
-
-
-def parse_indices(text: str) -> tuple[int, ...]:
-    """``"3;4;5"`` → (3, 4, 5); the empty string → ()."""
-    try:
-        return tuple(int(part) for part in str(text).split(";") if part != "")
-    except ValueError:
-        raise TableError(f"malformed block indices {text!r} (expected e.g. 3;4;5)") from None
-
-
-def format_indices(indices: Iterable[int]) -> str:
-    return ";".join(str(i) for i in indices)
 
 
 def _typed(rows: pd.DataFrame) -> pd.DataFrame:
