@@ -1,4 +1,4 @@
-"""Writing results atomically: a temporary file beside the target, then a rename.
+"""Writing results atomically: a temporary file beside the target, then a rename; reading JSON artifacts.
 
 A reader (or a resumed run) sees the old file or the new one, never a half-written one.
 """
@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from deploykit.errors import ConfigError, DeployKitError, one_line
 
 
 @contextmanager
@@ -45,6 +47,18 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: str | Path, *, what: str, error: type[DeployKitError] = ConfigError) -> Any:
+    """The JSON in the file ``path`` (a ``what``: "subnet file", "verify report"); a missing file or one
+    that is not JSON is one ``error`` line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as failure:
+        raise error(f"{what} {path} is not valid JSON: {one_line(failure)}") from None
 
 
 def _umask() -> int:

@@ -11,14 +11,13 @@ JSON object::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from deploykit.errors import ConfigError, TableError
-from deploykit.fileio import write_json_atomic
+from deploykit.fileio import read_json, write_json_atomic
 from deploykit.shapes import check_input_size
 
 
@@ -75,14 +74,7 @@ class Subnet:
 
     @classmethod
     def read(cls, path: str | Path) -> Subnet:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"subnet file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"subnet file {path} is not valid JSON: {error}") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, what="subnet file"), source=str(path))
 
     def write(self, path: str | Path) -> Path:
         """Write atomically (temporary file in the same folder, then rename)."""

@@ -178,7 +178,7 @@ def missing_names(package_dir: Path, package: str) -> list[str]:
     modules = module_files(package_dir)
     defined = {name: top_level_names(path) for name, path in modules.items()}
     found = []
-    for name, path in modules.items():
+    for path in modules.values():
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
                 continue

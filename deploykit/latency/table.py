@@ -24,7 +24,6 @@ is an error naming what is missing, never a smaller candidate set or a wrong fig
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -34,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 from deploykit.errors import TableError, one_line
-from deploykit.fileio import write_json_atomic, write_text_atomic
+from deploykit.fileio import read_json, write_json_atomic, write_text_atomic
 from deploykit.latency.predictor import Predictor
 from deploykit.shapes import check_input_size
 from deploykit.subnet import Subnet, format_block_ranges, parse_indices
@@ -160,12 +159,9 @@ class TableMeta:
 def read_meta(path: str | Path) -> TableMeta:
     """The metadata of the table at ``path`` (its CSV or its ``.meta.json``)."""
     meta_file = meta_path(table_path(path))
-    if not meta_file.is_file():
-        raise TableError(f"latency table metadata not found: {meta_file}")
+    data = read_json(meta_file, what="latency table metadata", error=TableError)
     try:
-        return TableMeta.from_dict(json.loads(meta_file.read_text()))
-    except json.JSONDecodeError as error:
-        raise TableError(f"{meta_file} is not valid JSON: {error}") from None
+        return TableMeta.from_dict(data)
     except TableError as error:
         raise TableError(f"{meta_file}: {error}") from None
 
