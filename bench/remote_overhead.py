@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from deploykit import __version__  # noqa: E402
 from deploykit.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from deploykit.latency.measure import measure_onnx  # noqa: E402
+from deploykit.progress import to_stderr as say  # noqa: E402
 from deploykit.protocol import Protocol, add_protocol_arguments  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 
@@ -192,9 +193,6 @@ def package_version(name: str) -> str:
     except PackageNotFoundError:
         return ""
 
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

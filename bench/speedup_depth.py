@@ -85,6 +85,7 @@ from deploykit import __version__  # noqa: E402
 from deploykit.fileio import atomic_path, write_text_atomic  # noqa: E402
 from deploykit.latency.identity import here_for, judge  # noqa: E402
 from deploykit.latency.table import LatencyTable  # noqa: E402
+from deploykit.progress import to_stderr  # noqa: E402
 from deploykit.protocol import Protocol  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 from deploykit.search import DepthProxy, Searcher  # noqa: E402
@@ -651,8 +652,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
 
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+    say = to_stderr
 
     csv = args.results / f"{plan.stem}.csv"
     png = args.results / f"{plan.stem}.png"
