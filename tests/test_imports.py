@@ -199,7 +199,9 @@ def _report(title: str, edges: list[Edge]) -> str:
 
 # --- the package ------------------------------------------------------------------------------------
 
-EDGES = import_edges(PACKAGE_DIR, "deploykit")
+@pytest.fixture(scope="module")
+def edges() -> list[Edge]:
+    return import_edges(PACKAGE_DIR, "deploykit")
 
 
 def test_every_module_is_in_a_layer():
@@ -222,14 +224,22 @@ def test_the_rule_names_real_modules_and_sideways_stays_in_a_layer():
             assert _layers.layer_of(source) == _layers.layer_of(target), (source, target)
 
 
-def test_imports_go_downward():
-    assert EDGES, "the walk found no imports at all"
-    upward = upward_edges(EDGES)
-    assert not upward, _report("imports against deploykit/_layers.py (importer → imported):", upward)
+def test_imports_go_downward(edges):
+    assert edges, "the walk found no imports at all"
+    upward = upward_edges(edges)
+    assert not upward, "imports against deploykit/_layers.py:\n" + "\n".join(
+        f"  {edge}: {_why(edge)}" for edge in sorted(upward, key=str))
 
 
-def test_no_import_cycles():
-    found = cycles(EDGES)
+def _why(edge: Edge) -> str:
+    source, target = _layers.unit_of(edge.importer), _layers.unit_of(edge.imported)
+    if _layers.layer_of(source) == _layers.layer_of(target):
+        return f"{source} and {target} share a layer, and SIDEWAYS does not let {source} use {target}"
+    return f"{target} is in a layer above {source}"
+
+
+def test_no_import_cycles(edges):
+    found = cycles(edges)
     assert not found, "\n".join(_report(f"import cycle {i + 1}:", c) for i, c in enumerate(found))
 
 
