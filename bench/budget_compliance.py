@@ -53,6 +53,7 @@ from deploykit import __version__  # noqa: E402
 from deploykit.fileio import write_text_atomic  # noqa: E402
 from deploykit.latency.subnets import SubnetMeasurer  # noqa: E402
 from deploykit.latency.table import LatencyTable  # noqa: E402
+from deploykit.progress import to_stderr  # noqa: E402
 from deploykit.protocol import Protocol  # noqa: E402
 from deploykit.runtimes import availability  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
@@ -169,8 +170,7 @@ def main(argv=None) -> int:
         args.tables, args.fractions, args.no_ms, args.rounds = args.tables or [QUICK_TABLE], ["0.7"], True, 1
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS) / "budget_compliance.csv"
 
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+    say = to_stderr
 
     common = environment(args.seed)
     rows = []

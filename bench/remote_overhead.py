@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from deploykit import __version__  # noqa: E402
 from deploykit.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from deploykit.latency.measure import measure_onnx  # noqa: E402
+from deploykit.progress import to_stderr as say  # noqa: E402
 from deploykit.protocol import Protocol, add_protocol_arguments  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    from deploykit.cli import parse_size
+    from deploykit.shapes import size_argument
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="convnext_tiny",
@@ -108,7 +109,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--entries", choices=("all", "model"), default="all",
                    help="all: every entry of each model's table; model: the whole model only (default: all)")
     p.add_argument("--target", default="cpu-ort", help="target measured both ways (default: cpu-ort)")
-    p.add_argument("--input-size", type=parse_size, default=(224, 224), metavar="SIZE", help="default: 224")
+    p.add_argument("--input-size", type=size_argument, default=(224, 224), metavar="SIZE",
+                   help="default: 224")
     p.add_argument("--batch", type=int, default=1, help="default: 1")
     p.add_argument("--rounds", type=int, default=3, help="measurements per side and entry (default: 3)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="measure only the first N entries")
@@ -191,9 +193,6 @@ def package_version(name: str) -> str:
     except PackageNotFoundError:
         return ""
 
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -52,9 +52,11 @@ sys.path.insert(0, str(ROOT))
 
 from deploykit import __version__  # noqa: E402
 from deploykit.latency.predictor import Predictor  # noqa: E402
-from deploykit.latency.table import LatencyTable, format_indices  # noqa: E402
+from deploykit.latency.table import LatencyTable  # noqa: E402
+from deploykit.progress import to_stderr  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 from deploykit.search import BlockScoreProxy, DepthProxy, parse_budget, search  # noqa: E402
+from deploykit.subnet import format_indices  # noqa: E402
 
 
 def sensitivity_scores(table: LatencyTable, say) -> tuple[dict[int, float], str, float]:
@@ -68,7 +70,8 @@ def sensitivity_scores(table: LatencyTable, say) -> tuple[dict[int, float], str,
     import timm
     import torch
 
-    from deploykit.search import ProxyData, SensitivityProxy
+    from deploykit.search import SensitivityProxy
+    from deploykit.training import ProxyData
 
     with tempfile.TemporaryDirectory() as work:
         weights = Path(work) / "weights.pt"
@@ -154,8 +157,7 @@ def main() -> int:
         args.budgets, args.repeats = ["0.7"], 1
     out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "") / "search_speed.csv"
 
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+    say = to_stderr
 
     table = LatencyTable.read(ROOT / args.table)
     common = {"machine": f"{platform.machine()} {cpu_name()}", "cpus": os.cpu_count(),

@@ -84,10 +84,12 @@ sys.path.insert(0, str(ROOT))
 from deploykit import __version__  # noqa: E402
 from deploykit.fileio import atomic_path, write_text_atomic  # noqa: E402
 from deploykit.latency.identity import here_for, judge  # noqa: E402
-from deploykit.latency.table import LatencyTable, format_indices  # noqa: E402
+from deploykit.latency.table import LatencyTable  # noqa: E402
+from deploykit.progress import to_stderr  # noqa: E402
 from deploykit.protocol import Protocol  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 from deploykit.search import DepthProxy, Searcher  # noqa: E402
+from deploykit.subnet import format_indices  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 MODELS = ("convnext_tiny", "resnet34", "mobilenetv2_100", "efficientnet_lite0", "deit_tiny_patch16_224")
@@ -650,8 +652,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
 
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+    say = to_stderr
 
     csv = args.results / f"{plan.stem}.csv"
     png = args.results / f"{plan.stem}.png"

@@ -213,9 +213,9 @@ def load_baseline(path: str | Path):
 
 
 def count(model, input_size) -> tuple[int, int]:
-    from deploykit.macs import count_macs
+    from deploykit.macs import count_macs, count_params
 
-    return sum(p.numel() for p in model.parameters()), count_macs(model, (3, *input_size))
+    return count_params(model), count_macs(model, (3, *input_size))
 
 
 # --- match -------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from types import SimpleNamespace
 
 from deploykit import __version__
 from deploykit.errors import DeployKitError, os_error_reason
+from deploykit.progress import to_stderr
+from deploykit.shapes import size_argument
 
 DEFAULT_MODEL = "convnext_tiny"
 WEIGHTS_FORMATS = ("a .pt/.pth/.bin/.safetensors file (a state dict or a timm training checkpoint, whose EMA "
@@ -25,20 +27,6 @@ WEIGHTS_FORMATS = ("a .pt/.pth/.bin/.safetensors file (a state dict or a timm tr
 UNSAFE_PICKLE_HELP = ("also load a whole-module torch.save pickle (such as merged.pt of deploykit before "
                       "model files). DANGER: unpickling runs code stored in the file; use it only for "
                       "files you made or trust")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``224`` → (224, 224); ``96x128`` → (96, 128) as height × width."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a size like 224 or 96x128, got {text!r}")
-    return values
 
 
 # --- deploykit blocks ------------------------------------------------------------------------------
@@ -51,7 +39,7 @@ def _add_blocks(sub) -> None:
                     "can be pruned (and why not). Built without pretrained weights: no network needed.")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help=f"timm model name (default: {DEFAULT_MODEL})")
-    p.add_argument("--input-size", type=parse_size, default=(224, 224), metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=(224, 224), metavar="SIZE",
                    help="input resolution, 224 or HxW such as 96x128 (default: 224)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="output format (default: table)")
@@ -127,7 +115,7 @@ def _add_profile(sub) -> None:
                     "target's peak figures instead.")
     p.add_argument("--target", required=True, help="target name (see `deploykit targets`) or YAML path")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default: {DEFAULT_MODEL})")
-    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                    help="input resolution, 224 or HxW (default: the target's)")
     p.add_argument("--batch", type=int, default=None, metavar="B", help="batch size (default: the target's)")
     p.add_argument("--out", default=None, metavar="PATH",
@@ -168,8 +156,7 @@ def _run_profile(args) -> int:
     result = profile(args.model, load_target(args.target), input_size=args.input_size, batch=args.batch,
                      out=args.out, protocol=None if args.estimate else Protocol.from_args(args),
                      estimate=args.estimate, force=args.force, allow_mismatch=args.allow_mismatch,
-                     end_to_end=EndToEndOptions.from_args(args), sentinel=sentinel,
-                     progress=lambda line: print(line, file=sys.stderr, flush=True))
+                     end_to_end=EndToEndOptions.from_args(args), sentinel=sentinel, progress=to_stderr)
     print(result.summary())
     return 0
 
@@ -177,6 +164,7 @@ def _run_profile(args) -> int:
 # --- deploykit train -------------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
+    from deploykit.training.config import METHODS, SubnetConfig, SupernetConfig
     from deploykit.training.options import add_common_arguments, add_distill_arguments
 
     p = sub.add_parser(
@@ -194,7 +182,7 @@ def _add_train(sub) -> None:
                                "names it)")
     baseline.add_argument("--weights", default=None, metavar="FILE",
                           help=f"weights to fine-tune (optional): {WEIGHTS_FORMATS}")
-    add_common_arguments(baseline, "baseline", parse_size)
+    add_common_arguments(baseline, "baseline")
     supernet = stages.add_parser(
         "supernet", help="train the weight-sharing supernet (sampled pruned sets, distillation)",
         description="Wrap every prunable block; each step prunes k ~ U{0..K} sampled blocks at the global "
@@ -205,13 +193,13 @@ def _add_train(sub) -> None:
                                "names it)")
     supernet.add_argument("--weights", required=True, metavar="FILE",
                           help=f"the trained original: {WEIGHTS_FORMATS}")
-    supernet.add_argument("--max-pruned", type=int, default=None, metavar="K",
+    supernet.add_argument("--max-pruned", type=int, default=SupernetConfig.max_pruned, metavar="K",
                           help="at most K blocks pruned per step (default: all candidates)")
-    supernet.add_argument("--candidates", default=None, metavar="LIST",
+    supernet.add_argument("--candidates", default=SupernetConfig.candidates, metavar="LIST",
                           help="blocks that may be pruned, e.g. 0,2-5 (default: every prunable block)")
-    supernet.add_argument("--ramp-epochs", type=float, default=None, metavar="R",
+    supernet.add_argument("--ramp-epochs", type=float, default=SupernetConfig.ramp_epochs, metavar="R",
                           help="epochs over which λ ramps 0 → 1 (default: a third of --epochs)")
-    add_common_arguments(supernet, "supernet", parse_size)
+    add_common_arguments(supernet, "supernet")
     add_distill_arguments(supernet)
     subnet = stages.add_parser(
         "subnet", help="train a pruned subnet (progressive λ ramp, abrupt or drop), then merge it",
@@ -226,11 +214,12 @@ def _add_train(sub) -> None:
     subnet.add_argument("--model", default=None, help="timm model name (with --prune)")
     subnet.add_argument("--weights", required=True, metavar="FILE",
                         help=f"the trained original: {WEIGHTS_FORMATS}")
-    subnet.add_argument("--method", choices=("progressive", "abrupt", "drop"), default="progressive",
+    subnet.add_argument("--method", choices=METHODS, default=SubnetConfig.method,
                         help="progressive λ ramp (default), abrupt (λ = 1 from the start) or drop the blocks")
-    subnet.add_argument("--progressive-epochs", type=float, default=None, metavar="P",
+    subnet.add_argument("--progressive-epochs", type=float, default=SubnetConfig.progressive_epochs,
+                        metavar="P",
                         help="epochs over which λ ramps 0 → 1 (default: a third of --epochs; 0 = abrupt)")
-    add_common_arguments(subnet, "subnet", parse_size)
+    add_common_arguments(subnet, "subnet")
     add_distill_arguments(subnet)
     p.set_defaults(func=_run_train)
 
@@ -343,8 +332,7 @@ def _run_lut_check(args) -> int:
 
     result = check_table(args.table, samples=args.samples, seed=args.seed, out_dir=args.out,
                          allow_mismatch=args.allow_mismatch, fresh=args.fresh, store=not args.no_store,
-                         plot=not args.no_plot, force_store=args.force_store,
-                         progress=lambda line: print(line, file=sys.stderr, flush=True))
+                         plot=not args.no_plot, force_store=args.force_store, progress=to_stderr)
     print(write_json(result) if args.format == "json" else result.summary())
     return 0
 
@@ -352,8 +340,7 @@ def _run_lut_check(args) -> int:
 def _run_lut_anchor(args) -> int:
     from deploykit.latency.anchor import anchor_table
 
-    result = anchor_table(args.table, rounds=args.rounds,
-                          progress=lambda line: print(line, file=sys.stderr, flush=True))
+    result = anchor_table(args.table, rounds=args.rounds, progress=to_stderr)
     print(result.summary())
     return 0
 
@@ -367,8 +354,7 @@ def _run_lut_predict(args) -> int:
     table.check_coverage()  # a cut or interrupted table is an error before anything else is said
     subnet = choose_subnet(path=args.subnet, prune=args.prune, model=table.meta.model if args.prune else None,
                            input_size=table.meta.input_size if args.prune else None)
-    table = table_for_this_machine(table, budget_unit=None,
-                                   say=lambda line: print(line, file=sys.stderr, flush=True))
+    table = table_for_this_machine(table, budget_unit=None, say=to_stderr)
     meta = table.meta
     predicted, unpruned = table.predict_subnet(subnet), table.predict(())
     how = "fitted predictor" if meta.predictor is not None else "isolated sum"
@@ -428,7 +414,7 @@ def _add_search(sub) -> None:
     data.add_argument("--val-limit", type=int, default=None, metavar="N", help="use only N held-out samples")
     data.add_argument("--batch-size", type=int, default=256, metavar="B",
                       help="evaluation batch (default: 256)")
-    data.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    data.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                       help="resolution of the proxy data (default: the supernet's training size, else "
                            "the table's)")
     data.add_argument("--metric", choices=("top1", "loss"), default=None,
@@ -442,24 +428,22 @@ def _add_search(sub) -> None:
 def _run_search(args) -> int:
     from deploykit.latency.identity import table_for_this_machine
     from deploykit.latency.table import LatencyTable
-    from deploykit.search import ProxyData, make_proxy, pareto, parse_budget, search
+    from deploykit.search import make_proxy, pareto, parse_budget, search
     from deploykit.subnet import parse_block_list
-
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+    from deploykit.training import ProxyData
 
     budget = parse_budget(args.budget) if args.budget is not None else None
     table = LatencyTable.read(args.table)
     table.check_coverage()  # before any proxy work
-    table = table_for_this_machine(table, say=say,
+    table = table_for_this_machine(table, say=to_stderr,
                                    budget_unit=budget.unit if budget is not None else "fraction")
     data = None if args.data is None else ProxyData(
         args.data, val_limit=args.val_limit, batch_size=args.batch_size, input_size=args.input_size,
         recalibrate_batches=args.recalibrate_batches)
-    proxy = make_proxy(args.proxy, table=table, data=data, metric=args.metric, progress=say)
+    proxy = make_proxy(args.proxy, table=table, data=data, metric=args.metric, progress=to_stderr)
     options = dict(candidates=parse_block_list(args.candidates) if args.candidates is not None else None,
                    strategy=args.strategy, seed=args.seed, population=args.population,
-                   generations=args.generations, progress=say)
+                   generations=args.generations, progress=to_stderr)
     if budget is None:
         result = pareto(table, proxy, args.pareto, **options)
         path = result.write(args.out or "pareto.csv")
@@ -489,7 +473,7 @@ def _add_export(sub) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="the ONNX file to write")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help=f"weights for a timm model name: {WEIGHTS_FORMATS}")
-    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                    help="input resolution, 224 or HxW (default: a model file's own, else 224)")
     p.add_argument("--batch", type=int, default=1, metavar="B", help="batch size (default: 1)")
     p.add_argument("--opset", type=int, default=None, metavar="N",
@@ -506,7 +490,7 @@ def _run_export(args) -> int:
 
     from deploykit.errors import ConfigError
     from deploykit.export import export_onnx, onnx_summary
-    from deploykit.macs import count_macs
+    from deploykit.macs import count_macs, count_params
     from deploykit.modelfile import load_module
 
     if args.batch < 1:
@@ -524,7 +508,7 @@ def _run_export(args) -> int:
         if issubclass(warning.category, RuntimeWarning):
             print(f"deploykit export: warning: {warning.message}", file=sys.stderr)
     info = onnx_summary(path)
-    params = sum(p.numel() for p in module.parameters())
+    params = count_params(module)
     macs = count_macs(module, shape[1:])
     inputs = ", ".join(f"{name} {list(dims)}" for name, dims in info["inputs"].items())
     print(f"exported {what} → {path}")
@@ -559,7 +543,7 @@ def _add_convert(sub) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="the model file to write (.safetensors)")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help=f"weights for a timm model name: {WEIGHTS_FORMATS}")
-    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                    help="input resolution recorded in the file, 224 or HxW (default: the model's fixed size, "
                         "else 224)")
     p.add_argument("--unsafe-pickle", action="store_true", help=UNSAFE_PICKLE_HELP)
@@ -617,7 +601,7 @@ def _add_verify(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of those inputs (default: 0)")
     p.add_argument("--batch", type=int, default=None, metavar="B",
                    help="batch for a dynamic-batch file (default: the file's, else the target's)")
-    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                    help="input size for a file with dynamic height/width (default: the file's)")
     p.add_argument("--rounds", type=int, default=3, metavar="R",
                    help="latency measurements per file, alternating model and reference; the speed-up is "
@@ -668,8 +652,7 @@ def _run_verify(args) -> int:
                     torch_module=module, torch_name=name, table=table, pruned=pruned,
                     allow_mismatch=args.allow_mismatch, n_inputs=args.inputs, seed=args.seed,
                     rounds=args.rounds, measure_latency=not args.numerics_only, batch=args.batch,
-                    input_size=args.input_size,
-                    progress=lambda line: print(line, file=sys.stderr, flush=True))
+                    input_size=args.input_size, progress=to_stderr)
     print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.summary())
     if args.out is not None:
         print(f"wrote {report.write(args.out)}", file=sys.stderr)
@@ -714,6 +697,7 @@ def _add_run(sub) -> None:
     from deploykit.latency.options import add_end_to_end_arguments
     from deploykit.pipeline import demo_defaults
     from deploykit.protocol import add_protocol_arguments
+    from deploykit.training.config import DEVICES, METHODS
     from deploykit.training.options import add_strict_images_argument
 
     d = SimpleNamespace(**demo_defaults())
@@ -735,7 +719,7 @@ def _add_run(sub) -> None:
     p.add_argument("--data", default=d.data, metavar="NAME",
                    help=f"digits | mnist5k | imagefolder:PATH (default: {d.data})")
     add_strict_images_argument(p)
-    p.add_argument("--input-size", type=parse_size, default=d.input_size, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=d.input_size, metavar="SIZE",
                    help=f"input resolution for training and latency (default: {d.input_size[0]})")
     p.add_argument("--budgets", default=",".join(d.budgets), metavar="LIST",
                    help="latency budgets, comma-separated: fractions of the original's predicted latency "
@@ -753,7 +737,7 @@ def _add_run(sub) -> None:
     train.add_argument("--subnet-epochs", type=int, default=d.subnet_epochs, metavar="E",
                        help="training of each chosen subnet, and of the original continued as their "
                             f"equal-budget reference (default: {d.subnet_epochs})")
-    train.add_argument("--method", choices=("progressive", "abrupt", "drop"), default=d.method,
+    train.add_argument("--method", choices=METHODS, default=d.method,
                        help=f"how the chosen blocks are removed (default: {d.method})")
     train.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",
                        help=f"(default: {d.batch_size})")
@@ -763,8 +747,8 @@ def _add_run(sub) -> None:
                        help=f"validation samples the search's supernet proxy scores each subnet on "
                             f"(default: {d.proxy_val_limit})")
     train.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
-                       help="training device (default: auto)")
+    train.add_argument("--device", choices=DEVICES, default=d.device,
+                       help=f"training device (default: {d.device})")
     train.add_argument("--train-threads", type=int, default=None, metavar="N",
                        help="CPU threads for training (default: torch's)")
     latency = p.add_argument_group("latency")
@@ -791,8 +775,7 @@ def _run_run(args) -> int:
         train_limit=args.train_limit, val_limit=args.val_limit, proxy_val_limit=args.proxy_val_limit,
         seed=args.seed, device=args.device, train_threads=args.train_threads, latency_batch=args.batch,
         rounds=args.rounds, protocol=Protocol.from_args(args), end_to_end=EndToEndOptions.from_args(args))
-    pipeline = Pipeline(config, args.out, fresh=args.fresh,
-                        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    pipeline = Pipeline(config, args.out, fresh=args.fresh, progress=to_stderr)
     result = pipeline.run()
     print(result.summary())
     return 0
@@ -867,7 +850,7 @@ def _add_device(sub) -> None:
     p.add_argument("--target", default=None, help="the target to time it on (with --measure)")
     p.add_argument("--batch", type=int, default=None, metavar="B",
                    help="batch for a dynamic-batch file (default: the file's, else the target's)")
-    p.add_argument("--input-size", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--input-size", type=size_argument, default=None, metavar="SIZE",
                    help="input size for a file with dynamic height/width (default: the target's)")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="longest measurement in seconds (the agent's --timeout caps it)")

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from deploykit.errors import ConfigError, one_line
+from deploykit.shapes import check_input_size
 
 INSTALL_HINT = "install it with: pip install 'deploykit[data]'"
 SHOWN_NAMES = 3          # undecodable images named in a message; the rest are counted
@@ -51,10 +52,7 @@ class DataConfig:
     strict_images: bool = False   # an undecodable image in an image folder is an error, not skipped
 
     def __post_init__(self) -> None:
-        size = tuple(self.input_size)
-        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-            raise ConfigError(f"input size must be (height, width) of positive ints, got {self.input_size!r}")
-        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "input_size", check_input_size(self.input_size))
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val fraction must be within (0, 1), got {self.val_fraction}")
         for label, limit in (("train", self.train_limit), ("val", self.val_limit)):

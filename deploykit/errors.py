@@ -58,6 +58,17 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     file makes ``torch.load`` raise ``EOFError('')``)."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     text = " ".join(lines[:2]) if lines else type(error).__name__
+    return _cut(text, limit)
+
+
+def last_line(output: str | None, limit: int = 300) -> str:
+    """The last non-empty line of a process's output ("" when there is none): where a dying worker or
+    agent says why (a traceback ends with its exception)."""
+    lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
+    return _cut(lines[-1], limit) if lines else ""
+
+
+def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deploykit.errors import ModelError
+from deploykit.errors import ModelError, one_line
 from deploykit.fileio import check_output_file, replace_file, scratch_dir
 from deploykit.macs import eval_mode
 
@@ -61,7 +61,7 @@ def export_onnx(module: nn.Module, input_shape: Sequence[int], path: str | Path,
         try:
             onnx.checker.check_model(model, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-            raise ModelError(f"the ONNX export of {name} is invalid: {_first_line(error)}") from None
+            raise ModelError(f"the ONNX export of {name} is invalid: {one_line(error)}") from None
         final = work / "final.onnx"
         onnx.save(model, str(final))
         replace_file(final, path)
@@ -82,7 +82,7 @@ def _torch_export(module: nn.Module, x: torch.Tensor, path: Path, *, opset: int 
                               external_data=False, verbose=False, dynamic_shapes=dynamic)
     except Exception as error:  # the exporter raises many types; all mean "cannot export"
         raise ModelError(f"cannot export {name} at input shape {tuple(x.shape)} to ONNX: "
-                         f"{_first_line(error)}") from None
+                         f"{one_line(error)}") from None
 
 
 _REGISTRIES: dict[tuple[type, int | None], object] = {}
@@ -128,7 +128,7 @@ def _simplify(model, name: str):
             warnings.simplefilter("ignore")
             simplified, ok = onnxsim.simplify(model)
     except Exception as error:  # onnxsim fails in many ways on graphs it does not know
-        ok, reason = False, _first_line(error)
+        ok, reason = False, one_line(error)
     else:
         reason = "its check of the simplified graph against the original failed"
     if not ok:
@@ -153,7 +153,7 @@ def onnx_summary(path: str | Path) -> dict:
     try:
         model = onnx.load(str(path))
     except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
-        raise ModelError(f"cannot read ONNX file {path}: {_first_line(error)}") from None
+        raise ModelError(f"cannot read ONNX file {path}: {one_line(error)}") from None
 
     def shape(value) -> list:
         return [d.dim_param if not d.HasField("dim_value") else int(d.dim_value)
@@ -169,8 +169,3 @@ def onnx_summary(path: str | Path) -> dict:
         "inputs": {v.name: shape(v) for v in model.graph.input if v.name not in initializers},
         "outputs": {v.name: shape(v) for v in model.graph.output},
     }
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

@@ -1,4 +1,4 @@
-"""Writing results atomically: a temporary file beside the target, then a rename.
+"""Writing results atomically: a temporary file beside the target, then a rename; reading JSON artifacts.
 
 A reader (or a resumed run) sees the old file or the new one, never a half-written one. An output
 that cannot be written (its folder is a regular file or read-only, the path is a folder, the disk is
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from deploykit.errors import OutputError, os_error_reason
+from deploykit.errors import ConfigError, DeployKitError, OutputError, one_line, os_error_reason
 
 
 def ensure_dir(path: str | Path) -> Path:
@@ -154,6 +154,16 @@ def _file_in_the_way(path: Path) -> Path | None:
         if candidate.exists() or candidate.is_symlink():
             return None if candidate.is_dir() else candidate
     return None
+def read_json(path: str | Path, *, what: str, error: type[DeployKitError] = ConfigError) -> Any:
+    """The JSON in the file ``path`` (a ``what``: "subnet file", "verify report"); a missing file or one
+    that is not JSON is one ``error`` line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as failure:
+        raise error(f"{what} {path} is not valid JSON: {one_line(failure)}") from None
 
 
 def _umask() -> int:

@@ -1,4 +1,4 @@
-"""Counting multiply-accumulates of a module on a given input shape (batch 1)."""
+"""Counting a module's multiply-accumulates on a given input shape (batch 1), and its parameters."""
 
 from __future__ import annotations
 
@@ -40,3 +40,8 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dty
     with torch.no_grad(), eval_mode(module), counter:
         module(x)
     return int(counter.get_total_flops()) // 2
+
+
+def count_params(module: nn.Module) -> int:
+    """Parameters of ``module`` (every element of every parameter tensor)."""
+    return sum(p.numel() for p in module.parameters())

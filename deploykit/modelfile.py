@@ -48,7 +48,8 @@ from deploykit.errors import ConfigError, ModelError, one_line
 from deploykit.fileio import atomic_path
 from deploykit.macs import eval_mode
 from deploykit.models import create_model
-from deploykit.prune import PrunableNet, parse_input_size, prunable
+from deploykit.prune import PrunableNet, prunable
+from deploykit.shapes import check_input_size
 
 FORMAT = "deploykit-model/1"
 RECORD_KEY = MODEL_RECORD_KEY  # the safetensors metadata key that holds the record (JSON)
@@ -75,7 +76,7 @@ class ModelRecord:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ModelError(f"model record: {name} must be an integer ≥ {least}, got {value!r}")
-        object.__setattr__(self, "input_size", parse_input_size(self.input_size))
+        object.__setattr__(self, "input_size", check_input_size(self.input_size, error=ModelError))
         object.__setattr__(self, "pruned", _indices(self.pruned, "pruned"))
         object.__setattr__(self, "dropped", _indices(self.dropped, "dropped"))
         both = sorted(set(self.pruned) & set(self.dropped))
@@ -209,7 +210,7 @@ def infer_record(module: nn.Module, *, input_size: tuple[int, int] | None = None
     if not isinstance(name, str) or not isinstance(num_classes, int):
         raise ModelError(f"cannot tell which timm model this {type(module).__name__} is (timm models carry "
                          "their name in pretrained_cfg); only timm models can be saved as model files")
-    size = parse_input_size(input_size or _fixed_input_size(module) or (224, 224))
+    size = check_input_size(input_size or _fixed_input_size(module) or (224, 224), error=ModelError)
     original = create_model(name, num_classes=num_classes, input_size=size)
     pruned, dropped = [], []
     for info in _blocks(original, size):

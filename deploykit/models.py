@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +10,12 @@ from torch import nn
 
 from deploykit.checkpoints import head_classes, load_model_weights, model_name, read_weights
 from deploykit.errors import ModelError, one_line
+from deploykit.progress import Progress, silent
 
 
 def create_model(name: str | None, *, weights: str | Path | None = None,
                  input_size: tuple[int, int] | None = None, num_classes: int | None = None,
-                 new_head: bool = False, say: Callable[[str], None] | None = None, **kwargs) -> nn.Module:
+                 new_head: bool = False, say: Progress | None = None, **kwargs) -> nn.Module:
     """``timm.create_model(name, pretrained=False)``, then the local ``weights`` if given.
 
     ``weights`` is anything :mod:`deploykit.checkpoints` reads (a file, a Hugging Face-style folder,
@@ -41,7 +41,7 @@ def create_model(name: str | None, *, weights: str | Path | None = None,
             notes.append(f"classifier built for {found} classes, as in {loaded.source.name}")
     notes += load_model_weights(model, loaded, new_head=new_head)
     for note in notes:
-        (say or _quiet)(note)
+        (say or silent)(note)
     return model
 
 
@@ -80,6 +80,3 @@ def _suggest(name: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
-
-def _quiet(note: str) -> None:
-    pass

@@ -53,16 +53,17 @@ from typing import TYPE_CHECKING, Any
 from deploykit.errors import ConfigError, MergeError
 from deploykit.fileio import check_writable_dir, write_json_atomic
 from deploykit.latency.options import EndToEndOptions
+from deploykit.progress import Progress, silent
 from deploykit.protocol import Protocol
+from deploykit.shapes import check_input_size
+from deploykit.training.config import METHODS, RunConfig, SubnetConfig
 
 if TYPE_CHECKING:
     from deploykit.search.budget import Budget
 
-Progress = Callable[[str], None]
 RUN_FILE = "run.json"
 EXHAUSTIVE_PROXY_BITS = 9     # evaluate every subnet on data up to 2^9 of them; evolve beyond
 SEARCH_POPULATION, SEARCH_GENERATIONS = 12, 6   # ≤ ~85 evaluations per budget, shared through a cache
-METHODS = ("progressive", "abrupt", "drop")
 
 
 # --- settings --------------------------------------------------------------------------------------
@@ -70,7 +71,9 @@ METHODS = ("progressive", "abrupt", "drop")
 @dataclass(frozen=True)
 class PipelineConfig:
     """What ``deploykit run`` does. The defaults are the embedded demo: a small ConvNeXt on the bundled
-    MNIST subset at 32×32 on this machine's onnxruntime CPU target (a few minutes on 2 cores)."""
+    MNIST subset at 32×32 on this machine's onnxruntime CPU target (a few minutes on 2 cores). Training
+    settings it does not name (learning rates, warm-up, distillation) are the training stages' defaults
+    (:mod:`deploykit.training.config`)."""
 
     model: str = "convnext_atto"
     target: str = "cpu-ort"
@@ -82,24 +85,21 @@ class PipelineConfig:
     baseline_epochs: int = 4
     supernet_epochs: int = 2
     subnet_epochs: int = 2
-    method: str = "progressive"
-    batch_size: int = 64
+    method: str = SubnetConfig.method
+    batch_size: int = RunConfig.batch_size
     train_limit: int | None = None
     val_limit: int | None = None
     proxy_val_limit: int | None = 256
-    seed: int = 0
-    device: str = "auto"
-    train_threads: int | None = None
+    seed: int = RunConfig.seed
+    device: str = RunConfig.device
+    train_threads: int | None = RunConfig.threads
     latency_batch: int | None = None          # None: the target's batch
     rounds: int = 3
     protocol: Protocol = field(default_factory=Protocol)
     end_to_end: EndToEndOptions = field(default_factory=EndToEndOptions)   # how the profile ends (its fit)
 
     def __post_init__(self) -> None:
-        size = tuple(self.input_size)
-        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-            raise ConfigError(f"input size must be [height, width], got {self.input_size!r}")
-        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "input_size", check_input_size(self.input_size))
         from deploykit.search.budget import parse_budget
 
         budgets = tuple(str(b).strip() for b in self.budgets)
@@ -137,8 +137,7 @@ class PipelineConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        return cls(**{**data, "input_size": tuple(data.get("input_size", (32, 32))),
-                      "budgets": tuple(data.get("budgets", ()))})
+        return cls(**{**data, "budgets": tuple(data.get("budgets", ()))})
 
     def differences(self, other: PipelineConfig) -> list[str]:
         """Settings that differ, budgets aside (a run may gain budgets)."""
@@ -251,7 +250,7 @@ class Pipeline:
         from deploykit.targets import load_target
 
         self.config = config
-        self.say = progress or (lambda line: None)
+        self.say = progress or silent
         self.target = load_target(config.target)
         check_target(self.target)
         self.batch = config.latency_batch or self.target.batch
@@ -466,28 +465,24 @@ class Pipeline:
     # -- the stages --
 
     def _baseline(self) -> str:
-        from deploykit.training import OptimConfig, evaluate_original, train_baseline
-        from deploykit.training.options import DEFAULT_LR
+        from deploykit.training import evaluate_original, train_baseline
 
         c, out = self.config, self.layout.baseline
         if c.weights is not None:
             result = evaluate_original(c.model, data=self.data_config(), weights=c.weights, out=out)
             return f"original from {c.weights}: top-1 {result.top1:.2f}%"
-        lr, warmup = DEFAULT_LR["baseline"]
-        result = train_baseline(c.model, data=self.data_config(), run=self.run_config(out, c.baseline_epochs),
-                                optim=OptimConfig(lr=lr, warmup_epochs=warmup))
+        result = train_baseline(c.model, data=self.data_config(), run=self.run_config(out, c.baseline_epochs))
         return f"trained {c.baseline_epochs} epoch(s): top-1 {result.top1:.2f}%"
 
     def _continue_original(self) -> str:
-        from deploykit.training import DistillConfig, OptimConfig, train_baseline
-        from deploykit.training.options import DEFAULT_LR
+        from deploykit.training import DistillConfig, train_baseline
+        from deploykit.training.config import stage_optim
 
         c = self.config
-        lr, warmup = DEFAULT_LR["subnet"]  # the pruned variants' recipe (see the module docstring)
         result = train_baseline(c.model, data=self.data_config(),
                                 run=self.run_config(self.layout.continued, c.subnet_epochs),
-                                optim=OptimConfig(lr=lr, warmup_epochs=warmup), weights=self.layout.weights,
-                                distill=DistillConfig())
+                                optim=stage_optim("subnet"),  # the pruned variants' recipe (module docstring)
+                                weights=self.layout.weights, distill=DistillConfig())
         return (f"{c.subnet_epochs} more epoch(s), unpruned, distilled from the original: "
                 f"top-1 {result.top1:.2f}%")
 
@@ -531,19 +526,17 @@ class Pipeline:
                 + f"; {len(space.candidates)} blocks faster merged: {list(space.candidates)}")
 
     def _supernet(self) -> str:
-        from deploykit.training import OptimConfig, SupernetConfig, train_supernet
-        from deploykit.training.options import DEFAULT_LR
+        from deploykit.training import SupernetConfig, train_supernet
 
         c = self.config
-        lr, warmup = DEFAULT_LR["supernet"]
         result = train_supernet(c.model, weights=self.layout.weights, data=self.data_config(),
                                 run=self.run_config(self.layout.supernet.parent, c.supernet_epochs),
-                                config=SupernetConfig(candidates=self.candidates()),
-                                optim=OptimConfig(lr=lr, warmup_epochs=warmup))
+                                config=SupernetConfig(candidates=self.candidates()))
         return f"top-1 {result.top1:.2f}% unpruned, {result.top1_probe:.2f}% with probe {list(result.probe)}"
 
     def _proxy(self):
-        from deploykit.search import ProxyData, make_proxy
+        from deploykit.search import make_proxy
+        from deploykit.training import ProxyData
 
         if "proxy" not in self._cache:
             c = self.config
@@ -569,15 +562,12 @@ class Pipeline:
 
     def _train_subnet(self, folder: Path) -> str:
         from deploykit.subnet import Subnet
-        from deploykit.training import OptimConfig, SubnetConfig, train_subnet
-        from deploykit.training.options import DEFAULT_LR
+        from deploykit.training import SubnetConfig, train_subnet
 
         c = self.config
-        lr, warmup = DEFAULT_LR["subnet"]
         result = train_subnet(Subnet.read(folder / "subnet.json"), weights=self.layout.weights,
                               data=self.data_config(), run=self.run_config(folder, c.subnet_epochs),
-                              config=SubnetConfig(method=c.method),
-                              optim=OptimConfig(lr=lr, warmup_epochs=warmup))
+                              config=SubnetConfig(method=c.method))
         return (f"{c.method}: top-1 {result.top1_merged:.2f}% merged "
                 f"(logit error {result.merge_rel_error:.1e})")
 

@@ -12,17 +12,8 @@ from deploykit.blocks.base import BlockInfo, PrunableBlock
 from deploykit.blocks.registry import family_of
 from deploykit.errors import BlockSelectionError, MergeError, ModelError
 from deploykit.macs import count_macs, eval_mode
+from deploykit.shapes import check_input_size
 from deploykit.subnet import format_block_ranges
-
-
-def parse_input_size(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """``224`` → ``(224, 224)``; ``(96, 128)`` stays; anything else is a ModelError."""
-    if isinstance(size, int):
-        size = (size, size)
-    size = tuple(size)
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ModelError(f"input size must be a positive int or (height, width), got {size!r}")
-    return size
 
 
 def prunable(model: nn.Module, *, input_size: int | tuple[int, int] = (224, 224),
@@ -40,7 +31,7 @@ class PrunableNet(nn.Module):
     def __init__(self, model: nn.Module, *, input_size: int | tuple[int, int] = (224, 224),
                  in_chans: int = 3):
         super().__init__()
-        self.input_size = parse_input_size(input_size)
+        self.input_size = check_input_size(input_size, error=ModelError)
         self.input_shape = (in_chans, *self.input_size)
         self.model = copy.deepcopy(model)
         found = _find_blocks(self.model, self.input_shape)

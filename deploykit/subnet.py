@@ -11,14 +11,14 @@ JSON object::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from deploykit.errors import ConfigError
-from deploykit.fileio import write_json_atomic
+from deploykit.errors import ConfigError, TableError
+from deploykit.fileio import read_json, write_json_atomic
+from deploykit.shapes import check_input_size
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,7 @@ class Subnet:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"subnet 'model' must be a non-empty string, got {self.model!r}")
-        size = self.input_size
-        if isinstance(size, int) and not isinstance(size, bool):
-            size = (size, size)
-        if not _int_list(size) or len(size) != 2 or min(size) <= 0:
-            raise ConfigError(f"subnet 'input_size' must be [height, width], got {self.input_size!r}")
+        size = check_input_size(self.input_size, what="subnet 'input_size'")
         if not _int_list(self.pruned) or min(self.pruned, default=0) < 0:
             raise ConfigError(f"subnet 'pruned' must be a list of block indices ≥ 0, got {self.pruned!r}")
         if len(set(self.pruned)) != len(self.pruned):
@@ -78,14 +74,7 @@ class Subnet:
 
     @classmethod
     def read(cls, path: str | Path) -> Subnet:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"subnet file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"subnet file {path} is not valid JSON: {error}") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, what="subnet file"), source=str(path))
 
     def write(self, path: str | Path) -> Path:
         """Write atomically (temporary file in the same folder, then rename)."""
@@ -124,6 +113,20 @@ def format_block_ranges(indices: Iterable[int]) -> str:
             spans.append(f"{start}" if start == index else f"{start}-{index}")
             start = None
     return ", ".join(spans) or "none"
+
+
+def parse_indices(text: str) -> tuple[int, ...]:
+    """A block list as a CSV cell stores it (a table's rows, points files): ``"3;4;5"`` → (3, 4, 5); the
+    empty string → (). Semicolons, because the cell sits in a comma-separated file."""
+    try:
+        return tuple(int(part) for part in str(text).split(";") if part != "")
+    except ValueError:
+        raise TableError(f"malformed block indices {text!r} (expected e.g. 3;4;5)") from None
+
+
+def format_indices(indices: Iterable[int]) -> str:
+    """The inverse of :func:`parse_indices`: (3, 4, 5) → ``"3;4;5"``."""
+    return ";".join(str(i) for i in indices)
 
 
 def _int_list(values: Any) -> bool:

@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from deploykit.errors import ConfigError
+from deploykit.shapes import SIZE_RULE, input_size_or_none
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ARCHES = ("x86_64", "aarch64")
@@ -217,12 +218,10 @@ class _Parser:
 
     def input_size(self, raw: Mapping) -> tuple[int, int]:
         value = raw["input_size"]
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = [value, value]
-        if (not isinstance(value, (list, tuple)) or len(value) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-            raise self.error("input_size", f"must be [height, width] of positive integers, got {value!r}")
-        return (value[0], value[1])
+        size = input_size_or_none(value)
+        if size is None:
+            raise self.error("input_size", f"must be {SIZE_RULE}, got {value!r}")
+        return size
 
     def peak(self, raw) -> Peak:
         if not isinstance(raw, dict):

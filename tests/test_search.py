@@ -26,7 +26,6 @@ from deploykit.search import (
     DepthProxy,
     LatencySpace,
     Proxy,
-    ProxyData,
     SensitivityProxy,
     make_proxy,
     pareto,
@@ -37,6 +36,7 @@ from deploykit.search.chain import Chain
 from deploykit.search.engine import pick
 from deploykit.search.space import subset_sums
 from deploykit.subnet import Subnet
+from deploykit.training import ProxyData
 
 # --- fake tables -----------------------------------------------------------------------------------
 

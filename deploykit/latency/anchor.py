@@ -26,15 +26,15 @@ from deploykit.fileio import write_json_atomic
 from deploykit.latency.fingerprint import Fingerprint, differences, for_target
 from deploykit.latency.identity import describe_record, fit_rescale, measuring_setup, table_anchors
 from deploykit.latency.table import LatencyTable, meta_path, read_meta
+from deploykit.progress import Progress, silent
 from deploykit.protocol import Measurement, Protocol
 
-Say = Callable[[str], None]
 TimeOnnx = Callable[[Path], Measurement]
 ANCHOR_ROUNDS = 3
 
 
 def interleaved(files: Mapping[str, Path], *, time_onnx: TimeOnnx, rounds: int,
-                say: Say | None = None) -> dict[str, list[Measurement]]:
+                say: Progress | None = None) -> dict[str, list[Measurement]]:
     """Time every file once per round, in the same order each round (A, B, A, B, …), so that a drift
     of the machine touches all of them alike. ``{name: [one Measurement per round]}``."""
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
@@ -104,7 +104,7 @@ class AnchorResult:
         ])
 
 
-def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Say | None = None,
+def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Progress | None = None,
                  model: Any = None, time_onnx: TimeOnnx | None = None) -> AnchorResult:
     """Measure the table's two anchor models on this machine and store the rescaling (module docstring).
 
@@ -112,7 +112,7 @@ def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Say
     measurement on the table's target (tests).
     """
     started = time.perf_counter()
-    say = progress or (lambda line: None)
+    say = progress or silent
     table = LatencyTable.read(path)
     meta = table.meta
     _require_anchorable(table)

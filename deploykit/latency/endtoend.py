@@ -27,19 +27,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from deploykit.errors import TableError
-from deploykit.fileio import write_text_atomic
 from deploykit.latency.options import MAX_DESIGNED, EndToEndOptions
 from deploykit.latency.predictor import Prior, fit_predictor
 from deploykit.latency.sampling import EndToEndPlan, plan_end_to_end
 from deploykit.latency.stats import Figures
-from deploykit.latency.subnets import Measurer, SubnetTiming
-from deploykit.latency.table import LatencyTable, format_indices, parse_indices
-from deploykit.subnet import format_block_ranges
+from deploykit.latency.subnets import Measurer, SubnetTiming, read_points, write_points
+from deploykit.latency.table import LatencyTable
+from deploykit.progress import Progress, silent
+from deploykit.subnet import format_block_ranges, format_indices, parse_indices
 
-Progress = Callable[[str], None]
 MIN_HOLDOUT = 10          # fewer held-out subnets than this: the figures are stored with a warning
 POINT_COLUMNS = ("phase", "k", "pruned", "measured_ms", "p90_ms", "cv", "n", "load_1min", "predicted_ms",
                  "measured_at")
@@ -61,7 +57,7 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
                    fresh: bool = False, progress: Progress | None = None) -> LatencyTable:
     """Measure the plan (reusing what ``points_file`` holds unless ``fresh``), fit, compare on the held-out
     subnets; the table with ``predictor`` and ``fidelity`` set (not yet written)."""
-    say = progress or (lambda line: None)
+    say = progress or silent
     groups = table.groups
     kind = options.resolve(len(groups))
     if options.predictor == "auto" and kind == "isolated":
@@ -141,26 +137,19 @@ def _write_points(path: Path, plan: EndToEndPlan, timings: dict, predict: Callab
                      "measured_ms": timing.measured_ms, "p90_ms": timing.p90_ms, "cv": timing.cv,
                      "n": timing.n, "load_1min": timing.load, "measured_at": timing.measured_at,
                      "predicted_ms": predict(subset) if predict else math.nan})
-    frame = pd.DataFrame(rows, columns=list(POINT_COLUMNS))
-    write_text_atomic(path, frame.to_csv(index=False, float_format="%.6f"))
+    write_points(path, rows, POINT_COLUMNS)
 
 
 def _read_points(path: Path, say: Progress) -> dict[tuple[int, ...], SubnetTiming]:
     """Subnets an earlier (interrupted) run of this profile measured already."""
-    if not path.is_file():
-        return {}
-    try:
-        frame = pd.read_csv(path, keep_default_na=False, dtype={"pruned": str, "measured_at": str})
-        found = {}
-        for row in frame.itertuples(index=False):
-            subset = parse_indices(row.pruned)
-            found[subset] = SubnetTiming(subset, float(row.measured_ms), float(row.p90_ms or "nan"),
-                                         float(row.cv or "nan"), int(row.n), float(row.load_1min or "nan"),
-                                         measured_at=str(row.measured_at))
-    except (ValueError, TypeError, AttributeError, TableError, pd.errors.ParserError,
-            pd.errors.EmptyDataError):
-        say(f"ignoring {path}: not the end-to-end points of a profile")
-        return {}
+    def timing(row) -> tuple[tuple[int, ...], SubnetTiming]:
+        subset = parse_indices(row.pruned)
+        return subset, SubnetTiming(subset, float(row.measured_ms), float(row.p90_ms or "nan"),
+                                    float(row.cv or "nan"), int(row.n), float(row.load_1min or "nan"),
+                                    measured_at=str(row.measured_at))
+
+    found = read_points(path, dtype={"pruned": str, "measured_at": str}, parse=timing,
+                        what="not the end-to-end points of a profile", say=say)
     if found:
         say(f"resuming the end-to-end phase from {path}: {len(found)} subnets already measured")
     return found

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from deploykit.errors import ConfigError, ModelError
+from deploykit.errors import ConfigError, ModelError, one_line
 
 GPU_OP_OVERHEAD_S = 5e-6
 CPU_OP_OVERHEAD_S = 1e-6
@@ -116,7 +116,7 @@ def estimate_onnx(path: str | Path, roofline: Roofline) -> Estimate:
         model = onnx.load(str(path))
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as error:  # onnx raises several types for unreadable or inconsistent files
-        raise ModelError(f"cannot read {path} for an estimate: {str(error).splitlines()[0]}") from None
+        raise ModelError(f"cannot read {path} for an estimate: {one_line(error)}") from None
     shapes = _shapes(model)
     ops = []
     for node in model.graph.node:

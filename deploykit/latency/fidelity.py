@@ -27,24 +27,22 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from deploykit.errors import ConfigError, TableError
-from deploykit.fileio import check_output_files, write_text_atomic
+from deploykit.fileio import check_output_files
 from deploykit.latency.plot import plot_fidelity
 from deploykit.latency.sampling import plan_subnets
 from deploykit.latency.stats import Figures, fit_calibration, leave_one_out
-from deploykit.latency.subnets import Measurer, SubnetMeasurer, SubnetTiming
-from deploykit.latency.table import LatencyTable, format_indices, meta_path, parse_indices
-from deploykit.subnet import format_block_ranges
-
-Progress = Callable[[str], None]
+from deploykit.latency.subnets import Measurer, SubnetMeasurer, SubnetTiming, read_points, write_points
+from deploykit.latency.table import LatencyTable, meta_path
+from deploykit.progress import Progress, silent
+from deploykit.shapes import format_shape
+from deploykit.subnet import format_block_ranges, format_indices, parse_indices
 
 NOTE_PREFIX = "lut check:"
 # Largest relative difference between the unpruned model measured by the check and the table's own
@@ -163,7 +161,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     the table names (for tests and custom models).
     """
     started = time.perf_counter()
-    say = progress or (lambda line: None)
+    say = progress or silent
     if not isinstance(table, LatencyTable):
         table = LatencyTable.read(table)
     _require_checkable(table)
@@ -234,7 +232,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
         meta = table.meta
         plot_fidelity(png_path, predicted=predicted, measured=measured, depth=[len(p.pruned) for p in points],
                       calibration=(a, b), before=before, after=after, label=label,
-                      title=f"{meta.model} {_size(meta.input_size)} b{meta.batch} on {meta.target} "
+                      title=f"{meta.model} {format_shape(meta.input_size)} b{meta.batch} on {meta.target} "
                             f"({meta.device_string})")
     return CheckResult(table=result_table, points=points, before=before, after=after,
                        cross_validated=Figures.compare(loo, measured) if loo is not None else None,
@@ -294,7 +292,8 @@ def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, mod
                          "its unscaled predictions")
     elif not verdict.same:
         say(f"warning: checking on another machine than the table's (--allow-mismatch): {verdict.describe()}")
-    say(f"building {meta.model} at {_size(meta.input_size)} (random weights: timing does not depend on them)")
+    say(f"building {meta.model} at {format_shape(meta.input_size)} "
+        "(random weights: timing does not depend on them)")
     measurer = SubnetMeasurer(meta.model, input_size=meta.input_size, batch=meta.batch, work=work,
                               model=model, time_onnx=lambda path, shape: measure_onnx(
                                   path, target=target, protocol=protocol, input_shape=shape))
@@ -335,23 +334,17 @@ def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measu
 
 def _reusable(csv_path: Path, seed: int, measured_on: str, say: Progress) -> dict:
     """Points of an earlier (possibly interrupted) check with the same seed on the same machine."""
-    if not csv_path.is_file():
-        return {}
-    try:
-        rows = pd.read_csv(csv_path, keep_default_na=False, dtype={"pruned": str, "measured_on": str})
-        found = {}
-        for row in rows.itertuples(index=False):
-            if int(row.seed) != seed or row.measured_on != measured_on:
-                continue
-            pruned = parse_indices(row.pruned)
-            found[(int(row.sample), pruned)] = Point(int(row.sample), pruned, float(row.predicted_ms),
-                                                     float(row.measured_ms), float(row.p90_ms or "nan"),
-                                                     float(row.cv or "nan"), int(row.n),
-                                                     float(getattr(row, "load_1min", "") or "nan"))
-    except (ValueError, TypeError, AttributeError, TableError, pd.errors.ParserError,
-            pd.errors.EmptyDataError):
-        say(f"ignoring {csv_path}: not a points file of this check")
-        return {}
+    def point(row) -> tuple[tuple[int, tuple[int, ...]], Point] | None:
+        if int(row.seed) != seed or row.measured_on != measured_on:
+            return None
+        pruned = parse_indices(row.pruned)
+        return (int(row.sample), pruned), Point(int(row.sample), pruned, float(row.predicted_ms),
+                                                float(row.measured_ms), float(row.p90_ms or "nan"),
+                                                float(row.cv or "nan"), int(row.n),
+                                                float(getattr(row, "load_1min", "") or "nan"))
+
+    found = read_points(csv_path, dtype={"pruned": str, "measured_on": str}, parse=point,
+                        what="not a points file of this check", say=say)
     if found:
         say(f"resuming from {csv_path}: up to {len(found)} points can be reused (--fresh measures all again)")
     return found
@@ -369,8 +362,7 @@ def _write_points(path: Path, points: list[Point], seed: int, measured_on: str,
                      "error_pct": (p.predicted_ms - p.measured_ms) / p.measured_ms * 100,
                      "calibrated_error_pct": (calibrated - p.measured_ms) / p.measured_ms * 100,
                      "load_1min": p.load, "seed": seed, "measured_on": measured_on})
-    frame = pd.DataFrame(rows, columns=list(POINT_COLUMNS))
-    write_text_atomic(path, frame.to_csv(index=False, float_format="%.6f"))
+    write_points(path, rows, POINT_COLUMNS)
 
 
 def _store(table: LatencyTable, calibration: tuple[float, float], before: Figures, after: Figures,
@@ -396,9 +388,6 @@ def _figure_row(label: str, f: Figures) -> str:
             f"{f.mape:>7.1f}%{f.bias:>+7.1f}%{f.max_error:>7.1f}%")
 
 
-def _size(size: Iterable[int]) -> str:
-    h, w = tuple(size)
-    return f"{h}x{w}"
 
 
 def write_json(result: CheckResult) -> str:

@@ -18,15 +18,15 @@ label them as estimates already.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from deploykit.errors import ConfigError, DeployKitError, RuntimeUnavailableError, TableError
 from deploykit.latency.fingerprint import NOT_INSTALLED, Fingerprint, differences, for_target, this_machine
 from deploykit.latency.table import LatencyTable, TableMeta
+from deploykit.progress import Progress, silent
 
-Say = Callable[[str], None]
 BUDGET_UNITS = ("ms", "fraction", None)
 # Below this spread between the unpruned and the all-merged anchor (relative to the unpruned one) the
 # two points do not pin a slope down: the rescaling is the ratio of the unpruned anchors instead.
@@ -72,8 +72,8 @@ def judge(table: LatencyTable, here: Fingerprint) -> Verdict:
     return Verdict(False, tuple(found), rescale, anchored_on)
 
 
-def table_for_this_machine(table: LatencyTable, *, budget_unit: str | None = None, say: Say | None = None,
-                           here: Fingerprint | None = None) -> LatencyTable:
+def table_for_this_machine(table: LatencyTable, *, budget_unit: str | None = None,
+                           say: Progress | None = None, here: Fingerprint | None = None) -> LatencyTable:
     """``table`` ready to predict for this machine; see the module docstring.
 
     ``budget_unit`` is ``ms`` (a millisecond budget: refused on a foreign table that is not
@@ -82,7 +82,7 @@ def table_for_this_machine(table: LatencyTable, *, budget_unit: str | None = Non
     """
     if budget_unit not in BUDGET_UNITS:
         raise ValueError(f"budget_unit must be one of {BUDGET_UNITS}, got {budget_unit!r}")
-    say = say or (lambda line: None)
+    say = say or silent
     if table.meta.mode == "estimated":
         return table
     verdict = judge(table, here or here_for(table.meta))

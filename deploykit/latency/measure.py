@@ -14,8 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploykit import errors
-from deploykit.errors import DeployKitError, ModelError
+from deploykit.errors import DeployKitError, ModelError, error_class, last_line
 from deploykit.protocol import Measurement, Protocol
 from deploykit.targets import Target
 
@@ -28,7 +27,7 @@ def measure_onnx(onnx_path: str | Path, *, target: Target, protocol: Protocol,
     """Time ``onnx_path`` on ``target`` under ``protocol`` with one input of ``input_shape`` (batch
     included), in a fresh subprocess. Any failure of the worker is a DeployKitError (the same
     subclass the worker raised, e.g. RuntimeUnavailableError) carrying its one-line message."""
-    from deploykit.runtimes.base import check_input_shape
+    from deploykit.shapes import check_input_shape
 
     path = Path(onnx_path)
     if not path.is_file():
@@ -59,12 +58,9 @@ def _run_worker(request: dict, *, what: str, timeout_s: float | None) -> dict:
     reply = _parse_reply(done.stdout)
     if reply is None:
         raise DeployKitError(f"the latency worker measuring {what} gave no reply "
-                             f"({_exit(done.returncode)}): {_last_line(done.stderr) or 'no message'}")
+                             f"({_exit(done.returncode)}): {last_line(done.stderr) or 'no message'}")
     if not reply.get("ok"):
-        cls = getattr(errors, str(reply.get("type")), DeployKitError)
-        if not (isinstance(cls, type) and issubclass(cls, DeployKitError)):
-            cls = DeployKitError
-        raise cls(str(reply.get("error", "unknown worker error")))
+        raise error_class(reply.get("type"))(str(reply.get("error", "unknown worker error")))
     return reply
 
 
@@ -90,6 +86,3 @@ def _exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""

@@ -49,17 +49,17 @@ from deploykit.latency.table import (
     SETTINGS,
     LatencyTable,
     TableMeta,
-    format_indices,
-    format_shape,
     layout_of,
     meta_path,
     read_meta,
     table_path,
 )
 from deploykit.macs import count_macs, eval_mode
-from deploykit.prune import parse_input_size, prunable
+from deploykit.progress import Progress, silent
+from deploykit.prune import prunable
+from deploykit.shapes import check_input_size, format_shape
+from deploykit.subnet import format_block_ranges, format_indices
 
-Progress = Callable[[str], None]
 PROFILE_ANCHOR_ROUNDS = 2  # interleaved rounds of the two speed anchors at the end of a profile
 
 
@@ -102,7 +102,7 @@ def find_entries(model: nn.Module, *, model_name: str, input_size: int | tuple[i
                  in_chans: int = 3) -> list[Entry]:
     """Every entry of ``model`` in execution order (each block group: original, then merged), then
     the whole model. Raises ModelError when the model has no block of a supported family."""
-    size = parse_input_size(input_size)
+    size = check_input_size(input_size, error=ModelError)
     input_shape = (in_chans, *size)
     net = prunable(model, input_size=size, in_chans=in_chans).eval()
     block_names = [info.name for info in net.blocks]
@@ -348,8 +348,8 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
 
     check_target(target)  # a target its runtime cannot serve as written: one line naming the key
     started = time.perf_counter()
-    say = progress or (lambda line: None)
-    size = parse_input_size(input_size if input_size is not None else target.input_size)
+    say = progress or silent
+    size = check_input_size(input_size if input_size is not None else target.input_size, error=ModelError)
     batch = _check_batch(batch if batch is not None else target.batch)
     if estimate:
         roofline = Roofline.from_target(target)
@@ -428,7 +428,7 @@ class _Runner:
         return f"[{number:>{self.width}}/{len(self.entries)}] {entry.label()}"
 
     def announce_kept(self) -> list[tuple[int, Entry]]:
-        """Say which entries the table already has; the others, numbered, in order."""
+        """Progress which entries the table already has; the others, numbered, in order."""
         todo = []
         for number, entry in enumerate(self.entries, 1):
             if self.table.has(entry.key, entry.form):
@@ -467,7 +467,6 @@ def _measure_watched(runner: _Runner, todo: list[tuple[int, Entry]], model_name:
                      anchor_rounds: int, say: Progress) -> dict[str, Any]:
     """Measure ``todo`` under the sentinel, then the anchors; the metadata changes to save."""
     from deploykit.runtimes.hostinfo import pinned_cores
-    from deploykit.subnet import format_block_ranges
 
     def time_model() -> float:
         return measure_entry(runner.model_file(), target=target, protocol=protocol,

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import ConfigError
+from deploykit.progress import Progress, silent
 
-Say = Callable[[str], None]
 Snapshot = dict[int, tuple[str, int, int]]          # pid → (name, parent pid, CPU ticks)
 TOP_PROCESSES = 5
 
@@ -59,7 +59,7 @@ class Sentinel:
 
     measure: Callable[[], float]
     policy: SentinelPolicy = field(default_factory=SentinelPolicy)
-    say: Say = field(default=lambda line: None)
+    say: Progress = field(default=silent)
     clock: Callable[[], float] = time.monotonic
     load: Callable[[], list[float] | None] = field(default=lambda: load_average())
     snapshot: Callable[[], Snapshot] = field(default=lambda: process_snapshot())

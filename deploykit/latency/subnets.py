@@ -1,20 +1,26 @@
 """Measuring whole subnets: build the merged subnet, export it to ONNX and time it on the target.
 
 :class:`SubnetMeasurer` is what a profile's end-to-end phase and ``deploykit lut check`` call for each
-subnet; :class:`SubnetTiming` is the one record both keep of a measurement.
+subnet; :class:`SubnetTiming` is the one record both keep of a measurement, and both keep their
+measurements in a *points file* (:func:`write_points`, :func:`read_points`: a CSV rewritten after every
+subnet, so that an interrupted run resumes).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from deploykit.errors import TableError
+from deploykit.fileio import write_text_atomic
+from deploykit.progress import Progress
 from deploykit.protocol import Measurement
 
 # A measurer times one subnet (the pruned block indices) end to end: a Measurement or plain milliseconds.
@@ -83,6 +89,29 @@ class SubnetTiming:
             raise TableError(f"the measurer returned {measured!r} for subnet {list(pruned)}; "
                              "expected milliseconds > 0")
         return cls(tuple(pruned), float(measured), load=load_now(), measured_at=_now())
+
+
+def write_points(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """A points file: one row per measured subnet, written atomically."""
+    frame = pd.DataFrame(list(rows), columns=list(columns))
+    write_text_atomic(path, frame.to_csv(index=False, float_format="%.6f"))
+
+
+def read_points(path: Path, *, dtype: Mapping[str, type], parse: Callable[[Any], tuple[Hashable, Any] | None],
+                what: str, say: Progress) -> dict:
+    """What an earlier (possibly interrupted) run measured, as ``parse`` keys each row (None: skip it).
+    No file: {}. A file that is not ``what``: {} and a line that says so (those subnets are measured again:
+    a bad points file never stops a run)."""
+    if not path.is_file():
+        return {}
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, dtype=dict(dtype))
+        found = dict(item for row in frame.itertuples(index=False) if (item := parse(row)) is not None)
+    except (ValueError, TypeError, AttributeError, TableError, pd.errors.ParserError,
+            pd.errors.EmptyDataError):
+        say(f"ignoring {path}: {what}")
+        return {}
+    return found
 
 
 def _now() -> str:

@@ -24,7 +24,6 @@ is an error naming what is missing, never a smaller candidate set or a wrong fig
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -33,10 +32,11 @@ from typing import Any
 
 import pandas as pd
 
-from deploykit.errors import TableError
-from deploykit.fileio import check_output_files, write_json_atomic, write_text_atomic
+from deploykit.errors import TableError, one_line
+from deploykit.fileio import check_output_files, read_json, write_json_atomic, write_text_atomic
 from deploykit.latency.predictor import Predictor
-from deploykit.subnet import Subnet, format_block_ranges
+from deploykit.shapes import check_input_size
+from deploykit.subnet import Subnet, format_block_ranges, parse_indices
 
 KINDS = ("block", "fixed", "model")
 FORMS = {"block": ("original", "merged"), "fixed": ("fixed",), "model": ("model",)}
@@ -103,10 +103,8 @@ class TableMeta:
             raise TableError(f"table mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch <= 0:
             raise TableError(f"table batch must be a positive integer, got {self.batch!r}")
-        size = tuple(self.input_size) if isinstance(self.input_size, (list, tuple)) else ()
-        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-            raise TableError(f"table input_size must be [height, width], got {self.input_size!r}")
-        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "input_size",
+                           check_input_size(self.input_size, what="table input_size", error=TableError))
         object.__setattr__(self, "protocol", dict(self.protocol or {}))
         object.__setattr__(self, "notes", tuple(self.notes))
         for name in ("estimate", "predictor", "fidelity", "layout", "fingerprint", "anchors", "conditions"):
@@ -161,12 +159,9 @@ class TableMeta:
 def read_meta(path: str | Path) -> TableMeta:
     """The metadata of the table at ``path`` (its CSV or its ``.meta.json``)."""
     meta_file = meta_path(table_path(path))
-    if not meta_file.is_file():
-        raise TableError(f"latency table metadata not found: {meta_file}")
+    data = read_json(meta_file, what="latency table metadata", error=TableError)
     try:
-        return TableMeta.from_dict(json.loads(meta_file.read_text()))
-    except json.JSONDecodeError as error:
-        raise TableError(f"{meta_file} is not valid JSON: {error}") from None
+        return TableMeta.from_dict(data)
     except TableError as error:
         raise TableError(f"{meta_file}: {error}") from None
 
@@ -217,7 +212,7 @@ class LatencyTable:
                                keep_default_na=False, na_values={n: [""] for n, t in COLUMNS.items()
                                                                  if t is not str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
-            raise TableError(f"cannot read latency table {csv}: {str(error).splitlines()[0]}") from None
+            raise TableError(f"cannot read latency table {csv}: {one_line(error)}") from None
         return cls(meta=meta, rows=rows, path=csv)
 
     def write(self, path: str | Path | None = None) -> Path:
@@ -412,8 +407,7 @@ class LatencyTable:
         if batch is not None:
             asked["batch"] = batch
         if input_size is not None:
-            size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-            asked["input size"] = size
+            asked["input size"] = check_input_size(input_size)
         have = {"target": self.meta.target, "batch": self.meta.batch, "input size": self.meta.input_size}
         differences = [f"{name} {_show(have[name])} (asked {_show(value)})"
                        for name, value in asked.items() if have[name] != value]
@@ -534,22 +528,6 @@ def _unexpected(indices: set[int], what: str) -> list[str]:
     return [f"rows for block(s) {format_block_ranges(indices)}: {what}"] if indices else []
 
 
-def parse_indices(text: str) -> tuple[int, ...]:
-    """``"3;4;5"`` → (3, 4, 5); the empty string → ()."""
-    try:
-        return tuple(int(part) for part in str(text).split(";") if part != "")
-    except ValueError:
-        raise TableError(f"malformed block indices {text!r} (expected e.g. 3;4;5)") from None
-
-
-def format_indices(indices: Iterable[int]) -> str:
-    return ";".join(str(i) for i in indices)
-
-
-def format_shape(shape: Iterable[int]) -> str:
-    return "x".join(str(s) for s in shape)
-
-
 def _typed(rows: pd.DataFrame) -> pd.DataFrame:
     rows = rows.copy()
     for name, kind in COLUMNS.items():
@@ -577,7 +555,7 @@ def _validate_rows(rows: pd.DataFrame, meta: TableMeta, path: Path | None) -> pd
     try:
         rows = _typed(rows)
     except (ValueError, TypeError) as error:
-        raise TableError(f"{where} has a malformed value: {str(error).splitlines()[0]}") from None
+        raise TableError(f"{where} has a malformed value: {one_line(error)}") from None
     for row in rows.itertuples(index=False):
         if row.kind not in KINDS:
             raise TableError(f"{where}: row {row.key!r} has kind {row.kind!r}, expected one of {KINDS}")

@@ -46,8 +46,7 @@ def main() -> int:
     os.dup2(2, 1)  # anything else written to fd 1, by Python or by a runtime's C++ code, goes to stderr
     sys.stdout = sys.stderr
     try:
-        from deploykit.errors import DeployKitError
-        from deploykit.runtimes.base import one_line
+        from deploykit.errors import DeployKitError, one_line
 
         try:
             request = json.loads(sys.stdin.read())

@@ -11,8 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError
-from deploykit.runtimes.base import one_line
+from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError, one_line
 from deploykit.targets import Target
 
 

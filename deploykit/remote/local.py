@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from deploykit.errors import DeviceError
+from deploykit.errors import DeviceError, last_line
 from deploykit.remote.client import DeviceClient
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory that holds deploykit/
@@ -99,5 +99,4 @@ class LocalAgent:
             os.killpg(self.process.pid, signal.SIGKILL)
 
     def _last_line(self) -> str:
-        lines = [line for line in self.log.splitlines() if line.strip()]
-        return lines[-1] if lines else "no output"
+        return last_line(self.log) or "no output"

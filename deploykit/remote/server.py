@@ -51,9 +51,9 @@ from deploykit.remote.wire import (
     REQUEST_HEADER,
     MeasureRequest,
     error_reply,
-    format_shape,
     read_token,
 )
+from deploykit.shapes import format_shape
 
 Log = Callable[[str], None]
 

@@ -11,13 +11,13 @@ import json
 import math
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploykit.errors import ConfigError, DeployKitError
+from deploykit.errors import ConfigError, DeployKitError, one_line
 from deploykit.protocol import Protocol
-from deploykit.runtimes.base import check_input_shape, one_line
+from deploykit.shapes import check_input_shape
 
 API_VERSION = 1  # bumped whenever a request or reply changes incompatibly
 DEFAULT_PORT = 8765
@@ -122,10 +122,6 @@ def token_from(token_file: str | Path | None, *, environ: Mapping[str, str] | No
     if not token:
         raise ConfigError(f"no device token: give --token-file FILE or set {TOKEN_ENV}")
     return token
-
-
-def format_shape(shape: Sequence[int]) -> str:
-    return "x".join(str(d) for d in shape)
 
 
 def _printable(text: str) -> str:

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import numpy as np
 
-from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError
+from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError, one_line
 from deploykit.runtimes import hostinfo
+from deploykit.shapes import check_input_shape
 
 if TYPE_CHECKING:
     from deploykit.protocol import Measurement, Protocol
@@ -227,18 +228,6 @@ class RuntimeBackend(ABC):
         return RuntimeUnavailableError(f"{self.name}: {reason}")
 
 
-def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
-    """A tuple of positive ints (batch first), else ConfigError."""
-    try:
-        shape = tuple(input_shape)
-    except TypeError:
-        shape = ()
-    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-        raise ConfigError(f"input shape must be positive integers such as (1, 3, 224, 224), "
-                          f"got {input_shape!r}")
-    return shape
-
-
 def random_input(shape: Sequence[int], dtype: str | np.dtype = "float32") -> np.ndarray:
     """Random-normal input with a fixed seed, in ``dtype`` (float32 unless the runtime needs fp16)."""
     values = np.random.default_rng(INPUT_SEED).standard_normal(tuple(shape), dtype=np.float32)
@@ -267,13 +256,6 @@ def time_and_measure(run_once: Callable[[], None], protocol: Protocol, *, compil
         raise ModelError(f"{what} failed: {one_line(error)}") from None
     result = measure(run_once, protocol, clock=clock)
     return replace(result, compile_s=compile_s, first_run_ms=first_s * 1000.0)
-
-
-def one_line(error: BaseException, limit: int = 300) -> str:
-    """An SDK exception as one short line (SDK messages are often multi-line dumps)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    text = " ".join(lines[:3]) if lines else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def device_index(target: Target) -> int:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from deploykit.errors import ModelError
+from deploykit.errors import ModelError, one_line
 from deploykit.runtimes import hostinfo
-from deploykit.runtimes.base import RuntimeBackend, Session, one_line, single_input
+from deploykit.runtimes.base import RuntimeBackend, Session, single_input
 from deploykit.runtimes.onnxfile import input_names
 from deploykit.runtimes.registry import register_backend
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploykit.errors import ModelError
-from deploykit.runtimes.base import one_line
+from deploykit.errors import ModelError, one_line
 
 
 def load(path: Path, *, with_weights: bool = True):

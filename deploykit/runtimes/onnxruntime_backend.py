@@ -16,9 +16,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from deploykit.errors import ModelError, RuntimeUnavailableError
+from deploykit.errors import ModelError, RuntimeUnavailableError, one_line
 from deploykit.runtimes import hostinfo
-from deploykit.runtimes.base import RuntimeBackend, Session, device_index, one_line, single_input
+from deploykit.runtimes.base import RuntimeBackend, Session, device_index, single_input
 from deploykit.runtimes.onnxfile import convert_to_fp16
 from deploykit.runtimes.registry import register_backend
 

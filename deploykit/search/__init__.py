@@ -6,7 +6,8 @@ budget; ``pareto(table, proxy, N)`` the best subnets across N budgets. ``deployk
 
 - :mod:`~deploykit.search.budget`: budgets in ms or as a fraction of the unpruned prediction;
 - :mod:`~deploykit.search.space`: every subnet's predicted latency, from per-block and pair terms;
-- :mod:`~deploykit.search.proxies`: depth, sensitivity:CKPT and supernet:CKPT;
+- :mod:`~deploykit.search.proxies`: depth, sensitivity:CKPT and supernet:CKPT (their held-out data,
+  ``deploykit.training.ProxyData``, is passed in: search never imports training);
 - :mod:`~deploykit.search.chain`: the exact dynamic program along the block chain (Pareto frontiers);
 - :mod:`~deploykit.search.engine`: the strategies (DP, exhaustive, evolutionary), results, Pareto.
 """
@@ -16,8 +17,8 @@ from deploykit.search.engine import ParetoResult, Searcher, SearchResult, pareto
 from deploykit.search.proxies import (
     BlockScoreProxy,
     DepthProxy,
+    HeldOutData,
     Proxy,
-    ProxyData,
     SensitivityProxy,
     SupernetProxy,
     make_proxy,
@@ -28,10 +29,10 @@ __all__ = [
     "BlockScoreProxy",
     "Budget",
     "DepthProxy",
+    "HeldOutData",
     "LatencySpace",
     "ParetoResult",
     "Proxy",
-    "ProxyData",
     "SearchResult",
     "Searcher",
     "SensitivityProxy",

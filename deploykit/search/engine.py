@@ -32,13 +32,13 @@ import pandas as pd
 from deploykit.errors import ConfigError
 from deploykit.fileio import write_text_atomic
 from deploykit.latency.table import LatencyTable, predict_subnet
+from deploykit.progress import Progress, silent
 from deploykit.search.budget import Budget
 from deploykit.search.chain import Chain
 from deploykit.search.proxies import Proxy
 from deploykit.search.space import MAX_ENUMERATED_BITS, LatencySpace, subset_sums
 from deploykit.subnet import Subnet
 
-Progress = Callable[[str], None]
 STRATEGIES = ("auto", "exhaustive", "evolutionary")
 EXHAUSTIVE_BITS_EVALUATED = 16    # the bound for proxies evaluated on data, subnet by subnet
 BUDGET_SLACK = 1e-9               # relative: a budget equal to a prediction admits it despite rounding
@@ -74,7 +74,7 @@ class Searcher:
         for name, value, low in (("population", population, 4), ("generations", generations, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"--{name} must be an integer ≥ {low}, got {value!r}")
-        self.say = progress or (lambda line: None)
+        self.say = progress or silent
         self.table, self.proxy, self.seed = table, proxy, seed
         self.population, self.generations = population, generations
         asked = None if candidates is None else tuple(sorted(set(candidates)))

@@ -11,13 +11,16 @@
 Additive proxies (depth, sensitivity) score a subnet as Σ of per-block scores, which the search
 enumerates vectorized or solves exactly; the supernet proxy gives per-block scores too (each block pruned
 alone), but only as the seed of the evolutionary search.
+
+The data-driven proxies are given their evaluation: ``data`` is held-out data that opens a checkpoint as
+a :class:`SubnetEvaluator` (``deploykit.training.ProxyData``), so that search never imports training.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,8 @@ import numpy as np
 
 from deploykit.errors import ConfigError
 from deploykit.latency.table import LatencyTable
+from deploykit.progress import Progress, silent
 
-Progress = Callable[[str], None]
 KINDS = ("depth", "sensitivity", "supernet")
 METRICS = ("top1", "loss")
 
@@ -113,88 +116,34 @@ class BlockScoreProxy(AdditiveProxy):
         return {"kind": self.kind, "metric": self.metric, "value": self.score(pruned)}
 
 
-@dataclass(frozen=True)
-class ProxyData:
-    """Held-out data for the data-driven proxies (see ``deploykit.data``)."""
+class SubnetEvaluator(typing.Protocol):
+    """A network judged per subnet on held-out data, cached (``deploykit.training.SubnetEvaluator``)."""
 
-    name: str
-    val_limit: int | None = None
-    batch_size: int = 256
-    input_size: tuple[int, int] | None = None   # default: the supernet's training size, else the table's
-    recalibrate_batches: int = 0                # re-estimate BatchNorm statistics per subnet (supernet)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise ConfigError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
-        if self.val_limit is not None and self.val_limit <= 0:
-            raise ConfigError(f"--val-limit must be positive, got {self.val_limit}")
-        if self.recalibrate_batches < 0:
-            raise ConfigError(f"--recalibrate-batches must be ≥ 0, got {self.recalibrate_batches}")
-
-
-class _Evaluated:
-    """A network (supernet or prunable plain model) evaluated per subnet on held-out batches, cached."""
-
-    def __init__(self, checkpoint: str | Path, table: LatencyTable, data: ProxyData, *, need_supernet: bool,
-                 progress: Progress):
-        from deploykit.data import DataConfig, eval_loader, load_datasets
-        from deploykit.training import load_supernet
-
-        say = progress
-        self.checkpoint, self.data = str(checkpoint), data
-        model = table.meta.model
-        supernet = _is_supernet(checkpoint)
-        if need_supernet and not supernet:
-            raise ConfigError(f"supernet:{checkpoint} needs a supernet checkpoint from `deploykit train "
-                              "supernet` (its supernet.pt); for plain weights use sensitivity:CKPT")
-        self.supernet = load_supernet(checkpoint) if supernet else None
-        if self.supernet is not None and self.supernet.model != model:
-            raise ConfigError(f"{checkpoint} is a supernet of {self.supernet.model} but the table is "
-                              f"for {model}")
-        size = data.input_size or (self.supernet.input_size if self.supernet else table.meta.input_size)
-        datasets = load_datasets(DataConfig(data.name, input_size=tuple(size), val_limit=data.val_limit))
-        say(f"proxy data: {datasets.describe}")
-        if tuple(size) != tuple(table.meta.input_size):
-            say(f"note: the proxy is evaluated at {size[0]}x{size[1]}, the latency table is for "
-                f"{table.meta.input_size[0]}x{table.meta.input_size[1]}")
-        self.input_size = tuple(size)
-        self.loader = eval_loader(datasets.val, batch_size=data.batch_size)
-        self.calibration = eval_loader(datasets.train, batch_size=data.batch_size) \
-            if data.recalibrate_batches else None
-        if self.supernet is not None:
-            if self.supernet.num_classes != datasets.num_classes:
-                raise ConfigError(f"{checkpoint} was trained for {self.supernet.num_classes} classes but "
-                                  f"--data {data.name} has {datasets.num_classes}")
-            self.net, self.prunable = self.supernet, set(self.supernet.candidates)
-        else:
-            self.net = _plain_net(checkpoint, model, datasets.num_classes, self.input_size, say)
-            self.prunable = set(self.net.prunable_indices)
-        self.cache: dict[tuple[int, ...], tuple[float, float]] = {}
+    evaluations: int  # distinct subnets evaluated so far
+    lam: float | None  # a supernet's λ; None for plain weights
 
     def __call__(self, pruned: tuple[int, ...]) -> tuple[float, float]:
         """(top-1 %, loss) of the subnet with ``pruned`` in pruned form."""
-        from deploykit.training import evaluate_subnet
+        ...
 
-        key = tuple(sorted(pruned))
-        if key not in self.cache:
-            self.cache[key] = evaluate_subnet(self.net, key, self.loader, calibration_loader=self.calibration,
-                                              calibration_batches=self.data.recalibrate_batches)
-        return self.cache[key]
+    def restrict(self, candidates: tuple[int, ...], what: str) -> tuple[int, ...]: ...
 
-    def restrict(self, candidates: tuple[int, ...], what: str) -> tuple[int, ...]:
-        kept = tuple(c for c in candidates if c in self.prunable)
-        if self.supernet is None and len(kept) < len(candidates):
-            outside = [c for c in candidates if c not in self.prunable]
-            raise ConfigError(f"{what}: block(s) {outside} of the table cannot be pruned in "
-                              f"{self.checkpoint}'s model: the table is from another model definition")
-        if not kept:
-            raise ConfigError(f"{self.checkpoint} was trained to prune none of the candidate blocks "
-                              f"{list(candidates)}")
-        return kept
+    def describe(self) -> dict[str, Any]: ...
 
-    def describe(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "data": self.data.name,
-                "val_limit": self.data.val_limit, "input_size": list(self.input_size)}
+
+class HeldOutData(typing.Protocol):
+    """Held-out data that opens a checkpoint as a :class:`SubnetEvaluator`: the evaluation the
+    data-driven proxies are given (``deploykit.training.ProxyData``), so that search never imports
+    training."""
+
+    def open(self, checkpoint: str | Path, *, model: str, table_size: tuple[int, int], need_supernet: bool,
+             progress: Progress) -> SubnetEvaluator: ...
+
+
+def _evaluator(checkpoint: str | Path, table: LatencyTable, data: HeldOutData, *, need_supernet: bool,
+               progress: Progress) -> SubnetEvaluator:
+    return data.open(checkpoint, model=table.meta.model, table_size=table.meta.input_size,
+                     need_supernet=need_supernet, progress=progress)
 
 
 class SensitivityProxy(AdditiveProxy):
@@ -202,10 +151,10 @@ class SensitivityProxy(AdditiveProxy):
 
     kind, metric = "sensitivity", "Σ loss increase"
 
-    def __init__(self, checkpoint: str | Path, table: LatencyTable, data: ProxyData,
+    def __init__(self, checkpoint: str | Path, table: LatencyTable, data: HeldOutData,
                  progress: Progress | None = None):
         super().__init__()
-        self._net = _Evaluated(checkpoint, table, data, need_supernet=False, progress=progress or _quiet)
+        self._net = _evaluator(checkpoint, table, data, need_supernet=False, progress=progress or silent)
         self.base_loss = float("nan")
         self.increase: dict[int, float] = {}
 
@@ -232,7 +181,7 @@ class SensitivityProxy(AdditiveProxy):
 
     @property
     def evaluations(self) -> int:
-        return len(self._net.cache)
+        return self._net.evaluations
 
 
 class SupernetProxy(Proxy):
@@ -240,12 +189,12 @@ class SupernetProxy(Proxy):
 
     kind = "supernet"
 
-    def __init__(self, checkpoint: str | Path, table: LatencyTable, data: ProxyData, *, metric: str = "top1",
-                 progress: Progress | None = None):
+    def __init__(self, checkpoint: str | Path, table: LatencyTable, data: HeldOutData, *,
+                 metric: str = "top1", progress: Progress | None = None):
         if metric not in METRICS:
             raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
         self.metric = metric
-        self._net = _Evaluated(checkpoint, table, data, need_supernet=True, progress=progress or _quiet)
+        self._net = _evaluator(checkpoint, table, data, need_supernet=True, progress=progress or silent)
         self._block_scores: np.ndarray | None = None
 
     def restrict(self, candidates: tuple[int, ...]) -> tuple[int, ...]:
@@ -264,14 +213,14 @@ class SupernetProxy(Proxy):
     def describe(self, pruned: tuple[int, ...]) -> dict[str, Any]:
         top1, loss = self._net(pruned)
         return {"kind": self.kind, "metric": self.metric, "value": top1 if self.metric == "top1" else loss,
-                "top1": top1, "loss": loss, "lam": self._net.supernet.lam, **self._net.describe()}
+                "top1": top1, "loss": loss, "lam": self._net.lam, **self._net.describe()}
 
     @property
     def evaluations(self) -> int:
-        return len(self._net.cache)
+        return self._net.evaluations
 
 
-def make_proxy(spec: str, *, table: LatencyTable, data: ProxyData | None = None, metric: str | None = None,
+def make_proxy(spec: str, *, table: LatencyTable, data: HeldOutData | None = None, metric: str | None = None,
                progress: Progress | None = None) -> Proxy:
     """``depth``, ``sensitivity:CKPT`` or ``supernet:CKPT`` (the latter two need ``data``)."""
     kind, colon, checkpoint = str(spec).partition(":")
@@ -295,21 +244,3 @@ def make_proxy(spec: str, *, table: LatencyTable, data: ProxyData | None = None,
         return SensitivityProxy(checkpoint, table, data, progress=progress)
     return SupernetProxy(checkpoint, table, data, metric=metric or "top1", progress=progress)
 
-
-def _is_supernet(path: str | Path) -> bool:
-    from deploykit.checkpoints import read_torch_file
-
-    state = read_torch_file(path, what="checkpoint", error=ConfigError)
-    return isinstance(state, dict) and state.get("kind") == "supernet"
-
-
-def _plain_net(checkpoint: str | Path, model: str, num_classes: int, size: tuple[int, int], say: Progress):
-    from deploykit.models import create_model
-    from deploykit.prune import prunable
-    module = create_model(model, num_classes=num_classes, input_size=size, weights=checkpoint,
-                          say=lambda note: say(f"weights: {note}"))
-    return prunable(module, input_size=size).eval()
-
-
-def _quiet(line: str) -> None:
-    pass

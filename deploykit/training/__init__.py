@@ -3,7 +3,8 @@
 One module per concern: ``config`` (frozen settings), ``schedule`` (λ ramp, learning rate, sampled
 pruned sets: functions of the step alone), ``losses`` (CE + distillation), ``distributed`` (torchrun /
 DDP), ``checkpoint`` (atomic files, resume), ``loop`` (the shared training loop), ``evaluation``
-(top-1/loss, the supernet proxy) and one module per stage: ``baseline``, ``supernet``, ``progressive``.
+(top-1/loss, one subnet of a supernet), ``heldout`` (held-out data that judges subnets: what the
+search's proxies are given) and one module per stage: ``baseline``, ``supernet``, ``progressive``.
 Weights are loaded by :mod:`deploykit.checkpoints` (``load_model_weights`` is re-exported here). The
 names below are imported on first use.
 """
@@ -14,10 +15,12 @@ _HOMES = {
     "BaselineResult": "deploykit.training.baseline",
     "DistillConfig": "deploykit.training.config",
     "OptimConfig": "deploykit.training.config",
+    "ProxyData": "deploykit.training.heldout",
     "RunConfig": "deploykit.training.config",
     "SubnetConfig": "deploykit.training.config",
     "SubnetResult": "deploykit.training.progressive",
     "Supernet": "deploykit.training.evaluation",
+    "SubnetEvaluator": "deploykit.training.heldout",
     "SupernetConfig": "deploykit.training.config",
     "SupernetResult": "deploykit.training.supernet",
     "distillation_loss": "deploykit.training.losses",
@@ -39,8 +42,10 @@ __all__ = [
     "BaselineResult",
     "DistillConfig",
     "OptimConfig",
+    "ProxyData",
     "RunConfig",
     "SubnetConfig",
+    "SubnetEvaluator",
     "SubnetResult",
     "Supernet",
     "SupernetConfig",

@@ -1,10 +1,13 @@
-"""What every stage builds before training: the process settings, the original model with its weights,
-the plain validation, and a model with blocks dropped outright (the plain depth-pruning baseline)."""
+"""What every stage builds before training: the process settings and data, the original model with its
+weights, the plain validation, a model with blocks dropped outright (the plain depth-pruning baseline),
+and how a stage writes its result."""
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,18 +16,33 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from deploykit.data import DataConfig, Datasets, load_datasets
 from deploykit.errors import BlockSelectionError, ConfigError
 from deploykit.fileio import write_text_atomic
 from deploykit.prune import PrunableNet
+from deploykit.shapes import format_shape
 from deploykit.training.checkpoint import plain
 from deploykit.training.config import RunConfig
-from deploykit.training.distributed import DistContext
+from deploykit.training.distributed import DistContext, distributed
 from deploykit.training.evaluation import evaluate
 
 
 def set_threads(run: RunConfig) -> None:
     if run.threads is not None:
         torch.set_num_threads(run.threads)
+
+
+@contextmanager
+def stage_data(data: DataConfig, *, device: str, run: RunConfig | None = None,
+               ) -> Iterator[tuple[DistContext, Datasets]]:
+    """How every stage begins: the (distributed) context on ``device``, ``run``'s CPU threads, and the
+    data, described in the log."""
+    with distributed(device) as ctx:
+        if run is not None:
+            set_threads(run)
+        datasets = load_datasets(data)
+        ctx.log(f"data: {datasets.describe}")
+        yield ctx, datasets
 
 
 def original_model(name: str, *, num_classes: int, weights: str | Path | None, new_head: bool,
@@ -60,7 +78,7 @@ def dropped(model: nn.Module, net: PrunableNet, indices: tuple[int, ...]) -> nn.
                                       f"0..{len(net.blocks) - 1}")
     reshaping = [net.blocks[i] for i in indices if net.blocks[i].in_shape != net.blocks[i].out_shape]
     if reshaping:
-        named = ", ".join(f"{b.index} ({b.name}: {_shape(b.in_shape)} → {_shape(b.out_shape)})"
+        named = ", ".join(f"{b.index} ({b.name}: {format_shape(b.in_shape)} → {format_shape(b.out_shape)})"
                           for b in reshaping)
         raise BlockSelectionError(f"--method drop cannot remove block(s) {named}: their output shape "
                                   "differs from their input shape; choose blocks that keep their shape")
@@ -78,9 +96,7 @@ def write_json(data: dict[str, Any], path: Path) -> Path:
     return write_text_atomic(path, json.dumps(plain(data), indent=2) + "\n")
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _shape(shape) -> str:
-    return "x".join(str(s) for s in shape)
+def write_result(result: Any, *, kind: str, model: str, **extra: Any) -> Path:
+    """``result.json`` in ``result.out``: the stage's result dataclass without its per-epoch history."""
+    summary = {key: value for key, value in vars(result).items() if key != "history"}
+    return write_json({"kind": kind, "model": model, **summary, **extra}, result.out / "result.json")

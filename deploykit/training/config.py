@@ -1,5 +1,9 @@
 """Frozen, validated configuration of a training run: the run itself, the optimizer, distillation,
-the supernet's sampling and the subnet's pruning method."""
+the supernet's sampling and the subnet's pruning method.
+
+The one source of every training default: ``deploykit train``'s options read their defaults from these
+dataclasses (and :func:`stage_optim`), the Python API and ``deploykit run`` use them as they are.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 from deploykit.errors import ConfigError
 
 METHODS = ("progressive", "abrupt", "drop")
+STAGES = ("baseline", "supernet", "subnet")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -41,15 +47,16 @@ class RunConfig:
             raise ConfigError(f"workers must be ≥ 0, got {self.workers}")
         if self.threads is not None:
             _positive("threads", self.threads)
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay to ``min_lr``, stepped per batch."""
+    """AdamW with linear warm-up then cosine decay to ``min_lr``, stepped per batch. The defaults are
+    fine-tuning's (supernet, subnet); :func:`stage_optim` gives each stage's."""
 
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
@@ -60,6 +67,14 @@ class OptimConfig:
                              ("min lr", self.min_lr)):
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{label} must be ≥ 0, got {value}")
+
+
+def stage_optim(stage: str) -> OptimConfig:
+    """The optimizer defaults of a training stage (``baseline``, ``supernet``, ``subnet``): training from
+    scratch warms up for an epoch at a higher rate; fine-tuning the original does neither."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown training stage {stage!r}; choose one of {', '.join(STAGES)}")
+    return OptimConfig(lr=2e-3, warmup_epochs=1.0) if stage == "baseline" else OptimConfig()
 
 
 @dataclass(frozen=True)

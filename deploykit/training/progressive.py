@@ -24,24 +24,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from deploykit.data import DataConfig, load_datasets
+from deploykit.data import DataConfig
 from deploykit.errors import ConfigError, MergeError
-from deploykit.macs import count_macs
+from deploykit.macs import count_macs, count_params
 from deploykit.modelfile import ModelRecord, save_model
 from deploykit.prune import PrunableNet, prunable
 from deploykit.subnet import Subnet
 from deploykit.training.build import (
-    count_params,
     data_meta,
     dropped,
     original_model,
     require_weights,
-    set_threads,
+    stage_data,
     validate_plain,
-    write_json,
+    write_result,
 )
-from deploykit.training.config import DistillConfig, OptimConfig, RunConfig, SubnetConfig, default_ramp
-from deploykit.training.distributed import DistContext, distributed
+from deploykit.training.config import (
+    DistillConfig,
+    OptimConfig,
+    RunConfig,
+    SubnetConfig,
+    default_ramp,
+    stage_optim,
+)
+from deploykit.training.distributed import DistContext
 from deploykit.training.evaluation import evaluate
 from deploykit.training.loop import Fit, Policy, StepHook, Task, fit
 from deploykit.training.schedule import ramp_lambda, ramp_steps
@@ -100,17 +106,15 @@ def train_subnet(subnet: Subnet, *, weights: str | Path | None, data: DataConfig
                  on_step: StepHook | None = None) -> SubnetResult:
     """Train ``subnet`` from the original ``weights`` with ``config.method``; merge; write the results.
     ``on_step``: see :func:`~deploykit.training.loop.fit`."""
-    config, optim, distill = config or SubnetConfig(), optim or OptimConfig(), distill or DistillConfig()
+    config, distill = config or SubnetConfig(), distill or DistillConfig()
+    optim = optim or stage_optim("subnet")
     weights = require_weights(weights, "subnet")
     if not subnet.pruned:
         raise ConfigError("no block to prune: give --prune 0,3,5 or a subnet file that prunes blocks")
     if tuple(subnet.input_size) != tuple(data.input_size):
         raise ConfigError(f"the subnet was chosen at input size {list(subnet.input_size)} but the data is "
                           f"prepared at {list(data.input_size)}")
-    with distributed(run.device) as ctx:
-        set_threads(run)
-        datasets = load_datasets(data)
-        ctx.log(f"data: {datasets.describe}")
+    with stage_data(data, device=run.device, run=run) as (ctx, datasets):
         original = original_model(subnet.model, num_classes=datasets.num_classes, weights=weights,
                                   new_head=False, ctx=ctx)
         net = prunable(original, input_size=subnet.input_size)
@@ -186,6 +190,5 @@ def _write(result: SubnetResult, merged: nn.Module, subnet: Subnet, record: Mode
     data of the row's Δ reference)."""
     save_model(merged.cpu(), result.merged_path, record)
     subnet.write(run.out / "subnet.json")
-    summary = {key: value for key, value in vars(result).items() if key != "history"}
-    write_json({"kind": "subnet", **meta, "model": subnet.model, **summary,
-                "train_wall_s": round(fitted.wall_s, 3), "epochs": run.epochs}, run.out / "result.json")
+    write_result(result, kind="subnet", **{**meta, "model": subnet.model},
+                 train_wall_s=round(fitted.wall_s, 3), epochs=run.epochs)

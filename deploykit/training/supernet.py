@@ -21,13 +21,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from deploykit.data import DataConfig, load_datasets
+from deploykit.data import DataConfig
 from deploykit.errors import ConfigError
 from deploykit.prune import PrunableNet, prunable
-from deploykit.training.build import data_meta, original_model, require_weights, set_threads, write_json
+from deploykit.training.build import data_meta, original_model, require_weights, stage_data, write_result
 from deploykit.training.checkpoint import FORMAT, plain, save_atomic
-from deploykit.training.config import DistillConfig, OptimConfig, RunConfig, SupernetConfig, default_ramp
-from deploykit.training.distributed import DistContext, distributed
+from deploykit.training.config import (
+    DistillConfig,
+    OptimConfig,
+    RunConfig,
+    SupernetConfig,
+    default_ramp,
+    stage_optim,
+)
+from deploykit.training.distributed import DistContext
 from deploykit.training.evaluation import evaluate, gates
 from deploykit.training.loop import Policy, Task, fit
 from deploykit.training.schedule import pruned_digest, ramp_lambda, ramp_steps, sample_pruned
@@ -76,12 +83,10 @@ def train_supernet(model: str, *, weights: str | Path | None, data: DataConfig, 
                    distill: DistillConfig | None = None,
                    on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> SupernetResult:
     """Train the weight-sharing supernet of ``model`` from the original ``weights``."""
-    config, optim, distill = config or SupernetConfig(), optim or OptimConfig(), distill or DistillConfig()
+    config, distill = config or SupernetConfig(), distill or DistillConfig()
+    optim = optim or stage_optim("supernet")
     weights = require_weights(weights, "supernet")
-    with distributed(run.device) as ctx:
-        set_threads(run)
-        datasets = load_datasets(data)
-        ctx.log(f"data: {datasets.describe}")
+    with stage_data(data, device=run.device, run=run) as (ctx, datasets):
         original = original_model(model, num_classes=datasets.num_classes, weights=weights, new_head=False,
                                   ctx=ctx)
         net = prunable(original, input_size=data.input_size)
@@ -116,8 +121,7 @@ def train_supernet(model: str, *, weights: str | Path | None, data: DataConfig, 
             checkpoint = {"format": FORMAT, "kind": "supernet", "meta": plain(meta), "lam": lam,
                           "candidates": list(candidates), "state_dict": net.state_dict()}
             save_atomic(checkpoint, result.supernet_path)
-            summary = {key: value for key, value in vars(result).items() if key != "history"}
-            write_json({"kind": "supernet", "model": model, **summary}, run.out / "result.json")
+            write_result(result, kind="supernet", model=model)
             ctx.log(f"supernet: val top-1 {result.top1:.2f}% (none pruned), {result.top1_probe:.2f}% "
                     f"(probe {list(probe)}) at λ {lam:g}; wrote {result.supernet_path}")
         return result

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError
+from deploykit.progress import Progress
 from deploykit.verify.files import file_sha256, onnx_input_shape
 from deploykit.verify.numerics import check_numerics
 from deploykit.verify.report import VerifyReport
@@ -17,7 +18,7 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
            pruned: Sequence[int] | None = None, allow_mismatch: bool = False, n_inputs: int = 4,
            seed: int = 0, rounds: int = 3, measure_latency: bool = True,
            batch: int | None = None, input_size: tuple[int, int] | None = None,
-           progress: Callable[[str], None] | None = None) -> VerifyReport:
+           progress: Progress | None = None) -> VerifyReport:
     """Verify ``onnx_path`` on ``target``; see :mod:`deploykit.verify`. ``table`` is a LatencyTable."""
     from deploykit.latency.identity import table_for_this_machine
     from deploykit.latency.measure import runtime_info

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from deploykit.errors import ConfigError, ModelError
+from deploykit.shapes import check_input_size
 
 
 def file_sha256(path: str | Path) -> str:
@@ -28,6 +29,7 @@ def onnx_input_shape(path: str | Path, *, batch: int | None = None,
     dims = inputs[single_input(list(inputs), Path(path))]
     if len(dims) != 4:
         raise ModelError(f"{path}: expected an image input (batch, channels, height, width), got {dims}")
+    input_size = check_input_size(input_size) if input_size is not None else None
     asked = [batch, None, *(input_size or (None, None))]
     defaults = [default_batch, None, *default_size]
     shape = []

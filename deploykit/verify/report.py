@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from deploykit.errors import ConfigError
-from deploykit.fileio import write_json_atomic
+from deploykit.fileio import read_json, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -81,14 +80,7 @@ class VerifyReport:
 
     @classmethod
     def read(cls, path: str | Path) -> VerifyReport:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"verify report not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"verify report {path} is not valid JSON: {error}") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, what="verify report"), source=str(path))
 
     def summary(self) -> str:
         shape = "x".join(map(str, self.input_shape))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from deploykit.errors import ConfigError
+from deploykit.progress import Progress
 
 
 def measure_interleaved(model_path: Path, reference_path: Path | None, *, target, protocol,
                         input_shape: Sequence[int], rounds: int = 3,
-                        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                        progress: Progress | None = None) -> dict[str, Any]:
     """Time the model (and the reference) ``rounds`` times each, alternating, each in a fresh process."""
     from deploykit.latency.measure import measure_onnx
     from deploykit.protocol import Measurement
