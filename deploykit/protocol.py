@@ -137,6 +137,12 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
 
 # --- the confidence interval of a median -----------------------------------------------------------
 
+# Up to this many samples the interval's ranks come from exact binomial sums; beyond, the same sums in
+# floating point (exact big-integer sums cost O(n²) bit operations: a minute at n = 30,000, which a
+# 15-µs block reaches in one second of sampling).
+EXACT_CI_SAMPLES = 1000
+
+
 def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int] | None:
     """1-based ranks ``(l, u)`` such that ``[x(l), x(u)]`` of ``n`` sorted samples covers the median with
     probability ≥ ``confidence``, whatever the distribution; None when ``n`` is too small for that.
@@ -147,12 +153,22 @@ def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int] | None:
     """
     tail = (1.0 - confidence) / 2.0
     lower = 0
-    cumulative = 0
-    for k in range(n + 1):
-        cumulative += math.comb(n, k)
-        if cumulative / 2 ** n > tail:
-            break
-        lower = k + 1
+    if n <= EXACT_CI_SAMPLES:  # exact integer arithmetic
+        cumulative = 0
+        for k in range(n + 1):
+            cumulative += math.comb(n, k)
+            if cumulative / 2 ** n > tail:
+                break
+            lower = k + 1
+    else:  # the same sum in floating point, from where the binomial mass starts to count (≥ 12 sd out)
+        first = max(0, int(n / 2 - 6 * math.sqrt(n)))
+        log_total = math.lgamma(n + 1) - n * math.log(2.0)
+        cumulative, lower = 0.0, first
+        for k in range(first, n + 1):
+            cumulative += math.exp(log_total - math.lgamma(k + 1) - math.lgamma(n - k + 1))
+            if cumulative > tail:
+                break
+            lower = k + 1
     if lower < 1:
         return None
     return lower, n - lower + 1

@@ -195,3 +195,24 @@ def test_cli_arguments_set_every_field():
         Protocol.from_args(parser.parse_args(["--min-iters", "0"]))
     text = parser.format_help()
     assert "--max-cv" not in text and "confidence interval of the median" in text
+
+
+def test_median_ci_ranks_for_many_samples_equal_the_exact_binomial_sums(monkeypatch):
+    """Beyond EXACT_CI_SAMPLES the ranks come from floating-point sums: the same ranks as exact ones."""
+    import math
+
+    from deploykit import protocol
+
+    def exact(n: int) -> tuple[int, int]:
+        lower, cumulative = 0, 0
+        for k in range(n + 1):
+            cumulative += math.comb(n, k)
+            if cumulative / 2 ** n > 0.025:
+                break
+            lower = k + 1
+        return lower, n - lower + 1
+
+    monkeypatch.setattr(protocol, "EXACT_CI_SAMPLES", 0)  # the floating-point path for every n
+    for n in (6, 20, 101, 1001, 2048, 4999):
+        assert median_ci_ranks(n) == exact(n), n
+    assert median_ci_ranks(28568) == (14118, 14451)  # a 15-µs block's one second of samples

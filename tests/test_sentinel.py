@@ -101,9 +101,43 @@ def test_settle_redoes_the_window_until_steady_within_the_bound():
     assert len(said) == 2 and "+10.0% from 10.000 ms" in said[0] and "load 2.50/1.00/0.50" in said[0]
 
 
+def test_a_level_that_persists_through_the_retries_rebases_once_and_redoes_every_earlier_entry():
+    # start 10 (taken in a burst of load); the machine is at 8 from then on: the first window drifts
+    # (-20 %), is measured again twice at 8, and 8 persists: rebase to 8, redo the start's own entry
+    # (the model row); later windows at 8 are steady against the new start
+    values = iter([10.0, 8.0, 8.1, 8.0, 8.05])
+    redone: list[list] = []
+    said: list[str] = []
+    watch = Sentinel(measure=lambda: next(values), policy=SentinelPolicy(every=2, retries=2), say=said.append,
+                     clock=Clock(), snapshot=dict, load=lambda: None)
+    watch.start(item=(14, "model"))
+    watch.add((1, "a"))
+    watch.add((2, "b"))
+    watch.settle(redo=lambda items: redone.append(list(items)),
+                 describe=lambda items: ",".join(str(n) for n, _ in items))
+    assert redone == [[(1, "a"), (2, "b")], [(1, "a"), (2, "b")], [(14, "model")]]
+    assert watch.start_ms == 8.0 and watch.rebased
+    assert [d["action"] for d in watch.record()["drifts"]] == [
+        "measured again", "measured again", "rebased: the earlier entries (14) measured again"]
+    assert "new start value" in said[-1]
+    watch.add((3, "c"))
+    watch.settle(redo=lambda items: redone.append(list(items)), describe=lambda items: "3")
+    assert len(redone) == 3 and watch.history == [(14, "model"), (1, "a"), (2, "b"), (3, "c")]
+    # a second persisting level is only kept and warned about: one rebase per profile
+    again = Sentinel(measure=iter([10.0, 8.0, 8.0, 8.0, 6.0, 6.0, 6.0]).__next__,
+                     policy=SentinelPolicy(every=1, retries=2), clock=Clock(), snapshot=dict,
+                     load=lambda: None)
+    again.start()
+    for item in ((1, "a"), (2, "b")):
+        again.add(item)
+        again.settle(redo=lambda items: None, describe=lambda items: "")
+    assert again.start_ms == 8.0 and again.record()["drifts"][-1]["action"] == "kept (retries exhausted)"
+
+
 def test_sentinel_policy_validation():
-    assert SentinelPolicy().as_dict() == {"every": 8, "interval_s": 60.0, "max_drift": 0.05, "retries": 2}
-    for bad in (dict(every=-1), dict(every=1.5), dict(max_drift=0.0), dict(retries=True)):
+    assert SentinelPolicy().as_dict() == {"every": 8, "interval_s": 60.0, "max_drift": 0.05, "retries": 2,
+                                          "rebase": True}
+    for bad in (dict(every=-1), dict(every=1.5), dict(max_drift=0.0), dict(retries=True), dict(rebase=1)):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             SentinelPolicy(**bad)
 

@@ -485,7 +485,7 @@ def _measure_watched(runner: _Runner, todo: list[tuple[int, Entry]], model_name:
         if whole:  # the model row first: it is the sentinel's start value, measured once
             runner.measure(*whole[0])
             todo = [(number, entry) for number, entry in todo if entry.kind != "model"]
-            start = watch.start(runner.table.model_latency())
+            start = watch.start(runner.table.model_latency(), item=whole[0])
             say(f"sentinel: the whole model's row ({start:.3f} ms) is the start value")
         else:
             say(f"sentinel: the whole model measures {watch.start():.3f} ms at the start")

@@ -8,6 +8,12 @@ last good sentinel are measured again (at most ``retries`` times for one window)
 and the busiest other processes (from ``/proc``, this process tree excluded) are recorded and warned
 about.
 
+When the retries are spent and the last two checks agree with each other (within ``max_drift``) but
+not with the start, the machine has settled at another speed — or the start value itself was taken
+during a burst of load. Either way the entries measured before this window belong to the old level:
+the sentinel is rebased to the new level once (``rebase``) and every earlier entry, the start's own
+(the model row) included, is measured again, so that the table describes one machine state.
+
 :class:`Sentinel` holds that bookkeeping; the profile supplies ``measure`` (the whole model, a fresh
 process, ms) and ``redo`` (measure a window's entries again). Clock, load and process snapshot are
 injectable, so the rules are tested exactly.
@@ -38,6 +44,7 @@ class SentinelPolicy:
     interval_s: float = 60.0    # or this many seconds since the last one, whichever comes first
     max_drift: float = 0.05     # |sentinel / start − 1| above this is a drift
     retries: int = 2            # a window is measured again at most this many times
+    rebase: bool = True         # a level that persists through the retries becomes the new start, once
 
     def __post_init__(self) -> None:
         for name, value, integer in (("every", self.every, True), ("interval_s", self.interval_s, False),
@@ -48,6 +55,8 @@ class SentinelPolicy:
                 raise ConfigError(f"sentinel {name} must be a non-negative {what}, got {value!r}")
         if self.max_drift == 0:
             raise ConfigError("sentinel max_drift must be > 0")
+        if not isinstance(self.rebase, bool):
+            raise ConfigError(f"sentinel rebase must be true or false, got {self.rebase!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,13 +76,18 @@ class Sentinel:
     checks: list[dict[str, Any]] = field(default_factory=list)
     drifts: list[dict[str, Any]] = field(default_factory=list)
     window: list[Any] = field(default_factory=list)
+    history: list[Any] = field(default_factory=list)     # entries of closed windows (and the start's own)
+    rebased: bool = False
     _last_time: float = 0.0
     _last_snapshot: tuple[float, Snapshot] | None = None
     _window_usage: list[dict[str, Any]] = field(default_factory=list)
 
-    def start(self, value_ms: float | None = None) -> float:
-        """Measure the start value, or take ``value_ms``: the whole model just measured for its row."""
+    def start(self, value_ms: float | None = None, *, item: Any = None) -> float:
+        """Measure the start value, or take ``value_ms``: the whole model just measured for its row
+        (``item``, measured again with the earlier entries if the sentinel is ever rebased)."""
         self.start_ms = self._measure("start", value_ms)
+        if item is not None:
+            self.history.append(item)
         return self.start_ms
 
     def add(self, item: Any) -> None:
@@ -92,17 +106,26 @@ class Sentinel:
         window is closed. ``describe`` names a window's entries for the warning."""
         if self.start_ms is None:
             raise RuntimeError("internal: the sentinel was not started")
+        previous = None
         for attempt in range(self.policy.retries + 1):
             value = self._measure("check")
             drift = value / self.start_ms - 1.0
             if abs(drift) <= self.policy.max_drift:
                 break
             again = attempt < self.policy.retries
-            event = self._drift_event(value, drift, describe(self.window), again)
+            persists = previous is not None and abs(value / previous - 1.0) <= self.policy.max_drift
+            rebase = not again and persists and self.policy.rebase and not self.rebased
+            event = self._drift_event(value, drift, describe(self.window), again, rebase=rebase,
+                                      earlier=describe(self.history) if rebase else "")
             self.say(_warning(event, self.policy))
+            if rebase:
+                self.start_ms, self.rebased = value, True
+                redo(self.history)
             if not again:
                 break
             redo(self.window)
+            previous = value
+        self.history += self.window
         self.window = []
 
     def record(self) -> dict[str, Any]:
@@ -120,10 +143,13 @@ class Sentinel:
         self._window_usage = busiest(previous, self._last_snapshot) if previous else []
         return value
 
-    def _drift_event(self, value: float, drift: float, entries: str, again: bool) -> dict[str, Any]:
+    def _drift_event(self, value: float, drift: float, entries: str, again: bool, *, rebase: bool = False,
+                     earlier: str = "") -> dict[str, Any]:
+        action = ("measured again" if again
+                  else f"rebased: the earlier entries ({earlier}) measured again" if rebase
+                  else "kept (retries exhausted)")
         event = {"at": _now(), "sentinel_ms": value, "start_ms": self.start_ms, "drift": drift,
-                 "load": self.load(), "busiest": self._window_usage, "entries": entries,
-                 "action": "measured again" if again else "kept (retries exhausted)"}
+                 "load": self.load(), "busiest": self._window_usage, "entries": entries, "action": action}
         self.drifts.append(event)
         return event
 
@@ -134,6 +160,8 @@ def _warning(event: dict[str, Any], policy: SentinelPolicy) -> str:
     busy = ", ".join(f"{p['name']} (pid {p['pid']}) {p['cpu_share']:.0%}" for p in event["busiest"][:3])
     busy_text = f"; busiest other processes: {busy}" if busy else ""
     what = ("measuring them again" if event["action"] == "measured again"
+            else "the machine settled at this level: it is the new start value, and the "
+                 + event["action"].removeprefix("rebased: ") if event["action"].startswith("rebased")
             else f"keeping them after {policy.retries} re-measurements: profile on a quieter machine")
     return (f"warning: the whole model now measures {event['sentinel_ms']:.3f} ms, {event['drift']:+.1%} "
             f"from {event['start_ms']:.3f} ms at the start (limit ±{policy.max_drift:.0%}; {load_text}"
