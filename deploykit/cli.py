@@ -18,6 +18,7 @@ from deploykit import __version__
 from deploykit.errors import DeployKitError
 
 DEFAULT_MODEL = "convnext_tiny"
+TRAINING_DEVICES = ("auto", "cpu", "cuda")
 WEIGHTS_FORMATS = ("a .pt/.pth/.bin/.safetensors file (a state dict or a timm training checkpoint, whose EMA "
                    "weights are used when present), a Hugging Face-style folder (model.safetensors + "
                    "config.json) or package:efficientnet_lite0; nothing is unpickled")
@@ -38,6 +39,29 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(values) != 2 or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected a size like 224 or 96x128, got {text!r}")
     return values
+
+
+def _add_device_arguments(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """Declare ``--device URL --token-file FILE --device-ca FILE``: measure on a device agent."""
+    group = parser.add_argument_group(
+        "measuring device", f"{what} on a device agent (`deploykit serve` on the target machine) instead "
+                            "of this machine; the table or report then records the device's runtime and "
+                            "machine fingerprint and its URL")
+    group.add_argument("--device", default=None, metavar="URL",
+                       help="the agent, e.g. https://board:8765, or http://127.0.0.1:8765 through an SSH "
+                            "tunnel (default: measure here)")
+    group.add_argument("--token-file", default=None, metavar="FILE",
+                       help="file holding the agent's token (default: $DEPLOYKIT_DEVICE_TOKEN)")
+    group.add_argument("--device-ca", default=None, metavar="FILE",
+                       help="CA or self-signed certificate to verify an https agent with (default: the "
+                            "system's CAs)")
+
+
+def _measuring_host(args):
+    """Where the command measures: the --device agent, or this machine."""
+    from deploykit.remote.host import measuring_host
+
+    return measuring_host(args.device, token_file=args.token_file, ca_file=args.device_ca)
 
 
 # --- deploykit blocks ------------------------------------------------------------------------------
@@ -152,6 +176,7 @@ def _add_profile(sub) -> None:
                                f"moves more than this fraction from its start value (default: {d.max_drift})")
     add_end_to_end_arguments(p)
     add_protocol_arguments(p)
+    _add_device_arguments(p, what="measure every entry and subnet")
     p.set_defaults(func=_run_profile)
 
 
@@ -168,6 +193,7 @@ def _run_profile(args) -> int:
                      out=args.out, protocol=None if args.estimate else Protocol.from_args(args),
                      estimate=args.estimate, force=args.force, allow_mismatch=args.allow_mismatch,
                      end_to_end=EndToEndOptions.from_args(args), sentinel=sentinel,
+                     host=_measuring_host(args),
                      progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(result.summary())
     return 0
@@ -310,6 +336,7 @@ def _add_lut(sub) -> None:
     check.add_argument("--no-plot", action="store_true", help="write no PNG")
     check.add_argument("--format", choices=("text", "json"), default="text",
                        help="output format (default: text)")
+    _add_device_arguments(check, what="measure the subnets")
     check.set_defaults(func=_run_lut_check)
     predict = actions.add_parser(
         "predict", help="the table's predicted latency of one subnet, and the table's stored fidelity",
@@ -334,6 +361,7 @@ def _add_lut(sub) -> None:
     anchor.add_argument("table", metavar="TABLE", help="latency table CSV (or its .meta.json)")
     anchor.add_argument("--rounds", type=int, default=3, metavar="R",
                         help="interleaved measurements of each anchor model; the median is kept (default: 3)")
+    _add_device_arguments(anchor, what="measure the anchors (and key the rescaling by that machine)")
     anchor.set_defaults(func=_run_lut_anchor)
 
 
@@ -342,7 +370,7 @@ def _run_lut_check(args) -> int:
 
     result = check_table(args.table, samples=args.samples, seed=args.seed, out_dir=args.out,
                          allow_mismatch=args.allow_mismatch, fresh=args.fresh, store=not args.no_store,
-                         plot=not args.no_plot, force_store=args.force_store,
+                         plot=not args.no_plot, force_store=args.force_store, host=_measuring_host(args),
                          progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(write_json(result) if args.format == "json" else result.summary())
     return 0
@@ -351,7 +379,7 @@ def _run_lut_check(args) -> int:
 def _run_lut_anchor(args) -> int:
     from deploykit.latency.anchor import anchor_table
 
-    result = anchor_table(args.table, rounds=args.rounds,
+    result = anchor_table(args.table, rounds=args.rounds, host=_measuring_host(args),
                           progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(result.summary())
     return 0
@@ -625,6 +653,7 @@ def _add_verify(sub) -> None:
     p.add_argument("--out", default=None, metavar="PATH", help="write the report as JSON here")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
     add_protocol_arguments(p)
+    _add_device_arguments(p, what="run the numerics and time the files (PyTorch stays here)")
     p.set_defaults(func=_run_verify)
 
 
@@ -642,6 +671,7 @@ def _run_verify(args) -> int:
     if args.numerics_only and args.torch is None:
         raise ConfigError("--numerics-only needs --torch (the model to compare with)")
     target = load_target(args.target)
+    host = _measuring_host(args)
     table = LatencyTable.read(args.table) if args.table is not None else None
     if table is not None:
         table.check_coverage()  # before anything is measured
@@ -667,7 +697,7 @@ def _run_verify(args) -> int:
                     torch_module=module, torch_name=name, table=table, pruned=pruned,
                     allow_mismatch=args.allow_mismatch, n_inputs=args.inputs, seed=args.seed,
                     rounds=args.rounds, measure_latency=not args.numerics_only, batch=args.batch,
-                    input_size=args.input_size,
+                    input_size=args.input_size, host=host,
                     progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.summary())
     if args.out is not None:
@@ -739,6 +769,10 @@ def _add_run(sub) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="run directory (default: runs/MODEL-DATA-TARGET)")
     p.add_argument("--fresh", action="store_true", help="delete the run directory's results and start over")
+    p.add_argument("--table", default=None, metavar="TABLE",
+                   help="a latency table measured elsewhere (for this model, input size, batch and target) "
+                        "to use instead of profiling; the verify stages still measure on the target: here, "
+                        "or on --device")
     train = p.add_argument_group("training")
     train.add_argument("--baseline-epochs", type=int, default=d.baseline_epochs, metavar="E",
                        help=f"(default: {d.baseline_epochs})")
@@ -756,7 +790,7 @@ def _add_run(sub) -> None:
                        help=f"validation samples the search's supernet proxy scores each subnet on "
                             f"(default: {d.proxy_val_limit})")
     train.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
+    train.add_argument("--train-device", choices=TRAINING_DEVICES, default=d.device,
                        help="training device (default: auto)")
     train.add_argument("--train-threads", type=int, default=None, metavar="N",
                        help="CPU threads for training (default: torch's)")
@@ -767,6 +801,7 @@ def _add_run(sub) -> None:
                          help=f"interleaved measurements per model when verifying (default: {d.rounds})")
     add_end_to_end_arguments(p)
     add_protocol_arguments(p)
+    _add_device_arguments(p, what="run the profile and verify stages (training stays here)")
     p.set_defaults(func=_run_run)
 
 
@@ -775,15 +810,20 @@ def _run_run(args) -> int:
     from deploykit.pipeline import Pipeline, PipelineConfig
     from deploykit.protocol import Protocol
 
+    if args.device in TRAINING_DEVICES:  # `run --device cpu` named the training device before --train-device
+        print(f"deploykit run: note: --device is the URL of a device agent now; taking --device "
+              f"{args.device} as --train-device {args.device}", file=sys.stderr)
+        args.train_device, args.device = args.device, None
     config = PipelineConfig(
         model=args.model, target=args.target, data=args.data, input_size=args.input_size,
         budgets=tuple(b for b in args.budgets.split(",")), weights=args.weights,
         baseline_epochs=args.baseline_epochs, supernet_epochs=args.supernet_epochs,
         subnet_epochs=args.subnet_epochs, method=args.method, batch_size=args.batch_size,
         train_limit=args.train_limit, val_limit=args.val_limit, proxy_val_limit=args.proxy_val_limit,
-        seed=args.seed, device=args.device, train_threads=args.train_threads, latency_batch=args.batch,
-        rounds=args.rounds, protocol=Protocol.from_args(args), end_to_end=EndToEndOptions.from_args(args))
-    pipeline = Pipeline(config, args.out, fresh=args.fresh,
+        seed=args.seed, device=args.train_device, train_threads=args.train_threads, latency_batch=args.batch,
+        rounds=args.rounds, protocol=Protocol.from_args(args), end_to_end=EndToEndOptions.from_args(args),
+        table=args.table)
+    pipeline = Pipeline(config, args.out, fresh=args.fresh, host=_measuring_host(args),
                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     result = pipeline.run()
     print(result.summary())

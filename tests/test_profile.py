@@ -123,7 +123,8 @@ class FakeRuntime:
         self.calls: list[tuple[str, tuple]] = []
         self.sentinel = sentinel or (lambda j: 5.0)
         self.fail_at = fail_at
-        monkeypatch.setattr(profile_module, "measure_entry", self)
+        monkeypatch.setattr(measure_module.LocalHost, "measure",
+                            lambda host, onnx_file, **request: self(onnx_file, **request))
         monkeypatch.setattr(profile_module, "_export", self.export)  # real exports: tested elsewhere
         monkeypatch.setattr(profile_module, "export_anchor_models", self.export_anchors)
         monkeypatch.setattr(measure_module, "runtime_info", lambda target: {

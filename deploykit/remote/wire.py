@@ -1,8 +1,11 @@
 """What travels between the device agent and its client: JSON and ONNX bytes, never anything else.
 
 A measure request is one POST whose body is the ONNX file and whose ``X-DeployKit-Request`` header is
-the JSON of :class:`MeasureRequest`. Every error reply is ``{"error": one line, "type": DeployKitError
-subclass name}``; the client raises the same subclass again (:func:`deploykit.errors.error_class`).
+the JSON of :class:`MeasureRequest`; a run request (verify's numerics: the file's outputs on seeded
+inputs, drawn from the seed on both sides) the same with :class:`RunRequest`, answered with the
+outputs as encoded arrays (:mod:`deploykit.latency.outputs`). Every error reply is ``{"error": one
+line, "type": DeployKitError subclass name}``; the client raises the same subclass again
+(:func:`deploykit.errors.error_class`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from deploykit.errors import ConfigError, DeployKitError
 from deploykit.protocol import Protocol
 from deploykit.runtimes.base import check_input_shape, one_line
 
-API_VERSION = 1  # bumped whenever a request or reply changes incompatibly
+API_VERSION = 2  # bumped whenever a request or reply changes incompatibly (2: /run, real fingerprints)
 DEFAULT_PORT = 8765
 REQUEST_HEADER = "X-DeployKit-Request"
 TOKEN_ENV = "DEPLOYKIT_DEVICE_TOKEN"
 MIN_TOKEN_CHARS = 16
 TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE && chmod 600 FILE"
 _NAME_CHARS = 100
+# Test-only: a JSON object of fingerprint fields the agent reports instead of its own (the tests play
+# "another machine answers at the same URL" with it). The agent warns loudly when it is set.
+DOCTORED_FINGERPRINT_ENV = "DEPLOYKIT_TEST_DOCTORED_FINGERPRINT"
 
 
 @dataclass(frozen=True)
@@ -40,16 +46,9 @@ class MeasureRequest:
     name: str = "model.onnx"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target, str) or not self.target:
-            raise ConfigError(f"measure request: target must be a target name, got {self.target!r}")
-        object.__setattr__(self, "input_shape", check_input_shape(self.input_shape))
+        _check_common(self, "measure")
         if not isinstance(self.protocol, Protocol):
             raise ConfigError("measure request: protocol must be a Protocol")
-        if self.timeout_s is not None and (isinstance(self.timeout_s, bool)
-                                           or not isinstance(self.timeout_s, (int, float))
-                                           or not math.isfinite(self.timeout_s) or self.timeout_s <= 0):
-            raise ConfigError(f"measure request: timeout_s must be a positive number, got {self.timeout_s!r}")
-        object.__setattr__(self, "name", _printable(str(self.name))[:_NAME_CHARS] or "model.onnx")
 
     def as_header(self) -> str:
         """The request as one line of ASCII JSON, for the request header."""
@@ -60,27 +59,78 @@ class MeasureRequest:
     @classmethod
     def from_header(cls, text: str | None) -> MeasureRequest:
         """Inverse of :meth:`as_header`; anything malformed is a ConfigError."""
-        if not text:
-            raise ConfigError(f"measure request without its {REQUEST_HEADER} header")
-        try:
-            data = json.loads(text)
-        except ValueError as error:
-            raise ConfigError(f"measure request header is not JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise ConfigError("measure request header must be a JSON object")
-        known = {"target", "input_shape", "protocol", "timeout_s", "name"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"measure request: unknown key(s) {', '.join(unknown)}")
-        missing = sorted({"target", "input_shape", "protocol"} - set(data))
-        if missing:
-            raise ConfigError(f"measure request: missing key(s) {', '.join(missing)}")
+        data = _header_fields(text, "measure", required={"target", "input_shape", "protocol"},
+                              known={"target", "input_shape", "protocol", "timeout_s", "name"})
         if not isinstance(data["protocol"], Mapping):
             raise ConfigError("measure request: protocol must be a JSON object")
-        shape = data["input_shape"]
-        return cls(target=data["target"], input_shape=tuple(shape) if isinstance(shape, list) else shape,
+        return cls(target=data["target"], input_shape=_shape(data["input_shape"]),
                    protocol=Protocol.from_dict(data["protocol"]), timeout_s=data.get("timeout_s"),
                    name=data.get("name") or "model.onnx")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Run one file on ``n_inputs`` inputs drawn from ``seed`` (verify's numerics), on a served target."""
+
+    target: str
+    input_shape: tuple[int, ...]
+    seed: int
+    n_inputs: int
+    timeout_s: float | None = None
+    name: str = "model.onnx"
+
+    def __post_init__(self) -> None:
+        from deploykit.latency.outputs import check_request
+
+        _check_common(self, "run")
+        check_request(self.n_inputs, self.seed)
+
+    def as_header(self) -> str:
+        return json.dumps({"target": self.target, "input_shape": list(self.input_shape), "seed": self.seed,
+                           "n_inputs": self.n_inputs, "timeout_s": self.timeout_s, "name": self.name})
+
+    @classmethod
+    def from_header(cls, text: str | None) -> RunRequest:
+        data = _header_fields(text, "run", known={"target", "input_shape", "seed", "n_inputs", "timeout_s",
+                                                  "name"},
+                              required={"target", "input_shape", "seed", "n_inputs"})
+        return cls(target=data["target"], input_shape=_shape(data["input_shape"]), seed=data["seed"],
+                   n_inputs=data["n_inputs"], timeout_s=data.get("timeout_s"),
+                   name=data.get("name") or "model.onnx")
+
+
+def _check_common(order, kind: str) -> None:
+    """Check (and normalize) what every request has: target, input shape, timeout, file name."""
+    if not isinstance(order.target, str) or not order.target:
+        raise ConfigError(f"{kind} request: target must be a target name, got {order.target!r}")
+    object.__setattr__(order, "input_shape", check_input_shape(order.input_shape))
+    timeout = order.timeout_s
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not math.isfinite(timeout) or timeout <= 0):
+        raise ConfigError(f"{kind} request: timeout_s must be a positive number, got {timeout!r}")
+    object.__setattr__(order, "name", _printable(str(order.name))[:_NAME_CHARS] or "model.onnx")
+
+
+def _header_fields(text: str | None, kind: str, *, known: set[str], required: set[str]) -> dict:
+    if not text:
+        raise ConfigError(f"{kind} request without its {REQUEST_HEADER} header")
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise ConfigError(f"{kind} request header is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} request header must be a JSON object")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{kind} request: unknown key(s) {', '.join(unknown)}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise ConfigError(f"{kind} request: missing key(s) {', '.join(missing)}")
+    return data
+
+
+def _shape(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def error_reply(error: DeployKitError) -> dict[str, str]:
