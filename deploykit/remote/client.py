@@ -40,6 +40,7 @@ from deploykit.remote.wire import (
     REQUEST_HEADER,
     MeasureRequest,
     RunRequest,
+    measurement_from_wire,
     token_from,
 )
 
@@ -92,7 +93,7 @@ class RemoteMeasurement:
     @classmethod
     def from_reply(cls, reply: dict, *, url: str) -> RemoteMeasurement:
         try:
-            return cls(measurement=Measurement.from_dict(reply["measurement"]), **_where(reply, url))
+            return cls(measurement=measurement_from_wire(reply["measurement"]), **_where(reply, url))
         except (KeyError, TypeError, ValueError) as error:
             raise DeviceError(f"the device at {url} sent a malformed measurement ({error!r})") from None
 

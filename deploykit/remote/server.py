@@ -59,6 +59,7 @@ from deploykit.remote.wire import (
     RunRequest,
     error_reply,
     format_shape,
+    json_safe,
     read_token,
 )
 
@@ -244,7 +245,7 @@ def _reply(agent: Agent, scope, status: int, body: dict, *, line: str | None, he
 
     if line is not None:
         agent.log(f"{status} {_who(scope)}" + (f": {line}" if line else ""))
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(json_safe(body), status_code=status, headers=headers)
 
 
 def _who(scope) -> str:

@@ -15,11 +15,12 @@ import math
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from deploykit.errors import ConfigError, DeployKitError
-from deploykit.protocol import Protocol
+from deploykit.protocol import Measurement, Protocol
 from deploykit.runtimes.base import check_input_shape, one_line
 
 API_VERSION = 2  # bumped whenever a request or reply changes incompatibly (2: /run, real fingerprints)
@@ -131,6 +132,25 @@ def _header_fields(text: str | None, kind: str, *, known: set[str], required: se
 
 def _shape(value):
     return tuple(value) if isinstance(value, list) else value
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None: JSON has no nan (a measurement with too
+    few runs for an interval has nan bounds), and the agent's replies are strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def measurement_from_wire(data: Mapping[str, Any]) -> Measurement:
+    """A Measurement from a reply: the nulls :func:`json_safe` made are nan again."""
+    numbers = {f.name for f in fields(Measurement) if f.type in ("float", float)}
+    return Measurement.from_dict({key: math.nan if key in numbers and value is None else value
+                                  for key, value in data.items()})
 
 
 def error_reply(error: DeployKitError) -> dict[str, str]:
