@@ -616,9 +616,11 @@ def _add_verify(sub) -> None:
                     "precision hint read back, TensorRT or MIGraphX). Time it end to end under the "
                     "measurement protocol, each measurement in a fresh process, interleaved with "
                     "--reference (model, reference, model, …) for the speed-up; with --table, compare "
-                    "with the table's prediction for the pruned blocks. "
-                    "Writes a JSON report with --out. Exit 1 when the numerics fail, 2 on bad input or "
-                    "a runtime that is not here (or would silently fall back).")
+                    "with the table's prediction for the pruned blocks. With --device URL the file runs "
+                    "and is timed on a device agent (`deploykit serve`): the numerics there on the same "
+                    "seeded inputs, PyTorch here. Writes a JSON report with --out. Exit 1 when the "
+                    "numerics fail, 2 on bad input or a runtime that is not here (or would silently fall "
+                    "back).")
     p.add_argument("onnx", metavar="MODEL.onnx", help="the exported model")
     p.add_argument("--target", required=True, help="target name (see `deploykit targets`) or YAML path")
     p.add_argument("--reference", default=None, metavar="ONNX",
@@ -835,16 +837,18 @@ def _run_run(args) -> int:
 def _add_serve(sub) -> None:
     p = sub.add_parser(
         "serve", help="run the device agent: measure ONNX files sent from other machines on this one",
-        description="Run on the machine a target stands for (an ARM board, a GPU server): an HTTP agent "
-                    "that measures ONNX files sent by `deploykit device` (and, later, --device on the "
-                    "measuring commands) exactly as a local measurement would: the local backend, the "
-                    "sent protocol, a fresh worker process. Every request needs the token in --token-file "
-                    "(refuses to start without one). Uploads are ONNX only, streamed to a private temporary "
-                    "directory, size-limited and checked with the ONNX checker before anything runs; one "
-                    "measurement at a time (others queue), each killed at --timeout. Listens on 127.0.0.1 "
-                    "unless --host says otherwise; beyond localhost, give --tls-cert/--tls-key. Needs the "
-                    "`remote` extra (starlette, uvicorn). Stops on Ctrl-C. Example: deploykit serve "
-                    "--token-file ~/.deploykit-token --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem")
+        description="Run on the machine a target stands for (an ARM board, a GPU server): an HTTP agent that"
+                    " measures ONNX files sent by --device URL on profile, lut check, lut anchor, verify and"
+                    " run (and by `deploykit device`) exactly as a local measurement would: the local "
+                    "backend, the sent protocol, a fresh worker process; verify's numerics run there too "
+                    "(seeded inputs, outputs sent back as arrays). Every request needs the token in "
+                    "--token-file (refuses to start without one). Uploads are ONNX only, streamed to a "
+                    "private temporary directory, size-limited and checked with the ONNX checker before "
+                    "anything runs; one measurement at a time (others queue), each killed at --timeout. "
+                    "Listens on 127.0.0.1 unless --host says otherwise; beyond localhost, give "
+                    "--tls-cert/--tls-key. Needs the `remote` extra (starlette, uvicorn). Stops on Ctrl-C. "
+                    "Example: deploykit serve --token-file ~/.deploykit-token --host 0.0.0.0 --tls-cert "
+                    "cert.pem --tls-key key.pem")
     p.add_argument("--token-file", required=True, metavar="FILE",
                    help="file holding the token clients must send (one word, ≥ 16 characters; chmod 600)")
     p.add_argument("--host", default="127.0.0.1",
