@@ -23,7 +23,7 @@ from deploykit.cli import main
 from deploykit.errors import ConfigError, DeviceError
 from deploykit.latency.table import LatencyTable
 from deploykit.protocol import Protocol
-from deploykit.remote.host import RemoteHost, measuring_host
+from deploykit.remote.host import NOT_SERVED, RemoteHost, measuring_host
 from deploykit.remote.local import LocalAgent
 from deploykit.remote.wire import DOCTORED_FINGERPRINT_ENV, TOKEN_ENV
 from deploykit.targets import load_target
@@ -288,6 +288,9 @@ def test_run_says_what_is_missing_before_writing_anything(tmp_path, capsys, monk
         err = capsys.readouterr().err
         assert f"the verify stages measure on the device at {agent.url}, which cannot run target " \
                "arm-cortex-a76 (it does not serve target arm-cortex-a76" in err
+        # a table of a target the device does not serve is another machine's, whatever it says
+        unserved = RemoteHost(agent.client()).fingerprint(load_target("arm-cortex-a76"), threads=4)
+        assert (unserved.cpu, unserved.runtime_version, unserved.threads) == (BOARD_A["cpu"], NOT_SERVED, 4)
     assert not run.exists()
 
 
@@ -295,6 +298,10 @@ def test_a_device_option_without_a_device_and_a_wrong_token_are_one_line(tmp_pat
     with pytest.raises(ConfigError, match="go with --device URL"):
         measuring_host(None, token_file=tmp_path / "token")
     assert measuring_host(None).url is None
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    assert main(["profile", "--target", "amd-mi100", "--model", "test_vit", "--estimate", "--out",
+                 str(tmp_path / "e.csv"), "--device", "http://127.0.0.1:9"]) == 2
+    assert "--estimate measures nothing: it takes no --device" in capsys.readouterr().err
     monkeypatch.setenv(TOKEN_ENV, "not-the-token-of-that-agent-0123")
     with Agent(tmp_path / "agent", BOARD_A, port=0) as agent:
         assert main([*PROFILE, "--out", str(tmp_path / "t.csv"), "--device", agent.url]) == 2

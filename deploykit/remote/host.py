@@ -18,6 +18,8 @@ from deploykit.errors import ConfigError, DeviceError
 from deploykit.latency.measure import LocalHost, MeasureHost
 from deploykit.remote.client import DeviceClient, RetryPolicy
 
+NOT_SERVED = "not served by the device"
+
 if TYPE_CHECKING:
     from deploykit.latency.fingerprint import Fingerprint
     from deploykit.latency.outputs import SeededOutputs
@@ -66,10 +68,18 @@ class RemoteHost(MeasureHost):
         return self.client.runtime_info(target)
 
     def fingerprint(self, target: Target, *, threads: int | None) -> Fingerprint:
-        """The device's fingerprint for ``target`` (pinned from now on), with ``threads``."""
-        machine = self._device_fingerprint(target, self.client.fingerprint())
-        self._pin(target, machine)
-        return replace(machine, threads=threads)
+        """The device's fingerprint for ``target`` (pinned from now on), with ``threads``. For a target
+        the device does not serve (a table of another target, compared with this device), the device's
+        machine with runtime version and device ``not served by the device``: it matches no table."""
+        machine = self.client.fingerprint()
+        served = machine.get("targets") if isinstance(machine.get("targets"), dict) else {}
+        if target.name not in served and served:
+            other = self._device_fingerprint(next(iter(served)), machine)
+            return replace(other, runtime=target.runtime, runtime_version=NOT_SERVED,
+                           provider=target.provider, device=NOT_SERVED, threads=threads)
+        fingerprint = self._device_fingerprint(target.name, machine)
+        self._pin(target, fingerprint)
+        return replace(fingerprint, threads=threads)
 
     def load_average(self) -> list[float] | None:
         if self._load is None:
@@ -79,14 +89,14 @@ class RemoteHost(MeasureHost):
 
     # --- one table, one machine --------------------------------------------------------------------
 
-    def _device_fingerprint(self, target: Target, machine: dict) -> Fingerprint:
+    def _device_fingerprint(self, name: str, machine: dict) -> Fingerprint:
         from deploykit.errors import TableError
         from deploykit.latency.fingerprint import Fingerprint
 
         try:
-            return Fingerprint.from_dict(machine["targets"][target.name]["fingerprint"])
+            return Fingerprint.from_dict(machine["targets"][name]["fingerprint"])
         except (KeyError, TypeError, TableError) as error:
-            raise DeviceError(f"{self.describe()} sent no usable fingerprint for target {target.name} "
+            raise DeviceError(f"{self.describe()} sent no usable fingerprint for target {name} "
                               f"({error}); install the same deploykit version on both machines") from None
 
     def _pin(self, target: Target, fingerprint: Fingerprint) -> None:
@@ -101,7 +111,7 @@ class RemoteHost(MeasureHost):
                               "machines never mix; rerun against the machine this run began on")
 
     def _check_same_machine(self, target: Target, machine: dict) -> None:
-        self._pin(target, self._device_fingerprint(target, machine))
+        self._pin(target, self._device_fingerprint(target.name, machine))
 
 
 def measuring_host(device: str | None, *, token_file: str | Path | None = None,
