@@ -793,7 +793,8 @@ def _add_run(sub) -> None:
                             f"(default: {d.proxy_val_limit})")
     train.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
     train.add_argument("--train-device", choices=TRAINING_DEVICES, default=d.device,
-                       help="training device (default: auto)")
+                       help="training device (default: auto; `--device auto|cpu|cuda`, its older name, "
+                            "still means this)")
     train.add_argument("--train-threads", type=int, default=None, metavar="N",
                        help="CPU threads for training (default: torch's)")
     latency = p.add_argument_group("latency")
@@ -813,8 +814,6 @@ def _run_run(args) -> int:
     from deploykit.protocol import Protocol
 
     if args.device in TRAINING_DEVICES:  # `run --device cpu` named the training device before --train-device
-        print(f"deploykit run: note: --device is the URL of a device agent now; taking --device "
-              f"{args.device} as --train-device {args.device}", file=sys.stderr)
         args.train_device, args.device = args.device, None
     config = PipelineConfig(
         model=args.model, target=args.target, data=args.data, input_size=args.input_size,
