@@ -24,7 +24,7 @@ finished epoch, an interrupted profile from its last entry)::
 refused (choose another ``--out``, or ``--fresh`` to start over), except that budgets may be added.
 
 Where it measures: the profile and verify stages measure through one
-:class:`deploykit.latency.measure.MeasureHost` — this machine, or a device agent (``--device URL``,
+:class:`deploykit.latency.host.MeasureHost` — this machine, or a device agent (``--device URL``,
 ``deploykit serve`` on the target machine); training, search and export stay here. With ``--table
 TABLE`` (a table measured elsewhere, for this model, input size, batch and target) the profile stage
 copies it into the run instead of measuring; the verify stages still need the target, here or through
@@ -49,7 +49,7 @@ from deploykit.latency.options import EndToEndOptions
 from deploykit.protocol import Protocol
 
 if TYPE_CHECKING:
-    from deploykit.latency.measure import MeasureHost
+    from deploykit.latency.host import MeasureHost
     from deploykit.search.budget import Budget
 
 Progress = Callable[[str], None]
@@ -235,7 +235,7 @@ class Pipeline:
 
     def __init__(self, config: PipelineConfig, out: str | Path | None = None, *, fresh: bool = False,
                  progress: Progress | None = None, host: MeasureHost | None = None):
-        from deploykit.latency.measure import host_or_local
+        from deploykit.latency.host import host_or_local
         from deploykit.latency.profile import default_table_path
         from deploykit.runtimes import check_target
         from deploykit.targets import load_target

@@ -13,7 +13,7 @@ from torch import nn
 
 from deploykit.errors import ConfigError, TableError
 from deploykit.latency.estimate import Roofline, estimate_onnx
-from deploykit.latency.measure import LocalHost
+from deploykit.latency.host import LocalHost
 from deploykit.latency.profile import profile
 from deploykit.latency.table import LatencyTable, TableMeta
 from deploykit.targets import load_target

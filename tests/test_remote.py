@@ -488,7 +488,7 @@ def test_run_request_round_trip_and_refusals():
 def test_arrays_travel_as_numbers_only():
     import numpy as np
 
-    from deploykit.latency.outputs import decode_array, encode_array
+    from deploykit.remote.wire import decode_array, encode_array
 
     for array in (np.arange(12, dtype=np.float32).reshape(3, 4) / 7, np.array([[True, False]]),
                   np.zeros((0, 5), dtype=np.int64), np.float16([1.5, -2.25])):

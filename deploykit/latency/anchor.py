@@ -26,8 +26,8 @@ from typing import Any
 from deploykit.errors import ConfigError, TableError
 from deploykit.fileio import write_json_atomic
 from deploykit.latency.fingerprint import Fingerprint, differences
+from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.identity import describe_record, fit_rescale, measuring_setup, table_anchors
-from deploykit.latency.measure import MeasureHost, host_or_local
 from deploykit.latency.table import LatencyTable, meta_path, read_meta
 from deploykit.protocol import Measurement
 

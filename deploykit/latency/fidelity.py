@@ -37,7 +37,7 @@ import pandas as pd
 
 from deploykit.errors import ConfigError, TableError
 from deploykit.fileio import write_text_atomic
-from deploykit.latency.measure import MeasureHost, host_or_local
+from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.plot import plot_fidelity
 from deploykit.latency.sampling import plan_subnets
 from deploykit.latency.stats import Figures, fit_calibration, leave_one_out

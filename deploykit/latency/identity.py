@@ -15,7 +15,7 @@ Estimated (roofline) tables are not measurements of any machine and pass unchang
 label them as estimates already.
 
 "This machine" is the machine the command measures on: with ``--device URL`` the device agent's
-(``host``, a :class:`deploykit.latency.measure.MeasureHost`), whose fingerprint the agent reports.
+(``host``, a :class:`deploykit.latency.host.MeasureHost`), whose fingerprint the agent reports.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from deploykit.latency.fingerprint import NOT_INSTALLED, Fingerprint, difference
 from deploykit.latency.table import LatencyTable, TableMeta
 
 if TYPE_CHECKING:
-    from deploykit.latency.measure import MeasureHost
+    from deploykit.latency.host import MeasureHost
 
 Say = Callable[[str], None]
 BUDGET_UNITS = ("ms", "fraction", None)
@@ -133,7 +133,7 @@ def measuring_setup(table: LatencyTable, *, doing: str, host: MeasureHost | None
     whose runtime or hardware is not there a RuntimeUnavailableError. ``doing`` names the command for
     the messages (``check``, ``anchor``).
     """
-    from deploykit.latency.measure import host_or_local
+    from deploykit.latency.host import host_or_local
     from deploykit.protocol import Protocol
     from deploykit.targets import load_target
 

@@ -5,7 +5,7 @@ Reads one JSON request on stdin (``onnx_path``, ``target`` as :meth:`Target.as_d
 "measurement": {...}, "runtime_version": ..., "device": ..., "affinity": [cpus] or null}`` or
 ``{"ok": false, "type": "<DeployKitError subclass>", "error": "<one line>"}``. A request with
 ``"action": "run"`` (and ``seed``, ``n_inputs`` instead of ``protocol``) runs the file on seeded inputs
-instead and replies with :meth:`deploykit.latency.outputs.SeededOutputs.as_dict` (verify's numerics on a
+instead and replies with :meth:`deploykit.remote.wire.SeededOutputs.as_dict` (verify's numerics on a
 device agent, :func:`deploykit.latency.measure.run_outputs`). Whatever the runtimes
 print goes to stderr, so stdout carries the reply only. Started by
 :func:`deploykit.latency.measure.measure_onnx`.

@@ -11,6 +11,6 @@ measures through it with the same call signature as ``measure_onnx``, and
 - ``device``: what the agent serves here (targets, fingerprint, upload checks), no web framework;
 - ``server``: the HTTP service (starlette + uvicorn, the ``remote`` extra);
 - ``client``: the client, standard library only;
-- ``host``: the client as a :class:`deploykit.latency.measure.MeasureHost` (one table, one machine);
+- ``host``: the client as a :class:`deploykit.latency.host.MeasureHost` (one table, one machine);
 - ``local``: an agent on this machine in a subprocess (tests, benchmarks, trying it out).
 """

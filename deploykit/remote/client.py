@@ -40,12 +40,12 @@ from deploykit.remote.wire import (
     REQUEST_HEADER,
     MeasureRequest,
     RunRequest,
+    SeededOutputs,
     measurement_from_wire,
     token_from,
 )
 
 if TYPE_CHECKING:
-    from deploykit.latency.outputs import SeededOutputs
     from deploykit.targets import Target
 
 # The target settings that change a measurement: the agent's target must have the client's.
@@ -120,8 +120,6 @@ class RemoteOutputs:
 
     @classmethod
     def from_reply(cls, reply: dict, *, url: str) -> RemoteOutputs:
-        from deploykit.latency.outputs import SeededOutputs
-
         try:
             where = _where(reply, url)
         except (KeyError, TypeError, ValueError) as error:

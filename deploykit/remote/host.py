@@ -1,6 +1,6 @@
 """A device agent as the place where the stages measure: :class:`RemoteHost` (``--device URL``).
 
-It implements :class:`deploykit.latency.measure.MeasureHost` with a :class:`DeviceClient`: availability,
+It implements :class:`deploykit.latency.host.MeasureHost` with a :class:`DeviceClient`: availability,
 runtime, device and fingerprint are the device's (asked of the agent), measurements and seeded runs
 happen there. It also guards what "one table, one machine" needs: the device's fingerprint for a target
 is pinned the first time it is seen, and a reply from a machine with another fingerprint (another agent
@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploykit.errors import ConfigError, DeviceError
-from deploykit.latency.measure import LocalHost, MeasureHost
+from deploykit.latency.host import LocalHost, MeasureHost
 from deploykit.remote.client import DeviceClient, RetryPolicy
 
 NOT_SERVED = "not served by the device"
 
 if TYPE_CHECKING:
     from deploykit.latency.fingerprint import Fingerprint
-    from deploykit.latency.outputs import SeededOutputs
     from deploykit.protocol import Measurement, Protocol
+    from deploykit.remote.wire import SeededOutputs
     from deploykit.targets import Target
 
 

@@ -19,10 +19,10 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
            batch: int | None = None, input_size: tuple[int, int] | None = None,
            progress: Callable[[str], None] | None = None, host=None) -> VerifyReport:
     """Verify ``onnx_path`` on ``target``; see :mod:`deploykit.verify`. ``table`` is a LatencyTable.
-    ``host`` (a :class:`deploykit.latency.measure.MeasureHost`) is where the file runs and is timed:
+    ``host`` (a :class:`deploykit.latency.host.MeasureHost`) is where the file runs and is timed:
     this machine by default, or a device agent (``--device URL``); PyTorch runs here either way."""
+    from deploykit.latency.host import host_or_local
     from deploykit.latency.identity import table_for_this_machine
-    from deploykit.latency.measure import host_or_local
     from deploykit.protocol import Protocol
 
     host = host_or_local(host)

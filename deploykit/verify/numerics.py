@@ -1,6 +1,6 @@
 """Numerics: the ONNX file on the target's runtime against the PyTorch module, on seeded inputs.
 
-The file runs where the measuring host runs it (:meth:`deploykit.latency.measure.MeasureHost.outputs`):
+The file runs where the measuring host runs it (:meth:`deploykit.latency.host.MeasureHost.outputs`):
 in this process, or on a device agent (``--device``), which draws the same inputs from the seed and
 sends the outputs back as arrays; PyTorch always runs here.
 """
@@ -26,7 +26,7 @@ def check_numerics(onnx_path: str | Path, module, *, target, input_shape: Sequen
     """Run ``onnx_path`` in a session of ``target``'s runtime (in this process, any backend; or on the
     device agent of ``host``) and ``module`` in PyTorch (fp32, here) on the same seeded inputs; the
     errors and the verdict as a dict (see :class:`~deploykit.verify.report.VerifyReport`)."""
-    from deploykit.latency.measure import host_or_local
+    from deploykit.latency.host import host_or_local
 
     if target.precision not in TOLERANCES:
         raise ConfigError(f"no numerics tolerance for precision {target.precision} "
