@@ -309,7 +309,9 @@ def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, mod
                          f"here has prunable blocks {list(measurer.prunable_indices)}: the table is from "
                          "another model definition; profile it again")
     rescale = None if verdict.same else verdict.rescale
-    return measurer, f"{here.device} / {here.runtime} {here.runtime_version}", rescale, here.logical_cores
+    # the machine in the points file: its points are reused only by a check on the same machine
+    measured_on = f"{here.device} (fingerprint {here.id}) / {here.runtime} {here.runtime_version}"
+    return measurer, measured_on, rescale, here.logical_cores
 
 
 def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measurer, known: dict,
