@@ -328,6 +328,27 @@ def test_a_fingerprint_change_between_two_measurements_is_refused(tmp_path):
     assert f"CPU: before {BOARD_A['cpu']!r}" in message and f"now {BOARD_B['cpu']!r}" in message
 
 
+def test_numerics_refuse_outputs_of_other_inputs(tmp_path):
+    """A device whose numpy draws another stream from the seed: its outputs are not compared."""
+    from dataclasses import replace
+
+    import torch
+    from onnx_fixtures import tiny_onnx
+
+    from deploykit.latency.host import LocalHost
+    from deploykit.verify import check_numerics
+
+    class OtherStream(LocalHost):
+        def outputs(self, onnx_path, **request):
+            return replace(super().outputs(onnx_path, **request), inputs_sha256="0" * 64)
+
+    tiny = tiny_onnx(tmp_path / "tiny.onnx")
+    module = torch.nn.Identity()
+    with pytest.raises(DeviceError, match="on other inputs than the seed gives here"):
+        check_numerics(tiny, module, target=load_target("cpu-ort"), input_shape=(1, 3, 16, 16), n_inputs=1,
+                       host=OtherStream())
+
+
 def test_a_doctored_fingerprint_must_name_fingerprint_fields():
     from deploykit.remote.device import doctored_fields
 

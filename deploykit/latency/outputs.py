@@ -38,7 +38,7 @@ def run_seeded(onnx_path: str | Path, *, target: Any, input_shape: Sequence[int]
     seeded inputs; the first output of each run."""
     from deploykit.runtimes import check_target
 
-    check_run_request(n_inputs, seed)
+    check_run_request(n_inputs, seed, most=None)
     backend = check_target(target)
     inputs = seeded_inputs(input_shape, n_inputs, seed)
     with backend.session(onnx_path, target=target, input_shape=input_shape) as session:

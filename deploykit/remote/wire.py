@@ -182,10 +182,13 @@ class SeededOutputs:
             raise DeviceError(f"{what} sent malformed outputs ({error!r})") from None
 
 
-def check_run_request(n_inputs: Any, seed: Any) -> None:
-    """A ConfigError for an input count or seed that cannot be used."""
-    if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or not 1 <= n_inputs <= MAX_INPUTS:
-        raise ConfigError(f"--inputs must be an integer 1–{MAX_INPUTS}, got {n_inputs!r}")
+def check_run_request(n_inputs: Any, seed: Any, *, most: int | None = MAX_INPUTS) -> None:
+    """A ConfigError for an input count or seed that cannot be used (``most``: the largest count, for
+    a run whose outputs travel back; None: no bound)."""
+    if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or n_inputs < 1 or \
+            (most is not None and n_inputs > most):
+        bound = f"an integer 1–{most}" if most is not None else "a positive integer"
+        raise ConfigError(f"--inputs must be {bound}, got {n_inputs!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"--seed must be an integer ≥ 0, got {seed!r}")
 
