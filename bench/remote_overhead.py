@@ -2,9 +2,11 @@
 
 On one machine, a `deploykit serve` is started on localhost (a subprocess, a fresh token) and every entry
 of a model's latency table (each block signature in original and merged form, the fixed parts and the
-whole model, exported to ONNX once, as `deploykit profile` does) is measured both ways: locally with
-:func:`deploykit.latency.measure.measure_onnx` and remotely with
-:meth:`deploykit.remote.client.DeviceClient.measure` (the agent runs ``measure_onnx`` itself). The two are
+whole model, exported to ONNX once, as `deploykit profile` does) is measured both ways, through the
+measuring hook every stage uses (:class:`deploykit.latency.host.MeasureHost`): locally with
+:class:`~deploykit.latency.host.LocalHost` and remotely with
+:class:`deploykit.remote.host.RemoteHost` (what ``--device URL`` gives; the agent measures with
+``measure_onnx`` itself, and every reply's fingerprint is checked against the first). The two are
 interleaved, entry by entry and round by round, alternating which goes first, so the machine's drift hits
 both alike. Per entry it records the median of each side's medians over ``--rounds``, their ratio, and
 the wall time of each call (worker start, compile, warm-up and sampling; remote adds the upload and HTTP).
@@ -44,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from deploykit import __version__  # noqa: E402
 from deploykit.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from deploykit.latency.measure import measure_onnx  # noqa: E402
+from deploykit.latency.host import LocalHost  # noqa: E402
 from deploykit.progress import to_stderr as say  # noqa: E402
 from deploykit.protocol import Protocol, add_protocol_arguments  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
@@ -57,6 +59,7 @@ KEY = ("model", "key", "form")
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from deploykit.remote.host import RemoteHost
     from deploykit.remote.local import LocalAgent
     from deploykit.targets import load_target
 
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
     say(f"target {target.name}, protocol {protocol.as_dict()}, {args.rounds} round(s) per entry")
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-remote-") as work, \
             LocalAgent(Path(work) / "agent", "--targets", target.name) as agent:
-        client = agent.client()
+        hosts = {"local": LocalHost(), "remote": RemoteHost(agent.client())}
         say(f"agent at {agent.url}")
         for model_name in args.models:
             for number, (entry, onnx_file) in enumerate(export_entries(model_name, args, Path(work)), 1):
@@ -80,10 +83,9 @@ def main(argv=None) -> int:
                     say(f"[{number}] {entry.label()}: already measured")
                     continue
                 shape = (args.batch, *entry.in_shape)
-                sides = {"local": lambda path=onnx_file, shape=shape: measure_onnx(
-                             path, target=target, protocol=protocol, input_shape=shape),
-                         "remote": lambda path=onnx_file, shape=shape: client.measure(
-                             path, target=target, protocol=protocol, input_shape=shape)}
+                sides = {name: lambda host=host, path=onnx_file, shape=shape: host.measure(
+                             path, target=target, protocol=protocol, input_shape=shape)
+                         for name, host in hosts.items()}
                 figures = interleaved(sides, rounds=args.rounds, offset=number)
                 row = {**key, "label": entry.label(), **settings, **figures, **environment()}
                 rows.append(row)

@@ -21,12 +21,36 @@ from deploykit.progress import to_stderr
 from deploykit.shapes import size_argument
 
 DEFAULT_MODEL = "convnext_tiny"
+TRAINING_DEVICES = ("auto", "cpu", "cuda")
 WEIGHTS_FORMATS = ("a .pt/.pth/.bin/.safetensors file (a state dict or a timm training checkpoint, whose EMA "
                    "weights are used when present), a Hugging Face-style folder (model.safetensors + "
                    "config.json) or package:efficientnet_lite0; nothing is unpickled")
 UNSAFE_PICKLE_HELP = ("also load a whole-module torch.save pickle (such as merged.pt of deploykit before "
                       "model files). DANGER: unpickling runs code stored in the file; use it only for "
                       "files you made or trust")
+
+
+def _add_device_arguments(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """Declare ``--device URL --token-file FILE --device-ca FILE``: measure on a device agent."""
+    group = parser.add_argument_group(
+        "measuring device", f"{what} on a device agent (`deploykit serve` on the target machine) instead "
+                            "of this machine; the table or report then records the device's runtime and "
+                            "machine fingerprint and its URL")
+    group.add_argument("--device", default=None, metavar="URL",
+                       help="the agent, e.g. https://board:8765, or http://127.0.0.1:8765 through an SSH "
+                            "tunnel (default: measure here)")
+    group.add_argument("--token-file", default=None, metavar="FILE",
+                       help="file holding the agent's token (default: $DEPLOYKIT_DEVICE_TOKEN)")
+    group.add_argument("--device-ca", default=None, metavar="FILE",
+                       help="CA or self-signed certificate to verify an https agent with (default: the "
+                            "system's CAs)")
+
+
+def _measuring_host(args):
+    """Where the command measures: the --device agent, or this machine."""
+    from deploykit.remote.host import measuring_host
+
+    return measuring_host(args.device, token_file=args.token_file, ca_file=args.device_ca)
 
 
 # --- deploykit blocks ------------------------------------------------------------------------------
@@ -141,6 +165,7 @@ def _add_profile(sub) -> None:
                                f"moves more than this fraction from its start value (default: {d.max_drift})")
     add_end_to_end_arguments(p)
     add_protocol_arguments(p)
+    _add_device_arguments(p, what="measure every entry and subnet")
     p.set_defaults(func=_run_profile)
 
 
@@ -156,7 +181,8 @@ def _run_profile(args) -> int:
     result = profile(args.model, load_target(args.target), input_size=args.input_size, batch=args.batch,
                      out=args.out, protocol=None if args.estimate else Protocol.from_args(args),
                      estimate=args.estimate, force=args.force, allow_mismatch=args.allow_mismatch,
-                     end_to_end=EndToEndOptions.from_args(args), sentinel=sentinel, progress=to_stderr)
+                     end_to_end=EndToEndOptions.from_args(args), sentinel=sentinel,
+                     host=_measuring_host(args), progress=to_stderr)
     print(result.summary())
     return 0
 
@@ -300,6 +326,7 @@ def _add_lut(sub) -> None:
     check.add_argument("--no-plot", action="store_true", help="write no PNG")
     check.add_argument("--format", choices=("text", "json"), default="text",
                        help="output format (default: text)")
+    _add_device_arguments(check, what="measure the subnets")
     check.set_defaults(func=_run_lut_check)
     predict = actions.add_parser(
         "predict", help="the table's predicted latency of one subnet, and the table's stored fidelity",
@@ -324,6 +351,7 @@ def _add_lut(sub) -> None:
     anchor.add_argument("table", metavar="TABLE", help="latency table CSV (or its .meta.json)")
     anchor.add_argument("--rounds", type=int, default=3, metavar="R",
                         help="interleaved measurements of each anchor model; the median is kept (default: 3)")
+    _add_device_arguments(anchor, what="measure the anchors (and key the rescaling by that machine)")
     anchor.set_defaults(func=_run_lut_anchor)
 
 
@@ -332,7 +360,8 @@ def _run_lut_check(args) -> int:
 
     result = check_table(args.table, samples=args.samples, seed=args.seed, out_dir=args.out,
                          allow_mismatch=args.allow_mismatch, fresh=args.fresh, store=not args.no_store,
-                         plot=not args.no_plot, force_store=args.force_store, progress=to_stderr)
+                         plot=not args.no_plot, force_store=args.force_store, host=_measuring_host(args),
+                         progress=to_stderr)
     print(write_json(result) if args.format == "json" else result.summary())
     return 0
 
@@ -340,7 +369,7 @@ def _run_lut_check(args) -> int:
 def _run_lut_anchor(args) -> int:
     from deploykit.latency.anchor import anchor_table
 
-    result = anchor_table(args.table, rounds=args.rounds, progress=to_stderr)
+    result = anchor_table(args.table, rounds=args.rounds, host=_measuring_host(args), progress=to_stderr)
     print(result.summary())
     return 0
 
@@ -573,9 +602,11 @@ def _add_verify(sub) -> None:
                     "precision hint read back, TensorRT or MIGraphX). Time it end to end under the "
                     "measurement protocol, each measurement in a fresh process, interleaved with "
                     "--reference (model, reference, model, …) for the speed-up; with --table, compare "
-                    "with the table's prediction for the pruned blocks. "
-                    "Writes a JSON report with --out. Exit 1 when the numerics fail, 2 on bad input or "
-                    "a runtime that is not here (or would silently fall back).")
+                    "with the table's prediction for the pruned blocks. With --device URL the file runs "
+                    "and is timed on a device agent (`deploykit serve`): the numerics there on the same "
+                    "seeded inputs, PyTorch here. Writes a JSON report with --out. Exit 1 when the "
+                    "numerics fail, 2 on bad input or a runtime that is not here (or would silently fall "
+                    "back).")
     p.add_argument("onnx", metavar="MODEL.onnx", help="the exported model")
     p.add_argument("--target", required=True, help="target name (see `deploykit targets`) or YAML path")
     p.add_argument("--reference", default=None, metavar="ONNX",
@@ -610,6 +641,7 @@ def _add_verify(sub) -> None:
     p.add_argument("--out", default=None, metavar="PATH", help="write the report as JSON here")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
     add_protocol_arguments(p)
+    _add_device_arguments(p, what="run the numerics and time the files (PyTorch stays here)")
     p.set_defaults(func=_run_verify)
 
 
@@ -627,6 +659,7 @@ def _run_verify(args) -> int:
     if args.numerics_only and args.torch is None:
         raise ConfigError("--numerics-only needs --torch (the model to compare with)")
     target = load_target(args.target)
+    host = _measuring_host(args)
     table = LatencyTable.read(args.table) if args.table is not None else None
     if table is not None:
         table.check_coverage()  # before anything is measured
@@ -652,7 +685,7 @@ def _run_verify(args) -> int:
                     torch_module=module, torch_name=name, table=table, pruned=pruned,
                     allow_mismatch=args.allow_mismatch, n_inputs=args.inputs, seed=args.seed,
                     rounds=args.rounds, measure_latency=not args.numerics_only, batch=args.batch,
-                    input_size=args.input_size, progress=to_stderr)
+                    input_size=args.input_size, host=host, progress=to_stderr)
     print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.summary())
     if args.out is not None:
         print(f"wrote {report.write(args.out)}", file=sys.stderr)
@@ -729,6 +762,10 @@ def _add_run(sub) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="run directory (default: runs/MODEL-DATA-TARGET)")
     p.add_argument("--fresh", action="store_true", help="delete the run directory's results and start over")
+    p.add_argument("--table", default=None, metavar="TABLE",
+                   help="a latency table measured elsewhere (for this model, input size, batch and target) "
+                        "to use instead of profiling; the verify stages still measure on the target: here, "
+                        "or on --device")
     train = p.add_argument_group("training")
     train.add_argument("--baseline-epochs", type=int, default=d.baseline_epochs, metavar="E",
                        help=f"(default: {d.baseline_epochs})")
@@ -747,8 +784,9 @@ def _add_run(sub) -> None:
                        help=f"validation samples the search's supernet proxy scores each subnet on "
                             f"(default: {d.proxy_val_limit})")
     train.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
-    train.add_argument("--device", choices=DEVICES, default=d.device,
-                       help=f"training device (default: {d.device})")
+    train.add_argument("--train-device", choices=DEVICES, default=d.device,
+                       help=f"training device (default: {d.device}; `--device auto|cpu|cuda`, its older "
+                            "name, still means this)")
     train.add_argument("--train-threads", type=int, default=None, metavar="N",
                        help="CPU threads for training (default: torch's)")
     latency = p.add_argument_group("latency")
@@ -758,6 +796,7 @@ def _add_run(sub) -> None:
                          help=f"interleaved measurements per model when verifying (default: {d.rounds})")
     add_end_to_end_arguments(p)
     add_protocol_arguments(p)
+    _add_device_arguments(p, what="run the profile and verify stages (training stays here)")
     p.set_defaults(func=_run_run)
 
 
@@ -766,6 +805,8 @@ def _run_run(args) -> int:
     from deploykit.pipeline import Pipeline, PipelineConfig
     from deploykit.protocol import Protocol
 
+    if args.device in TRAINING_DEVICES:  # `run --device cpu` named the training device before --train-device
+        args.train_device, args.device = args.device, None
     config = PipelineConfig(
         model=args.model, target=args.target, data=args.data, strict_images=args.strict_images,
         input_size=args.input_size,
@@ -773,9 +814,10 @@ def _run_run(args) -> int:
         baseline_epochs=args.baseline_epochs, supernet_epochs=args.supernet_epochs,
         subnet_epochs=args.subnet_epochs, method=args.method, batch_size=args.batch_size,
         train_limit=args.train_limit, val_limit=args.val_limit, proxy_val_limit=args.proxy_val_limit,
-        seed=args.seed, device=args.device, train_threads=args.train_threads, latency_batch=args.batch,
-        rounds=args.rounds, protocol=Protocol.from_args(args), end_to_end=EndToEndOptions.from_args(args))
-    pipeline = Pipeline(config, args.out, fresh=args.fresh, progress=to_stderr)
+        seed=args.seed, device=args.train_device, train_threads=args.train_threads, latency_batch=args.batch,
+        rounds=args.rounds, protocol=Protocol.from_args(args), end_to_end=EndToEndOptions.from_args(args),
+        table=args.table)
+    pipeline = Pipeline(config, args.out, fresh=args.fresh, host=_measuring_host(args), progress=to_stderr)
     result = pipeline.run()
     print(result.summary())
     return 0
@@ -786,16 +828,18 @@ def _run_run(args) -> int:
 def _add_serve(sub) -> None:
     p = sub.add_parser(
         "serve", help="run the device agent: measure ONNX files sent from other machines on this one",
-        description="Run on the machine a target stands for (an ARM board, a GPU server): an HTTP agent "
-                    "that measures ONNX files sent by `deploykit device` (and, later, --device on the "
-                    "measuring commands) exactly as a local measurement would: the local backend, the "
-                    "sent protocol, a fresh worker process. Every request needs the token in --token-file "
-                    "(refuses to start without one). Uploads are ONNX only, streamed to a private temporary "
-                    "directory, size-limited and checked with the ONNX checker before anything runs; one "
-                    "measurement at a time (others queue), each killed at --timeout. Listens on 127.0.0.1 "
-                    "unless --host says otherwise; beyond localhost, give --tls-cert/--tls-key. Needs the "
-                    "`remote` extra (starlette, uvicorn). Stops on Ctrl-C. Example: deploykit serve "
-                    "--token-file ~/.deploykit-token --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem")
+        description="Run on the machine a target stands for (an ARM board, a GPU server): an HTTP agent that"
+                    " measures ONNX files sent by --device URL on profile, lut check, lut anchor, verify and"
+                    " run (and by `deploykit device`) exactly as a local measurement would: the local "
+                    "backend, the sent protocol, a fresh worker process; verify's numerics run there too "
+                    "(seeded inputs, outputs sent back as arrays). Every request needs the token in "
+                    "--token-file (refuses to start without one). Uploads are ONNX only, streamed to a "
+                    "private temporary directory, size-limited and checked with the ONNX checker before "
+                    "anything runs; one measurement at a time (others queue), each killed at --timeout. "
+                    "Listens on 127.0.0.1 unless --host says otherwise; beyond localhost, give "
+                    "--tls-cert/--tls-key. Needs the `remote` extra (starlette, uvicorn). Stops on Ctrl-C. "
+                    "Example: deploykit serve --token-file ~/.deploykit-token --host 0.0.0.0 --tls-cert "
+                    "cert.pem --tls-key key.pem")
     p.add_argument("--token-file", required=True, metavar="FILE",
                    help="file holding the token clients must send (one word, ≥ 16 characters; chmod 600)")
     p.add_argument("--host", default="127.0.0.1",

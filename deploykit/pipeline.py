@@ -36,6 +36,13 @@ measures pruning alone. (Plain cross-entropy would change the loss as well as th
 
 ``RUN/run.json`` holds the settings and each stage's wall time. A rerun with other settings is
 refused (choose another ``--out``, or ``--fresh`` to start over), except that budgets may be added.
+
+Where it measures: the profile and verify stages measure through one
+:class:`deploykit.latency.host.MeasureHost` — this machine, or a device agent (``--device URL``,
+``deploykit serve`` on the target machine); training, search and export stay here. With ``--table
+TABLE`` (a table measured elsewhere, for this model, input size, batch and target) the profile stage
+copies it into the run instead of measuring; the verify stages still need the target, here or through
+``--device``. Which of those is missing is said before anything is written.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from deploykit.shapes import check_input_size
 from deploykit.training.config import METHODS, RunConfig, SubnetConfig
 
 if TYPE_CHECKING:
+    from deploykit.latency.host import MeasureHost
     from deploykit.search.budget import Budget
 
 RUN_FILE = "run.json"
@@ -97,6 +105,7 @@ class PipelineConfig:
     rounds: int = 3
     protocol: Protocol = field(default_factory=Protocol)
     end_to_end: EndToEndOptions = field(default_factory=EndToEndOptions)   # how the profile ends (its fit)
+    table: str | None = None                  # a table measured elsewhere, used instead of profiling
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", check_input_size(self.input_size))
@@ -244,13 +253,15 @@ class Pipeline:
     """The stages of one run (see the module docstring). ``run()`` executes the ones not yet done."""
 
     def __init__(self, config: PipelineConfig, out: str | Path | None = None, *, fresh: bool = False,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, host: MeasureHost | None = None):
+        from deploykit.latency.host import host_or_local
         from deploykit.latency.profile import default_table_path
         from deploykit.runtimes import check_target
         from deploykit.targets import load_target
 
         self.config = config
         self.say = progress or silent
+        self.host = host_or_local(host)
         self.target = load_target(config.target)
         check_target(self.target)
         self.batch = config.latency_batch or self.target.batch
@@ -267,7 +278,8 @@ class Pipeline:
         stages = [
             Stage("baseline", lambda: _exists(lay.weights, lay.baseline / "result.json"), self._baseline,
                   lay.weights),
-            Stage("profile", self._table_complete, self._profile, lay.table),
+            Stage("profile", self._table_complete,
+                  self._adopt_table if self.config.table is not None else self._profile, lay.table),
             Stage("budgets", lambda: False, self._check_budgets),
             Stage("supernet", lambda: _exists(lay.supernet), self._supernet, lay.supernet),
             Stage("export original", lambda: _exists(lay.onnx(lay.baseline)),
@@ -344,6 +356,8 @@ class Pipeline:
 
         require_known_model(self.config.model)
         self._require_target()
+        if self.config.table is not None:
+            self._given_table()  # a table for another model or setup: refused before anything is written
         check_writable_dir(self.layout.root)
         num_classes = self._check_data()
         if self.config.weights is not None:
@@ -364,12 +378,25 @@ class Pipeline:
         load_model_weights(module, self.config.weights, new_head=False)
 
     def _require_target(self) -> None:
-        from deploykit.runtimes import availability
-
-        ok, reason = availability(self.target)
-        if not ok:
-            raise ConfigError(f"target {self.target.name} cannot run here: {reason}. `deploykit run` "
-                              "measures and verifies on the target itself: run it on that machine")
+        """The profile and verify stages measure on the target: it must be available where they measure
+        (here, or on the device agent); the error says what is missing."""
+        ok, reason = self.host.availability(self.target)
+        if ok:
+            return
+        name = self.target.name
+        if self.host.url is not None:
+            stages = "verify stages measure" if self.config.table else "profile and verify stages measure"
+            raise ConfigError(f"the {stages} on {self.host.describe()}, which cannot run target {name} "
+                              f"({reason}): serve it on the {self.target.device} machine (deploykit serve "
+                              f"--targets {name}) or give the --device URL of an agent that does")
+        if self.config.table is not None:
+            raise ConfigError(f"--table gives the latency table, but the verify stages measure on target "
+                              f"{name}, which cannot run here ({reason}): give --device URL of a device "
+                              f"agent (`deploykit serve` on the {self.target.device} machine)")
+        raise ConfigError(f"target {name} cannot run here: {reason}. `deploykit run` profiles and verifies "
+                          "on the target: run it on that machine, or give --device URL of a device agent "
+                          "(`deploykit serve`) there; --table TABLE uses a table measured there instead of "
+                          "profiling (verify still needs --device)")
 
     def _open_run_dir(self) -> dict[str, Any]:
         """Start the run directory, or reopen it after checking that its settings are these."""
@@ -422,8 +449,9 @@ class Pipeline:
                          threads=c.train_threads, resume=(out / "checkpoint.pt").is_file())
 
     def latency_table(self):
-        """The run's table, ready for this machine: a run resumed on another machine than the one that
-        profiled it says what differs, and its millisecond budgets need the table re-anchored here."""
+        """The run's table, ready for the machine the run measures on (this one, or the device agent's):
+        a table from another machine says what differs, and its millisecond budgets need the table
+        re-anchored for the measuring machine."""
         from deploykit.latency.identity import table_for_this_machine
         from deploykit.latency.table import LatencyTable
         from deploykit.search.budget import parse_budget
@@ -432,7 +460,7 @@ class Pipeline:
             units = {parse_budget(text).unit for text in self.config.budgets}
             self._cache["table"] = table_for_this_machine(
                 LatencyTable.read(self.layout.table), budget_unit="ms" if "ms" in units else "fraction",
-                say=lambda line: self.say(f"  {line}"))
+                say=lambda line: self.say(f"  {line}"), host=self.host)
         return self._cache["table"]
 
     def candidates(self) -> tuple[int, ...]:
@@ -496,13 +524,44 @@ class Pipeline:
 
         result = profile(self.config.model, self.target, input_size=self.config.input_size, batch=self.batch,
                          out=self.layout.table, protocol=self.config.protocol, model=self.original_module(),
-                         end_to_end=self.config.end_to_end,
+                         end_to_end=self.config.end_to_end, host=self.host,
                          progress=lambda line: self.say(f"  {line}"))
         self._cache.pop("table", None)
         self._cache.pop("candidates", None)
         whole = result.table.model_latency()
         shown = f", whole model {whole:.3f} ms" if whole is not None else ""
         return f"{result.entries} entries{shown}: {result.path}; {result.table.fidelity_line()}"
+
+    def _given_table(self):
+        """The ``--table`` table, checked: complete, and made for this run's model, input size, batch
+        and target (a TableError naming what differs)."""
+        from deploykit.latency.table import LatencyTable
+
+        table = LatencyTable.read(self.config.table)
+        table.check_coverage()
+        meta, c = table.meta, self.config
+        if meta.model != c.model:
+            raise ConfigError(f"--table {table.path} is for model {meta.model}, this run's is {c.model}")
+        table.check_matches(target=self.target, batch=self.batch, input_size=c.input_size)
+        return table
+
+    def _adopt_table(self) -> str:
+        """Copy the ``--table`` table (and its end-to-end points) into the run, byte for byte; the CSV
+        last, so that the stage counts as done only once everything is there."""
+        from deploykit.fileio import write_bytes_atomic
+        from deploykit.latency.endtoend import points_path
+        from deploykit.latency.table import meta_path
+
+        table, target = self._given_table(), self.layout.table
+        write_bytes_atomic(meta_path(target), meta_path(table.path).read_bytes())
+        if points_path(table.path).is_file():
+            write_bytes_atomic(points_path(target), points_path(table.path).read_bytes())
+        write_bytes_atomic(target, table.path.read_bytes())
+        self._cache.pop("table", None)
+        self._cache.pop("candidates", None)
+        where = f" through {table.meta.device_url}" if table.meta.device_url else ""
+        return (f"copied {table.path} ({table.meta.mode} on {table.meta.device_string}{where}, "
+                f"{table.meta.date}) to {target}; {table.fidelity_line()}")
 
     def _check_budgets(self) -> str:
         from deploykit.search import LatencySpace
@@ -590,7 +649,7 @@ class Pipeline:
         report = verify(self.layout.onnx(folder), target=self.target, protocol=self.config.protocol,
                         reference=reference, torch_module=module, torch_name=str(folder),
                         table=self.latency_table(), pruned=pruned, seed=self.config.seed,
-                        rounds=self.config.rounds,
+                        rounds=self.config.rounds, host=self.host,
                         progress=lambda line: self.say(f"  {line}"))
         report.write(path)
         if report.passed is False:

@@ -12,8 +12,8 @@ from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
 from deploykit.errors import ConfigError, TableError
-from deploykit.latency import profile as profile_module
 from deploykit.latency.estimate import Roofline, estimate_onnx
+from deploykit.latency.host import LocalHost
 from deploykit.latency.profile import profile
 from deploykit.latency.table import LatencyTable, TableMeta
 from deploykit.targets import load_target
@@ -96,7 +96,7 @@ def test_estimated_table_for_a_gpu_target(tmp_path, monkeypatch):
     def no_measuring(*args, **kwargs):
         raise AssertionError("an estimate must not measure anything")
 
-    monkeypatch.setattr(profile_module, "measure_entry", no_measuring)
+    monkeypatch.setattr(LocalHost, "measure", no_measuring)
     target = load_target("amd-mi100")
     result = profile("tiny_convnext", target, input_size=32, batch=2, estimate=True,
                      out=tmp_path / "est.csv", model=tiny_convnext())

@@ -18,6 +18,7 @@ from deploykit import cli
 from deploykit.errors import ConfigError, RuntimeUnavailableError, TableError
 from deploykit.latency import measure as measure_module
 from deploykit.latency import profile as profile_module
+from deploykit.latency.host import LocalHost
 from deploykit.latency.options import EndToEndOptions
 from deploykit.latency.profile import find_entries, profile
 from deploykit.latency.sentinel import SentinelPolicy
@@ -123,7 +124,8 @@ class FakeRuntime:
         self.calls: list[tuple[str, tuple]] = []
         self.sentinel = sentinel or (lambda j: 5.0)
         self.fail_at = fail_at
-        monkeypatch.setattr(profile_module, "measure_entry", self)
+        monkeypatch.setattr(LocalHost, "measure",
+                            lambda host, onnx_file, **request: self(onnx_file, **request))
         monkeypatch.setattr(profile_module, "_export", self.export)  # real exports: tested elsewhere
         monkeypatch.setattr(profile_module, "export_anchor_models", self.export_anchors)
         monkeypatch.setattr(measure_module, "runtime_info", lambda target: {

@@ -18,6 +18,7 @@ import pytest
 from onnx_fixtures import tiny_onnx
 
 from deploykit.errors import AuthError, ConfigError, DeviceError, ModelError, RuntimeUnavailableError
+from deploykit.latency.fingerprint import for_target
 from deploykit.latency.measure import measure_onnx, runtime_info
 from deploykit.protocol import Protocol
 from deploykit.remote.client import DeviceClient, RetryPolicy, describe_measurement
@@ -101,7 +102,8 @@ def test_targets_fingerprint_and_health(agent, cpu_ort):
     others = [row for name, row in rows.items() if name != "cpu-ort"]
     assert others and all(not row["served"] and "not served by this agent" in row["reason"] for row in others)
     fingerprint = client.fingerprint()
-    assert fingerprint["targets"]["cpu-ort"] == runtime_info(cpu_ort)
+    served = fingerprint["targets"]["cpu-ort"]
+    assert served == {**runtime_info(cpu_ort), "fingerprint": for_target(cpu_ort, threads=None).stored()}
     assert {"arch", "cpu", "logical_cpus", "os", "hostname"} <= set(fingerprint)
     health = client.health()
     assert health["max_upload_bytes"] == int(LIMIT_MB * 2**20)
@@ -129,7 +131,8 @@ def test_a_remote_measurement_has_the_structure_of_a_local_one(agent, tiny, cpu_
     info = runtime_info(cpu_ort)
     assert (remote.runtime, remote.runtime_version, remote.device) == (
         info["runtime"], info["runtime_version"], info["device"])
-    assert remote.fingerprint["targets"]["cpu-ort"] == info
+    assert remote.fingerprint["targets"]["cpu-ort"]["runtime_version"] == info["runtime_version"]
+    assert remote.load_average is None or len(remote.load_average) == 3
     assert remote.started_at < remote.finished_at
     assert "tiny.onnx on cpu-ort" in describe_measurement(remote)
     agent.wait_for("200 POST /measure")
@@ -172,6 +175,50 @@ def test_a_measurement_past_its_timeout_is_killed(agent, tiny, cpu_ort):
     one_line(caught.value)
     assert time.monotonic() - began < 30
     agent.wait_for("504 POST /measure")
+
+
+def test_a_measurement_without_an_interval_travels_as_nan(agent, tiny, cpu_ort):
+    """Too few runs for a confidence interval: nan bounds, sent as JSON null and read back as nan."""
+    import math
+
+    once = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.0, min_iters=1, max_repeats=1)
+    measured = agent.client().measure(tiny, target=cpu_ort, protocol=once, input_shape=SHAPE)
+    assert measured.n >= 1 and measured.median_ms > 0
+    if measured.n < 6:  # no order-statistics interval for the median of so few samples
+        assert math.isnan(measured.ci_low_ms) and math.isnan(measured.ci_half_width)
+
+
+def test_run_on_seeded_inputs_returns_the_outputs_of_a_local_run(agent, tiny, cpu_ort):
+    import numpy as np
+
+    from deploykit.latency.outputs import run_seeded
+
+    remote = agent.client().run_remote(tiny, target=cpu_ort, input_shape=SHAPE, seed=3, n_inputs=2)
+    local = run_seeded(tiny, target=cpu_ort, input_shape=SHAPE, seed=3, n_inputs=2)
+    assert remote.outputs.inputs_sha256 == local.inputs_sha256
+    assert len(remote.outputs.outputs) == 2
+    for theirs, ours in zip(remote.outputs.outputs, local.outputs):
+        assert theirs.dtype == ours.dtype and theirs.shape == ours.shape
+        np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(remote.outputs.outputs[0], remote.outputs.outputs[1])  # two different inputs
+    assert remote.fingerprint["targets"]["cpu-ort"]["runtime"] == "onnxruntime"
+    agent.wait_for("running tiny.onnx on cpu-ort, 2 seeded input(s) 1x3x16x16")
+
+
+def test_a_non_onnx_run_upload_is_refused_without_running_anything(agent, tmp_path, cpu_ort):
+    from deploykit.remote.wire import RunRequest
+
+    started = agent.client().health()["workers_started"]
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model" * 10)
+    with pytest.raises(ModelError, match="not an ONNX model") as caught:
+        agent.client().run_remote(garbage, target=cpu_ort, input_shape=SHAPE, seed=0, n_inputs=1)
+    one_line(caught.value)
+    order = RunRequest(target="cpu-ort", input_shape=SHAPE, seed=0, n_inputs=1).as_header()
+    status, body = raw_request(agent.url, "POST", "/run", headers={**auth(), REQUEST_HEADER: order[:-1]},
+                               body=b"x")
+    assert status == 422 and "not JSON" in body["error"]
+    assert agent.client().health()["workers_started"] == started
 
 
 # --- what the agent refuses ----------------------------------------------------------------------------
@@ -422,6 +469,37 @@ def test_measure_request_round_trip_and_refusals():
                              "timeout_s")]:
         with pytest.raises(ConfigError, match=message):
             MeasureRequest.from_header(header)
+
+
+def test_run_request_round_trip_and_refusals():
+    from deploykit.remote.wire import RunRequest
+
+    order = RunRequest(target="cpu-ort", input_shape=[1, 3, 8, 8], seed=5, n_inputs=3, timeout_s=9)
+    assert RunRequest.from_header(order.as_header()) == order
+    for header, message in [('{"target": "t", "input_shape": [1], "seed": 0}', "missing key"),
+                            ('{"target": "t", "input_shape": [1], "seed": 0, "n_inputs": 0}', "--inputs"),
+                            ('{"target": "t", "input_shape": [1], "seed": -1, "n_inputs": 1}', "--seed"),
+                            ('{"target": "t", "input_shape": [1], "seed": 0, "n_inputs": 1, "protocol": {}}',
+                             "unknown key")]:
+        with pytest.raises(ConfigError, match=message):
+            RunRequest.from_header(header)
+
+
+def test_arrays_travel_as_numbers_only():
+    import numpy as np
+
+    from deploykit.remote.wire import decode_array, encode_array
+
+    for array in (np.arange(12, dtype=np.float32).reshape(3, 4) / 7, np.array([[True, False]]),
+                  np.zeros((0, 5), dtype=np.int64), np.float16([1.5, -2.25])):
+        back = decode_array(json.loads(json.dumps(encode_array(array))))
+        assert back.dtype == array.dtype and back.shape == array.shape and np.array_equal(back, array)
+    with pytest.raises(ConfigError, match="cannot be sent"):
+        encode_array(np.array(["text"]))
+    good = encode_array(np.ones(4, dtype=np.float32))
+    for bad in ({**good, "dtype": "object"}, {**good, "shape": [5]}, {**good, "data": "%%%"}, [1, 2]):
+        with pytest.raises(TypeError):
+            decode_array(bad)
 
 
 def test_token_files_and_the_environment(tmp_path):

@@ -7,7 +7,9 @@ interleaved (unpruned, merged, unpruned, merged, …; each in a fresh process), 
 map from the table's anchors to this machine's (:func:`deploykit.latency.identity.fit_rescale`) in the
 table's metadata, keyed by this machine's fingerprint id: the table then predicts this machine's
 milliseconds (:func:`deploykit.latency.identity.table_for_this_machine`). Two measurements do not
-prove the table's fidelity here; ``deploykit lut check`` does.
+prove the table's fidelity here; ``deploykit lut check`` does. With ``--device URL`` "this machine" is
+the device agent's (``host``): the anchors are measured there and the rescaling is keyed by its
+fingerprint.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from typing import Any
 
 from deploykit.errors import ConfigError, TableError
 from deploykit.fileio import write_json_atomic
-from deploykit.latency.fingerprint import Fingerprint, differences, for_target
+from deploykit.latency.fingerprint import Fingerprint, differences
+from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.identity import describe_record, fit_rescale, measuring_setup, table_anchors
 from deploykit.latency.table import LatencyTable, meta_path, read_meta
 from deploykit.progress import Progress, silent
-from deploykit.protocol import Measurement, Protocol
+from deploykit.protocol import Measurement
 
 TimeOnnx = Callable[[Path], Measurement]
 ANCHOR_ROUNDS = 3
@@ -91,36 +94,46 @@ class AnchorResult:
     record: dict[str, Any]
     differences: tuple[str, ...]
     elapsed_s: float
+    machine: str = "this machine"    # or "the device at URL"
+    device_option: str = ""          # " --device URL" when anchored through a device agent
 
     def summary(self) -> str:
-        same = ("this is the machine that measured the table" if not self.differences
-                else "this machine differs from the table's: " + "; ".join(self.differences))
+        same = (f"{self.machine} is the machine that measured the table" if not self.differences
+                else f"{self.machine} differs from the table's: " + "; ".join(self.differences))
+        accepted = "here" if not self.device_option else f"for {self.machine}"
         return "\n".join([
-            f"anchored {self.path} for this machine (fingerprint {self.fingerprint.id}) in "
+            f"anchored {self.path} for {self.machine} (fingerprint {self.fingerprint.id}) in "
             f"{self.elapsed_s:.0f} s: {describe_record(self.record)}",
             same,
-            f"stored in {meta_path(self.path)}; millisecond budgets are now accepted here",
-            f"the table's fidelity on this machine is not checked yet: deploykit lut check {self.path}",
+            f"stored in {meta_path(self.path)}; millisecond budgets are now accepted {accepted}",
+            f"the table's fidelity on {self.machine} is not checked yet: deploykit lut check "
+            f"{self.path}{self.device_option}",
         ])
 
 
 def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Progress | None = None,
-                 model: Any = None, time_onnx: TimeOnnx | None = None) -> AnchorResult:
-    """Measure the table's two anchor models on this machine and store the rescaling (module docstring).
+                 model: Any = None, time_onnx: TimeOnnx | None = None,
+                 host: MeasureHost | None = None) -> AnchorResult:
+    """Measure the table's two anchor models where ``host`` measures (default: this machine) and store
+    the rescaling (module docstring).
 
     ``model`` replaces the timm model the table names; ``time_onnx`` replaces the fresh-process
     measurement on the table's target (tests).
     """
     started = time.perf_counter()
     say = progress or silent
+    host = host_or_local(host)
     table = LatencyTable.read(path)
     meta = table.meta
     _require_anchorable(table)
     mapped = table_anchors(table)
-    target, protocol = measuring_setup(table, doing="anchor")
-    here = for_target(target, threads=meta.threads)
+    target, protocol = measuring_setup(table, doing="anchor", host=host)
+    here = host.fingerprint(target, threads=meta.threads)
     if time_onnx is None:
-        time_onnx = _fresh_process_timer(target, protocol, (meta.batch, 3, *meta.input_size))
+        shape = (meta.batch, 3, *meta.input_size)
+
+        def time_onnx(onnx: Path) -> Measurement:
+            return host.measure(onnx, target=target, protocol=protocol, input_shape=shape)
     say(f"building {meta.model} at {meta.input_size[0]}x{meta.input_size[1]}, unpruned and all-merged "
         "(random weights: timing does not depend on them)")
     with tempfile.TemporaryDirectory(prefix="deploykit-anchor-") as work:
@@ -140,7 +153,8 @@ def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Pro
     theirs = Fingerprint.from_dict(meta.fingerprint) if meta.fingerprint else None
     found = tuple(differences(theirs, here)) if theirs else ("the table carries no machine fingerprint",)
     return AnchorResult(path=table.path, fingerprint=here, record=record, differences=found,
-                        elapsed_s=time.perf_counter() - started)
+                        elapsed_s=time.perf_counter() - started, machine=host.describe(),
+                        device_option=f" --device {host.url}" if host.url else "")
 
 
 def _require_anchorable(table: LatencyTable) -> None:
@@ -151,12 +165,6 @@ def _require_anchorable(table: LatencyTable) -> None:
     if not table.meta.complete:
         raise TableError(f"{where} is incomplete (its profile was interrupted); finish it with the same "
                          "`deploykit profile` command first")
-
-
-def _fresh_process_timer(target: Any, protocol: Protocol, shape: tuple[int, ...]) -> TimeOnnx:
-    from deploykit.latency.measure import measure_onnx
-
-    return lambda path: measure_onnx(path, target=target, protocol=protocol, input_shape=shape)
 
 
 def _store(table: LatencyTable, fingerprint_id: str, record: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from deploykit.latency.options import MAX_DESIGNED, EndToEndOptions
 from deploykit.latency.predictor import Prior, fit_predictor
 from deploykit.latency.sampling import EndToEndPlan, plan_end_to_end
 from deploykit.latency.stats import Figures
-from deploykit.latency.subnets import Measurer, SubnetTiming, read_points, write_points
+from deploykit.latency.subnets import Measurer, SubnetTiming, load_now, read_points, write_points
 from deploykit.latency.table import LatencyTable
 from deploykit.progress import Progress, silent
 from deploykit.subnet import format_block_ranges, format_indices, parse_indices
@@ -54,9 +54,11 @@ def prior_of(table: LatencyTable) -> Prior:
 
 
 def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Measurer, points_file: Path,
-                   fresh: bool = False, progress: Progress | None = None) -> LatencyTable:
+                   fresh: bool = False, progress: Progress | None = None,
+                   load: Callable[[], float] = load_now) -> LatencyTable:
     """Measure the plan (reusing what ``points_file`` holds unless ``fresh``), fit, compare on the held-out
-    subnets; the table with ``predictor`` and ``fidelity`` set (not yet written)."""
+    subnets; the table with ``predictor`` and ``fidelity`` set (not yet written). ``load`` gives the
+    measuring machine's 1-minute load average for the points file (a device agent's with ``--device``)."""
     say = progress or silent
     groups = table.groups
     kind = options.resolve(len(groups))
@@ -66,7 +68,7 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
     plan = plan_end_to_end(groups, fit_samples=options.fit_samples, holdout=options.holdout,
                            seed=options.seed, designed=kind == "fitted")
     known = {} if fresh else _read_points(points_file, say)
-    timings = _measure(plan, measure, known, points_file, say)
+    timings = _measure(plan, measure, known, points_file, say, load)
     predictor = None
     if kind == "fitted":
         fit_points = [(s, timings[s].measured_ms) for s in plan.fit]
@@ -87,8 +89,8 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
                            calibration=None, notes=notes)
 
 
-def _measure(plan: EndToEndPlan, measure: Measurer, known: dict, points_file: Path,
-             say: Progress) -> dict[tuple[int, ...], SubnetTiming]:
+def _measure(plan: EndToEndPlan, measure: Measurer, known: dict, points_file: Path, say: Progress,
+             load: Callable[[], float]) -> dict[tuple[int, ...], SubnetTiming]:
     timings: dict[tuple[int, ...], SubnetTiming] = {}
     width = len(str(len(plan.order)))
     for number, (phase, subset) in enumerate(plan.order, 1):
@@ -99,7 +101,7 @@ def _measure(plan: EndToEndPlan, measure: Measurer, known: dict, points_file: Pa
             say(f"{head} {known[subset].measured_ms:.3f} ms (already measured)")
             continue
         began = time.perf_counter()
-        timing = SubnetTiming.of(subset, measure(subset))
+        timing = SubnetTiming.of(subset, measure(subset), load=load())
         timings[subset] = timing
         _write_points(points_file, plan, timings, None)
         spread = f" (cv {timing.cv * 100:.0f}%)" if not math.isnan(timing.cv) else ""

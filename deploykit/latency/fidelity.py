@@ -27,6 +27,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,18 @@ import numpy as np
 
 from deploykit.errors import ConfigError, TableError
 from deploykit.fileio import check_output_files
+from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.plot import plot_fidelity
 from deploykit.latency.sampling import plan_subnets
 from deploykit.latency.stats import Figures, fit_calibration, leave_one_out
-from deploykit.latency.subnets import Measurer, SubnetMeasurer, SubnetTiming, read_points, write_points
+from deploykit.latency.subnets import (
+    Measurer,
+    SubnetMeasurer,
+    SubnetTiming,
+    load_now,
+    read_points,
+    write_points,
+)
 from deploykit.latency.table import LatencyTable, meta_path
 from deploykit.progress import Progress, silent
 from deploykit.shapes import format_shape
@@ -144,7 +153,7 @@ class CheckResult:
 def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: int = 0,
                 measure: Measurer | None = None, out_dir: str | Path | None = None,
                 allow_mismatch: bool = False, fresh: bool = False, store: bool = True, plot: bool = True,
-                force_store: bool = False, model: Any = None,
+                force_store: bool = False, model: Any = None, host: MeasureHost | None = None,
                 progress: Progress | None = None) -> CheckResult:
     """Measure ``samples`` random subnets end to end, compare with the table, fit and store a calibration.
 
@@ -158,10 +167,13 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     unless the unpruned model, measured now, differs from the table's own end-to-end row by more than
     :data:`DRIFT_LIMIT` (the machine is not in the state it was profiled in: load, clock, another runtime
     build; the fit would encode that), which ``force_store`` overrides. ``model`` replaces the timm model
-    the table names (for tests and custom models).
+    the table names (for tests and custom models). ``host`` is where the subnets are measured (default:
+    this machine; a device agent with ``--device URL``: then "this machine" above is the device).
     """
     started = time.perf_counter()
     say = progress or silent
+    host = host_or_local(host)
+    cpus = os.cpu_count()
     if not isinstance(table, LatencyTable):
         table = LatencyTable.read(table)
     _require_checkable(table)
@@ -180,7 +192,8 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     with contextlib.ExitStack() as stack:
         if measure is None:
             work = stack.enter_context(tempfile.TemporaryDirectory(prefix="deploykit-lut-check-"))
-            measure, measured_on, rescale = _default_measurer(table, Path(work), allow_mismatch, model, say)
+            measure, measured_on, rescale, cpus = _default_measurer(table, Path(work), allow_mismatch, model,
+                                                                    host, say)
             if rescale is not None:  # re-anchored here: compare with what this machine is predicted to do
                 raw = raw.with_rescale(rescale)
                 store = False
@@ -190,7 +203,8 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
         else:
             measured_on = "injected measurer"
         known = {} if fresh else _reusable(csv_path, seed, measured_on, say)
-        points, reused = _measure_plan(plan, raw, measure, known, csv_path, seed, measured_on, say)
+        points, reused = _measure_plan(plan, raw, measure, known, csv_path, seed, measured_on, say,
+                                       load=host.load_1min)
     predicted = np.array([p.predicted_ms for p in points])
     measured = np.array([p.measured_ms for p in points])
     a, b = fit_calibration(predicted, measured)
@@ -209,9 +223,9 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
         notes.append(f"only {after.n} subnets: the figures and the calibration are rough; "
                      "use --samples 20 or more")
     loads = [p.load for p in points if not math.isnan(p.load)]
-    if loads and max(loads) > (os.cpu_count() or 1) * 0.75:
+    if loads and max(loads) > (cpus or 1) * 0.75:
         notes.append(f"the machine was busy during the check (1-minute load {min(loads):.1f}.."
-                     f"{max(loads):.1f} on {os.cpu_count()} CPUs): timings are noisy; see load_1min in "
+                     f"{max(loads):.1f} on {cpus} CPUs): timings are noisy; see load_1min in "
                      "the points file")
     drift = _drift(points, table.model_latency())
     stored, result_table = False, table.with_meta(calibration=(a, b))
@@ -271,42 +285,45 @@ def _require_checkable(table: LatencyTable) -> None:
         raise TableError("the table to check has no path (read it from a file or write it first)")
 
 
-def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, model: Any,
-                      say: Progress) -> tuple[Measurer, str, tuple[float, float] | None]:
-    """Refuse a table from another machine (unless re-anchored here, or ``allow_mismatch``), then build
-    the subnet measurer on the table's target; also the rescaling to compare with, if re-anchored."""
-    from deploykit.latency.fingerprint import for_target
-    from deploykit.latency.identity import judge, measuring_setup
-    from deploykit.latency.measure import measure_onnx
+def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, model: Any, host: MeasureHost,
+                      say: Progress) -> tuple[Measurer, str, tuple[float, float] | None, int | None]:
+    """Refuse a table from another machine than ``host``'s (unless re-anchored for it, or
+    ``allow_mismatch``), then build the subnet measurer on the table's target there; also the rescaling
+    to compare with, if re-anchored, and the measuring machine's logical CPUs."""
+    from deploykit.latency.identity import anchor_command, judge, measuring_setup
 
     meta = table.meta
-    target, protocol = measuring_setup(table, doing="check")
-    here = for_target(target, threads=meta.threads)
+    target, protocol = measuring_setup(table, doing="check", host=host)
+    here = host.fingerprint(target, threads=meta.threads)
     verdict = judge(table, here)
+    machine = "this one" if host.url is None else host.describe()
     if not verdict.same and verdict.rescale is not None:
-        say(f"note: the table was measured on another machine ({verdict.describe()}); re-anchored for this "
-            f"one on {verdict.anchored_on}: checking its rescaled predictions")
+        say(f"note: the table was measured on another machine ({verdict.describe()}); re-anchored for "
+            f"{machine} on {verdict.anchored_on}: checking its rescaled predictions")
     elif not verdict.same and not allow_mismatch:
         raise TableError(f"{table.path} was measured on another machine ({verdict.describe()}); re-anchor it "
-                         f"here first (deploykit lut anchor {table.path}), or pass --allow-mismatch to check "
-                         "its unscaled predictions")
+                         f"{host.where} first ({anchor_command(table, host)}), or pass --allow-mismatch to "
+                         "check its unscaled predictions")
     elif not verdict.same:
         say(f"warning: checking on another machine than the table's (--allow-mismatch): {verdict.describe()}")
-    say(f"building {meta.model} at {format_shape(meta.input_size)} "
-        "(random weights: timing does not depend on them)")
+    say(f"building {meta.model} at {format_shape(meta.input_size)} (random weights: timing does not depend "
+        "on them)" + ("" if host.url is None else f"; measuring on {host.describe()}"))
     measurer = SubnetMeasurer(meta.model, input_size=meta.input_size, batch=meta.batch, work=work,
-                              model=model, time_onnx=lambda path, shape: measure_onnx(
+                              model=model, time_onnx=lambda path, shape: host.measure(
                                   path, target=target, protocol=protocol, input_shape=shape))
     if tuple(measurer.prunable_indices) != tuple(table.prunable_indices):
         raise TableError(f"{table.path} prunes blocks {list(table.prunable_indices)} but {meta.model} "
                          f"here has prunable blocks {list(measurer.prunable_indices)}: the table is from "
                          "another model definition; profile it again")
     rescale = None if verdict.same else verdict.rescale
-    return measurer, f"{here.device} / {here.runtime} {here.runtime_version}", rescale
+    # the machine in the points file: its points are reused only by a check on the same machine
+    measured_on = f"{here.device} (fingerprint {here.id}) / {here.runtime} {here.runtime_version}"
+    return measurer, measured_on, rescale, here.logical_cores
 
 
 def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measurer, known: dict,
-                  csv_path: Path, seed: int, measured_on: str, say: Progress) -> tuple[list[Point], int]:
+                  csv_path: Path, seed: int, measured_on: str, say: Progress,
+                  load: Callable[[], float] = load_now) -> tuple[list[Point], int]:
     points: list[Point] = []
     reused = 0
     width = len(str(len(plan)))
@@ -320,7 +337,7 @@ def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measu
             say(f"{head} {old.measured_ms:.3f} ms (reused from {csv_path.name})")
             continue
         began = time.perf_counter()
-        timing = SubnetTiming.of(pruned, measure(pruned))
+        timing = SubnetTiming.of(pruned, measure(pruned), load=load())
         point = Point(number, pruned, predicted, timing.measured_ms, timing.p90_ms, timing.cv, timing.n,
                       timing.load)
         points.append(point)

@@ -13,6 +13,9 @@ this machine's for the table's target:
 
 Estimated (roofline) tables are not measurements of any machine and pass unchanged; the commands
 label them as estimates already.
+
+"This machine" is the machine the command measures on: with ``--device URL`` the device agent's
+(``host``, a :class:`deploykit.latency.host.MeasureHost`), whose fingerprint the agent reports.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploykit.errors import ConfigError, DeployKitError, RuntimeUnavailableError, TableError
 from deploykit.latency.fingerprint import NOT_INSTALLED, Fingerprint, differences, for_target, this_machine
 from deploykit.latency.table import LatencyTable, TableMeta
 from deploykit.progress import Progress, silent
 
+if TYPE_CHECKING:
+    from deploykit.latency.host import MeasureHost
 BUDGET_UNITS = ("ms", "fraction", None)
 # Below this spread between the unpruned and the all-merged anchor (relative to the unpruned one) the
 # two points do not pin a slope down: the rescaling is the ratio of the unpruned anchors instead.
@@ -46,16 +51,21 @@ class Verdict:
         return "; ".join(self.differences)
 
 
-def here_for(meta: TableMeta) -> Fingerprint:
-    """This machine's fingerprint for the table's target and thread setting."""
+def here_for(meta: TableMeta, host: MeasureHost | None = None) -> Fingerprint:
+    """The measuring machine's fingerprint for the table's target and thread setting: this machine's,
+    or that of the device ``host`` measures on (asked of its agent)."""
     from deploykit.targets import load_target
 
     try:
         target = load_target(meta.target)
     except DeployKitError:  # a custom target file that is not on this machine
+        if host is not None and host.url is not None:
+            raise
         return this_machine(runtime=meta.runtime, runtime_version=f"unknown (no target {meta.target} here)",
                             provider=meta.provider, device=NOT_INSTALLED, threads=meta.threads)
-    return for_target(target, threads=meta.threads)
+    if host is None:
+        return for_target(target, threads=meta.threads)
+    return host.fingerprint(target, threads=meta.threads)
 
 
 def judge(table: LatencyTable, here: Fingerprint) -> Verdict:
@@ -73,19 +83,21 @@ def judge(table: LatencyTable, here: Fingerprint) -> Verdict:
 
 
 def table_for_this_machine(table: LatencyTable, *, budget_unit: str | None = None,
-                           say: Progress | None = None, here: Fingerprint | None = None) -> LatencyTable:
+                           say: Progress | None = None, here: Fingerprint | None = None,
+                           host: MeasureHost | None = None) -> LatencyTable:
     """``table`` ready to predict for this machine; see the module docstring.
 
     ``budget_unit`` is ``ms`` (a millisecond budget: refused on a foreign table that is not
     re-anchored here), ``fraction`` (a ratio budget) or None (no budget: predictions are shown).
-    ``here`` replaces this machine's fingerprint (the device a remote agent measures on).
+    ``host`` is where the command measures (default: this machine): with a device agent the table is
+    compared with the device's fingerprint; ``here`` gives that fingerprint directly.
     """
     if budget_unit not in BUDGET_UNITS:
         raise ValueError(f"budget_unit must be one of {BUDGET_UNITS}, got {budget_unit!r}")
     say = say or silent
     if table.meta.mode == "estimated":
         return table
-    verdict = judge(table, here or here_for(table.meta))
+    verdict = judge(table, here or here_for(table.meta, host))
     where = str(table.path) if table.path else "the latency table"
     if verdict.same:
         return table.with_rescale(verdict.rescale)
@@ -95,7 +107,7 @@ def table_for_this_machine(table: LatencyTable, *, budget_unit: str | None = Non
             f"on {verdict.anchored_on}: predictions here = {a:.4f} × the table's {'+' if b >= 0 else '−'} "
             f"{abs(b):.3f} ms")
         return table.with_rescale(verdict.rescale)
-    anchor = f"deploykit lut anchor {table.path}" if table.path else "deploykit lut anchor TABLE"
+    anchor = anchor_command(table, host)
     if budget_unit == "ms":
         raise TableError(f"{where} was measured on another machine ({verdict.describe()}): its milliseconds "
                          f"are that machine's, so a millisecond budget is refused; re-anchor it here in "
@@ -107,16 +119,25 @@ def table_for_this_machine(table: LatencyTable, *, budget_unit: str | None = Non
     return table
 
 
-def measuring_setup(table: LatencyTable, *, doing: str) -> tuple[Any, Any]:
-    """The table's target and protocol, to measure on this machine the way the table was measured.
+def anchor_command(table: LatencyTable, host: MeasureHost | None = None) -> str:
+    """The ``deploykit lut anchor`` command that re-anchors ``table`` where ``host`` measures."""
+    device = f" --device {host.url}" if host is not None and host.url is not None else ""
+    return f"deploykit lut anchor {table.path or 'TABLE'}{device}"
+
+
+def measuring_setup(table: LatencyTable, *, doing: str, host: MeasureHost | None = None) -> tuple[Any, Any]:
+    """The table's target and protocol, to measure where ``host`` measures (default: this machine)
+    the way the table was measured.
 
     A target file that now names another runtime, provider or precision is a TableError; a target
-    whose runtime or hardware is not here a RuntimeUnavailableError. ``doing`` names the command for
+    whose runtime or hardware is not there a RuntimeUnavailableError. ``doing`` names the command for
     the messages (``check``, ``anchor``).
     """
+    from deploykit.latency.host import host_or_local
     from deploykit.protocol import Protocol
-    from deploykit.runtimes import availability
     from deploykit.targets import load_target
+
+    host = host_or_local(host)
 
     meta = table.meta
     try:
@@ -130,10 +151,10 @@ def measuring_setup(table: LatencyTable, *, doing: str) -> tuple[Any, Any]:
                                           ("precision", meta.precision, target.precision)) if theirs != ours]
     if changed:
         raise TableError(f"{table.path} was measured with {'; '.join(changed)}; profile it again")
-    ok, reason = availability(target)
+    ok, reason = host.availability(target)
     if not ok:
-        raise RuntimeUnavailableError(f"cannot {doing} {table.path} here: its target {target.name} cannot "
-                                      f"run on this machine ({reason})")
+        raise RuntimeUnavailableError(f"cannot {doing} {table.path} {host.where}: its target {target.name} "
+                                      f"cannot run on {host.describe()} ({reason})")
     try:
         protocol = Protocol.from_dict(meta.protocol)
     except ConfigError as error:

@@ -2,7 +2,10 @@
 
 Every model or block is timed in its own ``python -m deploykit.latency.worker`` process: no session,
 allocator, thread pool or JIT cache carries over from one measurement to the next, and each runtime
-lives in a process of its own (onnxruntime, OpenVINO, TensorRT and MIGraphX never share one).
+lives in a process of its own (onnxruntime, OpenVINO, TensorRT and MIGraphX never share one). The
+stages do not call this module directly: they measure through a
+:class:`deploykit.latency.host.MeasureHost` (this machine, or a device agent), whose local kind calls
+:func:`measure_onnx`, as the device agent does on its machine.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from deploykit.errors import DeployKitError, ModelError, error_class, last_line
 from deploykit.protocol import Measurement, Protocol
+from deploykit.remote.wire import SeededOutputs
 from deploykit.targets import Target
 
 WORKER_MODULE = "deploykit.latency.worker"
@@ -36,6 +40,22 @@ def measure_onnx(onnx_path: str | Path, *, target: Target, protocol: Protocol,
                "protocol": protocol.as_dict(), "input_shape": list(check_input_shape(input_shape))}
     reply = _run_worker(request, what=f"{path.name} on {target.name}", timeout_s=timeout_s)
     return Measurement.from_dict(reply["measurement"])
+
+
+def run_outputs(onnx_path: str | Path, *, target: Target, input_shape: Sequence[int], seed: int,
+                n_inputs: int, timeout_s: float | None = None) -> SeededOutputs:
+    """:func:`deploykit.latency.outputs.run_seeded` in a fresh worker process (what a device agent runs)."""
+    from deploykit.remote.wire import check_run_request
+    from deploykit.runtimes.base import check_input_shape
+
+    check_run_request(n_inputs, seed)
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise ModelError(f"ONNX file not found: {path}")
+    request = {"action": "run", "onnx_path": str(path.resolve()), "target": target.as_dict(),
+               "input_shape": list(check_input_shape(input_shape)), "seed": seed, "n_inputs": n_inputs}
+    reply = _run_worker(request, what=f"{path.name} on {target.name}", timeout_s=timeout_s)
+    return SeededOutputs.from_dict(reply, what="the latency worker")
 
 
 def runtime_info(target: Target) -> dict[str, str]:

@@ -16,6 +16,10 @@ target's peak figures with ``estimate=True``) and writes the table after every e
 interrupted profile resumes where it stopped. A measured profile then ends with its end-to-end phase
 (:mod:`deploykit.latency.endtoend`): whole subnets measured, the predictor fitted, its held-out
 fidelity stored — resumable too.
+
+Every measurement goes through one :class:`deploykit.latency.host.MeasureHost` (``host``): this
+machine, or a device agent (``--device URL``), whose runtime, device string and fingerprint the table
+then records, with the agent's URL (``device_url``) — never the client's.
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ from deploykit.fileio import check_output_files
 from deploykit.latency.anchor import anchor_figures, export_anchor_models, interleaved
 from deploykit.latency.endtoend import finish_profile, points_path
 from deploykit.latency.estimate import Roofline, estimate_onnx
-from deploykit.latency.fingerprint import Fingerprint, differences, this_machine
+from deploykit.latency.fingerprint import Fingerprint, differences
+from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.options import EndToEndOptions
-from deploykit.latency.sentinel import Sentinel, SentinelPolicy, load_average
+from deploykit.latency.sentinel import Sentinel, SentinelPolicy
 from deploykit.latency.subnets import Measurer, SubnetMeasurer
 from deploykit.latency.table import (
     ENVIRONMENT,
@@ -324,7 +329,7 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
             progress: Progress | None = None, model: nn.Module | None = None,
             opset: int | None = None, sentinel: SentinelPolicy | None = None,
             anchor_rounds: int = PROFILE_ANCHOR_ROUNDS, end_to_end: EndToEndOptions | None = None,
-            measure_subnet: Measurer | None = None) -> ProfileResult:
+            measure_subnet: Measurer | None = None, host: MeasureHost | None = None) -> ProfileResult:
     """Build (or resume) the latency table of ``model_name`` on ``target``.
 
     ``input_size`` and ``batch`` default to the target's. Measured tables time every entry with the
@@ -342,24 +347,32 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
     built beside it (``.NAME.pending.csv``) and replaces it only once complete, so an interrupted
     ``force`` run leaves the old table intact and the next one resumes the new table.
     ``allow_mismatch`` lets a resume go on where only the machine differs (its fingerprint). ``model``
-    gives the module to profile instead of creating ``model_name`` with timm.
+    gives the module to profile instead of creating ``model_name`` with timm. ``host`` is where every
+    measurement runs (default: this machine; a device agent for ``--device URL``): the target must be
+    available there, not necessarily here.
     """
     from deploykit.runtimes import check_target
 
     check_target(target)  # a target its runtime cannot serve as written: one line naming the key
     started = time.perf_counter()
     say = progress or silent
+    host = host_or_local(host)
     size = check_input_size(input_size if input_size is not None else target.input_size, error=ModelError)
     batch = _check_batch(batch if batch is not None else target.batch)
     if estimate:
+        if host.url is not None:
+            raise ConfigError("--estimate measures nothing: it takes no --device")
         roofline = Roofline.from_target(target)
         meta = _estimated_meta(model_name, target, size, batch, roofline)
         time_entry = _estimator(roofline)
     else:
         protocol = _protocol(protocol)
-        _require_available(target)
-        meta = _measured_meta(model_name, target, size, batch, protocol)
-        time_entry = _measurer(target, protocol)
+        _require_available(target, host)
+        meta = _measured_meta(model_name, target, size, batch, protocol, host)
+        time_entry = _measurer(target, protocol, host)
+        if host.url is not None:
+            say(f"measuring on {host.describe()} ({meta.device_string}, {meta.runtime} "
+                f"{meta.runtime_version}; fingerprint {meta.fingerprint['id']})")
     path = table_path(out) if out is not None else default_table_path(model_name, target.name, size, batch,
                                                                      estimate=estimate)
     options = end_to_end if end_to_end is not None else EndToEndOptions()
@@ -379,7 +392,7 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
         table = LatencyTable(meta=meta, path=work_path)
     if table.rows.empty:  # end-to-end points are measured after every row: without rows they are stale
         points_path(work_path).unlink(missing_ok=True)
-    table = table.with_meta(layout=_layout(entries))
+    table = table.with_meta(layout=_layout(entries), device_url=host.url)
     spent_before = table.meta.profile_s
 
     def save(table: LatencyTable, **changes) -> LatencyTable:
@@ -393,14 +406,14 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
         todo = runner.announce_kept()
         if meta.mode == "measured":
             changes = _measure_watched(runner, todo, model_name, target, protocol, size, batch, model,
-                                       sentinel or SentinelPolicy(), anchor_rounds, say)
+                                       sentinel or SentinelPolicy(), anchor_rounds, say, host)
             table = save(runner.table, **changes)
             measure = measure_subnet or _LazySubnets(lambda: SubnetMeasurer(
                 model_name, input_size=size, batch=batch, work=Path(folder), model=model,
-                time_onnx=lambda onnx, shape: measure_entry(onnx, target=target, protocol=protocol,
-                                                            input_shape=shape)))
+                time_onnx=lambda onnx, shape: host.measure(onnx, target=target, protocol=protocol,
+                                                           input_shape=shape)))
             table = finish_profile(table, options=options, measure=measure,
-                                   points_file=points_path(work_path), progress=say)
+                                   points_file=points_path(work_path), progress=say, load=host.load_1min)
         else:  # estimates are additive by construction; nothing to measure end to end
             for number, entry in todo:
                 runner.measure(number, entry)
@@ -464,23 +477,22 @@ class _Runner:
 
 def _measure_watched(runner: _Runner, todo: list[tuple[int, Entry]], model_name: str, target: Any, protocol,
                      size: tuple[int, int], batch: int, model: nn.Module, policy: SentinelPolicy,
-                     anchor_rounds: int, say: Progress) -> dict[str, Any]:
+                     anchor_rounds: int, say: Progress, host: MeasureHost) -> dict[str, Any]:
     """Measure ``todo`` under the sentinel, then the anchors; the metadata changes to save."""
-    from deploykit.runtimes.hostinfo import pinned_cores
-
     def time_model() -> float:
-        return measure_entry(runner.model_file(), target=target, protocol=protocol,
-                             input_shape=(batch, *runner.entries[-1].in_shape)).median_ms
+        return host.measure(runner.model_file(), target=target, protocol=protocol,
+                            input_shape=(batch, *runner.entries[-1].in_shape)).median_ms
 
     def redo(window: list[tuple[int, Entry]]) -> None:
         for number, entry in window:
             runner.measure(number, entry, again=True)
 
     run: dict[str, Any] = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "load_start": load_average(), "measured": len(todo)}
+                           "load_start": host.load_average(), "measured": len(todo), "device_url": host.url}
     measured_any = bool(todo)
     if todo:
-        watch = Sentinel(measure=time_model, policy=policy, say=say)
+        watch = Sentinel(measure=time_model, policy=policy, say=say, load=host.load_average,
+                         snapshot=host.process_snapshot)
         whole = [(number, entry) for number, entry in todo if entry.kind == "model"]
         if whole:  # the model row first: it is the sentinel's start value, measured once
             runner.measure(*whole[0])
@@ -498,25 +510,23 @@ def _measure_watched(runner: _Runner, todo: list[tuple[int, Entry]], model_name:
     changes: dict[str, Any] = {}
     if runner.table.meta.anchors is None or measured_any:
         changes["anchors"] = _anchors(runner, model_name, target, protocol, size, batch, model, anchor_rounds,
-                                      say)
-    run["load_end"] = load_average()
+                                      say, host)
+    run["load_end"] = host.load_average()
     old = runner.table.meta.conditions or {}
     threads = protocol.resolve_threads(target.threads)
-    cores = pinned_cores(threads)
-    changes["conditions"] = {"affinity": list(cores) if cores else None,
-                             "runs": [*old.get("runs", []), run]}
+    changes["conditions"] = {"affinity": host.affinity(threads), "runs": [*old.get("runs", []), run]}
     return changes
 
 
 def _anchors(runner: _Runner, model_name: str, target: Any, protocol, size: tuple[int, int], batch: int,
-             model: nn.Module, rounds: int, say: Progress) -> dict[str, Any]:
+             model: nn.Module, rounds: int, say: Progress, host: MeasureHost) -> dict[str, Any]:
     """The speed anchors: the unpruned and the all-merged model, interleaved, ``rounds`` rounds."""
     files, pruned = export_anchor_models(model_name, input_size=size, batch=batch, work=runner.work,
                                          model=model, unpruned=runner.model_file())
     shape = (batch, *runner.entries[-1].in_shape)
     runs = interleaved(files, rounds=rounds, say=lambda line: say(f"anchor {line}"),
-                       time_onnx=lambda path: measure_entry(path, target=target, protocol=protocol,
-                                                            input_shape=shape))
+                       time_onnx=lambda path: host.measure(path, target=target, protocol=protocol,
+                                                           input_shape=shape))
     return anchor_figures(runs, pruned=pruned)
 
 
@@ -556,14 +566,16 @@ def _protocol(protocol: Any):
     return protocol
 
 
-def _require_available(target: Any) -> None:
-    """Refuse a target whose runtime or hardware is absent; the reason carries the install hint."""
-    from deploykit.runtimes import availability
-
-    ok, reason = availability(target)
+def _require_available(target: Any, host: MeasureHost) -> None:
+    """Refuse a target whose runtime or hardware is absent where ``host`` measures (asked of the device
+    agent with ``--device``); the reason carries the install hint."""
+    ok, reason = host.availability(target)
     if not ok:
-        raise RuntimeUnavailableError(f"cannot profile on target {target.name} here: {reason}; "
-                                      "--estimate builds a roofline table from its peak figures instead")
+        other = ("" if host.url is not None
+                 else "--device URL measures on a device agent (`deploykit serve`) that has it, ")
+        raise RuntimeUnavailableError(f"cannot profile on target {target.name} {host.where}: {reason}; "
+                                      f"{other}--estimate builds a roofline table from its peak figures "
+                                      "instead")
 
 
 def _base_meta(model_name: str, target: Any, size: tuple[int, int], batch: int) -> dict[str, Any]:
@@ -575,16 +587,15 @@ def _base_meta(model_name: str, target: Any, size: tuple[int, int], batch: int) 
                 deploykit_version=__version__)
 
 
-def _measured_meta(model_name: str, target: Any, size, batch: int, protocol) -> TableMeta:
-    from deploykit.latency.measure import runtime_info
-
-    info = runtime_info(target)
+def _measured_meta(model_name: str, target: Any, size, batch: int, protocol, host: MeasureHost) -> TableMeta:
+    """The metadata of a table measured where ``host`` measures: its runtime, device and fingerprint."""
+    info = host.runtime_info(target)
     threads = protocol.resolve_threads(target.threads)
-    here = this_machine(runtime=info["runtime"], runtime_version=info["runtime_version"],
-                        provider=target.provider, device=info["device"], threads=threads)
+    here = host.fingerprint(target, threads=threads)
     return TableMeta(**_base_meta(model_name, target, size, batch), mode="measured",
                      device_string=info["device"], runtime_version=info["runtime_version"],
-                     threads=threads, protocol=protocol.as_dict(), fingerprint=here.stored())
+                     threads=threads, protocol=protocol.as_dict(), fingerprint=here.stored(),
+                     device_url=host.url)
 
 
 def _estimated_meta(model_name: str, target: Any, size, batch: int, roofline: Roofline) -> TableMeta:
@@ -594,22 +605,15 @@ def _estimated_meta(model_name: str, target: Any, size, batch: int, roofline: Ro
                      estimate=roofline.as_dict())
 
 
-def _measurer(target: Any, protocol) -> Callable[[Path, tuple[int, ...]], dict[str, float]]:
+def _measurer(target: Any, protocol, host: MeasureHost) -> Callable[[Path, tuple[int, ...]], dict[str, Any]]:
     def time_entry(onnx_file: Path, input_shape: tuple[int, ...]) -> dict[str, float]:
-        result = measure_entry(onnx_file, target=target, protocol=protocol, input_shape=input_shape)
+        result = host.measure(onnx_file, target=target, protocol=protocol, input_shape=input_shape)
         return {name: float(getattr(result, name)) for name in _STAT_NAMES}
     return time_entry
 
 
 _STAT_NAMES = ("median_ms", "p90_ms", "mean_ms", "std_ms", "cv", "n", "repeats", "compile_s", "first_run_ms",
                "ci_low_ms", "ci_high_ms", "ci_half_width")
-
-
-def measure_entry(onnx_file: Path, *, target: Any, protocol: Any, input_shape: tuple[int, ...]):
-    """One fresh-process measurement of an ONNX file on the target (a Measurement)."""
-    from deploykit.latency.measure import measure_onnx
-
-    return measure_onnx(onnx_file, target=target, protocol=protocol, input_shape=input_shape)
 
 
 def _estimator(roofline: Roofline) -> Callable[[Path, tuple[int, ...]], dict[str, float]]:

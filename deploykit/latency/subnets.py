@@ -80,15 +80,17 @@ class SubnetTiming:
     measured_at: str = ""        # ISO time (UTC)
 
     @classmethod
-    def of(cls, pruned: tuple[int, ...], measured: Any) -> SubnetTiming:
-        """From what a measurer returned: a Measurement, or milliseconds > 0."""
+    def of(cls, pruned: tuple[int, ...], measured: Any, *, load: float | None = None) -> SubnetTiming:
+        """From what a measurer returned: a Measurement, or milliseconds > 0. ``load``: the measuring
+        machine's 1-minute load average (default: this machine's now)."""
+        load = load_now() if load is None else load
         if isinstance(measured, Measurement):
             return cls(tuple(pruned), measured.median_ms, measured.p90_ms, measured.cv, measured.n,
-                       load_now(), _now())
+                       load, _now())
         if isinstance(measured, bool) or not isinstance(measured, (int, float)) or not measured > 0:
             raise TableError(f"the measurer returned {measured!r} for subnet {list(pruned)}; "
                              "expected milliseconds > 0")
-        return cls(tuple(pruned), float(measured), load=load_now(), measured_at=_now())
+        return cls(tuple(pruned), float(measured), load=load, measured_at=_now())
 
 
 def write_points(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:

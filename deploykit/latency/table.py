@@ -97,6 +97,9 @@ class TableMeta:
     anchors: Mapping[str, Any] | None = None
     rescalings: Mapping[str, Any] = field(default_factory=dict)
     conditions: Mapping[str, Any] | None = None
+    # The device agent the rows were measured through (``--device URL``); None: measured where profiled.
+    # The machine itself is the fingerprint (the device's, never the client's).
+    device_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -120,6 +123,8 @@ class TableMeta:
         if not isinstance(self.rescalings, Mapping):
             raise TableError(f"table rescalings must be a JSON object, got {self.rescalings!r}")
         object.__setattr__(self, "rescalings", dict(self.rescalings))
+        if self.device_url is not None and not isinstance(self.device_url, str):
+            raise TableError(f"table device_url must be a URL or null, got {self.device_url!r}")
         if self.calibration is not None:
             cal = tuple(self.calibration)
             if len(cal) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in cal):

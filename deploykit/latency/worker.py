@@ -3,7 +3,10 @@
 Reads one JSON request on stdin (``onnx_path``, ``target`` as :meth:`Target.as_dict`, ``protocol`` as
 :meth:`Protocol.as_dict`, ``input_shape``) and writes one JSON line on stdout: ``{"ok": true,
 "measurement": {...}, "runtime_version": ..., "device": ..., "affinity": [cpus] or null}`` or
-``{"ok": false, "type": "<DeployKitError subclass>", "error": "<one line>"}``. Whatever the runtimes
+``{"ok": false, "type": "<DeployKitError subclass>", "error": "<one line>"}``. A request with
+``"action": "run"`` (and ``seed``, ``n_inputs`` instead of ``protocol``) runs the file on seeded inputs
+instead and replies with :meth:`deploykit.remote.wire.SeededOutputs.as_dict` (verify's numerics on a
+device agent, :func:`deploykit.latency.measure.run_outputs`). Whatever the runtimes
 print goes to stderr, so stdout carries the reply only. Started by
 :func:`deploykit.latency.measure.measure_onnx`.
 
@@ -28,17 +31,28 @@ def handle(request: dict, *, pin: bool = False) -> dict:
     from deploykit.runtimes import check_target, hostinfo
     from deploykit.targets import target_from_dict
 
+    run = request.get("action", "measure") == "run"
     try:
         target = target_from_dict(request["target"])
-        protocol = Protocol.from_dict(request["protocol"])
         onnx_path, input_shape = request["onnx_path"], tuple(request["input_shape"])
+        protocol = None if run else Protocol.from_dict(request["protocol"])
+        seeds = (request["seed"], request["n_inputs"]) if run else None
     except (KeyError, TypeError) as error:
         raise ConfigError(f"malformed latency worker request: {error!r}") from None
+    if seeds is not None:
+        return _run(target, onnx_path, input_shape, *seeds)
     backend = check_target(target)
     affinity = hostinfo.pin_to_cores(protocol.resolve_threads(target.threads)) if pin else None
     measurement = backend.profile(onnx_path, target=target, protocol=protocol, input_shape=input_shape)
     return {"ok": True, "measurement": measurement.as_dict(), "runtime_version": backend.version(),
             "device": backend.device_string(target), "affinity": list(affinity) if affinity else None}
+
+
+def _run(target, onnx_path: str, input_shape: tuple[int, ...], seed, n_inputs) -> dict:
+    from deploykit.latency.outputs import run_seeded
+
+    result = run_seeded(onnx_path, target=target, input_shape=input_shape, seed=seed, n_inputs=n_inputs)
+    return {"ok": True, **result.as_dict()}
 
 
 def main() -> int:

@@ -27,13 +27,23 @@ from urllib.parse import urlsplit
 from deploykit.errors import (
     AuthError,
     ConfigError,
+    DeployKitError,
     DeviceError,
     ModelError,
     RuntimeUnavailableError,
     error_class,
 )
 from deploykit.protocol import Measurement, Protocol
-from deploykit.remote.wire import API_VERSION, DEFAULT_PORT, REQUEST_HEADER, MeasureRequest, token_from
+from deploykit.remote.wire import (
+    API_VERSION,
+    DEFAULT_PORT,
+    REQUEST_HEADER,
+    MeasureRequest,
+    RunRequest,
+    SeededOutputs,
+    measurement_from_wire,
+    token_from,
+)
 
 if TYPE_CHECKING:
     from deploykit.targets import Target
@@ -78,20 +88,54 @@ class RemoteMeasurement:
     started_at: float  # the agent's clock (seconds since the epoch) around the worker
     finished_at: float
     queued_s: float
+    load_average: list[float] | None = None  # the device's load averages when the worker ended
 
     @classmethod
     def from_reply(cls, reply: dict, *, url: str) -> RemoteMeasurement:
         try:
-            return cls(measurement=Measurement.from_dict(reply["measurement"]), url=url,
-                       name=str(reply["name"]), target=str(reply["target"]), runtime=str(reply["runtime"]),
-                       runtime_version=str(reply["runtime_version"]), device=str(reply["device"]),
-                       fingerprint=dict(reply["fingerprint"]), started_at=float(reply["started_at"]),
-                       finished_at=float(reply["finished_at"]), queued_s=float(reply["queued_s"]))
+            return cls(measurement=measurement_from_wire(reply["measurement"]), **_where(reply, url))
         except (KeyError, TypeError, ValueError) as error:
             raise DeviceError(f"the device at {url} sent a malformed measurement ({error!r})") from None
 
     def as_dict(self) -> dict:
         return {**asdict(self), "measurement": self.measurement.as_dict()}
+
+
+@dataclass(frozen=True)
+class RemoteOutputs:
+    """A file run on seeded inputs by a device agent (verify's numerics), with where it ran."""
+
+    outputs: SeededOutputs
+    url: str
+    name: str
+    target: str
+    runtime: str
+    runtime_version: str
+    device: str
+    fingerprint: dict = field(repr=False)
+    started_at: float
+    finished_at: float
+    queued_s: float
+    load_average: list[float] | None = None
+
+    @classmethod
+    def from_reply(cls, reply: dict, *, url: str) -> RemoteOutputs:
+        try:
+            where = _where(reply, url)
+        except (KeyError, TypeError, ValueError) as error:
+            raise DeviceError(f"the device at {url} sent malformed outputs ({error!r})") from None
+        return cls(outputs=SeededOutputs.from_dict(reply, what=f"the device at {url}"), **where)
+
+
+def _where(reply: dict, url: str) -> dict:
+    """The fields of a measure or run reply that say where and when it ran."""
+    load = reply.get("load_average")
+    return {"url": url, "name": str(reply["name"]), "target": str(reply["target"]),
+            "runtime": str(reply["runtime"]), "runtime_version": str(reply["runtime_version"]),
+            "device": str(reply["device"]), "fingerprint": dict(reply["fingerprint"]),
+            "started_at": float(reply["started_at"]), "finished_at": float(reply["finished_at"]),
+            "queued_s": float(reply["queued_s"]),
+            "load_average": [float(v) for v in load] if isinstance(load, list) else None}
 
 
 class _Transient(Exception):
@@ -163,7 +207,7 @@ class DeviceClient:
 
     def runtime_info(self, target: Target) -> dict[str, str]:
         """As :func:`deploykit.latency.measure.runtime_info`, for ``target`` on the device."""
-        row = self._served_row(target)
+        row = self.served_row(target)
         return {"runtime": row["runtime"], "runtime_version": row["runtime_version"],
                 "device": row["device_here"]}
 
@@ -179,11 +223,27 @@ class DeviceClient:
                        input_shape: Sequence[int], timeout_s: float | None = None) -> RemoteMeasurement:
         """:meth:`measure`, with the device's runtime, fingerprint and timestamps."""
         path = Path(onnx_path)
-        if not path.is_file():
-            raise ModelError(f"ONNX file not found: {path}")
         order = MeasureRequest(target=target.name, input_shape=tuple(input_shape), protocol=protocol,
                                timeout_s=timeout_s, name=path.name)
-        self._served_row(target)
+        reply = self._upload("/measure", path, order, target, what=f"measuring {path.name} on {target.name}")
+        return RemoteMeasurement.from_reply(reply, url=self.url)
+
+    def run_remote(self, onnx_path: str | Path, *, target: Target, input_shape: Sequence[int], seed: int,
+                   n_inputs: int, timeout_s: float | None = None) -> RemoteOutputs:
+        """Run ``onnx_path`` on ``target`` on the device on ``n_inputs`` inputs drawn from ``seed``: the
+        first output of each run (:func:`deploykit.latency.outputs.run_seeded`, there)."""
+        path = Path(onnx_path)
+        order = RunRequest(target=target.name, input_shape=tuple(input_shape), seed=seed, n_inputs=n_inputs,
+                           timeout_s=timeout_s, name=path.name)
+        reply = self._upload("/run", path, order, target, what=f"running {path.name} on {target.name}")
+        return RemoteOutputs.from_reply(reply, url=self.url)
+
+    def _upload(self, endpoint: str, path: Path, order: MeasureRequest | RunRequest, target: Target, *,
+                what: str) -> dict:
+        """POST ``path`` with ``order`` after checking the target and the upload limit; the reply."""
+        if not path.is_file():
+            raise ModelError(f"ONNX file not found: {path}")
+        self.served_row(target)
         size = path.stat().st_size
         limit = int((self._health or self.health())["max_upload_bytes"])
         if size > limit:
@@ -192,29 +252,38 @@ class DeviceClient:
         headers = {REQUEST_HEADER: order.as_header(), "Content-Type": "application/octet-stream",
                    "Content-Length": str(size)}
         with path.open("rb") as body:
-            reply = self._exchange("POST", "/measure", body=body, headers=headers,
-                                   what=f"measuring {path.name} on {target.name}", idempotent=False)
-        return RemoteMeasurement.from_reply(reply, url=self.url)
+            return self._exchange("POST", endpoint, body=body, headers=headers, what=what, idempotent=False)
 
     # --- the target check --------------------------------------------------------------------------------
 
-    def _served_row(self, target: Target) -> dict:
+    def served_row(self, target: Target) -> dict:
         """The agent's row for ``target``; refuses a target it does not serve or defines differently."""
+        refusal = self.not_served(target)
+        if refusal is not None:
+            kind, reason = refusal
+            raise kind(f"the device at {self.url} {reason}")
+        return self._listing[target.name]
+
+    def not_served(self, target: Target) -> tuple[type[DeployKitError], str] | None:
+        """Why the agent cannot measure ``target``, as (error class, reason): unknown there or left out
+        by its --targets (ConfigError), unable to run there (RuntimeUnavailableError); None when it
+        serves it. A target it serves with other settings is raised at once (ConfigError): the target
+        files of the two machines must agree, whatever the caller does next."""
         listing = self._listing if self._listing is not None else {r["name"]: r for r in self.targets()}
         row = listing.get(target.name)
         if row is None:
-            raise ConfigError(f"the device at {self.url} does not know target {target.name}; it serves "
-                              + (", ".join(n for n, r in listing.items() if r.get("served")) or "nothing"))
+            return ConfigError, (f"does not know target {target.name}; it serves "
+                                 + (", ".join(n for n, r in listing.items() if r.get("served")) or "nothing"))
         if not row.get("served"):
             kind = RuntimeUnavailableError if row.get("available") is False else ConfigError
-            raise kind(f"the device at {self.url} does not serve target {target.name}: {row.get('reason')}")
+            return kind, f"does not serve target {target.name}: {row.get('reason')}"
         here = target.as_dict()
         differs = [f"{key} {row.get(key)!r} there, {here[key]!r} here" for key in MEASURED_SETTINGS
                    if row.get(key) != here[key]]
         if differs:
             raise ConfigError(f"target {target.name} differs on the device at {self.url}: "
                               f"{'; '.join(differs)} (use the same target file on both machines)")
-        return row
+        return None
 
     # --- HTTP ------------------------------------------------------------------------------------------
 

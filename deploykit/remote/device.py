@@ -5,13 +5,15 @@ No web framework here: :mod:`deploykit.remote.server` puts these behind HTTP.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError, one_line
+from deploykit.remote.wire import DOCTORED_FINGERPRINT_ENV
 from deploykit.targets import Target
 
 
@@ -79,26 +81,55 @@ class ServedTargets:
         return sorted(rows, key=lambda row: row["name"])
 
 
-def machine_fingerprint(targets: Iterable[Target]) -> dict:
-    """What identifies this machine's measurements: host, CPU, OS, and for each target the runtime,
-    its version and the device it runs on (:func:`deploykit.latency.measure.runtime_info`).
+def machine_fingerprint(targets: Iterable[Target], *, environ: Mapping[str, str] | None = None) -> dict:
+    """What identifies this machine's measurements: host, CPU, OS, and for each target the runtime, its
+    version, the device it runs on (:func:`deploykit.latency.measure.runtime_info`) and the machine's
+    :class:`deploykit.latency.fingerprint.Fingerprint` at the target's threads (``fingerprint``, as
+    :meth:`Fingerprint.stored` keeps it): the same fingerprint a local profile records, so a table
+    measured through the agent carries the device's.
 
-    One home for the agent's fingerprint: when ``deploykit.latency.fingerprint`` lands, this
-    function becomes a call to it."""
+    Test-only: ``$DEPLOYKIT_TEST_DOCTORED_FINGERPRINT`` (a JSON object of fingerprint fields) replaces
+    those fields in every target's fingerprint (:func:`doctored_fields`)."""
     from deploykit import __version__
+    from deploykit.latency.fingerprint import for_target
     from deploykit.latency.measure import runtime_info
     from deploykit.runtimes import hostinfo
 
+    doctored = doctored_fields(os.environ if environ is None else environ)
+    per_target = {}
+    for target in targets:
+        fingerprint = replace(for_target(target, threads=target.threads), **doctored)
+        per_target[target.name] = {**runtime_info(target), "fingerprint": fingerprint.stored()}
     return {
         "hostname": platform.node(),
         "arch": hostinfo.machine_arch(),
-        "cpu": hostinfo.cpu_name(),
+        "cpu": doctored.get("cpu", hostinfo.cpu_name()),
         "logical_cpus": os.cpu_count(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "deploykit_version": __version__,
-        "targets": {target.name: runtime_info(target) for target in targets},
+        "targets": per_target,
     }
+
+
+def doctored_fields(environ: Mapping[str, str]) -> dict:
+    """The fingerprint fields ``$DEPLOYKIT_TEST_DOCTORED_FINGERPRINT`` overrides (test-only), else {}."""
+    from dataclasses import fields
+
+    from deploykit.latency.fingerprint import Fingerprint
+
+    text = environ.get(DOCTORED_FINGERPRINT_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    names = {f.name for f in fields(Fingerprint)}
+    if not isinstance(data, dict) or not set(data) <= names:
+        raise ConfigError(f"{DOCTORED_FINGERPRINT_ENV} must be a JSON object of fingerprint fields "
+                          f"({', '.join(sorted(names))})")
+    return data
 
 
 def check_onnx_upload(path: Path) -> None:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from deploykit.errors import DeviceError, last_line
@@ -24,12 +25,14 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory that holds 
 
 class LocalAgent:
     """``deploykit serve --token-file <workdir>/token --port <port> *options``, logging to
-    ``<workdir>/agent.log``. Use as a context manager, or call :meth:`start` and :meth:`stop`."""
+    ``<workdir>/agent.log``, with ``env`` added to this process's environment. Use as a context
+    manager, or call :meth:`start` and :meth:`stop`; :meth:`kill` ends it as a crash would."""
 
     def __init__(self, workdir: str | Path, *options: str, port: int = 0, token: str | None = None,
-                 token_mode: int = 0o600):
+                 token_mode: int = 0o600, env: Mapping[str, str] | None = None):
         self.workdir = Path(workdir)
         self.options, self.port = options, port
+        self.env = dict(env or {})
         self.token = token or secrets.token_urlsafe(32)
         self.token_mode = token_mode
         self.token_file = self.workdir / "token"
@@ -53,7 +56,7 @@ class LocalAgent:
         self.token_file.chmod(self.token_mode)
         command = [sys.executable, "-m", "deploykit.cli", "serve", "--token-file", str(self.token_file),
                    "--port", str(self.port), *self.options]
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
         with self.log_file.open("w") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -83,6 +86,12 @@ class LocalAgent:
 
     def client(self, **options) -> DeviceClient:
         return DeviceClient(self.url, options.pop("token", self.token), **options)
+
+    def kill(self) -> None:
+        """SIGKILL the agent alone, as a crash or a power cut would (:meth:`stop` cleans up after)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL for anything left in the agent's process group (a running worker)."""

@@ -5,12 +5,16 @@ Endpoints (every request needs ``Authorization: Bearer <token>``; every reply is
 
 - ``GET /health``: version, API version, limits, and the queue (``queued``, ``measuring``);
 - ``GET /targets``: every known target, ``served`` or why not (rows as ``deploykit targets --format json``);
-- ``GET /fingerprint``: this machine (:func:`deploykit.remote.device.machine_fingerprint`);
+- ``GET /fingerprint``: this machine (:func:`deploykit.remote.device.machine_fingerprint`: per served
+  target the runtime, its version, the device and the machine's real fingerprint);
 - ``POST /measure``: body = the ONNX file, header ``X-DeployKit-Request`` = a
   :class:`deploykit.remote.wire.MeasureRequest`. The body is streamed to a private temporary directory
   and refused as soon as it passes the size limit; the file must pass the ONNX checker before a worker
   starts; the measurement is :func:`deploykit.latency.measure.measure_onnx` (a fresh worker process,
-  killed at the timeout) under a lock, so concurrent clients queue and never share the machine.
+  killed at the timeout) under a lock, so concurrent clients queue and never share the machine;
+- ``POST /run``: the same with a :class:`deploykit.remote.wire.RunRequest`: the file run on inputs drawn
+  from a seed, in a fresh worker process (:func:`deploykit.latency.measure.run_outputs`), under the same
+  lock; the reply holds the first output of each run as encoded arrays (verify's numerics).
 
 Errors are ``{"error": one line, "type": DeployKitError subclass}`` with 401 (token), 404 (unknown or
 unserved target), 413 (too large), 422 (not ONNX, bad request, the model fails to run), 503 (runtime
@@ -24,6 +28,7 @@ import asyncio
 import hmac
 import ipaddress
 import math
+import os
 import socket
 import ssl
 import sys
@@ -48,9 +53,12 @@ from deploykit.remote.device import ServedTargets, check_onnx_upload, machine_fi
 from deploykit.remote.wire import (
     API_VERSION,
     DEFAULT_PORT,
+    DOCTORED_FINGERPRINT_ENV,
     REQUEST_HEADER,
     MeasureRequest,
+    RunRequest,
     error_reply,
+    json_safe,
     read_token,
 )
 from deploykit.shapes import format_shape
@@ -132,7 +140,8 @@ class Agent:
         return {"ok": True, "deploykit_version": __version__, "api_version": API_VERSION,
                 "max_upload_bytes": self.config.max_upload_bytes, "timeout_s": self.config.timeout_s,
                 "max_queue": self.config.max_queue, "queued": self.queued, "measuring": self.measuring,
-                "workers_started": self.workers_started, "tls": self.config.tls}
+                "workers_started": self.workers_started, "tls": self.config.tls,
+                "load_average": _load_average()}
 
     def authorized(self, header: bytes) -> bool:
         scheme, _, value = header.partition(b" ")
@@ -158,7 +167,12 @@ def build_app(agent: Agent):
         return agent.fingerprint
 
     async def measure(request):
-        return await _measure(agent, request)
+        order = MeasureRequest.from_header(request.headers.get(REQUEST_HEADER))
+        return await _upload_and_run(agent, request, order, _run_worker)
+
+    async def run(request):
+        order = RunRequest.from_header(request.headers.get(REQUEST_HEADER))
+        return await _upload_and_run(agent, request, order, _run_outputs)
 
     async def no_route(request, exc: HTTPException):
         error = ConfigError(f"no such endpoint: {request.method} {request.url.path}"
@@ -167,7 +181,8 @@ def build_app(agent: Agent):
 
     routes = [Route("/health", _endpoint(agent, health)), Route("/targets", _endpoint(agent, targets)),
               Route("/fingerprint", _endpoint(agent, fingerprint)),
-              Route("/measure", _endpoint(agent, measure), methods=["POST"])]
+              Route("/measure", _endpoint(agent, measure), methods=["POST"]),
+              Route("/run", _endpoint(agent, run), methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: no_route})
     return _BearerAuth(app, agent)
 
@@ -230,7 +245,7 @@ def _reply(agent: Agent, scope, status: int, body: dict, *, line: str | None, he
 
     if line is not None:
         agent.log(f"{status} {_who(scope)}" + (f": {line}" if line else ""))
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(json_safe(body), status_code=status, headers=headers)
 
 
 def _who(scope) -> str:
@@ -238,10 +253,13 @@ def _who(scope) -> str:
     return f"{scope.get('method', '?')} {scope.get('path', '?')} from {client[0]}"
 
 
-# --- POST /measure -------------------------------------------------------------------------------------
+# --- POST /measure and /run ----------------------------------------------------------------------------
 
-async def _measure(agent: Agent, request) -> dict:
-    order = MeasureRequest.from_header(request.headers.get(REQUEST_HEADER))
+Job = Callable[..., Awaitable[dict]]
+
+
+async def _upload_and_run(agent: Agent, request, order: MeasureRequest | RunRequest, job: Job) -> dict:
+    """Admit the upload, stream it in, wait for the lock, check it, and run ``job`` on it."""
     try:
         target = agent.served.require(order.target)
     except RuntimeUnavailableError:
@@ -261,7 +279,7 @@ async def _measure(agent: Agent, request) -> dict:
         with tempfile.TemporaryDirectory(prefix="deploykit-serve-") as work:  # mode 0700
             path = Path(work) / "model.onnx"
             size = await _receive_upload(agent, request, path)
-            return await _measure_in_turn(agent, request, order, target, path, size)
+            return await _in_turn(agent, request, order, target, path, size, job)
     finally:
         agent.pending -= 1
 
@@ -286,9 +304,9 @@ def _too_large(agent: Agent, size: int, *, at_least: bool = False) -> ModelError
                       f"limit of {mb:g} MB (its --max-upload-mb)")
 
 
-async def _measure_in_turn(agent: Agent, request, order: MeasureRequest, target, path: Path,
-                           size: int) -> dict:
-    """Wait for the lock, check the file, measure it; the reply body."""
+async def _in_turn(agent: Agent, request, order: MeasureRequest | RunRequest, target, path: Path, size: int,
+                   job: Job) -> dict:
+    """Wait for the lock, check the file, run ``job`` on it; the reply body."""
     from starlette.concurrency import run_in_threadpool
 
     arrived = time.monotonic()
@@ -303,7 +321,7 @@ async def _measure_in_turn(agent: Agent, request, order: MeasureRequest, target,
         agent.measuring = f"{order.name} on {target.name}"
         queued_s = time.monotonic() - arrived
         await run_in_threadpool(check_onnx_upload, path)
-        return await _run_worker(agent, order, target, path, size=size, queued_s=queued_s)
+        return await job(agent, order, target, path, size=size, queued_s=queued_s)
     finally:
         agent.measuring = None
         agent.lock.release()
@@ -311,32 +329,72 @@ async def _measure_in_turn(agent: Agent, request, order: MeasureRequest, target,
 
 async def _run_worker(agent: Agent, order: MeasureRequest, target, path: Path, *, size: int,
                       queued_s: float) -> dict:
-    from starlette.concurrency import run_in_threadpool
-
     from deploykit.latency.measure import measure_onnx
 
-    timeout = min(order.timeout_s or agent.config.timeout_s, agent.config.timeout_s)
     what = f"{order.name} on {target.name}, input {format_shape(order.input_shape)}"
-    agent.log(f"measuring {what} (queued {queued_s:.1f} s)")
+
+    def work(timeout: float):
+        return measure_onnx(path, target=target, protocol=order.protocol, input_shape=order.input_shape,
+                            timeout_s=timeout)
+
+    result, timing = await _in_worker(agent, order, target, "measuring", what, queued_s, work)
+    return {"measurement": result.as_dict(), **_identity(agent, order, target), **timing,
+            "upload_bytes": size, "queued_s": queued_s,
+            "_log": f"{what}: median {result.median_ms:.4g} ms, n {result.n} "
+                    f"[{timing['finished_at'] - timing['started_at']:.1f} s]"}
+
+
+async def _run_outputs(agent: Agent, order: RunRequest, target, path: Path, *, size: int,
+                       queued_s: float) -> dict:
+    from deploykit.latency.measure import run_outputs
+
+    what = (f"{order.name} on {target.name}, {order.n_inputs} seeded input(s) "
+            f"{format_shape(order.input_shape)}")
+
+    def work(timeout: float):
+        return run_outputs(path, target=target, input_shape=order.input_shape, seed=order.seed,
+                           n_inputs=order.n_inputs, timeout_s=timeout)
+
+    result, timing = await _in_worker(agent, order, target, "running", what, queued_s, work)
+    return {**result.as_dict(), **_identity(agent, order, target), **timing, "upload_bytes": size,
+            "queued_s": queued_s,
+            "_log": f"ran {what} [{timing['finished_at'] - timing['started_at']:.1f} s]"}
+
+
+async def _in_worker(agent: Agent, order: MeasureRequest | RunRequest, target, verb: str, what: str,
+                     queued_s: float, work: Callable[[float], Any]) -> tuple[Any, dict]:
+    """``work(timeout)`` (a fresh worker process) in a thread; its result and when it ran. A worker past
+    the timeout is a 504."""
+    from starlette.concurrency import run_in_threadpool
+
+    timeout = min(order.timeout_s or agent.config.timeout_s, agent.config.timeout_s)
+    agent.log(f"{verb} {what} (queued {queued_s:.1f} s)")
     agent.workers_started += 1
     started_at, began = time.time(), time.monotonic()
     try:
-        result = await run_in_threadpool(measure_onnx, path, target=target, protocol=order.protocol,
-                                         input_shape=order.input_shape, timeout_s=timeout)
+        result = await run_in_threadpool(work, timeout)
     except DeployKitError as error:
         # measure_onnx raises a plain DeployKitError when its worker ran past the timeout (and kills it)
         if type(error) is DeployKitError and time.monotonic() - began >= timeout:
-            raise Refusal(504, DeviceError(f"measuring {order.name} on {target.name} did not finish "
-                                           f"within {timeout:g} s; the worker was killed")) from None
+            raise Refusal(504, DeviceError(f"{verb} {order.name} on {target.name} did not finish within "
+                                           f"{timeout:g} s; the worker was killed")) from None
         raise
-    finished_at = time.time()
-    return {"measurement": result.as_dict(), "name": order.name, "target": target.name,
-            "input_shape": list(order.input_shape),
-            **agent.fingerprint["targets"][target.name], "fingerprint": agent.fingerprint,
-            "started_at": started_at, "finished_at": finished_at, "queued_s": queued_s,
-            "upload_bytes": size, "timeout_s": timeout,
-            "_log": f"{what}: median {result.median_ms:.4g} ms, n {result.n} "
-                    f"[{finished_at - started_at:.1f} s]"}
+    return result, {"started_at": started_at, "finished_at": time.time(), "timeout_s": timeout,
+                    "load_average": _load_average()}
+
+
+def _identity(agent: Agent, order: MeasureRequest | RunRequest, target) -> dict:
+    """What a reply says about where it ran: the target's runtime and device, the machine."""
+    info = agent.fingerprint["targets"][target.name]
+    return {"name": order.name, "target": target.name, "input_shape": list(order.input_shape),
+            "runtime": info["runtime"], "runtime_version": info["runtime_version"], "device": info["device"],
+            "fingerprint": agent.fingerprint}
+
+
+def _load_average() -> list[float] | None:
+    from deploykit.latency.sentinel import load_average
+
+    return load_average()
 
 
 # --- starting the agent --------------------------------------------------------------------------------
@@ -351,6 +409,9 @@ def serve(config: ServeConfig, *, log: Log | None = None) -> None:
         say(f"warning: {warning}")
     _check_tls(config)
     served = ServedTargets.load(config.targets)
+    if os.environ.get(DOCTORED_FINGERPRINT_ENV):
+        say(f"warning: TEST HOOK: {DOCTORED_FINGERPRINT_ENV} is set: this agent reports a doctored machine "
+            "fingerprint; never use it for real measurements")
     agent = Agent(token=token, served=served, fingerprint=machine_fingerprint(served.served.values()),
                   config=config, log=say)
     sock = _listen(config.host, config.port)

@@ -1,31 +1,41 @@
 """What travels between the device agent and its client: JSON and ONNX bytes, never anything else.
 
 A measure request is one POST whose body is the ONNX file and whose ``X-DeployKit-Request`` header is
-the JSON of :class:`MeasureRequest`. Every error reply is ``{"error": one line, "type": DeployKitError
-subclass name}``; the client raises the same subclass again (:func:`deploykit.errors.error_class`).
+the JSON of :class:`MeasureRequest`; a run request (verify's numerics: the file's outputs on seeded
+inputs, drawn from the seed on both sides) the same with :class:`RunRequest`, answered with the
+outputs as encoded arrays (:class:`SeededOutputs`; numbers only). Every error reply is ``{"error": one
+line, "type": DeployKitError subclass name}``; the client raises the same subclass again
+(:func:`deploykit.errors.error_class`).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
-from deploykit.errors import ConfigError, DeployKitError, one_line
-from deploykit.protocol import Protocol
+import numpy as np
+
+from deploykit.errors import ConfigError, DeployKitError, DeviceError, one_line
+from deploykit.protocol import Measurement, Protocol
 from deploykit.shapes import check_input_shape
 
-API_VERSION = 1  # bumped whenever a request or reply changes incompatibly
+API_VERSION = 2  # bumped whenever a request or reply changes incompatibly (2: /run, real fingerprints)
 DEFAULT_PORT = 8765
 REQUEST_HEADER = "X-DeployKit-Request"
 TOKEN_ENV = "DEPLOYKIT_DEVICE_TOKEN"
 MIN_TOKEN_CHARS = 16
 TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE && chmod 600 FILE"
 _NAME_CHARS = 100
+# Test-only: a JSON object of fingerprint fields the agent reports instead of its own (the tests play
+# "another machine answers at the same URL" with it). The agent warns loudly when it is set.
+DOCTORED_FINGERPRINT_ENV = "DEPLOYKIT_TEST_DOCTORED_FINGERPRINT"
 
 
 @dataclass(frozen=True)
@@ -40,16 +50,9 @@ class MeasureRequest:
     name: str = "model.onnx"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target, str) or not self.target:
-            raise ConfigError(f"measure request: target must be a target name, got {self.target!r}")
-        object.__setattr__(self, "input_shape", check_input_shape(self.input_shape))
+        _check_common(self, "measure")
         if not isinstance(self.protocol, Protocol):
             raise ConfigError("measure request: protocol must be a Protocol")
-        if self.timeout_s is not None and (isinstance(self.timeout_s, bool)
-                                           or not isinstance(self.timeout_s, (int, float))
-                                           or not math.isfinite(self.timeout_s) or self.timeout_s <= 0):
-            raise ConfigError(f"measure request: timeout_s must be a positive number, got {self.timeout_s!r}")
-        object.__setattr__(self, "name", _printable(str(self.name))[:_NAME_CHARS] or "model.onnx")
 
     def as_header(self) -> str:
         """The request as one line of ASCII JSON, for the request header."""
@@ -60,27 +63,160 @@ class MeasureRequest:
     @classmethod
     def from_header(cls, text: str | None) -> MeasureRequest:
         """Inverse of :meth:`as_header`; anything malformed is a ConfigError."""
-        if not text:
-            raise ConfigError(f"measure request without its {REQUEST_HEADER} header")
-        try:
-            data = json.loads(text)
-        except ValueError as error:
-            raise ConfigError(f"measure request header is not JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise ConfigError("measure request header must be a JSON object")
-        known = {"target", "input_shape", "protocol", "timeout_s", "name"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"measure request: unknown key(s) {', '.join(unknown)}")
-        missing = sorted({"target", "input_shape", "protocol"} - set(data))
-        if missing:
-            raise ConfigError(f"measure request: missing key(s) {', '.join(missing)}")
+        data = _header_fields(text, "measure", required={"target", "input_shape", "protocol"},
+                              known={"target", "input_shape", "protocol", "timeout_s", "name"})
         if not isinstance(data["protocol"], Mapping):
             raise ConfigError("measure request: protocol must be a JSON object")
-        shape = data["input_shape"]
-        return cls(target=data["target"], input_shape=tuple(shape) if isinstance(shape, list) else shape,
+        return cls(target=data["target"], input_shape=_shape(data["input_shape"]),
                    protocol=Protocol.from_dict(data["protocol"]), timeout_s=data.get("timeout_s"),
                    name=data.get("name") or "model.onnx")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Run one file on ``n_inputs`` inputs drawn from ``seed`` (verify's numerics), on a served target."""
+
+    target: str
+    input_shape: tuple[int, ...]
+    seed: int
+    n_inputs: int
+    timeout_s: float | None = None
+    name: str = "model.onnx"
+
+    def __post_init__(self) -> None:
+        _check_common(self, "run")
+        check_run_request(self.n_inputs, self.seed)
+
+    def as_header(self) -> str:
+        return json.dumps({"target": self.target, "input_shape": list(self.input_shape), "seed": self.seed,
+                           "n_inputs": self.n_inputs, "timeout_s": self.timeout_s, "name": self.name})
+
+    @classmethod
+    def from_header(cls, text: str | None) -> RunRequest:
+        data = _header_fields(text, "run", known={"target", "input_shape", "seed", "n_inputs", "timeout_s",
+                                                  "name"},
+                              required={"target", "input_shape", "seed", "n_inputs"})
+        return cls(target=data["target"], input_shape=_shape(data["input_shape"]), seed=data["seed"],
+                   n_inputs=data["n_inputs"], timeout_s=data.get("timeout_s"),
+                   name=data.get("name") or "model.onnx")
+
+
+def _check_common(order, kind: str) -> None:
+    """Check (and normalize) what every request has: target, input shape, timeout, file name."""
+    if not isinstance(order.target, str) or not order.target:
+        raise ConfigError(f"{kind} request: target must be a target name, got {order.target!r}")
+    object.__setattr__(order, "input_shape", check_input_shape(order.input_shape))
+    timeout = order.timeout_s
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not math.isfinite(timeout) or timeout <= 0):
+        raise ConfigError(f"{kind} request: timeout_s must be a positive number, got {timeout!r}")
+    object.__setattr__(order, "name", _printable(str(order.name))[:_NAME_CHARS] or "model.onnx")
+
+
+def _header_fields(text: str | None, kind: str, *, known: set[str], required: set[str]) -> dict:
+    if not text:
+        raise ConfigError(f"{kind} request without its {REQUEST_HEADER} header")
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise ConfigError(f"{kind} request header is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} request header must be a JSON object")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{kind} request: unknown key(s) {', '.join(unknown)}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise ConfigError(f"{kind} request: missing key(s) {', '.join(missing)}")
+    return data
+
+
+def _shape(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None: JSON has no nan (a measurement with too
+    few runs for an interval has nan bounds), and the agent's replies are strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def measurement_from_wire(data: Mapping[str, Any]) -> Measurement:
+    """A Measurement from a reply: the nulls :func:`json_safe` made are nan again."""
+    numbers = {f.name for f in fields(Measurement) if f.type in ("float", float)}
+    return Measurement.from_dict({key: math.nan if key in numbers and value is None else value
+                                  for key, value in data.items()})
+
+
+# --- verify's numerics: outputs on seeded inputs, as numbers ------------------------------------------
+
+# The dtypes an output may travel as; anything else is refused rather than reinterpreted.
+_DTYPES = ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool")
+MAX_INPUTS = 64
+
+
+@dataclass(frozen=True)
+class SeededOutputs:
+    """The first output of the model for each of ``n_inputs`` seeded inputs, and how they were run."""
+
+    outputs: tuple[np.ndarray, ...]
+    how: str                 # the session's label and details, and where it ran
+    inputs_sha256: str       # of the inputs the runtime was fed (both sides must have drawn the same)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"outputs": [encode_array(y) for y in self.outputs], "how": self.how,
+                "inputs_sha256": self.inputs_sha256}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, what: str) -> SeededOutputs:
+        try:
+            outputs = tuple(decode_array(item) for item in data["outputs"])
+            return cls(outputs=outputs, how=str(data["how"]), inputs_sha256=str(data["inputs_sha256"]))
+        except (KeyError, TypeError) as error:
+            raise DeviceError(f"{what} sent malformed outputs ({error!r})") from None
+
+
+def check_run_request(n_inputs: Any, seed: Any, *, most: int | None = MAX_INPUTS) -> None:
+    """A ConfigError for an input count or seed that cannot be used (``most``: the largest count, for
+    a run whose outputs travel back; None: no bound)."""
+    if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or n_inputs < 1 or \
+            (most is not None and n_inputs > most):
+        bound = f"an integer 1–{most}" if most is not None else "a positive integer"
+        raise ConfigError(f"--inputs must be {bound}, got {n_inputs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"--seed must be an integer ≥ 0, got {seed!r}")
+
+
+def encode_array(array: np.ndarray) -> dict[str, Any]:
+    """``{"dtype", "shape", "data"}``: the array's little-endian bytes in base64."""
+    array = np.asarray(array)
+    if array.dtype.name not in _DTYPES:
+        raise ConfigError(f"an output of dtype {array.dtype} cannot be sent (known: {', '.join(_DTYPES)})")
+    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": base64.b64encode(data).decode()}
+
+
+def decode_array(item: Mapping[str, Any]) -> np.ndarray:
+    """Inverse of :func:`encode_array`; a TypeError for anything that is not one."""
+    if not isinstance(item, Mapping) or item.get("dtype") not in _DTYPES:
+        raise TypeError("not an encoded array")
+    shape = item.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise TypeError("bad array shape")
+    try:
+        raw = base64.b64decode(str(item.get("data", "")), validate=True)
+    except ValueError as error:
+        raise TypeError(f"bad array data: {error}") from None
+    dtype = np.dtype(item["dtype"]).newbyteorder("<")
+    if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise TypeError("array data does not fit its shape")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def error_reply(error: DeployKitError) -> dict[str, str]:

@@ -10,12 +10,14 @@
   process** in a session of the target's runtime backend (``backend.session``), which refuses to run
   anywhere other than where the target says (onnxruntime's real providers checked, OpenVINO's
   ``INFERENCE_PRECISION_HINT`` read back, ...); any backend that can open a session here will do.
+  With ``--device URL`` it runs on the device agent instead (a fresh worker there, the inputs drawn
+  from the seed on both sides and checked by digest, the outputs sent back as arrays); PyTorch runs here.
 - **latency** (:mod:`.timing`): end to end under the measurement protocol, each measurement in a fresh
-  worker process (:func:`deploykit.latency.measure.measure_onnx`), interleaved with the reference when
-  one is given (model, reference, model, reference, …). A file's ``median_ms`` is the median of its
-  rounds' medians (p90, mean, cv and n come from all its samples pooled); the speed-up is the median
-  over rounds of reference median / model median within the round, so that a burst of load on a
-  shared machine, which slows one round, cancels out of the ratio.
+  worker process (:class:`deploykit.latency.host.MeasureHost`: here, or on the device), interleaved
+  with the reference when one is given (model, reference, model, reference, …). A file's
+  ``median_ms`` is the median of its rounds' medians (p90, mean, cv and n come from all its samples
+  pooled); the speed-up is the median over rounds of reference median / model median within the
+  round, so that a burst of load on a shared machine, which slows one round, cancels out of the ratio.
 - **prediction**: the latency table's prediction for the pruned set (``table.predict``), after the
   table is checked against the target, device, runtime version, batch and input size; prediction
   error = (predicted − measured) / measured × 100 %.

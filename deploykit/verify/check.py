@@ -18,12 +18,15 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
            pruned: Sequence[int] | None = None, allow_mismatch: bool = False, n_inputs: int = 4,
            seed: int = 0, rounds: int = 3, measure_latency: bool = True,
            batch: int | None = None, input_size: tuple[int, int] | None = None,
-           progress: Progress | None = None) -> VerifyReport:
-    """Verify ``onnx_path`` on ``target``; see :mod:`deploykit.verify`. ``table`` is a LatencyTable."""
+           progress: Progress | None = None, host=None) -> VerifyReport:
+    """Verify ``onnx_path`` on ``target``; see :mod:`deploykit.verify`. ``table`` is a LatencyTable.
+    ``host`` (a :class:`deploykit.latency.host.MeasureHost`) is where the file runs and is timed:
+    this machine by default, or a device agent (``--device URL``); PyTorch runs here either way."""
+    from deploykit.latency.host import host_or_local
     from deploykit.latency.identity import table_for_this_machine
-    from deploykit.latency.measure import runtime_info
     from deploykit.protocol import Protocol
-    from deploykit.runtimes import availability
+
+    host = host_or_local(host)
 
     path = Path(onnx_path)
     if not path.is_file():
@@ -36,10 +39,10 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
                           "(--pruned '' for the unpruned model)")
     if table is not None:
         table.check_coverage()
-    ok, reason = availability(target)
+    ok, reason = host.availability(target)
     if not ok:
-        raise RuntimeUnavailableError(f"cannot verify on target {target.name} here: {reason}")
-    info = runtime_info(target)
+        raise RuntimeUnavailableError(f"cannot verify on target {target.name} {host.where}: {reason}")
+    info = host.runtime_info(target)
     shape = onnx_input_shape(path, batch=batch, input_size=input_size, default_batch=target.batch,
                              default_size=target.input_size)
     if ref_path is not None:
@@ -53,7 +56,7 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
         mismatches = table.check_matches(target=target, batch=shape[0], input_size=tuple(shape[2:]),
                                          allow_mismatch=allow_mismatch)
         # Another machine (fingerprint) is never refused here: the measurement below shows the error.
-        table = table_for_this_machine(table, budget_unit=None,
+        table = table_for_this_machine(table, budget_unit=None, host=host,
                                        say=lambda line: notes.append(line.removeprefix("note: ")))
         predicted = table.predict(tuple(pruned))
         if table.meta.mode != "measured":
@@ -64,13 +67,13 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
         if progress:
             progress(f"numerics: {n_inputs} seeded input(s) of shape {list(shape)}")
         numerics = check_numerics(path, torch_module, target=target, input_shape=shape,
-                                  n_inputs=n_inputs, seed=seed)
+                                  n_inputs=n_inputs, seed=seed, host=host)
 
     latency = speedup = error_pct = None
     protocol = protocol or Protocol()
     if measure_latency:
         latency = measure_interleaved(path, ref_path, target=target, protocol=protocol,
-                                      input_shape=shape, rounds=rounds, progress=progress)
+                                      input_shape=shape, rounds=rounds, progress=progress, host=host)
         model_ms = latency["model"]["median_ms"]
         speedup = latency["speedup"]
         if predicted is not None and model_ms > 0:
@@ -88,4 +91,5 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
         protocol=protocol.as_dict() if measure_latency else None,
         table=None if table is None else str(table.path), pruned=None if pruned is None else tuple(pruned),
         predicted_ms=predicted, prediction_error_pct=error_pct, table_mismatches=tuple(mismatches or ()),
-        speedup=speedup, passed=None if numerics is None else numerics["passed"], notes=tuple(notes))
+        speedup=speedup, passed=None if numerics is None else numerics["passed"], notes=tuple(notes),
+        device_url=host.url)

@@ -1,4 +1,9 @@
-"""Numerics: the ONNX file on the target's runtime against the PyTorch module, on seeded inputs."""
+"""Numerics: the ONNX file on the target's runtime against the PyTorch module, on seeded inputs.
+
+The file runs where the measuring host runs it (:meth:`deploykit.latency.host.MeasureHost.outputs`):
+in this process, or on a device agent (``--device``), which draws the same inputs from the seed and
+sends the outputs back as arrays; PyTorch always runs here.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +13,39 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.errors import ConfigError, ModelError
+from deploykit.errors import ConfigError, DeviceError, ModelError
+from deploykit.latency.outputs import inputs_digest, seeded_inputs
 
 TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2}  # precision → largest max_rel that passes
 
-
-def seeded_inputs(shape: Sequence[int], n: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(tuple(shape), dtype=np.float32) for _ in range(n)]
+__all__ = ["TOLERANCES", "check_numerics", "output_errors", "seeded_inputs", "torch_output"]
 
 
 def check_numerics(onnx_path: str | Path, module, *, target, input_shape: Sequence[int],
-                   n_inputs: int = 4, seed: int = 0) -> dict[str, Any]:
-    """Run ``onnx_path`` in a session of ``target``'s runtime (in this process; any backend) and
-    ``module`` in PyTorch (fp32) on the same seeded inputs; the errors and the verdict as a dict
-    (see :class:`~deploykit.verify.report.VerifyReport`)."""
-    from deploykit.runtimes import check_target
+                   n_inputs: int = 4, seed: int = 0, host=None) -> dict[str, Any]:
+    """Run ``onnx_path`` in a session of ``target``'s runtime (in this process, any backend; or on the
+    device agent of ``host``) and ``module`` in PyTorch (fp32, here) on the same seeded inputs; the
+    errors and the verdict as a dict (see :class:`~deploykit.verify.report.VerifyReport`)."""
+    from deploykit.latency.host import host_or_local
 
     if target.precision not in TOLERANCES:
         raise ConfigError(f"no numerics tolerance for precision {target.precision} "
                           f"(known: {', '.join(TOLERANCES)})")
     if n_inputs < 1:
         raise ConfigError(f"--inputs must be ≥ 1, got {n_inputs}")
-    backend = check_target(target)
+    host = host_or_local(host)
+    ran = host.outputs(onnx_path, target=target, input_shape=input_shape, seed=seed, n_inputs=n_inputs)
+    inputs = seeded_inputs(input_shape, n_inputs, seed)
+    if ran.inputs_sha256 != inputs_digest(inputs) or len(ran.outputs) != len(inputs):
+        raise DeviceError(f"{host.describe()} ran {Path(onnx_path).name} on other inputs than the seed gives "
+                          "here (another numpy version draws another stream?): the outputs cannot be "
+                          "compared; install the same numpy on both machines")
     max_abs = max_rel = 0.0
-    with backend.session(onnx_path, target=target, input_shape=input_shape) as session:
-        for x in seeded_inputs(input_shape, n_inputs, seed):
-            got = np.asarray(session.run(x)[0], dtype=np.float32)
-            diff, rel = output_errors(got, torch_output(module, x), what=Path(onnx_path))
-            max_abs, max_rel = max(max_abs, diff), max(max_rel, rel)
-        how = f"{session.label}, {session.details}, in-process"
+    for x, y in zip(inputs, ran.outputs):
+        diff, rel = output_errors(np.asarray(y, dtype=np.float32), torch_output(module, x),
+                                  what=Path(onnx_path))
+        max_abs, max_rel = max(max_abs, diff), max(max_rel, rel)
+    how = ran.how
     tolerance = TOLERANCES[target.precision]
     return {"max_abs": max_abs, "max_rel": max_rel, "tolerance": tolerance,
             "passed": bool(max_rel <= tolerance), "n_inputs": n_inputs, "seed": seed, "how": how}

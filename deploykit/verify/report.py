@@ -19,7 +19,8 @@ class VerifyReport:
     module given). ``latency``: ``{"model": stats, "reference": stats or None, "rounds": R}`` with
     stats ``{median_ms, p90_ms, mean_ms, cv, n, round_medians_ms, compile_s}`` and the per-round
     ``round_speedups`` and their median ``speedup``, or None when not measured.
-    ``passed``: the numerics verdict, None when numerics were not checked.
+    ``passed``: the numerics verdict, None when numerics were not checked. ``device_url``: the device
+    agent the file ran and was timed on (``--device``); None: this machine.
     """
 
     target: str
@@ -45,6 +46,7 @@ class VerifyReport:
     speedup: float | None = None
     passed: bool | None = None
     notes: tuple[str, ...] = field(default=())
+    device_url: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -85,7 +87,8 @@ class VerifyReport:
     def summary(self) -> str:
         shape = "x".join(map(str, self.input_shape))
         runtime = self.runtime + (f" / {self.provider}" if self.provider else "")
-        lines = [f"verify {Path(self.model).name} on {self.target}: {runtime} {self.runtime_version}, "
+        where = f" on the device at {self.device_url}" if self.device_url else ""
+        lines = [f"verify {Path(self.model).name} on {self.target}{where}: {runtime} {self.runtime_version}, "
                  f"{self.device}, {self.precision}, input {shape}"]
         n = self.numerics
         if n is None:

@@ -13,18 +13,20 @@ from deploykit.progress import Progress
 
 def measure_interleaved(model_path: Path, reference_path: Path | None, *, target, protocol,
                         input_shape: Sequence[int], rounds: int = 3,
-                        progress: Progress | None = None) -> dict[str, Any]:
-    """Time the model (and the reference) ``rounds`` times each, alternating, each in a fresh process."""
-    from deploykit.latency.measure import measure_onnx
+                        progress: Progress | None = None, host=None) -> dict[str, Any]:
+    """Time the model (and the reference) ``rounds`` times each, alternating, each in a fresh process
+    where ``host`` measures (default: this machine)."""
+    from deploykit.latency.host import host_or_local
     from deploykit.protocol import Measurement
 
+    host = host_or_local(host)
     if rounds < 1:
         raise ConfigError(f"--rounds must be ≥ 1, got {rounds}")
     runs: dict[str, list[Measurement]] = {"model": [], "reference": []}
     order = [("model", model_path)] + ([("reference", reference_path)] if reference_path else [])
     for index in range(rounds):
         for role, path in order:
-            result = measure_onnx(path, target=target, protocol=protocol, input_shape=input_shape)
+            result = host.measure(path, target=target, protocol=protocol, input_shape=input_shape)
             runs[role].append(result)
             if progress:
                 progress(f"round {index + 1}/{rounds}: {role} {path.name}: {result.median_ms:.3f} ms "

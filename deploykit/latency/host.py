@@ -1,0 +1,139 @@
+"""Where ONNX files are measured: the one measuring hook every stage uses.
+
+:class:`MeasureHost` times a file, runs it on seeded inputs, and says what the measurements must be
+labelled with (runtime, device, machine fingerprint). Profile entries, the sentinel, the speed anchors,
+the end-to-end phase, ``lut check``, ``lut anchor``, verify and the pipeline all measure through one.
+:class:`LocalHost` measures on this machine (:func:`deploykit.latency.measure.measure_onnx`: a fresh
+worker process per measurement); ``deploykit.remote.host.RemoteHost`` on a device agent (``deploykit
+serve``). The CLI chooses one (``--device URL``) and passes it down; every stage defaults to this
+machine (:func:`host_or_local`).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deploykit.latency.fingerprint import Fingerprint
+    from deploykit.protocol import Measurement, Protocol
+    from deploykit.remote.wire import SeededOutputs
+    from deploykit.targets import Target
+
+
+class MeasureHost(ABC):
+    """Where ONNX files are timed and run: this machine, or a device agent. Chosen once, passed down.
+
+    ``url`` is None for this machine, else the device agent's URL (tables and reports record it).
+    """
+
+    url: str | None = None
+
+    @abstractmethod
+    def describe(self) -> str:
+        """``this machine`` or ``the device at URL``, for messages."""
+
+    @property
+    def where(self) -> str:
+        """``here`` or ``on the device at URL``, for messages."""
+        return "here" if self.url is None else f"on {self.describe()}"
+
+    @abstractmethod
+    def availability(self, target: Target) -> tuple[bool, str]:
+        """``(True, "")`` when ``target`` can be measured there, else ``(False, why)``."""
+
+    @abstractmethod
+    def measure(self, onnx_path: str | Path, *, target: Target, protocol: Protocol,
+                input_shape: Sequence[int], timeout_s: float | None = None) -> Measurement:
+        """Time ``onnx_path`` there, in a fresh worker process (:func:`measure_onnx`)."""
+
+    @abstractmethod
+    def outputs(self, onnx_path: str | Path, *, target: Target, input_shape: Sequence[int], seed: int,
+                n_inputs: int) -> SeededOutputs:
+        """The file's first output on each seeded input, run there (verify's numerics)."""
+
+    @abstractmethod
+    def runtime_info(self, target: Target) -> dict[str, str]:
+        """The runtime, its version and the device string there (:func:`runtime_info`)."""
+
+    @abstractmethod
+    def fingerprint(self, target: Target, *, threads: int | None) -> Fingerprint:
+        """The fingerprint of the machine that measures ``target`` with ``threads``."""
+
+    def load_average(self) -> list[float] | None:
+        """The measuring machine's 1-, 5- and 15-minute load averages, as last known (None: unknown)."""
+        return None
+
+    def load_1min(self) -> float:
+        load = self.load_average()
+        return float(load[0]) if load else math.nan
+
+    def process_snapshot(self) -> dict:
+        """Every process there (pid → name, parent, CPU ticks) for the sentinel; empty when unknown."""
+        return {}
+
+    def affinity(self, threads: int | None) -> list[int] | None:
+        """The CPUs a measuring worker there pins itself to (None: unknown or not pinned)."""
+        return None
+
+
+class LocalHost(MeasureHost):
+    """This machine: every measurement in a fresh worker process here; outputs in this process."""
+
+    def describe(self) -> str:
+        return "this machine"
+
+    def availability(self, target: Target) -> tuple[bool, str]:
+        from deploykit.runtimes import availability
+
+        return availability(target)
+
+    def measure(self, onnx_path: str | Path, *, target: Target, protocol: Protocol,
+                input_shape: Sequence[int], timeout_s: float | None = None) -> Measurement:
+        from deploykit.latency.measure import measure_onnx
+
+        return measure_onnx(onnx_path, target=target, protocol=protocol, input_shape=input_shape,
+                            timeout_s=timeout_s)
+
+    def outputs(self, onnx_path: str | Path, *, target: Target, input_shape: Sequence[int], seed: int,
+                n_inputs: int) -> SeededOutputs:
+        from dataclasses import replace
+
+        from deploykit.latency.outputs import run_seeded
+
+        result = run_seeded(onnx_path, target=target, input_shape=input_shape, seed=seed, n_inputs=n_inputs)
+        return replace(result, how=f"{result.how}, in-process")
+
+    def runtime_info(self, target: Target) -> dict[str, str]:
+        from deploykit.latency import measure
+
+        return measure.runtime_info(target)
+
+    def fingerprint(self, target: Target, *, threads: int | None) -> Fingerprint:
+        from deploykit.latency.fingerprint import for_target
+
+        return for_target(target, threads=threads)
+
+    def load_average(self) -> list[float] | None:
+        from deploykit.latency.sentinel import load_average
+
+        return load_average()
+
+    def process_snapshot(self) -> dict:
+        from deploykit.latency.sentinel import process_snapshot
+
+        return process_snapshot()
+
+    def affinity(self, threads: int | None) -> list[int] | None:
+        from deploykit.runtimes.hostinfo import pinned_cores
+
+        cores = pinned_cores(threads)
+        return list(cores) if cores else None
+
+
+def host_or_local(host: MeasureHost | None) -> MeasureHost:
+    """``host``, or this machine when None (the default of every stage that measures)."""
+    return LocalHost() if host is None else host
