@@ -1,6 +1,6 @@
 """Recovery curves: how fast a pruned model gets its accuracy back — progressive vs abrupt vs drop.
 
-UPDP's claim (docs/method.md, progressive training) is that ramping λ of the pruned blocks from 0 to 1 keeps the original's
+UPDP's claim (docs/method.md) is that ramping λ of the pruned blocks from 0 to 1 keeps the original's
 accuracy where removing their activations at once loses it. A short-trained original on an easy task
 recovers from anything within an epoch (``bench/accuracy_latency.py``), so this study starts where the
 claim is about: a **converged** original, an **aggressive** pruned set, and the accuracy measured
