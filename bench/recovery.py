@@ -341,8 +341,8 @@ def recovery_run(case: Case, seed: int, set_name: str, pruned: tuple[int, ...], 
     """Fine-tune ``pruned`` from the original with ``method``; val top-1 along the way."""
     from deploykit.data import eval_loader, load_datasets
     from deploykit.subnet import Subnet
-    from deploykit.training import OptimConfig, RunConfig, SubnetConfig, train_subnet
-    from deploykit.training.options import DEFAULT_LR
+    from deploykit.training import RunConfig, SubnetConfig, train_subnet
+    from deploykit.training.config import stage_optim
 
     work = args.runs / "work" / case.name / f"seed{seed}" / f"{set_name}-{method}"
     if work.exists():
@@ -354,13 +354,12 @@ def recovery_run(case: Case, seed: int, set_name: str, pruned: tuple[int, ...], 
     epochs = max(1, math.ceil(steps / steps_per_epoch))
     end = epochs * steps_per_epoch
     probe = Probe(probe_steps(settings.first_probe, end), eval_loader(datasets.val, batch_size=256))
-    lr, warmup = DEFAULT_LR["subnet"]
     started = time.perf_counter()
     result = train_subnet(Subnet(case.model, (case.size, case.size), pruned), weights=original.weights,
                           data=data, config=SubnetConfig(method=method),
                           run=RunConfig(out=work, epochs=epochs, batch_size=settings.batch_size, seed=seed,
                                         device="cpu", threads=args.threads),
-                          optim=OptimConfig(lr=lr, warmup_epochs=warmup), on_step=probe)
+                          optim=stage_optim("subnet"), on_step=probe)
     wall = time.perf_counter() - started
     ending = {"step": end, "lam": 1.0, "top1": result.top1_merged, "top1_training": result.top1_unmerged}
     shutil.rmtree(work)

@@ -302,12 +302,26 @@ def test_sentinel_drift_measures_exactly_the_entries_of_the_window_again(tmp_pat
 def test_a_lasting_drift_is_measured_again_a_bounded_number_of_times_then_kept(tmp_path, monkeypatch):
     runtime = FakeRuntime(monkeypatch, sentinel=lambda j: 5.0 if j == 1 else 6.0)
     lines: list[str] = []
-    run(tmp_path, sentinel=SentinelPolicy(every=0, interval_s=1e9, retries=1), progress=lines.append)
+    run(tmp_path, sentinel=SentinelPolicy(every=0, interval_s=1e9, retries=1, rebase=False),
+        progress=lines.append)
     assert len(runtime.entry_calls) == 5 + 5  # the whole window (entries 1-5) once more, then kept
     drifts = LatencyTable.read(tmp_path / "t.csv").meta.conditions["runs"][-1]["sentinel"]["drifts"]
     assert [d["action"] for d in drifts] == ["measured again", "kept (retries exhausted)"]
     assert [d["entries"] for d in drifts] == ["1-5", "1-5"]
     assert "profile on a quieter machine" in [line for line in lines if line.startswith("warning:")][-1]
+
+
+def test_a_lasting_drift_rebases_once_and_measures_the_earlier_entries_again(tmp_path, monkeypatch):
+    runtime = FakeRuntime(monkeypatch, sentinel=lambda j: 5.0 if j == 1 else 6.0)
+    run(tmp_path, sentinel=SentinelPolicy(every=0, interval_s=1e9, retries=1))
+    # the window (entries 1-5) once more, at the new level: it persists, so it becomes the start and the
+    # entry measured before the window (the model row, 6) is measured again; the window is not
+    assert len(runtime.entry_calls) == 5 + 5
+    table = LatencyTable.read(tmp_path / "t.csv")
+    drifts = table.meta.conditions["runs"][-1]["sentinel"]["drifts"]
+    assert [d["action"] for d in drifts] == ["measured again",
+                                             "rebased: the earlier entries (6) measured again"]
+    assert table.model_latency() == pytest.approx(6.0)
 
 
 def test_bad_batch_is_a_config_error(tmp_path, monkeypatch):

@@ -263,11 +263,12 @@ def test_run_with_a_table_from_elsewhere_verifies_on_the_device(scenario, capsys
     assert "profile: copied" in captured.err and f"through {again.url}" in captured.err
     copied = LatencyTable.read(run / "profile" / f"test_vit_{SIZE}_b1.csv")
     assert copied.rows.equals(LatencyTable.read(work / "vit.csv").rows)
-    for folder in (run / "baseline", run / "budget-0.95"):
+    for folder in (run / "baseline", run / "original-continued", run / "budget-0.95"):
         report = json.loads((folder / "verify-cpu-ort.json").read_text())
         assert report["device_url"] == again.url and report["passed"] is True
-    # verify original: the model once; verify 0.95: the model and the original, interleaved
-    assert again.measured()[before:] == ["model.onnx", "model.onnx", "model.onnx"]
+    # verify original and continued original: the model once each; verify 0.95: the model and the
+    # original, interleaved
+    assert again.measured()[before:] == ["model.onnx"] * 4
     assert (run / "table.md").is_file()
 
 

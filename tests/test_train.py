@@ -424,3 +424,17 @@ def test_block_ranges_format_is_the_inverse_of_the_block_list_parser():
     assert format_block_ranges([5, 0, 2, 1, 1]) == "0-2, 5"
     assert format_block_ranges(()) == "none"
     assert parse_block_list(format_block_ranges([0, 1, 2, 5, 7, 8]).replace(" ", "")) == (0, 1, 2, 5, 7, 8)
+
+
+@pytest.mark.slow
+def test_a_vit_trains_at_the_data_input_size(tmp_path):
+    # ViT/DeiT are built for one resolution: every stage must build them for the data's, not timm's 224
+    from deploykit.training import train_baseline
+
+    result = train_baseline("deit_tiny_patch16_224", data=DATA, run=run_config(tmp_path / "b", epochs=1),
+                            weights=None)
+    pos_embed = torch.load(result.weights_path, weights_only=True)["state_dict"]["pos_embed"]
+    assert pos_embed.shape[1] == 1 + (SIZE[0] // 16) * (SIZE[1] // 16) and math.isfinite(result.loss)
+    subnet = train_subnet(Subnet("deit_tiny_patch16_224", SIZE, (3,)), weights=result.weights_path, data=DATA,
+                          run=run_config(tmp_path / "s", epochs=1))
+    assert math.isfinite(subnet.top1_merged)

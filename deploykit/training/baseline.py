@@ -57,9 +57,11 @@ def train_baseline(model: str, *, data: DataConfig, run: RunConfig, optim: Optim
         require_weights(weights, "distilled baseline")
     with stage_data(data, device=run.device, run=run) as (ctx, datasets):
         torch.manual_seed(run.seed)
-        net = original_model(model, num_classes=datasets.num_classes, weights=weights, new_head=True, ctx=ctx)
+        net = original_model(model, num_classes=datasets.num_classes, weights=weights, new_head=True,
+                             input_size=data.input_size, ctx=ctx)
         teacher = None if distill is None else original_model(
-            model, num_classes=datasets.num_classes, weights=weights, new_head=False, ctx=ctx)
+            model, num_classes=datasets.num_classes, weights=weights, new_head=False,
+            input_size=data.input_size, ctx=ctx)
         meta = _meta(model, data, datasets.num_classes, weights)
         task = Task(kind="baseline", student=net, datasets=datasets, meta=meta,
                     make_policy=lambda steps_per_epoch: Policy(), validate=validate_plain,
@@ -83,7 +85,7 @@ def evaluate_original(model: str, *, data: DataConfig, weights: str | Path, out:
     out = Path(out)
     with stage_data(data, device="cpu") as (ctx, datasets):
         net = original_model(model, num_classes=datasets.num_classes, weights=weights, new_head=False,
-                             ctx=ctx)
+                             input_size=data.input_size, ctx=ctx)
         scores = validate_plain(net, eval_loader(datasets.val, batch_size=eval_batch_size), ctx, None)
         meta = _meta(model, data, datasets.num_classes, weights)
         result = _result(net, data, out, scores, wall_s=0.0, history=())

@@ -46,12 +46,13 @@ def stage_data(data: DataConfig, *, device: str, run: RunConfig | None = None,
 
 
 def original_model(name: str, *, num_classes: int, weights: str | Path | None, new_head: bool,
-                   ctx: DistContext) -> nn.Module:
-    """The timm model ``name`` for ``num_classes`` classes, with ``weights`` loaded if given."""
+                   input_size: tuple[int, int], ctx: DistContext) -> nn.Module:
+    """The timm model ``name`` for ``num_classes`` classes at ``input_size`` (which ViT/DeiT are built
+    for), with ``weights`` loaded if given."""
     from deploykit.models import create_model
 
     return create_model(name, num_classes=num_classes, weights=weights, new_head=new_head,
-                        say=lambda note: ctx.log(f"weights: {note}"))
+                        input_size=input_size, say=lambda note: ctx.log(f"weights: {note}"))
 
 
 def require_weights(weights: str | Path | None, stage: str) -> str | Path:

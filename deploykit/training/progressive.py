@@ -116,7 +116,7 @@ def train_subnet(subnet: Subnet, *, weights: str | Path | None, data: DataConfig
                           f"prepared at {list(data.input_size)}")
     with stage_data(data, device=run.device, run=run) as (ctx, datasets):
         original = original_model(subnet.model, num_classes=datasets.num_classes, weights=weights,
-                                  new_head=False, ctx=ctx)
+                                  new_head=False, input_size=data.input_size, ctx=ctx)
         net = prunable(original, input_size=subnet.input_size)
         ramp_epochs = _ramp_epochs(config, run.epochs)
         if config.method == "drop":

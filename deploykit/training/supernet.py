@@ -88,7 +88,7 @@ def train_supernet(model: str, *, weights: str | Path | None, data: DataConfig, 
     weights = require_weights(weights, "supernet")
     with stage_data(data, device=run.device, run=run) as (ctx, datasets):
         original = original_model(model, num_classes=datasets.num_classes, weights=weights, new_head=False,
-                                  ctx=ctx)
+                                  input_size=data.input_size, ctx=ctx)
         net = prunable(original, input_size=data.input_size)
         candidates, max_pruned = _sampling(net, config)
         ramp_epochs = default_ramp(config.ramp_epochs, run.epochs)
