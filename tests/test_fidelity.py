@@ -14,7 +14,7 @@ from deploykit.cli import main
 from deploykit.errors import TableError
 from deploykit.latency.fidelity import check_table
 from deploykit.latency.sampling import plan_subnets
-from deploykit.latency.stats import Figures, fit_calibration, kendall, rankdata, spearman
+from deploykit.latency.stats import Figures, Repeatability, fit_calibration, kendall, rankdata, spearman
 from deploykit.latency.table import LatencyTable, TableMeta, meta_path, predict_subnet
 from deploykit.protocol import Measurement, Protocol
 from deploykit.subnet import Subnet
@@ -91,6 +91,16 @@ def test_figures_and_calibration_fit():
     assert fit_calibration([1, 2, 3], [3, 5, 7]) == pytest.approx((2.0, 1.0))
     with pytest.raises(TableError, match="two subnets with different predicted latencies"):
         fit_calibration([2, 2], [3, 4])
+
+
+def test_repeatability_is_the_spread_of_one_model_measured_again():
+    repeat = Repeatability.of([1.0, 1.02, 0.97, 1.3, 0.5])
+    assert repeat.n == 5 and repeat.median_ms == pytest.approx(1.0)
+    assert repeat.within_5 == pytest.approx(3 / 5)  # 1.0, 1.02 and 0.97: a perfect predictor's best share
+    assert repeat.robust_cv == pytest.approx(1.4826 * 0.03)  # deviations 0, .02, .03, .3, .5: median .03
+    assert repeat.range_pct == pytest.approx(80.0)
+    assert "60% within ±5% of their median 1.000 ms" in repeat.line()
+    assert Repeatability.of([1.0, 1.1]) is None and Repeatability.of([1.0, math.nan, -1.0, 2.0]) is None
 
 
 def test_the_sample_covers_every_depth_and_is_deterministic():

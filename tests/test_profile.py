@@ -522,6 +522,10 @@ def test_profile_ends_with_a_fitted_predictor_and_its_held_out_fidelity(tmp_path
     fidelity = meta.fidelity
     assert fidelity["n"] == 10 and fidelity["within_5"] == 1.0
     assert fidelity["mape"] == pytest.approx(0, abs=1e-9)
+    # the whole model's fresh-process measurements: four by the fake runtime (5 ms: sentinel start and
+    # end, the anchor's two rounds) and the unpruned end-to-end point by the fake subnets (10 ms)
+    assert fidelity["repeatability"] == {"n": 5, "median_ms": 5.0, "robust_cv": 0.0, "within_5": 0.8,
+                                         "range_pct": 100.0}
     points = pd.read_csv(tmp_path / "t.fit.csv", keep_default_na=False, dtype={"pruned": str})
 
     def phase(name):
@@ -534,6 +538,7 @@ def test_profile_ends_with_a_fitted_predictor_and_its_held_out_fidelity(tmp_path
     assert any(line.startswith("resuming the end-to-end phase") for line in lines)
     assert sum("(already measured)" in line for line in lines) == 7
     assert "table fidelity (fitted predictor, 10 held-out subnets): ρ 1.000, ±5% 100%" in result.summary()
+    assert "(the unpruned model itself: 80% of 5 measurements within ±5% of their median)" in result.summary()
 
 
 def test_the_isolated_predictor_still_stores_its_held_out_fidelity(tmp_path, monkeypatch):

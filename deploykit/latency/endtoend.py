@@ -30,7 +30,7 @@ from typing import Any
 from deploykit.latency.options import MAX_DESIGNED, EndToEndOptions
 from deploykit.latency.predictor import Prior, fit_predictor
 from deploykit.latency.sampling import EndToEndPlan, plan_end_to_end
-from deploykit.latency.stats import Figures
+from deploykit.latency.stats import Figures, Repeatability
 from deploykit.latency.subnets import Measurer, SubnetTiming, load_now, read_points, write_points
 from deploykit.latency.table import LatencyTable
 from deploykit.progress import Progress, silent
@@ -81,6 +81,8 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
     predict = predictor.predict if predictor is not None else table.isolated_sum
     _write_points(points_file, plan, timings, predict)
     fidelity = _fidelity(plan, timings, predict, kind, options, points_file, say)
+    if fidelity is not None:
+        fidelity = _with_repeatability(fidelity, whole_model_repeats(table, timings), say)
     notes = table.meta.notes
     if table.meta.calibration is not None:  # fitted on the old prediction: it does not apply to the new one
         say("dropping the table's `lut check` calibration: the new prediction was measured end to end")
@@ -126,6 +128,26 @@ def _fidelity(plan: EndToEndPlan, timings: dict, predict: Callable, kind: str, o
         f"±5% {figures.within_5:.0%}, ±10% {figures.within_10:.0%}, MAPE {figures.mape:.1f}%, "
         f"max {figures.max_error:.1f}%")
     return record
+
+
+def whole_model_repeats(table: LatencyTable, timings: dict) -> list[float]:
+    """Every fresh-process measurement of the unpruned model the profile took: the sentinel's (its
+    latest measuring run), the speed anchor's rounds and the unpruned end-to-end point."""
+    runs = (table.meta.conditions or {}).get("runs", [])
+    sentinel = next((run["sentinel"] for run in reversed(runs) if run.get("sentinel")), {})
+    values = [float(check["ms"]) for check in sentinel.get("checks", [])]
+    values += [float(ms) for ms in (table.meta.anchors or {}).get("unpruned_rounds_ms", [])]
+    if () in timings:
+        values.append(timings[()].measured_ms)
+    return values
+
+
+def _with_repeatability(fidelity: dict[str, Any], values: list[float], say: Progress) -> dict[str, Any]:
+    repeat = Repeatability.of(values)
+    if repeat is None:
+        return fidelity
+    say(repeat.line())
+    return {**fidelity, "repeatability": repeat.as_dict()}
 
 
 def _write_points(path: Path, plan: EndToEndPlan, timings: dict, predict: Callable | None) -> None:

@@ -82,6 +82,38 @@ class Figures:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Repeatability:
+    """How far the same model's fresh-process measurements spread on this machine: the floor under any
+    prediction's error. ``within_5``: the share of the measurements within ±5 % of their median, the most
+    a perfect predictor could score against single measurements; ``robust_cv``: 1.4826 · MAD / median."""
+
+    n: int
+    median_ms: float
+    robust_cv: float
+    within_5: float
+    range_pct: float
+
+    @classmethod
+    def of(cls, values_ms: Sequence[float]) -> Repeatability | None:
+        """None for fewer than three measurements (no spread to speak of)."""
+        v = np.asarray([x for x in values_ms if x > 0 and math.isfinite(x)], dtype=float)
+        if len(v) < 3:
+            return None
+        median = float(np.median(v))
+        deviation = np.abs(v / median - 1.0)
+        return cls(n=len(v), median_ms=median, robust_cv=float(1.4826 * np.median(deviation)),
+                   within_5=float(np.mean(deviation <= 0.05)), range_pct=float(np.ptp(v) / median * 100.0))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (f"the unpruned model itself, measured {self.n} times in fresh processes during the profile: "
+                f"{self.within_5:.0%} within ±5% of their median {self.median_ms:.3f} ms, robust cv "
+                f"{self.robust_cv:.1%}, range {self.range_pct:.0f}% (the floor under any prediction here)")
+
+
 def fit_calibration(predicted: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
     """Least squares ``measured ≈ a · predicted + b``; needs two different predictions at least."""
     x, y = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)

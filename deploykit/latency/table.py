@@ -392,6 +392,7 @@ class LatencyTable:
                     f"ρ {figures['spearman']:.3f}, "
                     f"±5% {figures['within_5']:.0%}, ±10% {figures['within_10']:.0%}, "
                     f"MAPE {figures['mape']:.1f}%, max {figures['max_error']:.1f}%"
+                    + _repeatability_note(figures.get("repeatability"))
                     + ("; measured before the `lut check` calibration" if self.meta.calibration else ""))
         except (KeyError, TypeError, ValueError):
             return "table fidelity: malformed in the metadata (profile the table again)"
@@ -594,3 +595,10 @@ def _show(value: Any) -> str:
         return f"{value[0]}x{value[1]}"
     return repr(value) if isinstance(value, str) else str(value)
 
+
+def _repeatability_note(repeat: Mapping[str, Any] | None) -> str:
+    """How steady the machine was: the same unpruned model's fresh-process measurements (the floor)."""
+    if not repeat:
+        return ""
+    return (f" (the unpruned model itself: {repeat['within_5']:.0%} of {int(repeat['n'])} measurements "
+            f"within ±5% of their median)")
