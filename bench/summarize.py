@@ -2,8 +2,8 @@
 by hand).
 
     .venv/bin/python bench/summarize.py            # every section to stdout
-    .venv/bin/python bench/summarize.py speedup    # one section: speedup, bapp, fidelity, accuracy, recovery,
-                                                   # costs
+    .venv/bin/python bench/summarize.py speedup    # one section: speedup, bapp, fidelity, stored, accuracy,
+                                                   # recovery, costs
 """
 
 from __future__ import annotations
@@ -72,6 +72,24 @@ def fidelity() -> str:
                      "a, b ms": f"{plain['calibration_a']:.2f}, {plain['calibration_b_ms']:+.2f}",
                      "load": str(plain["load_before"]).split()[0], "date": str(plain["date"])[:16]})
     return markdown(pd.DataFrame(rows))
+
+
+def stored() -> str:
+    """The held-out fidelity each re-profiled table stores, beside the machine's own repeatability."""
+    frame = pd.read_csv(RESULTS / "profile_tables.csv").sort_values(["target", "model", "input_size"])
+    shown = pd.DataFrame({
+        "target": frame["target"], "model": frame["model"], "size": frame["input_size"],
+        "predictor": frame["predictor"], "n": frame["holdout_n"], "ρ": frame["spearman"].round(3),
+        "±5%": (frame["within_5"] * 100).round(0).astype(int).astype(str) + "%",
+        "±10%": (frame["within_10"] * 100).round(0).astype(int).astype(str) + "%",
+        "MAPE": frame["mape_pct"].round(1).astype(str) + "%",
+        "max": frame["max_error_pct"].round(1).astype(str) + "%",
+        "unpruned itself ±5%": (frame["repeat_within_5"] * 100).round(0).astype("Int64").astype(str) + "% of "
+        + frame["repeat_n"].astype("Int64").astype(str),
+        "robust cv": (frame["repeat_robust_cv"] * 100).round(1).astype(str) + "%",
+        "profile s": frame["wall_s"].round(0).astype(int), "load": frame["load_before"].str.split().str[0],
+        "date": frame["date"].str[:16]})
+    return markdown(shown)
 
 
 def accuracy() -> str:
@@ -161,7 +179,8 @@ def _total(stage: dict[str, float], prefix: str) -> float:
 
 
 SECTIONS: dict[str, Callable[[], str]] = {"speedup": speedup, "bapp": bapp, "fidelity": fidelity,
-                                          "accuracy": accuracy, "recovery": recovery, "costs": costs}
+                                          "stored": stored, "accuracy": accuracy, "recovery": recovery,
+                                          "costs": costs}
 
 
 def main(argv: list[str]) -> int:

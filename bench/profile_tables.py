@@ -1,0 +1,137 @@
+"""Re-profile the shipped latency tables and record what each profile cost and what it stored.
+
+For every (target, model) asked for — by default the shipped tables under ``latency_tables/`` — this runs
+``deploykit profile --target T --model M --force`` as a user would (a fresh process, the table written
+in place, its ``.fit.csv`` beside it), times it, and reads back the metadata the profile stored: the
+held-out fidelity of the table's predictor (n, ρ, ±5 %, ±10 %, MAPE, max error), the machine's own
+repeatability (the unpruned model's fresh-process measurements: share within ±5 % of their median,
+robust cv) and the sentinel's drifts. One row per table goes to ``bench/results/profile_tables.csv``
+(replacing that table's earlier row), with the load average before and after, the machine, the command
+and the UTC time. A row is written as soon as its profile ends, so an interrupted run keeps what it
+finished. Each profile's output goes to ``bench/results/logs/``.
+
+    .venv/bin/python bench/profile_tables.py                            # every shipped table
+    .venv/bin/python bench/profile_tables.py --targets cpu-ort --models convnext_tiny
+    .venv/bin/python bench/profile_tables.py --extra convnext_atto:32   # the demo's regime too
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deploykit.fileio import write_text_atomic  # noqa: E402
+from deploykit.latency.table import LatencyTable  # noqa: E402
+from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+KEY = ["target", "model", "input_size", "batch"]
+
+
+def shipped() -> list[tuple[str, str, int]]:
+    """(target, model, input size) of every shipped b1 table."""
+    found = []
+    for path in sorted((ROOT / "latency_tables").glob("*/*_b1.csv")):
+        if path.name.endswith(".fit.csv"):
+            continue
+        meta = LatencyTable.read(path).meta
+        found.append((meta.target, meta.model, int(meta.input_size[0])))
+    return found
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else ""
+
+
+def table_path(target: str, model: str, size: int) -> Path:
+    return ROOT / "latency_tables" / target / f"{model}_{size}_b1.csv"
+
+
+def profile_one(target: str, model: str, size: int, say) -> dict[str, Any]:
+    out = table_path(target, model, size)
+    command = ["deploykit", "profile", "--target", target, "--model", model, "--input-size", str(size),
+               "--out", str(out.relative_to(ROOT)), "--force"]
+    load_before, started_at = load_average(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    say(f"{target} {model} {size}: {shlex.join(command)}")
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "deploykit.cli", *command[1:]], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - began
+    log = RESULTS / "logs" / f"profile_{target}_{model}_{size}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(log, done.stdout)
+    if done.returncode != 0:
+        raise SystemExit(f"{shlex.join(command)} failed (exit {done.returncode}); see {log}")
+    meta = LatencyTable.read(out).meta
+    fidelity = dict(meta.fidelity or {})
+    repeat = dict(fidelity.get("repeatability") or {})
+    runs = (meta.conditions or {}).get("runs", [])
+    drifts = sum(len((run.get("sentinel") or {}).get("drifts", [])) for run in runs)
+    say(f"  {wall:.0f} s; " + (LatencyTable.read(out).fidelity_line()))
+    return {"date": started_at, "target": target, "model": model, "input_size": size, "batch": 1,
+            "wall_s": round(wall, 1), "predictor": fidelity.get("predictor", ""),
+            "holdout_n": fidelity.get("n"), "spearman": fidelity.get("spearman"),
+            "within_5": fidelity.get("within_5"), "within_10": fidelity.get("within_10"),
+            "mape_pct": fidelity.get("mape"), "max_error_pct": fidelity.get("max_error"),
+            "repeat_n": repeat.get("n"), "repeat_within_5": repeat.get("within_5"),
+            "repeat_robust_cv": repeat.get("robust_cv"), "sentinel_drifts": drifts,
+            "model_ms": LatencyTable.read(out).model_latency(), "load_before": load_before,
+            "load_after": load_average(), "machine": f"{platform.machine()} {cpu_name()}",
+            "cpus": os.cpu_count(), "table": str(out.relative_to(ROOT)), "log": str(log.relative_to(ROOT)),
+            "command": shlex.join(command)}
+
+
+def save(rows: list[dict[str, Any]], path: Path) -> None:
+    new = pd.DataFrame(rows)
+    if path.is_file():
+        old = pd.read_csv(path)
+        if set(KEY) <= set(old.columns) and "holdout_n" in old.columns:
+            keys = set(map(tuple, new[KEY].astype(str).to_numpy()))
+            old = old[[tuple(k) not in keys for k in old[KEY].astype(str).to_numpy()]]
+            new = pd.concat([old, new], ignore_index=True)
+    write_text_atomic(path, new.sort_values(KEY).to_csv(index=False, float_format="%.4f"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--targets", nargs="+", help="only these targets (default: every shipped table's)")
+    p.add_argument("--models", nargs="+", help="only these models")
+    p.add_argument("--extra", nargs="*", default=[], metavar="MODEL:SIZE",
+                   help="also profile MODEL at SIZE×SIZE on each target (e.g. convnext_atto:32)")
+    p.add_argument("--out", type=Path, default=RESULTS / "profile_tables.csv")
+    args = p.parse_args(argv)
+    plan = shipped()
+    targets = args.targets or sorted({t for t, _, _ in plan})
+    for spec in args.extra:
+        model, _, size = spec.partition(":")
+        if not size.isdigit():
+            p.error(f"--extra takes MODEL:SIZE, got {spec!r}")
+        plan += [(t, model, int(size)) for t in targets]
+    plan = [(t, m, s) for t, m, s in plan if t in targets and (not args.models or m in args.models)]
+    if not plan:
+        p.error("nothing to profile: no shipped table matches --targets/--models")
+    rows: list[dict[str, Any]] = []
+    for target, model, size in plan:
+        rows.append(profile_one(target, model, size, say=lambda line: print(line, file=sys.stderr)))
+        save(rows, args.out)
+    print(pd.DataFrame(rows)[["target", "model", "input_size", "wall_s", "spearman", "within_5", "mape_pct",
+                              "repeat_within_5"]].to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
