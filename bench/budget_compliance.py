@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import load_average, package_version  # noqa: E402
 from deploykit import __version__  # noqa: E402
 from deploykit.fileio import write_text_atomic  # noqa: E402
 from deploykit.latency.subnets import SubnetMeasurer  # noqa: E402
@@ -78,17 +78,6 @@ def shipped_tables() -> list[str]:
 def budgets_for(table: LatencyTable, fractions: list[str], with_ms: bool) -> list[str]:
     full = table.predict(())
     return [*fractions, *([f"{round(full * f, 1):.1f}ms" for f in MS_AT] if with_ms else [])]
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else ""
-
-
-def package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return ""
 
 
 def environment(seed: int) -> dict[str, Any]:

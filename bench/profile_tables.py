@@ -33,6 +33,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import load_average  # noqa: E402
 from deploykit.fileio import write_text_atomic  # noqa: E402
 from deploykit.latency.table import LatencyTable  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
@@ -50,10 +51,6 @@ def shipped() -> list[tuple[str, str, int]]:
         meta = LatencyTable.read(path).meta
         found.append((meta.target, meta.model, int(meta.input_size[0])))
     return found
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else ""
 
 
 def table_path(target: str, model: str, size: int) -> Path:

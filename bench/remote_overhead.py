@@ -35,7 +35,6 @@ import statistics
 import sys
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import package_version  # noqa: E402
 from deploykit import __version__  # noqa: E402
 from deploykit.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from deploykit.latency.host import LocalHost  # noqa: E402
@@ -187,13 +187,6 @@ def environment() -> dict[str, Any]:
             "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "python": platform.python_version(), "onnxruntime": package_version("onnxruntime"),
             "deploykit": __version__, "command": shlex.join(["python", script, *sys.argv[1:]])}
-
-
-def package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return ""
 
 
 

@@ -71,7 +71,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +80,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import load_average, package_version  # noqa: E402
 from deploykit import __version__  # noqa: E402
 from deploykit.fileio import atomic_path, write_text_atomic  # noqa: E402
 from deploykit.latency.identity import here_for, judge  # noqa: E402
@@ -242,17 +242,6 @@ def same_value(a: Any, b: Any) -> bool:
 
 def numbers(values: Iterable[float]) -> str:
     return " ".join(f"{v:.4f}" for v in values)
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else ""
-
-
-def package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return ""
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
