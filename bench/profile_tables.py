@@ -13,6 +13,8 @@ finished. Each profile's output goes to ``bench/results/logs/``.
     .venv/bin/python bench/profile_tables.py                            # every shipped table
     .venv/bin/python bench/profile_tables.py --targets cpu-ort --models convnext_tiny
     .venv/bin/python bench/profile_tables.py --extra convnext_atto:32   # the demo's regime too
+    .venv/bin/python bench/profile_tables.py --quick    # smoke: convnext_atto 32×32 on cpu-ort, short
+                                                        # protocol, into bench/results/quick/ (~1 min)
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from deploykit.latency.table import LatencyTable  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+QUICK_FLAGS = ["--min-time", "0.1", "--warmup-time", "0.05", "--max-repeats", "1", "--fit-samples", "2",
+               "--holdout", "3"]
 KEY = ["target", "model", "input_size", "batch"]
 
 
@@ -57,17 +61,18 @@ def table_path(target: str, model: str, size: int) -> Path:
     return ROOT / "latency_tables" / target / f"{model}_{size}_b1.csv"
 
 
-def profile_one(target: str, model: str, size: int, say) -> dict[str, Any]:
-    out = table_path(target, model, size)
+def profile_one(target: str, model: str, size: int, say, *, out: Path | None = None,
+                extra: list[str] = (), logs: Path = RESULTS / "logs") -> dict[str, Any]:
+    out = out or table_path(target, model, size)
     command = ["deploykit", "profile", "--target", target, "--model", model, "--input-size", str(size),
-               "--out", str(out.relative_to(ROOT)), "--force"]
+               "--out", str(out.relative_to(ROOT)), "--force", *extra]
     load_before, started_at = load_average(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     say(f"{target} {model} {size}: {shlex.join(command)}")
     began = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "deploykit.cli", *command[1:]], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - began
-    log = RESULTS / "logs" / f"profile_{target}_{model}_{size}.log"
+    log = logs / f"profile_{target}_{model}_{size}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(log, done.stdout)
     if done.returncode != 0:
@@ -109,8 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", help="only these models")
     p.add_argument("--extra", nargs="*", default=[], metavar="MODEL:SIZE",
                    help="also profile MODEL at SIZE×SIZE on each target (e.g. convnext_atto:32)")
-    p.add_argument("--out", type=Path, default=RESULTS / "profile_tables.csv")
+    p.add_argument("--out", type=Path, default=None, help="default: bench/results/profile_tables.csv")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke: convnext_atto 32×32 on cpu-ort, a short protocol, into bench/results/quick/")
     args = p.parse_args(argv)
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    if args.quick:
+        quick = RESULTS / "quick"
+        row = profile_one("cpu-ort", "convnext_atto", 32, say, out=quick / "convnext_atto_32_b1.csv",
+                          extra=QUICK_FLAGS, logs=quick / "logs")
+        save([row], args.out or quick / "profile_tables.csv")
+        return 0
+    args.out = args.out or RESULTS / "profile_tables.csv"
     plan = shipped()
     targets = args.targets or sorted({t for t, _, _ in plan})
     for spec in args.extra:
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("nothing to profile: no shipped table matches --targets/--models")
     rows: list[dict[str, Any]] = []
     for target, model, size in plan:
-        rows.append(profile_one(target, model, size, say=lambda line: print(line, file=sys.stderr)))
+        rows.append(profile_one(target, model, size, say))
         save(rows, args.out)
     print(pd.DataFrame(rows)[["target", "model", "input_size", "wall_s", "spearman", "within_5", "mape_pct",
                               "repeat_within_5"]].to_string(index=False))

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # name → (full arguments, quick arguments); None: the step is skipped in that mode.
 STEPS: dict[str, tuple[list[str] | None, list[str] | None]] = {
-    "profile": (["bench/costs.py", "--profile"], ["bench/costs.py", "--profile", "--quick"]),
+    "profile": (["bench/profile_tables.py", "--extra", "convnext_atto:32"],
+                ["bench/profile_tables.py", "--quick"]),
     "fidelity": (["bench/lut_fidelity.py", "--samples", "30"], ["bench/lut_fidelity.py", "--quick"]),
     "speedup": (["bench/speedup_depth.py"], ["bench/speedup_depth.py", "--quick"]),
     "accuracy": (["bench/accuracy_latency.py"], ["bench/accuracy_latency.py", "--quick"]),

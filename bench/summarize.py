@@ -145,12 +145,12 @@ def recovery(steps: tuple[int, ...] = (25, 50, 100)) -> str:
 
 def costs() -> str:
     parts = []
-    path = RESULTS / "profile_times.csv"
+    path = RESULTS / "profile_tables.csv"
     if path.exists():
-        frame = pd.read_csv(path).sort_values(["model", "target"])
-        keep = frame[["model", "target", "entries", "wall_s", "cv_median", "load_avg_1min_start_incl_own"]]
-        parts.append("Profiling a table (`deploykit profile --force`, 224, batch 1; `profile_times.csv`):\n\n"
-                     + markdown(keep.rename(columns={"load_avg_1min_start_incl_own": "load"})))
+        frame = pd.read_csv(path).sort_values(["model", "target", "input_size"])
+        keep = frame[["model", "target", "input_size", "wall_s", "sentinel_drifts", "load_before", "date"]]
+        parts.append("Profiling a table (`deploykit profile --force`, batch 1, end-to-end fit and held-out "
+                     "check included; `bench/profile_tables.py`, `profile_tables.csv`):\n\n" + markdown(keep))
     path = RESULTS / "run_costs.csv"
     if path.exists():
         rows = []
