@@ -181,11 +181,13 @@ def test_profile_writes_every_entry_and_a_rerun_measures_nothing(tmp_path, monke
     lines: list[str] = []
     result = run(tmp_path, batch=2, progress=lines.append)
     assert runtime.entry_calls == [(2, 3, 32, 32), (2, 8, 8, 8), (2, 8, 8, 8), (2, 8, 8, 8), (2, 8)]
-    # the model row first (the sentinel's start value), the entries, the sentinel at the end, the anchors
-    assert runtime.names() == ["model", "entry1", "entry2", "entry3", "entry4", "entry5", "model",
-                               "model", "anchor_merged", "model", "anchor_merged"]
+    # the model row first and two more (the sentinel's start value: their median), the entries, the
+    # sentinel at the end, the anchors
+    assert runtime.names() == ["model", "model", "model", "entry1", "entry2", "entry3", "entry4", "entry5",
+                               "model", "model", "anchor_merged", "model", "anchor_merged"]
     assert lines[0].startswith("[6/6] model tiny (TinyConvNeXt 3x32x32) 5.000 ms (cv 1%, n 3)")
-    assert lines[1] == "sentinel: the whole model's row (5.000 ms) is the start value"
+    assert lines[1] == ("sentinel: the whole model's row (5.000 ms) and 2 more measurement(s): the start "
+                        "value is their median, 5.000 ms")
     assert lines[2].startswith("[1/6] fixed conv1+bn1+act1 (Sequential 3x32x32) 0.100 ms (cv 1%, n 3)")
     assert lines[3].startswith("[2/6] original blocks.0 (convnext 8x8x8, ×2) 0.200 ms")
     table = LatencyTable.read(tmp_path / "t.csv")
@@ -205,7 +207,7 @@ def test_profile_writes_every_entry_and_a_rerun_measures_nothing(tmp_path, monke
     assert meta.anchors["pruned"] == [0, 1]
     run_record = meta.conditions["runs"][-1]
     assert run_record["measured"] == 6 and run_record["sentinel"]["start_ms"] == 5.0
-    assert [c["kind"] for c in run_record["sentinel"]["checks"]] == ["start", "check"]
+    assert [c["kind"] for c in run_record["sentinel"]["checks"]] == ["start", "start", "start", "check"]
     assert run_record["sentinel"]["drifts"] == []
     assert meta.conditions["affinity"] == list(hostinfo.pinned_cores(None))
 
@@ -276,7 +278,8 @@ def test_sentinel_drift_measures_exactly_the_entries_of_the_window_again(tmp_pat
     # the whole model: 5 ms, but 5.6 ms (+12 %) at its 2nd measurement (the check after entries 1-2)
     runtime = FakeRuntime(monkeypatch, sentinel=lambda j: 5.6 if j == 2 else 5.0)
     lines: list[str] = []
-    run(tmp_path, sentinel=SentinelPolicy(every=2, interval_s=1e9), progress=lines.append)
+    run(tmp_path, sentinel=SentinelPolicy(every=2, interval_s=1e9, start_samples=1, confirm=False),
+        progress=lines.append)
     assert runtime.names()[:11] == ["model",  # the model row: the start value
                                     "entry1", "entry2", "model",  # window 1-2, drift
                                     "entry1", "entry2", "model",  # 1-2 again, steady
@@ -302,7 +305,8 @@ def test_sentinel_drift_measures_exactly_the_entries_of_the_window_again(tmp_pat
 def test_a_lasting_drift_is_measured_again_a_bounded_number_of_times_then_kept(tmp_path, monkeypatch):
     runtime = FakeRuntime(monkeypatch, sentinel=lambda j: 5.0 if j == 1 else 6.0)
     lines: list[str] = []
-    run(tmp_path, sentinel=SentinelPolicy(every=0, interval_s=1e9, retries=1, rebase=False),
+    run(tmp_path, sentinel=SentinelPolicy(every=0, interval_s=1e9, retries=1, rebase=False, start_samples=1,
+                                      confirm=False),
         progress=lines.append)
     assert len(runtime.entry_calls) == 5 + 5  # the whole window (entries 1-5) once more, then kept
     drifts = LatencyTable.read(tmp_path / "t.csv").meta.conditions["runs"][-1]["sentinel"]["drifts"]
@@ -313,7 +317,7 @@ def test_a_lasting_drift_is_measured_again_a_bounded_number_of_times_then_kept(t
 
 def test_a_lasting_drift_rebases_once_and_measures_the_earlier_entries_again(tmp_path, monkeypatch):
     runtime = FakeRuntime(monkeypatch, sentinel=lambda j: 5.0 if j == 1 else 6.0)
-    run(tmp_path, sentinel=SentinelPolicy(every=0, interval_s=1e9, retries=1))
+    run(tmp_path, sentinel=SentinelPolicy(every=0, interval_s=1e9, retries=1, start_samples=1, confirm=False))
     # the window (entries 1-5) once more, at the new level: it persists, so it becomes the start and the
     # entry measured before the window (the model row, 6) is measured again; the window is not
     assert len(runtime.entry_calls) == 5 + 5
@@ -522,9 +526,10 @@ def test_profile_ends_with_a_fitted_predictor_and_its_held_out_fidelity(tmp_path
     fidelity = meta.fidelity
     assert fidelity["n"] == 10 and fidelity["within_5"] == 1.0
     assert fidelity["mape"] == pytest.approx(0, abs=1e-9)
-    # the whole model's fresh-process measurements: four by the fake runtime (5 ms: sentinel start and
-    # end, the anchor's two rounds) and the unpruned end-to-end point by the fake subnets (10 ms)
-    assert fidelity["repeatability"] == {"n": 5, "median_ms": 5.0, "robust_cv": 0.0, "within_5": 0.8,
+    # the whole model's fresh-process measurements: six by the fake runtime (5 ms: the sentinel's three
+    # start values and its end check, the anchor's two rounds) and the unpruned end-to-end point by the
+    # fake subnets (10 ms)
+    assert fidelity["repeatability"] == {"n": 7, "median_ms": 5.0, "robust_cv": 0.0, "within_5": 6 / 7,
                                          "range_pct": 100.0}
     points = pd.read_csv(tmp_path / "t.fit.csv", keep_default_na=False, dtype={"pruned": str})
 
@@ -538,7 +543,7 @@ def test_profile_ends_with_a_fitted_predictor_and_its_held_out_fidelity(tmp_path
     assert any(line.startswith("resuming the end-to-end phase") for line in lines)
     assert sum("(already measured)" in line for line in lines) == 7
     assert "table fidelity (fitted predictor, 10 held-out subnets): ρ 1.000, ±5% 100%" in result.summary()
-    assert "(the unpruned model itself: 80% of 5 measurements within ±5% of their median)" in result.summary()
+    assert "(the unpruned model itself: 86% of 7 measurements within ±5% of their median)" in result.summary()
 
 
 def test_the_isolated_predictor_still_stores_its_held_out_fidelity(tmp_path, monkeypatch):

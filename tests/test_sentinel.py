@@ -20,6 +20,11 @@ from deploykit.runtimes import hostinfo
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def one_shot(**policy) -> SentinelPolicy:
+    """A policy that acts on single measurements: the scripted sequences below are the checks."""
+    return SentinelPolicy(start_samples=1, confirm=False, **policy)
+
+
 class Clock:
     def __init__(self):
         self.now = 0.0
@@ -87,7 +92,7 @@ def test_settle_redoes_the_window_until_steady_within_the_bound():
     values = iter([10.0, 11.0, 10.6, 10.2])  # start; +10 %, +6 %: drifts; +2 %: steady
     redone: list[list] = []
     said: list[str] = []
-    watch = Sentinel(measure=lambda: next(values), policy=SentinelPolicy(every=2, retries=3), say=said.append,
+    watch = Sentinel(measure=lambda: next(values), policy=one_shot(every=2, retries=3), say=said.append,
                      clock=Clock(), snapshot=dict, load=lambda: [2.5, 1.0, 0.5])
     watch.start()
     watch.add((1, "a"))
@@ -108,7 +113,7 @@ def test_a_level_that_persists_through_the_retries_rebases_once_and_redoes_every
     values = iter([10.0, 8.0, 8.1, 8.0, 8.05])
     redone: list[list] = []
     said: list[str] = []
-    watch = Sentinel(measure=lambda: next(values), policy=SentinelPolicy(every=2, retries=2), say=said.append,
+    watch = Sentinel(measure=lambda: next(values), policy=one_shot(every=2, retries=2), say=said.append,
                      clock=Clock(), snapshot=dict, load=lambda: None)
     watch.start(item=(14, "model"))
     watch.add((1, "a"))
@@ -125,7 +130,7 @@ def test_a_level_that_persists_through_the_retries_rebases_once_and_redoes_every
     assert len(redone) == 3 and watch.history == [(14, "model"), (1, "a"), (2, "b"), (3, "c")]
     # a second persisting level is only kept and warned about: one rebase per profile
     again = Sentinel(measure=iter([10.0, 8.0, 8.0, 8.0, 6.0, 6.0, 6.0]).__next__,
-                     policy=SentinelPolicy(every=1, retries=2), clock=Clock(), snapshot=dict,
+                     policy=one_shot(every=1, retries=2), clock=Clock(), snapshot=dict,
                      load=lambda: None)
     again.start()
     for item in ((1, "a"), (2, "b")):
@@ -134,10 +139,31 @@ def test_a_level_that_persists_through_the_retries_rebases_once_and_redoes_every
     assert again.start_ms == 8.0 and again.record()["drifts"][-1]["action"] == "kept (retries exhausted)"
 
 
+def test_one_slow_process_neither_sets_the_start_nor_makes_a_drift():
+    # the model row came from a slow process (15 ms); two more start measurements at 10: the start is 10.
+    # A check at 15 (one slow process) is measured once more at 10.2: no drift, nothing redone. A check
+    # at 12 confirmed at 12.1 is a drift: the window is redone, then steady at 10.1.
+    values = iter([10.0, 10.0, 15.0, 10.2, 12.0, 12.1, 10.1])
+    redone: list[list] = []
+    watch = Sentinel(measure=lambda: next(values), policy=SentinelPolicy(every=1, retries=2), clock=Clock(),
+                     snapshot=dict, load=lambda: None)
+    assert watch.start(15.0, item=(9, "model")) == 10.0
+    watch.add((1, "a"))
+    watch.settle(redo=lambda items: redone.append(list(items)), describe=lambda items: "1")
+    assert redone == [] and watch.record()["drifts"] == []
+    watch.add((2, "b"))
+    watch.settle(redo=lambda items: redone.append(list(items)), describe=lambda items: "2")
+    assert redone == [[(2, "b")]]
+    checks = watch.record()["checks"]
+    assert [c["kind"] for c in checks] == ["start"] * 3 + ["check", "confirm", "check", "confirm", "check"]
+    assert [round(d["drift"], 6) for d in watch.record()["drifts"]] == [0.2]  # the closer of 12 and 12.1
+
+
 def test_sentinel_policy_validation():
     assert SentinelPolicy().as_dict() == {"every": 8, "interval_s": 60.0, "max_drift": 0.05, "retries": 2,
-                                          "rebase": True}
-    for bad in (dict(every=-1), dict(every=1.5), dict(max_drift=0.0), dict(retries=True), dict(rebase=1)):
+                                          "rebase": True, "start_samples": 3, "confirm": True}
+    for bad in (dict(every=-1), dict(every=1.5), dict(max_drift=0.0), dict(retries=True), dict(rebase=1),
+                dict(start_samples=0), dict(start_samples=2.0), dict(confirm="yes")):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             SentinelPolicy(**bad)
 

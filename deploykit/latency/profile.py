@@ -497,8 +497,12 @@ def _measure_watched(runner: _Runner, todo: list[tuple[int, Entry]], model_name:
         if whole:  # the model row first: it is the sentinel's start value, measured once
             runner.measure(*whole[0])
             todo = [(number, entry) for number, entry in todo if entry.kind != "model"]
-            start = watch.start(runner.table.model_latency(), item=whole[0])
-            say(f"sentinel: the whole model's row ({start:.3f} ms) is the start value")
+            row = runner.table.model_latency()
+            start = watch.start(row, item=whole[0])
+            more = policy.start_samples - 1
+            say(f"sentinel: the whole model's row ({row:.3f} ms)"
+                + (f" and {more} more measurement(s): the start value is their median, {start:.3f} ms" if more
+                   else " is the start value"))
         else:
             say(f"sentinel: the whole model measures {watch.start():.3f} ms at the start")
         for number, entry in todo:
