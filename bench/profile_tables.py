@@ -13,6 +13,7 @@ finished. Each profile's output goes to ``bench/results/logs/``.
     .venv/bin/python bench/profile_tables.py                            # every shipped table
     .venv/bin/python bench/profile_tables.py --targets cpu-ort --models convnext_tiny
     .venv/bin/python bench/profile_tables.py --extra convnext_atto:32   # the demo's regime too
+    .venv/bin/python bench/profile_tables.py --refit    # fit the profiled tables again, measuring nothing
     .venv/bin/python bench/profile_tables.py --quick    # smoke: convnext_atto 32×32 on cpu-ort, short
                                                         # protocol, into bench/results/quick/ (~1 min)
 """
@@ -78,22 +79,46 @@ def profile_one(target: str, model: str, size: int, say, *, out: Path | None = N
     if done.returncode != 0:
         raise SystemExit(f"{shlex.join(command)} failed (exit {done.returncode}); see {log}")
     meta = LatencyTable.read(out).meta
-    fidelity = dict(meta.fidelity or {})
-    repeat = dict(fidelity.get("repeatability") or {})
     runs = (meta.conditions or {}).get("runs", [])
     drifts = sum(len((run.get("sentinel") or {}).get("drifts", [])) for run in runs)
     say(f"  {wall:.0f} s; " + (LatencyTable.read(out).fidelity_line()))
     return {"date": started_at, "target": target, "model": model, "input_size": size, "batch": 1,
-            "wall_s": round(wall, 1), "predictor": fidelity.get("predictor", ""),
-            "holdout_n": fidelity.get("n"), "spearman": fidelity.get("spearman"),
-            "within_5": fidelity.get("within_5"), "within_10": fidelity.get("within_10"),
-            "mape_pct": fidelity.get("mape"), "max_error_pct": fidelity.get("max_error"),
-            "repeat_n": repeat.get("n"), "repeat_within_5": repeat.get("within_5"),
-            "repeat_robust_cv": repeat.get("robust_cv"), "sentinel_drifts": drifts,
+            "wall_s": round(wall, 1), **fidelity_columns(out), "sentinel_drifts": drifts,
             "model_ms": LatencyTable.read(out).model_latency(), "load_before": load_before,
             "load_after": load_average(), "machine": f"{platform.machine()} {cpu_name()}",
             "cpus": os.cpu_count(), "table": str(out.relative_to(ROOT)), "log": str(log.relative_to(ROOT)),
             "command": shlex.join(command)}
+
+
+def fidelity_columns(out: Path) -> dict[str, Any]:
+    """What the profile stored about its prediction, as profile_tables.csv columns."""
+    table = LatencyTable.read(out)
+    fidelity = dict(table.meta.fidelity or {})
+    repeat = dict(fidelity.get("repeatability") or {})
+    return {"predictor": fidelity.get("predictor", ""), "holdout_n": fidelity.get("n"),
+            "spearman": fidelity.get("spearman"), "within_5": fidelity.get("within_5"),
+            "within_10": fidelity.get("within_10"), "mape_pct": fidelity.get("mape"),
+            "max_error_pct": fidelity.get("max_error"), "repeat_n": repeat.get("n"),
+            "repeat_within_5": repeat.get("within_5"), "repeat_robust_cv": repeat.get("robust_cv"),
+            "downweighted_points": (table.meta.predictor or {}).get("fit", {}).get("downweighted_points")}
+
+
+def refit_one(row: dict[str, Any], say) -> dict[str, Any]:
+    """Rerun the profile of a complete table without --force: nothing is measured, the predictor is fitted
+    again on the stored end-to-end points (after a change to the fit) and the held-out figures recomputed."""
+    out = ROOT / row["table"]
+    command = ["deploykit", "profile", "--target", row["target"], "--model", row["model"], "--input-size",
+               str(row["input_size"]), "--out", row["table"]]
+    say(f"refit {row['target']} {row['model']} {row['input_size']}: {shlex.join(command)}")
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "deploykit.cli", *command[1:]], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{shlex.join(command)} failed (exit {done.returncode}): {done.stdout[-500:]}")
+    say(f"  {LatencyTable.read(out).fidelity_line()}")
+    return {**row, **fidelity_columns(out), "refit_s": round(time.perf_counter() - began, 1),
+            "refit_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "refit_command": shlex.join(command)}
 
 
 def save(rows: list[dict[str, Any]], path: Path) -> None:
@@ -117,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="default: bench/results/profile_tables.csv")
     p.add_argument("--quick", action="store_true",
                    help="smoke: convnext_atto 32×32 on cpu-ort, a short protocol, into bench/results/quick/")
+    p.add_argument("--refit", action="store_true",
+                   help="measure nothing: fit every table in --out again on its stored points (after a "
+                        "change to the fit) and update its figures")
     args = p.parse_args(argv)
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     if args.quick:
@@ -126,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         save([row], args.out or quick / "profile_tables.csv")
         return 0
     args.out = args.out or RESULTS / "profile_tables.csv"
+    if args.refit:
+        rows = [refit_one(row, say) for row in pd.read_csv(args.out).to_dict("records")
+                if (not args.targets or row["target"] in args.targets)
+                and (not args.models or row["model"] in args.models)]
+        save(rows, args.out)
+        return 0
     plan = shipped()
     targets = args.targets or sorted({t for t, _, _ in plan})
     for spec in args.extra:
