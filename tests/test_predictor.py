@@ -134,3 +134,15 @@ def test_a_small_space_gives_the_held_out_subnets_first():
     assert isolated.fit == () and len(isolated.holdout) == 3
     with pytest.raises(ConfigError, match="--holdout must be an integer"):
         plan_end_to_end(((0,),), fit_samples=1, holdout=-1, seed=0)
+
+
+def test_a_few_slow_processes_do_not_tilt_the_fit():
+    # three of the fit points measured in slow processes (+35 %): the robust fit down-weights them and
+    # predicts the held-out subnets as if they were not there; plain least squares would not
+    fit_set = plan(fit_samples=12).fit
+    slow = {fit_set[1], fit_set[4], fit_set[9]}
+    measured = [(s, truth(s) * (1.35 if s in slow else 1.0)) for s in fit_set]
+    fitted = fit_predictor(measured, prior(), ridge=0.0)
+    assert fitted.fit["downweighted_points"] >= 3
+    errors = [abs(fitted.predict(s) / truth(s) - 1) for s in plan(fit_samples=12).holdout]
+    assert max(errors) < 0.02

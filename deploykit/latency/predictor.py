@@ -12,7 +12,9 @@ adjacent pairs of the same two entries share one pair term.
 
 :func:`fit_predictor` fits it by least squares on measured subnets (relative errors, since noise
 scales with latency), shrunk toward the prior (ridge): base free, each δ toward the isolated entries'
-merged − original, each pair term toward 0. The ridge weight is chosen by leave-one-out
+merged − original, each pair term toward 0. The least squares are robust (Huber weights, iteratively
+reweighted): on a shared machine one fresh process in several lands 20–40 % slow, and plain least
+squares let two such points tilt every prediction. The ridge weight is chosen by leave-one-out
 cross-validation over a fixed grid; pair terms are added one type at a time, and only while each lowers
 the leave-one-out error by more than :data:`PAIR_GAIN`. Pure numpy; deterministic.
 
@@ -35,6 +37,9 @@ KIND = "fitted"
 RIDGE_GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e4)
 PAIR_GAIN = 0.02          # a pair type must lower the leave-one-out error by 2 % of itself ...
 PAIR_GAIN_FLOOR = 1e-6    # ... and by more than this (relative error units), so exact fits stop
+HUBER_K = 1.345           # residuals beyond k robust standard deviations are down-weighted (Huber)
+NOISE_FLOOR = 0.01        # the robust scale is at least 1 %: below it every point is an inlier
+IRLS_ITERATIONS = 30
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,8 @@ def fit_predictor(points: Sequence[tuple[Sequence[int], float]], prior: Prior, *
         error, weight = best_error, best_weight
     theta = design.solve(np.arange(len(design.y)), kept, weight)
     in_sample = design.relative_errors(np.arange(len(design.y)), kept, theta)
-    fit = {"method": "ridge least squares on relative errors toward the isolated entries",
+    fit = {"method": "ridge least squares on relative errors toward the isolated entries, Huber-weighted",
+           "downweighted_points": int(np.sum(design.weights(np.arange(len(design.y)), kept, weight) < 1)),
            "points": len(design.y), "ridge": weight, "ridge_chosen_by": "given" if ridge is not None
            else "leave-one-out", "loo_rms_pct": 100 * error,
            "in_sample_rms_pct": 100 * float(np.sqrt(np.mean(in_sample ** 2))),
@@ -210,11 +216,33 @@ class _Design:
         return x, theta0
 
     def solve(self, rows: np.ndarray, kept: list[int], weight: float) -> np.ndarray:
-        """θ minimizing Σ ((y − xθ)/y)² + weight · Σ_{j ≥ 1} ((θ_j − θ0_j)/scale)² over ``rows``."""
+        """The robust fit over ``rows``: :meth:`solve_weighted` with Huber weights, iterated."""
+        return self._robust(rows, kept, weight)[0]
+
+    def weights(self, rows: np.ndarray, kept: list[int], weight: float) -> np.ndarray:
+        """The Huber weight each of ``rows`` ends with (1: an inlier)."""
+        return self._robust(rows, kept, weight)[1]
+
+    def _robust(self, rows: np.ndarray, kept: list[int], weight: float) -> tuple[np.ndarray, np.ndarray]:
+        w = np.ones(len(rows))
+        theta = self.solve_weighted(rows, kept, weight, w)
+        for _ in range(IRLS_ITERATIONS):
+            r = np.abs(self.relative_errors(rows, kept, theta))
+            scale = max(1.4826 * float(np.median(r)), NOISE_FLOOR)
+            new = np.minimum(1.0, HUBER_K * scale / np.maximum(r, 1e-300))
+            if np.allclose(new, w, rtol=0, atol=1e-6):
+                break
+            w = new
+            theta = self.solve_weighted(rows, kept, weight, w)
+        return theta, w
+
+    def solve_weighted(self, rows: np.ndarray, kept: list[int], weight: float, w: np.ndarray) -> np.ndarray:
+        """θ minimizing Σ w ((y − xθ)/y)² + weight · Σ_{j ≥ 1} ((θ_j − θ0_j)/scale)² over ``rows``."""
         x, theta0 = self._columns(kept)
         y = self.y[rows]
-        a = x[rows] / y[:, None]
-        b = (y - x[rows] @ theta0) / y
+        root = np.sqrt(w)
+        a = x[rows] / y[:, None] * root[:, None]
+        b = (y - x[rows] @ theta0) / y * root
         if weight > 0:
             penalty = np.sqrt(weight) / self.scale * np.eye(x.shape[1])[1:]
             a = np.vstack([a, penalty])
