@@ -477,12 +477,20 @@ def chain_latency(pruned) -> float:
 
 
 class Subnets:
+    """Stands in for the end-to-end measurer. ``calls``: one per measurement (a held-out subnet is
+    measured in three processes, in a row); ``subsets``: the subnets measured, in order, once each."""
+
     def __init__(self, die_after: int | None = None):
         self.calls: list[tuple[int, ...]] = []
-        self.die_after = die_after
+        self.die_after = die_after      # interrupt at the first call for a subnet after this many
+
+    @property
+    def subsets(self) -> list[tuple[int, ...]]:
+        return [s for n, s in enumerate(self.calls) if n == 0 or self.calls[n - 1] != s]
 
     def __call__(self, pruned):
-        if self.die_after is not None and len(self.calls) == self.die_after:
+        fresh = not self.calls or self.calls[-1] != tuple(pruned)
+        if self.die_after is not None and fresh and len(self.subsets) == self.die_after:
             raise KeyboardInterrupt
         self.calls.append(tuple(pruned))
         return chain_latency(pruned)
@@ -512,8 +520,10 @@ def test_profile_ends_with_a_fitted_predictor_and_its_held_out_fidelity(tmp_path
     result = profile("two", load_target("cpu-ort"), input_size=32, out=tmp_path / "t.csv",
                      protocol=TINY_PROTOCOL, model=model, end_to_end=options, measure_subnet=rest,
                      progress=lines.append)
-    measured = dying.calls + rest.calls
+    measured = dying.subsets + rest.subsets
     assert len(measured) == len(set(measured)) == 4 + 6 + 10  # nothing measured twice
+    held = [s for s in measured if (dying.calls + rest.calls).count(s) == 3]
+    assert len(held) == 10 and len(dying.calls + rest.calls) == 4 + 6 + 3 * 10  # held-out: 3 processes
     table = LatencyTable.read(tmp_path / "t.csv")
     meta = table.meta
     assert meta.complete and table.groups == ((0, 1, 2), (3, 4, 5))
@@ -554,7 +564,7 @@ def test_the_isolated_predictor_still_stores_its_held_out_fidelity(tmp_path, mon
                      protocol=TINY_PROTOCOL, model=TwoStages().eval(), measure_subnet=subnets,
                      end_to_end=EndToEndOptions(predictor="isolated", holdout=5))
     table = result.table
-    assert table.meta.predictor is None and len(subnets.calls) == 5
+    assert table.meta.predictor is None and len(subnets.subsets) == 5 and len(subnets.calls) == 3 * 5
     assert table.meta.fidelity["predictor"] == "isolated sum" and table.meta.fidelity["n"] == 5
     assert "only 5 held-out subnets" in table.meta.fidelity["note"]
     assert table.predict((1,)) == table.isolated_sum((1,))
@@ -574,6 +584,22 @@ def test_a_rerun_with_the_fitted_predictor_reuses_points_and_drops_a_calibration
     meta = fitted.table.meta
     assert meta.predictor is not None and meta.calibration is None
     assert "calibration was dropped" in meta.notes[-1]
-    assert len(first.calls) == 10 and len(second.calls) == 4 + 4  # the held-out subnets were reused
+    assert len(first.subsets) == 10 and len(second.subsets) == 4 + 4  # the held-out subnets were reused
     assert not set(first.calls) & set(second.calls)
     assert fitted.table.predict((0, 3)) == pytest.approx(chain_latency((0, 3)))
+
+
+def test_a_held_out_subnet_is_the_median_of_three_processes_of_one_export(tmp_path, monkeypatch):
+    from deploykit.latency import endtoend
+    from deploykit.latency.subnets import SubnetMeasurer
+
+    values = iter([12.0, 10.0, 10.5])  # one slow process of three
+    timing = endtoend._median_timing((1, 2), lambda subset: next(values), 3, lambda: 0.5)
+    assert timing.measured_ms == 10.5 and timing.pruned == (1, 2) and timing.load == 0.5
+    exported: list[tuple] = []
+    measurer = SubnetMeasurer("tiny", input_size=(32, 32), batch=1, work=tmp_path, model=tiny().eval(),
+                              time_onnx=lambda path, shape: 1.0)
+    monkeypatch.setattr(measurer, "export", lambda pruned, path: exported.append(pruned) or path.touch())
+    for subset in ((1,), (1,), (1,), (), (1,)):
+        measurer(subset)
+    assert exported == [(1,), (), (1,)]  # the same subnet asked for in a row is exported once

@@ -43,6 +43,7 @@ class SubnetMeasurer:
         self.net = prunable(module.eval(), input_size=tuple(input_size)).eval()
         self.shape = (batch, 3, *input_size)
         self.work, self.time_onnx = work, time_onnx
+        self._exported: tuple[int, ...] | None = None   # the subnet whose ONNX file is in work/
 
     @property
     def prunable_indices(self) -> tuple[int, ...]:
@@ -58,13 +59,16 @@ class SubnetMeasurer:
         return export_onnx(self.net.eval().merge(), self.shape, path)
 
     def __call__(self, pruned: tuple[int, ...]) -> Measurement:
+        """Time the subnet in a fresh process; the same subnet asked for again in a row is not exported
+        again (a held-out subnet is measured in several processes)."""
         if self.time_onnx is None:
             raise TypeError("this SubnetMeasurer was built to export only (no time_onnx)")
-        path = self.export(pruned, self.work / "subnet.onnx")
-        try:
-            return self.time_onnx(path, self.shape)
-        finally:
-            path.unlink(missing_ok=True)
+        path = self.work / "subnet.onnx"
+        if self._exported != tuple(pruned) or not path.is_file():
+            self._exported = None
+            self.export(pruned, path)
+            self._exported = tuple(pruned)
+        return self.time_onnx(path, self.shape)
 
 
 @dataclass(frozen=True)
