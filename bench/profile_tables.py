@@ -78,21 +78,20 @@ def profile_one(target: str, model: str, size: int, say, *, out: Path | None = N
     write_text_atomic(log, done.stdout)
     if done.returncode != 0:
         raise SystemExit(f"{shlex.join(command)} failed (exit {done.returncode}); see {log}")
-    meta = LatencyTable.read(out).meta
-    runs = (meta.conditions or {}).get("runs", [])
+    table = LatencyTable.read(out)
+    runs = (table.meta.conditions or {}).get("runs", [])
     drifts = sum(len((run.get("sentinel") or {}).get("drifts", [])) for run in runs)
-    say(f"  {wall:.0f} s; " + (LatencyTable.read(out).fidelity_line()))
+    say(f"  {wall:.0f} s; {table.fidelity_line()}")
     return {"date": started_at, "target": target, "model": model, "input_size": size, "batch": 1,
-            "wall_s": round(wall, 1), **fidelity_columns(out), "sentinel_drifts": drifts,
-            "model_ms": LatencyTable.read(out).model_latency(), "load_before": load_before,
+            "wall_s": round(wall, 1), **fidelity_columns(table), "sentinel_drifts": drifts,
+            "model_ms": table.model_latency(), "load_before": load_before,
             "load_after": load_average(), "machine": f"{platform.machine()} {cpu_name()}",
             "cpus": os.cpu_count(), "table": str(out.relative_to(ROOT)), "log": str(log.relative_to(ROOT)),
             "command": shlex.join(command)}
 
 
-def fidelity_columns(out: Path) -> dict[str, Any]:
+def fidelity_columns(table: LatencyTable) -> dict[str, Any]:
     """What the profile stored about its prediction, as profile_tables.csv columns."""
-    table = LatencyTable.read(out)
     fidelity = dict(table.meta.fidelity or {})
     repeat = dict(fidelity.get("repeatability") or {})
     return {"predictor": fidelity.get("predictor", ""), "holdout_n": fidelity.get("n"),
@@ -115,8 +114,9 @@ def refit_one(row: dict[str, Any], say) -> dict[str, Any]:
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{shlex.join(command)} failed (exit {done.returncode}): {done.stdout[-500:]}")
-    say(f"  {LatencyTable.read(out).fidelity_line()}")
-    return {**row, **fidelity_columns(out), "refit_s": round(time.perf_counter() - began, 1),
+    table = LatencyTable.read(out)
+    say(f"  {table.fidelity_line()}")
+    return {**row, **fidelity_columns(table), "refit_s": round(time.perf_counter() - began, 1),
             "refit_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "refit_command": shlex.join(command)}
 

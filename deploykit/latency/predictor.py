@@ -165,10 +165,10 @@ def fit_predictor(points: Sequence[tuple[Sequence[int], float]], prior: Prior, *
             break
         kept.append(best_type)
         error, weight = best_error, best_weight
-    theta = design.solve(np.arange(len(design.y)), kept, weight)
+    theta, weights = design.robust(np.arange(len(design.y)), kept, weight)
     in_sample = design.relative_errors(np.arange(len(design.y)), kept, theta)
     fit = {"method": "ridge least squares on relative errors toward the isolated entries, Huber-weighted",
-           "downweighted_points": int(np.sum(design.weights(np.arange(len(design.y)), kept, weight) < 1)),
+           "downweighted_points": int(np.sum(weights < 1)),
            "points": len(design.y), "ridge": weight, "ridge_chosen_by": "given" if ridge is not None
            else "leave-one-out", "loo_rms_pct": 100 * error,
            "in_sample_rms_pct": 100 * float(np.sqrt(np.mean(in_sample ** 2))),
@@ -217,13 +217,10 @@ class _Design:
 
     def solve(self, rows: np.ndarray, kept: list[int], weight: float) -> np.ndarray:
         """The robust fit over ``rows``: :meth:`solve_weighted` with Huber weights, iterated."""
-        return self._robust(rows, kept, weight)[0]
+        return self.robust(rows, kept, weight)[0]
 
-    def weights(self, rows: np.ndarray, kept: list[int], weight: float) -> np.ndarray:
-        """The Huber weight each of ``rows`` ends with (1: an inlier)."""
-        return self._robust(rows, kept, weight)[1]
-
-    def _robust(self, rows: np.ndarray, kept: list[int], weight: float) -> tuple[np.ndarray, np.ndarray]:
+    def robust(self, rows: np.ndarray, kept: list[int], weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """θ and the Huber weight each of ``rows`` ends with (1: an inlier)."""
         w = np.ones(len(rows))
         theta = self.solve_weighted(rows, kept, weight, w)
         for _ in range(IRLS_ITERATIONS):
