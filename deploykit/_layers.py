@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("remote.wire",),  # what travels between agent and client
     ("runtimes", "export", "models", "data"),
     ("targets", "protocol", "subnet", "checkpoints", "macs"),
-    ("fileio", "shapes"),
+    ("fileio", "shapes", "runsettings"),
     ("errors", "progress", "_layers"),
 )
 

@@ -44,13 +44,18 @@ def _add_device_arguments(parser: argparse.ArgumentParser, *, what: str) -> None
     group.add_argument("--device-ca", default=None, metavar="FILE",
                        help="CA or self-signed certificate to verify an https agent with (default: the "
                             "system's CAs)")
+    group.add_argument("--wait-quiet", dest="wait_quiet", type=float, default=None, metavar="S",
+                       help="measuring here: while other processes use the cores a measurement needs, "
+                            "wait up to S seconds for quiet, then measure and flag the figure as "
+                            "contended (default: $DEPLOYKIT_WAIT_QUIET or 30)")
 
 
 def _measuring_host(args):
     """Where the command measures: the --device agent, or this machine."""
     from deploykit.remote.host import measuring_host
 
-    return measuring_host(args.device, token_file=args.token_file, ca_file=args.device_ca)
+    return measuring_host(args.device, token_file=args.token_file, ca_file=args.device_ca,
+                          wait_quiet_s=args.wait_quiet)
 
 
 # --- deploykit blocks ------------------------------------------------------------------------------

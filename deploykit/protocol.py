@@ -18,9 +18,10 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from deploykit.errors import ConfigError, TableError
+from deploykit.runsettings import RunSettings
 
 # Keys older tables and worker replies carry that this protocol no longer uses; read and dropped.
 _LEGACY_PROTOCOL_KEYS = ("max_cv",)
@@ -42,8 +43,9 @@ class Protocol:
       (2 %) of the median the figure is steady and sampling stops. Otherwise another round is
       sampled, up to ``max_repeats`` = 5 rounds and no new round once ``max_time_s`` = 10 s of
       sampling is spent; the figure is then reported as it is, with its (wide) interval;
-    - ``threads``: intra-op CPU threads; ``None`` takes the target's ``threads`` (and where that is
-      ``None`` too, the runtime's default: all physical cores). GPU runtimes ignore it.
+    - ``threads``, ``spinning``: explicit run settings (:mod:`deploykit.runsettings`) that override the
+      target's; ``None`` takes the target's (and where that is ``None`` too, the runtime's default).
+      GPU runtimes ignore them. :meth:`apply_settings` puts them on the target.
     """
 
     warmup_s: float = 0.2
@@ -55,6 +57,7 @@ class Protocol:
     max_repeats: int = 5
     max_time_s: float = 10.0
     threads: int | None = None
+    spinning: bool | None = None
 
     def __post_init__(self) -> None:
         _check_number("warmup_s", self.warmup_s, minimum=0.0, integer=False)
@@ -69,6 +72,10 @@ class Protocol:
         _check_number("max_time_s", self.max_time_s, minimum=0.0, integer=False)
         if self.threads is not None:
             _check_number("threads", self.threads, minimum=1, integer=True)
+        try:
+            self.explicit_settings()
+        except ConfigError as error:
+            raise ConfigError(f"protocol {error}") from None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +98,20 @@ class Protocol:
         values = {f.name: getattr(args, f.name) for f in fields(cls)
                   if getattr(args, f.name, None) is not None}
         return cls(**values)
+
+    def explicit_settings(self) -> RunSettings:
+        """The run settings this protocol fixes (``--threads``, ``--spinning``); None fields: the target's."""
+        return RunSettings(threads=self.threads, spinning=self.spinning)
+
+    def apply_settings(self, target):
+        """``target`` with this protocol's explicit settings over its own; a setting given here is no
+        longer left to ``auto``. The same target when nothing is given."""
+        explicit = self.explicit_settings().given()
+        if not explicit:
+            return target
+        settings = self.explicit_settings().over(target.settings)
+        auto = tuple(key for key in target.auto_settings if key not in explicit)
+        return replace(target.with_settings(settings), auto_settings=auto)
 
     def resolve_threads(self, target_threads: int | None) -> int | None:
         """The thread count to run with: this protocol's, else the target's, else None (runtime default)."""
@@ -132,7 +153,18 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
                        help="no new sampling round once this many seconds were spent sampling "
                             f"(default: {d.max_time_s})")
     group.add_argument("--threads", dest="threads", type=int, default=None, metavar="N",
-                       help="intra-op CPU threads (default: the target's setting)")
+                       help="intra-op CPU threads (default: the target's setting; `auto` in a target "
+                            "is chosen by a short probe when a profile starts)")
+    group.add_argument("--spinning", dest="spinning", type=_on_off, default=None, metavar="on|off",
+                       help="onnxruntime CPU: idle intra-op threads spin (on) or sleep (off) "
+                            "(default: the target's setting)")
+
+
+def _on_off(text: str) -> bool:
+    value = {"on": True, "off": False, "true": True, "false": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return value
 
 
 # --- the confidence interval of a median -----------------------------------------------------------
@@ -196,7 +228,8 @@ class Measurement:
     sample standard deviation (n − 1), ``cv`` = std / mean, ``p90_ms`` the 90th percentile with linear
     interpolation (numpy's default). ``repeats`` is how many sampling rounds were taken (1 when the
     first was steady). ``compile_s`` and ``first_run_ms`` are filled by the runtime backend and are
-    never part of the samples.
+    never part of the samples. ``others_cpu`` and ``contended`` are the contention guard's
+    (:mod:`deploykit.latency.contention`).
     """
 
     median_ms: float
@@ -212,6 +245,10 @@ class Measurement:
     ci_low_ms: float = math.nan
     ci_high_ms: float = math.nan
     ci_half_width: float = math.nan
+    # The contention guard's reading (deploykit.latency.contention): other processes' CPU, in cores,
+    # around the measurement (nan: not watched), and whether that was more than the measurement allowed.
+    others_cpu: float = math.nan
+    contended: bool = False
 
     @property
     def steady_within(self) -> float:
@@ -240,7 +277,7 @@ class Measurement:
             raise TableError(f"malformed measurement record: missing {missing or 'nothing'}, "
                              f"unknown {unknown or 'nothing'}")
         values["samples_ms"] = tuple(float(x) for x in values["samples_ms"])
-        for name in ("ci_low_ms", "ci_high_ms", "ci_half_width"):  # JSON has no nan: null stands for it
+        for name in ("ci_low_ms", "ci_high_ms", "ci_half_width", "others_cpu"):  # JSON null stands for nan
             if values.get(name) is None:
                 values[name] = math.nan
         return cls(**values)

@@ -11,13 +11,20 @@ A target file (``targets/<name>.yaml``) holds exactly these keys::
     precision: fp16                       # fp32 | fp16 | int8
     batch: 128
     input_size: [224, 224]                # height, width (or one int)
-    threads: null                         # intra-op CPU threads; null = the runtime's default
+    threads: auto                         # intra-op CPU threads: N, null (the runtime's default) or auto
+    spinning: auto                        # onnxruntime CPU: idle threads spin (true) or sleep (false)
+    streams: null                         # OpenVINO: NUM_STREAMS
+    pinning: null                         # OpenVINO: ENABLE_CPU_PINNING
     host_arch: null                       # x86_64 | aarch64: the machine must be of this architecture
     device_match: MI100                   # the device name found here must contain this (case-insensitive)
     peak:                                 # for roofline estimates only
       flops: {fp32: 46.1e+12, fp16: 184.6e+12}   # FLOP/s per precision
       bandwidth: 1.2288e+12                      # bytes/s
       source: where the figures come from
+
+The run settings (``threads``, ``spinning``, ``streams``, ``pinning``; see
+:mod:`deploykit.runtimes.settings`) may be ``auto``: ``deploykit profile`` chooses them by a probe and
+the table records the choice. Which settings a runtime honours is the backend's business.
 
 Unknown keys and bad values are ConfigErrors naming the file and the key. Parsing is pure: it asks
 no runtime. Whether the named runtime exists and can serve the target as written (its provider,
@@ -30,12 +37,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import yaml
 
 from deploykit.errors import ConfigError
+from deploykit.runsettings import AUTO, SETTING_KEYS, RunSettings, check_setting
 from deploykit.shapes import SIZE_RULE, input_size_or_none
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -71,6 +79,20 @@ class Target:
     path: str
     host_arch: str | None = None
     device_match: str | None = None
+    spinning: bool | None = None
+    streams: int | None = None
+    pinning: bool | None = None
+    auto_settings: tuple[str, ...] = ()  # the settings the file leaves to the probe ("auto")
+
+    @property
+    def settings(self) -> RunSettings:
+        """The run settings as given (an ``auto`` one reads as the runtime's default, None)."""
+        return RunSettings(threads=self.threads, spinning=self.spinning, streams=self.streams,
+                           pinning=self.pinning)
+
+    def with_settings(self, settings: RunSettings) -> Target:
+        """This target with ``settings`` (nothing left to ``auto``)."""
+        return replace(self, **settings.as_dict(), auto_settings=())
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -81,6 +103,8 @@ class Target:
         """The target as its YAML keys (plus ``path``); :func:`target_from_dict` reads it back."""
         data = asdict(self)
         data["input_size"] = list(self.input_size)
+        for key in data.pop("auto_settings"):
+            data[key] = AUTO
         return data
 
     def error(self, key: str, message: str) -> ConfigError:
@@ -143,7 +167,7 @@ def _display(path: Path) -> str:
 
 
 _REQUIRED = ("description", "device", "runtime", "precision", "batch", "input_size", "peak")
-_OPTIONAL = ("name", "provider", "runtime_device", "threads", "host_arch", "device_match")
+_OPTIONAL = ("name", "provider", "runtime_device", "host_arch", "device_match", *SETTING_KEYS)
 _PEAK_KEYS = ("flops", "bandwidth", "source")
 
 
@@ -170,11 +194,15 @@ class _Parser:
             precision=self.choice(raw, "precision", PRECISIONS),
             batch=self.positive_int(raw, "batch"),
             input_size=self.input_size(raw),
-            threads=self.positive_int(raw, "threads", optional=True),
+            threads=self.setting(raw, "threads"),
             peak=self.peak(raw["peak"]),
             path=self.path,
             host_arch=self.choice(raw, "host_arch", ARCHES, optional=True),
             device_match=self.text(raw, "device_match", default=None),
+            spinning=self.setting(raw, "spinning"),
+            streams=self.setting(raw, "streams"),
+            pinning=self.setting(raw, "pinning"),
+            auto_settings=tuple(key for key in SETTING_KEYS if raw.get(key) == AUTO),
         )
         if target.precision not in target.peak.flops:
             raise self.error("peak.flops", f"no figure for the target's precision {target.precision}")
@@ -214,6 +242,17 @@ class _Parser:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise self.error(key, f"must be a positive integer{' or null' if optional else ''}, "
                                   f"got {value!r}")
+        return value
+
+    def setting(self, raw: Mapping, key: str):
+        """A run setting's value; None for null and for ``auto`` (recorded apart, in auto_settings)."""
+        value = raw.get(key)
+        if value == AUTO:
+            return None
+        try:
+            check_setting(key, value)
+        except ConfigError as error:
+            raise self.error(key, str(error)) from None
         return value
 
     def input_size(self, raw: Mapping) -> tuple[int, int]:

@@ -49,6 +49,9 @@ class Fingerprint:
     provider: str | None
     device: str                     # the device string the runtime backend reports
     threads: int | None             # intra-op threads (None: the runtime's default)
+    # The other run settings (deploykit.runsettings), e.g. "spinning=off"; None: the runtime's
+    # defaults (left out of as_dict then, so fingerprints from before settings keep their id).
+    settings: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "isa", tuple(sorted(set(self.isa))))
@@ -62,6 +65,8 @@ class Fingerprint:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["isa"] = list(self.isa)
+        if data["settings"] is None:
+            del data["settings"]
         return data
 
     @classmethod
@@ -101,7 +106,7 @@ class Fingerprint:
 # --- this machine ----------------------------------------------------------------------------------
 
 def this_machine(*, runtime: str, runtime_version: str, provider: str | None, device: str,
-                 threads: int | None, proc: Path = Path("/proc")) -> Fingerprint:
+                 threads: int | None, settings: str | None = None, proc: Path = Path("/proc")) -> Fingerprint:
     """The fingerprint of this machine for the given runtime facts (see :func:`for_target`)."""
     cpuinfo = _read(proc / "cpuinfo")
     return Fingerprint(cpu=hostinfo.cpu_name(), arch=hostinfo.machine_arch(),
@@ -109,7 +114,16 @@ def this_machine(*, runtime: str, runtime_version: str, provider: str | None, de
                        usable_cores=_usable_cores(), isa=isa_flags(cpuinfo),
                        memory_gib=memory_gib(_read(proc / "meminfo")), os=platform.system(),
                        kernel=platform.release(), runtime=runtime, runtime_version=runtime_version,
-                       provider=provider, device=device, threads=threads)
+                       provider=provider, device=device, threads=threads, settings=settings)
+
+
+def settings_text(target: Any) -> str | None:
+    """The target's run settings other than threads as the fingerprint keeps them (``spinning=off``)."""
+    given = {k: v for k, v in target.settings.given().items() if k != "threads"}
+    if not given:
+        return None
+    shown = {True: "on", False: "off"}
+    return ",".join(f"{k}={shown.get(v, v) if isinstance(v, bool) else v}" for k, v in sorted(given.items()))
 
 
 def for_target(target: Any, *, threads: int | None) -> Fingerprint:
@@ -123,7 +137,8 @@ def for_target(target: Any, *, threads: int | None) -> Fingerprint:
     except DeployKitError:
         info = {"runtime": target.runtime, "runtime_version": NOT_INSTALLED, "device": NOT_INSTALLED}
     return this_machine(runtime=info["runtime"], runtime_version=info["runtime_version"],
-                       provider=target.provider, device=info["device"], threads=threads)
+                       provider=target.provider, device=info["device"], threads=threads,
+                       settings=settings_text(target))
 
 
 def physical_cores(cpuinfo: str) -> int | None:
@@ -221,6 +236,9 @@ def differences(a: Fingerprint, b: Fingerprint, *, names: tuple[str, str] = ("ta
         lines.append(f"device: {first} {a.device!r}, {second} {b.device!r}")
     if a.threads != b.threads:
         lines.append(f"threads: {first} {_threads(a.threads)}, {second} {_threads(b.threads)}")
+    if a.settings != b.settings:
+        lines.append(f"run settings: {first} {a.settings or 'runtime defaults'}, {second} "
+                     f"{b.settings or 'runtime defaults'}")
     return lines
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from deploykit.latency.contention import ContentionGuard, GuardPolicy
     from deploykit.latency.fingerprint import Fingerprint
     from deploykit.protocol import Measurement, Protocol
     from deploykit.remote.wire import SeededOutputs
@@ -81,7 +82,21 @@ class MeasureHost(ABC):
 
 
 class LocalHost(MeasureHost):
-    """This machine: every measurement in a fresh worker process here; outputs in this process."""
+    """This machine: every measurement in a fresh worker process here, behind the contention guard
+    (:mod:`deploykit.latency.contention`: wait for quiet, flag what was not); outputs in this process.
+    ``guard``: a guard policy (default: :func:`deploykit.latency.contention.policy_from_env`)."""
+
+    def __init__(self, guard: GuardPolicy | None = None):
+        self._policy = guard
+        self._guard: ContentionGuard | None = None
+
+    @property
+    def guard(self) -> ContentionGuard:
+        if self._guard is None:
+            from deploykit.latency.contention import ContentionGuard, policy_from_env
+
+            self._guard = ContentionGuard(self._policy or policy_from_env())
+        return self._guard
 
     def describe(self) -> str:
         return "this machine"
@@ -95,8 +110,11 @@ class LocalHost(MeasureHost):
                 input_shape: Sequence[int], timeout_s: float | None = None) -> Measurement:
         from deploykit.latency.measure import measure_onnx
 
-        return measure_onnx(onnx_path, target=target, protocol=protocol, input_shape=input_shape,
-                            timeout_s=timeout_s)
+        threads = protocol.apply_settings(target).threads
+        return self.guard.measure(
+            lambda: measure_onnx(onnx_path, target=target, protocol=protocol, input_shape=input_shape,
+                                 timeout_s=timeout_s),
+            threads=threads, what=Path(onnx_path).name)
 
     def outputs(self, onnx_path: str | Path, *, target: Target, input_shape: Sequence[int], seed: int,
                 n_inputs: int) -> SeededOutputs:

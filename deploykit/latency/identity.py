@@ -29,6 +29,7 @@ from deploykit.errors import ConfigError, DeployKitError, RuntimeUnavailableErro
 from deploykit.latency.fingerprint import NOT_INSTALLED, Fingerprint, differences, for_target, this_machine
 from deploykit.latency.table import LatencyTable, TableMeta
 from deploykit.progress import Progress, silent
+from deploykit.runsettings import RunSettings, differing
 
 if TYPE_CHECKING:
     from deploykit.latency.host import MeasureHost
@@ -63,6 +64,7 @@ def here_for(meta: TableMeta, host: MeasureHost | None = None) -> Fingerprint:
             raise
         return this_machine(runtime=meta.runtime, runtime_version=f"unknown (no target {meta.target} here)",
                             provider=meta.provider, device=NOT_INSTALLED, threads=meta.threads)
+    target = target.with_settings(meta.measured_with())
     if host is None:
         return for_target(target, threads=meta.threads)
     return host.fingerprint(target, threads=meta.threads)
@@ -159,7 +161,23 @@ def measuring_setup(table: LatencyTable, *, doing: str, host: MeasureHost | None
         protocol = Protocol.from_dict(meta.protocol)
     except ConfigError as error:
         raise TableError(f"{table.path}: the table's protocol is malformed: {error}") from None
-    return target, protocol
+    return with_table_settings(target, table), protocol
+
+
+def with_table_settings(target: Any, table: LatencyTable, asked: RunSettings | None = None) -> Any:
+    """``target`` with the run settings ``table`` was measured with: a table is used only with those.
+    ``asked``: settings the user gave explicitly (``--threads``, ``--spinning``); one that differs from
+    the table's is a ConfigError saying both."""
+    measured = table.meta.measured_with()
+    if asked is not None:
+        clash = differing(asked.over(measured), measured)
+        if clash:
+            where = table.path or "the latency table"
+            asked_text = "; ".join(line.replace(" vs ", " instead of ", 1) for line in clash)
+            raise ConfigError(f"{where} was measured with {measured.describe()}; you asked for "
+                              f"{asked_text}: a table is used only with the settings it was measured with "
+                              "(profile it again with yours for a table of them)")
+    return target.with_settings(measured)
 
 
 # --- rescalings --------------------------------------------------------------------------------------

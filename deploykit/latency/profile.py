@@ -47,6 +47,7 @@ from deploykit.latency.estimate import Roofline, estimate_onnx
 from deploykit.latency.fingerprint import Fingerprint, differences
 from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.options import EndToEndOptions
+from deploykit.latency.probe import PROBE_PROCESSES, ProbeResult, candidates, run_probe
 from deploykit.latency.sentinel import Sentinel, SentinelPolicy
 from deploykit.latency.subnets import Measurer, SubnetMeasurer
 from deploykit.latency.table import (
@@ -62,6 +63,7 @@ from deploykit.latency.table import (
 from deploykit.macs import count_macs, eval_mode
 from deploykit.progress import Progress, silent
 from deploykit.prune import prunable
+from deploykit.runsettings import RunSettings
 from deploykit.shapes import check_input_size, format_shape
 from deploykit.subnet import format_block_ranges, format_indices
 
@@ -367,22 +369,27 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
         time_entry = _estimator(roofline)
     else:
         protocol = _protocol(protocol)
+        target = protocol.apply_settings(target)
         _require_available(target, host)
-        meta = _measured_meta(model_name, target, size, batch, protocol, host)
-        time_entry = _measurer(target, protocol, host)
-        if host.url is not None:
-            say(f"measuring on {host.describe()} ({meta.device_string}, {meta.runtime} "
-                f"{meta.runtime_version}; fingerprint {meta.fingerprint['id']})")
     path = table_path(out) if out is not None else default_table_path(model_name, target.name, size, batch,
                                                                      estimate=estimate)
     options = end_to_end if end_to_end is not None else EndToEndOptions()
     check_output_files(path, meta_path(path))  # before measuring anything, not at the first entry
-    table, work_path = _open_table(path, meta, force=force, allow_mismatch=allow_mismatch, say=say)
     if model is None:
         from deploykit.models import create_model
 
         model = create_model(model_name, input_size=size)
     entries = find_entries(model.eval(), model_name=model_name, input_size=size)
+    probe = None
+    if not estimate:
+        target, probe = _settle_settings(target, entries[-1], batch=batch, protocol=protocol, host=host,
+                                         resumed=_resumed_settings(path, force=force), opset=opset, say=say)
+        meta = _measured_meta(model_name, target, size, batch, protocol, host, probe=probe)
+        time_entry = _measurer(target, protocol, host)
+        if host.url is not None:
+            say(f"measuring on {host.describe()} ({meta.device_string}, {meta.runtime} "
+                f"{meta.runtime_version}; fingerprint {meta.fingerprint['id']})")
+    table, work_path = _open_table(path, meta, force=force, allow_mismatch=allow_mismatch, say=say)
     try:
         _check_same_model(table, entries, work_path)
     except TableError:
@@ -591,15 +598,59 @@ def _base_meta(model_name: str, target: Any, size: tuple[int, int], batch: int) 
                 deploykit_version=__version__)
 
 
-def _measured_meta(model_name: str, target: Any, size, batch: int, protocol, host: MeasureHost) -> TableMeta:
-    """The metadata of a table measured where ``host`` measures: its runtime, device and fingerprint."""
+def _measured_meta(model_name: str, target: Any, size, batch: int, protocol, host: MeasureHost, *,
+                   probe: ProbeResult | None = None) -> TableMeta:
+    """The metadata of a table measured where ``host`` measures: its runtime, device, fingerprint and
+    the run settings (``target``'s, settled) with the probe that chose them."""
     info = host.runtime_info(target)
-    threads = protocol.resolve_threads(target.threads)
-    here = host.fingerprint(target, threads=threads)
+    here = host.fingerprint(target, threads=target.threads)
     return TableMeta(**_base_meta(model_name, target, size, batch), mode="measured",
                      device_string=info["device"], runtime_version=info["runtime_version"],
-                     threads=threads, protocol=protocol.as_dict(), fingerprint=here.stored(),
-                     device_url=host.url)
+                     threads=target.threads, protocol=protocol.as_dict(), fingerprint=here.stored(),
+                     device_url=host.url, run_settings=target.settings.as_dict(),
+                     settings_probe=probe.as_dict() if probe is not None else None)
+
+
+def _resumed_settings(path: Path, *, force: bool) -> RunSettings | None:
+    """The run settings of the table this profile would resume (the pending one with ``force``)."""
+    candidate = pending_path(path) if force else path
+    if not meta_path(candidate).exists():
+        return None
+    try:
+        meta = read_meta(candidate)
+    except TableError:
+        return None  # _open_table says what is wrong with it
+    return meta.measured_with() if meta.run_settings is not None else None
+
+
+def _settle_settings(target: Any, model_entry: Entry, *, batch: int, protocol, host: MeasureHost,
+                     resumed: RunSettings | None, opset: int | None,
+                     say: Progress) -> tuple[Any, ProbeResult | None]:
+    """``target`` with every run setting fixed: a resumed table's, else the probe's choice for what the
+    target leaves to ``auto`` (printed as a small table), else the target's own."""
+    if not target.auto_settings:
+        return target.with_settings(target.settings), None
+    if resumed is not None:
+        say(f"run settings of the table being resumed: {resumed.describe()}")
+        return target.with_settings(resumed), None
+    from deploykit.runtimes import check_target
+
+    fingerprint = host.fingerprint(target, threads=None)
+    takes = check_target(target).setting_keys(target)
+    options = candidates(target.settings, target.auto_settings, takes=takes,
+                         physical_cores=fingerprint.physical_cores or fingerprint.usable_cores or 1)
+    if len(options) == 1:
+        return target.with_settings(options[0]), None
+    say(f"settings probe: {len(options)} candidates ({'; '.join(o.describe() for o in options)}), the whole "
+        f"model in {PROBE_PROCESSES} fresh processes each, interleaved")
+    with tempfile.TemporaryDirectory(prefix="deploykit-probe-") as folder:
+        onnx_file = _export(model_entry, batch, Path(folder) / "model.onnx", opset)
+        shape = (batch, *model_entry.in_shape)
+        result = run_probe(options, lambda s: host.measure(onnx_file, target=target.with_settings(s),
+                                                           protocol=protocol, input_shape=shape).median_ms)
+    say(result.table())
+    say(f"run settings: {result.chosen.describe()} ({result.reason})")
+    return target.with_settings(result.chosen), result
 
 
 def _estimated_meta(model_name: str, target: Any, size, batch: int, roofline: Roofline) -> TableMeta:
@@ -612,12 +663,17 @@ def _estimated_meta(model_name: str, target: Any, size, batch: int, roofline: Ro
 def _measurer(target: Any, protocol, host: MeasureHost) -> Callable[[Path, tuple[int, ...]], dict[str, Any]]:
     def time_entry(onnx_file: Path, input_shape: tuple[int, ...]) -> dict[str, float]:
         result = host.measure(onnx_file, target=target, protocol=protocol, input_shape=input_shape)
-        return {name: float(getattr(result, name)) for name in _STAT_NAMES}
+        return measurement_stats(result)
     return time_entry
 
 
 _STAT_NAMES = ("median_ms", "p90_ms", "mean_ms", "std_ms", "cv", "n", "repeats", "compile_s", "first_run_ms",
-               "ci_low_ms", "ci_high_ms", "ci_half_width")
+               "ci_low_ms", "ci_high_ms", "ci_half_width", "others_cpu", "contended")
+
+
+def measurement_stats(result) -> dict[str, float]:
+    """A measurement's figures as a table row holds them (floats; ``contended`` as 1.0 or 0.0)."""
+    return {name: float(getattr(result, name)) for name in _STAT_NAMES}
 
 
 def _estimator(roofline: Roofline) -> Callable[[Path, tuple[int, ...]], dict[str, float]]:

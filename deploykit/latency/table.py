@@ -32,9 +32,10 @@ from typing import Any
 
 import pandas as pd
 
-from deploykit.errors import TableError, one_line
+from deploykit.errors import ConfigError, TableError, one_line
 from deploykit.fileio import check_output_files, read_json, write_json_atomic, write_text_atomic
 from deploykit.latency.predictor import Predictor
+from deploykit.runsettings import RunSettings
 from deploykit.shapes import check_input_size
 from deploykit.subnet import Subnet, format_block_ranges, parse_indices
 
@@ -50,14 +51,17 @@ COLUMNS: dict[str, type] = {
     "n": int, "repeats": int, "compile_s": float, "first_run_ms": float,
     "source": str, "measured_at": str,
     "ci_low_ms": float, "ci_high_ms": float, "ci_half_width": float,
+    "others_cpu": float, "contended": float,
 }
 _REQUIRED_NUMBERS = ("count", "macs", "median_ms", "n", "repeats")
 # Columns added after tables were shipped: a table without them reads with empty (nan) values.
-OPTIONAL_COLUMNS = ("ci_low_ms", "ci_high_ms", "ci_half_width")
+# others_cpu / contended: the contention guard's reading (cores other processes used; 1.0 when that was
+# more than the measurement allowed, i.e. the figure is flagged).
+OPTIONAL_COLUMNS = ("ci_low_ms", "ci_high_ms", "ci_half_width", "others_cpu", "contended")
 
 # Settings a resumed table must share with the run that continues it.
 SETTINGS = ("model", "target", "mode", "device", "device_string", "runtime", "runtime_version",
-            "provider", "precision", "batch", "input_size", "threads", "protocol", "estimate")
+            "provider", "precision", "batch", "input_size", "threads", "run_settings", "protocol", "estimate")
 # Of those, the ones that describe the machine rather than the request (--allow-mismatch covers them),
 # with the machine's fingerprint (compared apart: it is not a setting of the request).
 ENVIRONMENT = ("device_string", "runtime_version", "fingerprint")
@@ -100,6 +104,11 @@ class TableMeta:
     # The device agent the rows were measured through (``--device URL``); None: measured where profiled.
     # The machine itself is the fingerprint (the device's, never the client's).
     device_url: str | None = None
+    # The run settings every row was measured with (RunSettings.as_dict(); None: a table from before
+    # settings were recorded, measured with ``threads`` and the runtime's defaults otherwise), and the
+    # probe that chose them where the target left them to ``auto``.
+    run_settings: Mapping[str, Any] | None = None
+    settings_probe: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -110,12 +119,18 @@ class TableMeta:
                            check_input_size(self.input_size, what="table input_size", error=TableError))
         object.__setattr__(self, "protocol", dict(self.protocol or {}))
         object.__setattr__(self, "notes", tuple(self.notes))
-        for name in ("estimate", "predictor", "fidelity", "layout", "fingerprint", "anchors", "conditions"):
+        for name in ("estimate", "predictor", "fidelity", "layout", "fingerprint", "anchors", "conditions",
+                     "run_settings", "settings_probe"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Mapping):
                 raise TableError(f"table {name} must be a JSON object, got {value!r}")
             if value is not None:
                 object.__setattr__(self, name, dict(value))
+        if self.run_settings is not None:
+            try:
+                RunSettings.from_dict(self.run_settings, what="table run_settings")
+            except ConfigError as error:
+                raise TableError(str(error)) from None
         if self.predictor is not None:
             Predictor.from_dict(self.predictor)  # malformed: an error now, not at the first prediction
         if self.layout is not None:
@@ -154,6 +169,13 @@ class TableMeta:
             return cls(**data)
         except TypeError as error:
             raise TableError(f"malformed table metadata: {error}") from None
+
+    def measured_with(self) -> RunSettings:
+        """The run settings the rows were measured with (an older table: its ``threads``, the
+        runtime's defaults otherwise)."""
+        if self.run_settings is not None:
+            return RunSettings.from_dict(self.run_settings)
+        return RunSettings(threads=self.threads)
 
     def settings(self) -> dict[str, Any]:
         """The fields that must agree between a table and a run that resumes it."""

@@ -42,7 +42,8 @@ def handle(request: dict, *, pin: bool = False) -> dict:
     if seeds is not None:
         return _run(target, onnx_path, input_shape, *seeds)
     backend = check_target(target)
-    affinity = hostinfo.pin_to_cores(protocol.resolve_threads(target.threads)) if pin else None
+    target = protocol.apply_settings(target)
+    affinity = hostinfo.pin_to_cores(target.threads) if pin else None
     measurement = backend.profile(onnx_path, target=target, protocol=protocol, input_shape=input_shape)
     return {"ok": True, "measurement": measurement.as_dict(), "runtime_version": backend.version(),
             "device": backend.device_string(target), "affinity": list(affinity) if affinity else None}

@@ -115,13 +115,19 @@ class RemoteHost(MeasureHost):
 
 
 def measuring_host(device: str | None, *, token_file: str | Path | None = None,
-                   ca_file: str | Path | None = None, retry: RetryPolicy | None = None) -> MeasureHost:
+                   ca_file: str | Path | None = None, retry: RetryPolicy | None = None,
+                   wait_quiet_s: float | None = None) -> MeasureHost:
     """Where the stages measure: the device agent at ``device`` (its token from ``token_file``, else
     ``$DEPLOYKIT_DEVICE_TOKEN``; TLS verified against ``ca_file``), or this machine when ``device`` is
-    None. A token or CA file without a device is a ConfigError (it would be ignored)."""
+    None. A token or CA file without a device is a ConfigError (it would be ignored). ``wait_quiet_s``:
+    the contention guard's longest wait here (the agent guards its own machine)."""
     if device is None:
         if token_file is not None or ca_file is not None:
             raise ConfigError("--token-file and --device-ca go with --device URL")
-        return LocalHost()
+        if wait_quiet_s is None:
+            return LocalHost()
+        from deploykit.latency.contention import GuardPolicy
+
+        return LocalHost(GuardPolicy(wait_quiet_s=wait_quiet_s))
     options = {"retry": retry} if retry is not None else {}
     return RemoteHost(DeviceClient.connect(device, token_file=token_file, ca_file=ca_file, **options))

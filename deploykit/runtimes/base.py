@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 import numpy as np
 
 from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError, one_line
+from deploykit.runsettings import SETTING_KEYS
 from deploykit.runtimes import hostinfo
 from deploykit.shapes import check_input_shape
 
@@ -137,6 +138,21 @@ class RuntimeBackend(ABC):
                                  f"not {target.precision}")
         if target.provider is not None:
             return "provider", f"provider is only for runtime onnxruntime, not {self.name}"
+        return self.settings_problem(target)
+
+    def setting_keys(self, target: Target) -> tuple[str, ...]:
+        """The run settings (:mod:`deploykit.runsettings`) this backend applies for ``target``; a target
+        that sets another one is refused. ``threads`` is taken everywhere (GPU runtimes ignore it)."""
+        return ("threads",)
+
+    def settings_problem(self, target: Target) -> tuple[str, str] | None:
+        """``(key, message)`` for a run setting ``target`` sets (or leaves to ``auto``) that this
+        backend does not apply, else None."""
+        takes = self.setting_keys(target)
+        for key in SETTING_KEYS:
+            if key not in takes and (getattr(target, key) is not None or key in target.auto_settings):
+                return key, (f"{self.name} does not apply {key} for this target (it takes "
+                             f"{', '.join(takes)}); leave {key} out or null")
         return None
 
     def validate_target(self, target: Target) -> None:
@@ -192,8 +208,9 @@ class RuntimeBackend(ABC):
                 input_shape: Sequence[int]) -> Measurement:
         """Open a session (timed → ``compile_s``), time its first run apart (``first_run_ms``), then
         measure its timed runner under ``protocol``. Refuses what :meth:`session` refuses."""
+        target = protocol.apply_settings(target)
         path, shape = self._check_request(onnx_path, target, input_shape, doing="profile")
-        with self._open(path, target, shape, protocol.resolve_threads(target.threads)) as session:
+        with self._open(path, target, shape, target.threads) as session:
             return time_and_measure(session.timed_runner(), protocol, compile_s=session.compile_s,
                                     what=session.what, clock=self.clock)
 

@@ -81,6 +81,9 @@ class OnnxRuntimeBackend(RuntimeBackend):
         if target.precision not in provider_precisions(provider):
             return "precision", (f"{provider} supports precision "
                                  f"{', '.join(provider_precisions(provider))}, not {target.precision}")
+        problem = self.settings_problem(target)
+        if problem:
+            return problem
         if target.runtime_device is not None:
             if provider not in _DEVICE_OPTION:
                 return "runtime_device", f"{provider} takes no runtime_device (got {target.runtime_device!r})"
@@ -89,6 +92,10 @@ class OnnxRuntimeBackend(RuntimeBackend):
                 return "runtime_device", (f"{provider} expects a device index such as '0' for {option}, "
                                           f"got {target.runtime_device!r}")
         return None
+
+    def setting_keys(self, target: Target) -> tuple[str, ...]:
+        # the wait policy is the CPU provider's thread pool; other providers run their own
+        return ("threads", "spinning") if (target.provider or CPU) == CPU else ("threads",)
 
     def _unavailable_reason(self, target: Target) -> str | None:
         try:
@@ -137,7 +144,8 @@ class OnnxRuntimeBackend(RuntimeBackend):
             if target.precision == "fp16" and provider in _FP16_BY_CONVERSION:
                 source = convert_to_fp16(onnx_path, Path(scratch.name) / "model_fp16.onnx")
             session = create_session(source, provider=provider,
-                                     options=provider_options(target, threads=threads), threads=threads)
+                                     options=provider_options(target, threads=threads), threads=threads,
+                                     spinning=target.spinning)
             return OnnxRuntimeSession(session, path=onnx_path, input_shape=input_shape,
                                       precision=target.precision, device=device_index(target),
                                       scratch=scratch)
@@ -221,8 +229,9 @@ def provider_options(target: Target, *, threads: int | None = None) -> dict[str,
 
 
 def create_session(onnx_path: str | Path, *, provider: str, options: dict[str, str] | None = None,
-                   threads: int | None = None):
+                   threads: int | None = None, spinning: bool | None = None):
     """A fresh ``InferenceSession`` on exactly ``provider``; RuntimeUnavailableError if it is not.
+    ``spinning`` sets ``session.intra_op.allow_spinning`` (None: onnxruntime's default, on).
 
     onnxruntime adds the CPU provider behind any other one (for the few nodes a GPU provider leaves,
     such as shape arithmetic), so CPU after the requested provider is accepted; a session whose
@@ -236,6 +245,8 @@ def create_session(onnx_path: str | Path, *, provider: str, options: dict[str, s
     so.intra_op_num_threads = threads or 0  # 0: onnxruntime's default, one per physical core
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # errors only: a missing provider is reported by the check below
+    for key, value in session_config(spinning=spinning).items():
+        so.add_session_config_entry(key, value)
     providers = [provider] if not options else [(provider, dict(options))]
     try:
         with warnings.catch_warnings():  # "Specified provider ... is not in available provider names":
@@ -245,6 +256,11 @@ def create_session(onnx_path: str | Path, *, provider: str, options: dict[str, s
         raise ModelError(f"onnxruntime ({provider}) cannot load {onnx_path}: {one_line(error)}") from None
     check_providers(session.get_providers(), provider)
     return session
+
+
+def session_config(*, spinning: bool | None) -> dict[str, str]:
+    """The session config entries a run setting implies (asserted as data in the tests)."""
+    return {} if spinning is None else {"session.intra_op.allow_spinning": "1" if spinning else "0"}
 
 
 def check_providers(actual: list[str], requested: str) -> None:

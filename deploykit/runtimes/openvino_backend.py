@@ -47,6 +47,9 @@ class OpenVINOBackend(RuntimeBackend):
                                       f"got {device!r} (AUTO/MULTI/HETERO would choose the device silently)")
         return None
 
+    def setting_keys(self, target: Target) -> tuple[str, ...]:
+        return ("threads", "streams", "pinning") if _device(target).startswith("CPU") else ("threads",)
+
     def _unavailable_reason(self, target: Target) -> str | None:
         try:
             import openvino as ov
@@ -80,10 +83,7 @@ class OpenVINOBackend(RuntimeBackend):
 
         device = _device(target)
         single_input(input_names(onnx_path), onnx_path)  # a corrupt file fails here, fast and clearly
-        config = {"PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": PRECISION_HINT[target.precision]}
-        if threads and device.startswith("CPU"):
-            config["INFERENCE_NUM_THREADS"] = threads
+        config = compile_config(target, threads=threads)
         core = ov.Core()
         try:
             model = core.read_model(str(onnx_path))
@@ -97,6 +97,20 @@ class OpenVINOBackend(RuntimeBackend):
                              f"{input_shape}: {_last_line(error)}") from None
         hint = check_precision(compiled, target.precision, device)
         return OpenVINOSession(compiled, path=onnx_path, input_shape=input_shape, device=device, hint=hint)
+
+
+def compile_config(target: Target, *, threads: int | None) -> dict:
+    """``compile_model``'s properties for ``target``: the latency hint, the precision, and the run
+    settings (threads, streams, pinning) on a CPU device."""
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISION_HINT[target.precision]}
+    if _device(target).startswith("CPU"):
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if target.streams is not None:
+            config["NUM_STREAMS"] = target.streams
+        if target.pinning is not None:
+            config["ENABLE_CPU_PINNING"] = target.pinning
+    return config
 
 
 class OpenVINOSession(Session):
