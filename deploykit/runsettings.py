@@ -91,17 +91,24 @@ class RunSettings:
 
 def check_setting(name: str, value: Any) -> None:
     """ConfigError unless ``value`` is None or a valid value of setting ``name``."""
+    problem = setting_problem(name, value)
+    if problem:
+        raise ConfigError(f"{name} {problem}")
+
+
+def setting_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for setting ``name`` (``must be ...``), or None when it is valid."""
     if value is None:
-        return
+        return None
     if name in _INTEGER_KEYS:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
-            raise ConfigError(f"{name} must be an integer from 1 to {MAX_THREADS}, {AUTO} or null, "
-                              f"got {value!r}")
+            return f"must be a positive integer or null (at most {MAX_THREADS}; or {AUTO}), got {value!r}"
     elif name in _BOOLEAN_KEYS:
         if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true, false, {AUTO} or null, got {value!r}")
+            return f"must be true, false, {AUTO} or null, got {value!r}"
     else:
-        raise ConfigError(f"unknown setting {name!r} (known: {', '.join(SETTING_KEYS)})")
+        return f"is not a setting (known: {', '.join(SETTING_KEYS)})"
+    return None
 
 
 def differing(a: RunSettings, b: RunSettings) -> list[str]:

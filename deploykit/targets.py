@@ -43,7 +43,7 @@ from pathlib import Path
 import yaml
 
 from deploykit.errors import ConfigError
-from deploykit.runsettings import AUTO, SETTING_KEYS, RunSettings, check_setting
+from deploykit.runsettings import AUTO, SETTING_KEYS, RunSettings, setting_problem
 from deploykit.shapes import SIZE_RULE, input_size_or_none
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -249,10 +249,9 @@ class _Parser:
         value = raw.get(key)
         if value == AUTO:
             return None
-        try:
-            check_setting(key, value)
-        except ConfigError as error:
-            raise self.error(key, str(error)) from None
+        problem = setting_problem(key, value)
+        if problem:
+            raise self.error(key, problem)
         return value
 
     def input_size(self, raw: Mapping) -> tuple[int, int]:

@@ -138,7 +138,7 @@ class RuntimeBackend(ABC):
                                  f"not {target.precision}")
         if target.provider is not None:
             return "provider", f"provider is only for runtime onnxruntime, not {self.name}"
-        return self.settings_problem(target)
+        return None
 
     def setting_keys(self, target: Target) -> tuple[str, ...]:
         """The run settings (:mod:`deploykit.runsettings`) this backend applies for ``target``; a target
@@ -157,7 +157,7 @@ class RuntimeBackend(ABC):
 
     def validate_target(self, target: Target) -> None:
         """ConfigError naming the target's file and key when this backend cannot serve it as written."""
-        problem = self.target_problem(target)
+        problem = self.target_problem(target) or self.settings_problem(target)
         if problem:
             raise target.error(*problem)
 

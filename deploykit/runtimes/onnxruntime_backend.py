@@ -81,9 +81,6 @@ class OnnxRuntimeBackend(RuntimeBackend):
         if target.precision not in provider_precisions(provider):
             return "precision", (f"{provider} supports precision "
                                  f"{', '.join(provider_precisions(provider))}, not {target.precision}")
-        problem = self.settings_problem(target)
-        if problem:
-            return problem
         if target.runtime_device is not None:
             if provider not in _DEVICE_OPTION:
                 return "runtime_device", f"{provider} takes no runtime_device (got {target.runtime_device!r})"
