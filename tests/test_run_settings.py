@@ -1,0 +1,160 @@
+"""Run settings: targets, backends, the probe's choice, and tables used only with their settings."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from deploykit.errors import ConfigError
+from deploykit.latency.identity import with_table_settings
+from deploykit.latency.probe import ProbeRow, candidates, choose, run_probe
+from deploykit.latency.table import LatencyTable, TableMeta
+from deploykit.protocol import Protocol
+from deploykit.runsettings import RunSettings, differing
+from deploykit.runtimes import check_target
+from deploykit.runtimes.onnxruntime_backend import create_session, session_config
+from deploykit.runtimes.openvino_backend import compile_config
+from deploykit.targets import load_target, target_from_dict
+
+ON, OFF = True, False
+
+
+def _target(**changes):
+    data = {**load_target("cpu-ort").as_dict(), **changes}
+    return target_from_dict(data)
+
+
+def test_auto_settings_are_read_and_written_back():
+    target = load_target("cpu-ort")
+    assert set(target.auto_settings) == {"threads", "spinning"}
+    assert target.settings == RunSettings()  # auto reads as the runtime's default until settled
+    again = target_from_dict(target.as_dict())
+    assert again.auto_settings == target.auto_settings and again.as_dict()["threads"] == "auto"
+    settled = target.with_settings(RunSettings(threads=1))
+    assert settled.auto_settings == () and settled.as_dict()["threads"] == 1
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("spinning", "maybe", "must be true, false, auto or null"),
+    ("threads", 3000, "at most 1024"),
+    ("threads", 0, "positive integer"),
+    ("streams", True, "positive integer"),
+])
+def test_bad_setting_values_name_the_key(key, value, says):
+    with pytest.raises(ConfigError, match=rf"{key}: .*{says}"):
+        _target(**{key: value})
+
+
+def test_a_setting_the_runtime_does_not_apply_is_refused():
+    openvino = target_from_dict({**load_target("cpu-openvino").as_dict(), "spinning": False})
+    with pytest.raises(ConfigError, match="spinning: openvino does not apply spinning"):
+        check_target(openvino)
+    cuda = _target(provider="CUDAExecutionProvider", spinning="auto", threads=None)
+    with pytest.raises(ConfigError, match="spinning: onnxruntime does not apply spinning"):
+        check_target(cuda)
+
+
+def test_spinning_becomes_the_session_config_entry():
+    assert session_config(spinning=None) == {}
+    assert session_config(spinning=ON) == {"session.intra_op.allow_spinning": "1"}
+    assert session_config(spinning=OFF) == {"session.intra_op.allow_spinning": "0"}
+
+
+def test_a_real_session_opens_with_spinning_off(tmp_path):
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    session = create_session(path, provider="CPUExecutionProvider", threads=2, spinning=OFF)
+    out = session.run(None, {"x": np.array([[-1, 2, -3, 4]], dtype=np.float32)})[0]
+    assert out.tolist() == [[0, 2, 0, 4]]
+
+
+def test_openvino_compile_config_carries_the_settings():
+    target = target_from_dict({**load_target("cpu-openvino").as_dict(), "threads": 1, "streams": 1,
+                               "pinning": False})
+    config = compile_config(target, threads=target.threads)
+    assert config["INFERENCE_NUM_THREADS"] == 1 and config["NUM_STREAMS"] == 1
+    assert config["ENABLE_CPU_PINNING"] is False and config["PERFORMANCE_HINT"] == "LATENCY"
+
+
+def test_explicit_protocol_settings_win_over_the_target():
+    target = Protocol(threads=1).apply_settings(load_target("cpu-ort"))
+    assert target.threads == 1 and target.auto_settings == ("spinning",)
+    assert Protocol().apply_settings(target) is target
+
+
+def test_candidates_cover_what_the_target_leaves_to_auto():
+    found = candidates(RunSettings(), ("threads", "spinning"), takes=("threads", "spinning"), physical_cores=2)
+    assert found == [RunSettings(threads=1), RunSettings(threads=2, spinning=ON),
+                     RunSettings(threads=2, spinning=OFF)]
+    one_core = candidates(RunSettings(), ("threads", "spinning"), takes=("threads", "spinning"),
+                          physical_cores=1)
+    assert one_core == [RunSettings(threads=1)]
+    fixed_threads = candidates(RunSettings(threads=4), ("spinning",), takes=("threads", "spinning"),
+                               physical_cores=8)
+    assert fixed_threads == [RunSettings(threads=4, spinning=ON), RunSettings(threads=4, spinning=OFF)]
+    openvino = candidates(RunSettings(), ("threads",), takes=("threads", "streams", "pinning"), physical_cores=4)
+    assert openvino == [RunSettings(threads=1), RunSettings(threads=4)]
+
+
+def test_the_probe_picks_the_fastest_repeatable_setting():
+    one = ProbeRow(RunSettings(threads=1), (13.8, 13.7, 13.9))           # steady, slow
+    spin = ProbeRow(RunSettings(threads=2, spinning=ON), (8.0, 14.3, 11.5))  # fast once, bimodal
+    sleep = ProbeRow(RunSettings(threads=2, spinning=OFF), (8.8, 8.9, 8.7))  # steady, fast
+    chosen, reason = choose([one, spin, sleep])
+    assert chosen == sleep.settings and "fastest" in reason
+    assert spin.share_within == pytest.approx(1 / 3) and not spin.repeatable
+    chosen, _ = choose([one, spin])
+    assert chosen == one.settings
+
+
+def test_without_a_repeatable_setting_the_probe_picks_the_steadiest():
+    a = ProbeRow(RunSettings(threads=1), (10.0, 10.2, 12.0))   # 2 of 3 within ±5 %, spread 20 %
+    b = ProbeRow(RunSettings(threads=2), (5.0, 5.1, 5.6))      # 2 of 3, spread 11.8 %
+    c = ProbeRow(RunSettings(threads=2, spinning=OFF), (4.0, 6.0, 5.0))  # 1 of 3
+    chosen, reason = choose([a, b, c])
+    assert chosen == b.settings and "steadiest" in reason
+
+
+def test_the_probe_measures_candidates_interleaved():
+    order = []
+    scripted = {RunSettings(threads=1): iter([13.0, 13.1, 13.2]),
+                RunSettings(threads=2, spinning=ON): iter([8.0, 15.0, 11.0])}
+
+    def measure(settings):
+        order.append(settings.threads)
+        return next(scripted[settings])
+
+    result = run_probe(list(scripted), measure, processes=3)
+    assert order == [1, 2, 1, 2, 1, 2]
+    assert result.chosen == RunSettings(threads=1)
+    assert [row.medians_ms for row in result.rows] == [(13.0, 13.1, 13.2), (8.0, 15.0, 11.0)]
+    assert "<- chosen" in result.table().splitlines()[1]
+
+
+def _table(run_settings):
+    meta = TableMeta(model="m", target="cpu-ort", device="d", device_string="d", runtime="onnxruntime",
+                     runtime_version="1", provider="CPUExecutionProvider", precision="fp32", batch=1,
+                     input_size=(32, 32), threads=run_settings.threads, protocol={}, mode="measured",
+                     date="2026-12-06T00:00:00+00:00", deploykit_version="0",
+                     run_settings=run_settings.as_dict())
+    return LatencyTable(meta=meta)
+
+
+def test_a_table_is_used_only_with_its_settings():
+    table = _table(RunSettings(threads=1))
+    target = with_table_settings(load_target("cpu-ort"), table)
+    assert target.settings == RunSettings(threads=1) and target.auto_settings == ()
+    assert with_table_settings(load_target("cpu-ort"), table, RunSettings(threads=1)).threads == 1
+    with pytest.raises(ConfigError, match=r"measured with 1 thread; you asked for threads: 2 instead of 1"):
+        with_table_settings(load_target("cpu-ort"), table, RunSettings(threads=2))
+
+
+def test_settings_differences_read_plainly():
+    assert differing(RunSettings(threads=2, spinning=ON), RunSettings(threads=2, spinning=OFF)) == [
+        "spinning: on vs off"]
+    assert RunSettings(threads=2, spinning=OFF).describe() == "2 threads, spinning off"
+    with pytest.raises(ConfigError, match="unknown setting"):
+        RunSettings.from_dict({"thread": 1})
