@@ -283,6 +283,8 @@ def create_session(onnx_path: str | Path, *, provider: str, options: dict[str, s
             warnings.filterwarnings("ignore", "Specified provider", UserWarning)  # refused just below
             session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
     except Exception as error:  # onnxruntime raises its own pybind exception types
+        if provider in _NO_CPU_FALLBACK and provider not in ort.get_available_providers():
+            check_providers([CPU], provider)  # it fell back to the CPU, which the no-fallback entry refused
         raise ModelError(f"onnxruntime ({provider}) cannot load {onnx_path}: {one_line(error)}") from None
     check_providers(session.get_providers(), provider)
     return session
