@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test lint bench bench-quick clean
+.PHONY: install run test lint bench bench-quick gpu-check clean
 
 $(BIN)/deploykit: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ bench: install
 bench-quick: install
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/run_all.py --quick
+
+# One short device check for a GPU machine (docs/gpu.md): what is importable, timing, numerics, DDP.
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py --out bench/results/gpu_check.csv
 
 lint: install
 	$(BIN)/ruff check .

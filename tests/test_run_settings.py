@@ -86,7 +86,8 @@ def test_explicit_protocol_settings_win_over_the_target():
 
 
 def test_candidates_cover_what_the_target_leaves_to_auto():
-    found = candidates(RunSettings(), ("threads", "spinning"), takes=("threads", "spinning"), physical_cores=2)
+    both = ("threads", "spinning")
+    found = candidates(RunSettings(), both, takes=both, physical_cores=2)
     assert found == [RunSettings(threads=1), RunSettings(threads=2, spinning=ON),
                      RunSettings(threads=2, spinning=OFF)]
     one_core = candidates(RunSettings(), ("threads", "spinning"), takes=("threads", "spinning"),
@@ -95,7 +96,8 @@ def test_candidates_cover_what_the_target_leaves_to_auto():
     fixed_threads = candidates(RunSettings(threads=4), ("spinning",), takes=("threads", "spinning"),
                                physical_cores=8)
     assert fixed_threads == [RunSettings(threads=4, spinning=ON), RunSettings(threads=4, spinning=OFF)]
-    openvino = candidates(RunSettings(), ("threads",), takes=("threads", "streams", "pinning"), physical_cores=4)
+    openvino = candidates(RunSettings(), ("threads",), takes=("threads", "streams", "pinning"),
+                          physical_cores=4)
     assert openvino == [RunSettings(threads=1), RunSettings(threads=4)]
 
 

@@ -1,6 +1,7 @@
 """MIGraphX native (AMD GPUs): ``parse_onnx`` → ``quantize_fp16`` → ``compile(get_target("gpu"))``.
 
-The program is compiled with ``offload_copy=False`` so that a timed run moves no data between host
+fp32 is compiled with ``fast_math=False`` (the binding's default, True, lets MIGraphX use approximate
+kernels). The program is compiled with ``offload_copy=False`` so that a timed run moves no data between host
 and device: the input is copied to the GPU once (``to_gpu``), outputs get GPU buffers
 (``allocate_gpu``), and one run is ``program.run(params)`` followed by ``gpu_sync()`` before the clock
 stops. Parsing, quantizing and compiling are compile time; the first run is recorded apart.
@@ -74,12 +75,23 @@ class MIGraphXBackend(RuntimeBackend):
             program = migraphx.parse_onnx(str(onnx_path), map_input_dims={name: list(input_shape)})
             if target.precision == "fp16":
                 migraphx.quantize_fp16(program)
-            program.compile(migraphx.get_target(DEFAULT_DEVICE), offload_copy=False)
+            program.compile(migraphx.get_target(DEFAULT_DEVICE), **compile_options(target.precision))
         except RuntimeError as error:
             raise ModelError(f"MIGraphX cannot compile {onnx_path} with input {input_shape}: "
                              f"{one_line(error)}") from None
         return MIGraphXSession(migraphx, program, name, path=onnx_path, input_shape=input_shape,
                                precision=target.precision)
+
+
+def compile_options(precision: str) -> dict[str, bool]:
+    """``program.compile`` keywords: buffers on the GPU, and no fast math for fp32."""
+    return {"offload_copy": False, "fast_math": precision != "fp32"}
+
+
+def _precision_note(precision: str) -> str:
+    if precision == "fp16":
+        return "fp16 by quantize_fp16 (fast_math on)"
+    return f"{precision} (fast_math off)"
 
 
 class MIGraphXSession(Session):
@@ -91,7 +103,7 @@ class MIGraphXSession(Session):
         super().__init__(path=path, input_shape=input_shape,
                          input_dtype=_NUMPY_TYPES.get(shapes[input_name].type_string(), "float32"),
                          label="MIGraphX (gpu)", providers=(DEFAULT_DEVICE,), precision=precision,
-                         details="fp16 by quantize_fp16" if precision == "fp16" else precision)
+                         details=_precision_note(precision))
         self._migraphx = migraphx
         self._program = program
         self._input = input_name

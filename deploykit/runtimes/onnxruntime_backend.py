@@ -1,18 +1,26 @@
-"""onnxruntime with any execution provider: CPU, CUDA, TensorRT, MIGraphX, ROCm, OpenVINO, DirectML...
+"""onnxruntime with any execution provider: CPU, CUDA, TensorRT, MIGraphX, OpenVINO, DirectML...
 
 No silent fallback: onnxruntime creates a CPU-only session, with a mere warning, when the requested
 execution provider cannot load. Every session's real providers are checked against the requested one
-and a mismatch is a RuntimeUnavailableError naming both.
+and a mismatch is a RuntimeUnavailableError naming both. ``get_providers()`` only lists what is
+registered, not where nodes run: the TensorRT and MIGraphX providers are opened with
+``session.disable_cpu_ep_fallback`` (a node left for the CPU fails the session), and a CUDA session
+profiles one run at open and reports how many of its nodes the CPU provider ran.
 
 fp16 goes through the provider's own switch where it has one (``migraphx_fp16_enable``,
-``trt_fp16_enable``, OpenVINO ``precision``); CUDA, ROCm and DirectML have none, so the model itself
-is converted to fp16 (inputs and outputs stay fp32) before the session is created.
+``trt_fp16_enable``, OpenVINO ``precision``); CUDA and DirectML have none, so the model itself
+is converted to fp16 (inputs and outputs stay fp32) before the session is created. fp32 on CUDA
+passes ``use_tf32=0`` (onnxruntime enables TF32 by default on Ampere and newer).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 import warnings
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -29,33 +37,51 @@ if TYPE_CHECKING:
 
 CPU = "CPUExecutionProvider"
 _NVIDIA = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-_AMD = ("MIGraphXExecutionProvider", "ROCMExecutionProvider")
+_AMD = ("MIGraphXExecutionProvider",)
+# providers onnxruntime still names but no longer ships: refused with the replacement
+_REMOVED = {"ROCMExecutionProvider": "the ROCm execution provider was removed from onnxruntime (ROCm 7.1 "
+                                     "and later); use MIGraphXExecutionProvider"}
 
 # precision → provider options, for providers with their own precision switch
 _PRECISION_OPTIONS: dict[str, dict[str, dict[str, str]]] = {
+    "CUDAExecutionProvider": {"fp32": {"use_tf32": "0"}, "fp16": {}},  # TF32 is on by default
     "MIGraphXExecutionProvider": {"fp32": {}, "fp16": {"migraphx_fp16_enable": "1"}},
     "TensorrtExecutionProvider": {"fp32": {}, "fp16": {"trt_fp16_enable": "True"}},
     "OpenVINOExecutionProvider": {"fp32": {"precision": "FP32"}, "fp16": {"precision": "FP16"}},
 }
 # providers without an fp16 switch whose fp16 runs come from converting the model
-_FP16_BY_CONVERSION = ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider")
+_FP16_BY_CONVERSION = ("CUDAExecutionProvider", "DmlExecutionProvider")
 # which provider option ``runtime_device`` sets, and whether it is a device index
 _DEVICE_OPTION: dict[str, tuple[str, bool]] = {
     "CUDAExecutionProvider": ("device_id", True),
     "TensorrtExecutionProvider": ("device_id", True),
     "MIGraphXExecutionProvider": ("device_id", True),
-    "ROCMExecutionProvider": ("device_id", True),
     "DmlExecutionProvider": ("device_id", True),
     "OpenVINOExecutionProvider": ("device_type", False),
 }
-# where inputs live for an IOBinding: ORT's Python API calls GPU memory "cuda" on CUDA and ROCm builds
-_IO_DEVICE = {**dict.fromkeys((*_NVIDIA, *_AMD), "cuda"), "DmlExecutionProvider": "dml"}
+# where inputs live for an IOBinding: ORT's Python API calls NVIDIA GPU memory "cuda". MIGraphX-only builds
+# have no such allocator in OrtValue.ortvalue_from_numpy, so the MIGraphX provider is bound on the host.
+_IO_DEVICE = {**dict.fromkeys(_NVIDIA, "cuda"), "DmlExecutionProvider": "dml"}
+# providers whose nodes must all run on them: a node left for the CPU provider fails the session
+_NO_CPU_FALLBACK = ("TensorrtExecutionProvider", "MIGraphXExecutionProvider")
+# providers whose CPU share is read from one profiled run (the CUDA provider leaves shape arithmetic there)
+_PROFILE_PLACEMENT = ("CUDAExecutionProvider",)
+# environment variables these providers read at session creation (engine caches, precision switches):
+# removed while a session is created so a cached engine of another GPU or model is never timed
+_PROVIDER_ENV_PREFIXES = ("ORT_TENSORRT_", "ORT_MIGRAPHX_")
+# what a measurement of these providers means beyond the precision
+_PROVIDER_NOTES = {
+    "TensorrtExecutionProvider": ("the engine may be built at the first run (then in first_run_ms, not "
+                                  "compile_s); fp32: this provider has no TF32 switch, so on Ampere or newer "
+                                  "TensorRT may run fp32 layers in TF32"),
+    "MIGraphXExecutionProvider": ("the program may be compiled at the first run (then in first_run_ms, not "
+                                  "compile_s); I/O bound on the host, so host-device copies are timed"),
+}
 _HINTS = {
     CPU: "pip install onnxruntime",
     "CUDAExecutionProvider": "pip install onnxruntime-gpu; needs an NVIDIA GPU with CUDA",
     "TensorrtExecutionProvider": "pip install onnxruntime-gpu tensorrt; needs an NVIDIA GPU",
     "MIGraphXExecutionProvider": "pip install onnxruntime-migraphx on a ROCm machine; needs an AMD GPU",
-    "ROCMExecutionProvider": "an onnxruntime build with ROCm; needs an AMD GPU",
     "OpenVINOExecutionProvider": "pip install onnxruntime-openvino (instead of onnxruntime)",
     "DmlExecutionProvider": "pip install onnxruntime-directml on Windows",
 }
@@ -78,6 +104,8 @@ class OnnxRuntimeBackend(RuntimeBackend):
         if known is not None and provider not in known:
             return "provider", (f"unknown execution provider {provider!r} "
                                 f"(onnxruntime knows: {', '.join(known)})")
+        if provider in _REMOVED:
+            return "provider", _REMOVED[provider]
         if target.precision not in provider_precisions(provider):
             return "precision", (f"{provider} supports precision "
                                  f"{', '.join(provider_precisions(provider))}, not {target.precision}")
@@ -140,12 +168,16 @@ class OnnxRuntimeBackend(RuntimeBackend):
             source = onnx_path
             if target.precision == "fp16" and provider in _FP16_BY_CONVERSION:
                 source = convert_to_fp16(onnx_path, Path(scratch.name) / "model_fp16.onnx")
+            profile = str(Path(scratch.name) / "placement") if provider in _PROFILE_PLACEMENT else None
             session = create_session(source, provider=provider,
                                      options=provider_options(target, threads=threads), threads=threads,
-                                     spinning=target.spinning)
+                                     spinning=target.spinning, profile_prefix=profile)
+            notes = [_PROVIDER_NOTES.get(provider, "")]
+            if profile:
+                notes.append(placement_note(session, input_shape))
             return OnnxRuntimeSession(session, path=onnx_path, input_shape=input_shape,
                                       precision=target.precision, device=device_index(target),
-                                      scratch=scratch)
+                                      scratch=scratch, notes="; ".join(n for n in notes if n))
         except BaseException:
             scratch.cleanup()
             raise
@@ -155,7 +187,7 @@ class OnnxRuntimeSession(Session):
     """An ``InferenceSession`` on exactly the requested provider (checked by :func:`create_session`)."""
 
     def __init__(self, session, *, path: Path, input_shape: tuple[int, ...], precision: str, device: int,
-                 scratch: tempfile.TemporaryDirectory):
+                 scratch: tempfile.TemporaryDirectory, notes: str = ""):
         inputs = session.get_inputs()
         providers = session.get_providers()
         provider = providers[0]
@@ -163,7 +195,7 @@ class OnnxRuntimeSession(Session):
                          input_dtype=_ORT_DTYPES.get(inputs[0].type, "float32"),
                          label=f"onnxruntime ({provider})", providers=providers, precision=precision,
                          details=f"real providers checked: {', '.join(providers)}; "
-                                 f"{_precision_note(provider, precision)}")
+                                 f"{_precision_note(provider, precision)}" + (f"; {notes}" if notes else ""))
         self._session = session
         self._name = single_input([i.name for i in inputs], path)
         self._index = device
@@ -226,13 +258,17 @@ def provider_options(target: Target, *, threads: int | None = None) -> dict[str,
 
 
 def create_session(onnx_path: str | Path, *, provider: str, options: dict[str, str] | None = None,
-                   threads: int | None = None, spinning: bool | None = None):
+                   threads: int | None = None, spinning: bool | None = None,
+                   profile_prefix: str | None = None):
     """A fresh ``InferenceSession`` on exactly ``provider``; RuntimeUnavailableError if it is not.
     ``spinning`` sets ``session.intra_op.allow_spinning`` (None: onnxruntime's default, on).
 
     onnxruntime adds the CPU provider behind any other one (for the few nodes a GPU provider leaves,
     such as shape arithmetic), so CPU after the requested provider is accepted; a session whose
-    first provider is not the requested one would time the wrong device and is refused.
+    first provider is not the requested one would time the wrong device and is refused. The TensorRT
+    and MIGraphX providers get no CPU fallback at all; ``profile_prefix`` turns on onnxruntime's
+    profiler (see :func:`placement_note`). The providers' ``ORT_TENSORRT_*`` / ``ORT_MIGRAPHX_*``
+    environment variables are hidden while the session is created.
     """
     import onnxruntime as ort
 
@@ -244,12 +280,19 @@ def create_session(onnx_path: str | Path, *, provider: str, options: dict[str, s
     so.log_severity_level = 3  # errors only: a missing provider is reported by the check below
     for key, value in session_config(spinning=spinning).items():
         so.add_session_config_entry(key, value)
+    if provider in _NO_CPU_FALLBACK:
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     providers = [provider] if not options else [(provider, dict(options))]
     try:
-        with warnings.catch_warnings():  # "Specified provider ... is not in available provider names":
+        with warnings.catch_warnings(), _provider_environment_hidden(provider):  # "Specified provider ...":
             warnings.filterwarnings("ignore", "Specified provider", UserWarning)  # refused just below
             session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
     except Exception as error:  # onnxruntime raises its own pybind exception types
+        if provider in _NO_CPU_FALLBACK and provider not in ort.get_available_providers():
+            check_providers([CPU], provider)  # it fell back to the CPU, which the no-fallback entry refused
         raise ModelError(f"onnxruntime ({provider}) cannot load {onnx_path}: {one_line(error)}") from None
     check_providers(session.get_providers(), provider)
     return session
@@ -269,9 +312,61 @@ def check_providers(actual: list[str], requested: str) -> None:
             f"as {requested} ({_HINTS.get(requested, 'install a build with this provider')})")
 
 
+@contextmanager
+def _provider_environment_hidden(provider: str):
+    """Remove the ``ORT_TENSORRT_*`` / ``ORT_MIGRAPHX_*`` variables (engine caches, precision switches
+    that override provider options) from the environment for the block, then put them back."""
+    if provider not in _NO_CPU_FALLBACK:
+        yield
+        return
+    hidden = {k: v for k, v in os.environ.items() if k.startswith(_PROVIDER_ENV_PREFIXES)}
+    for key in hidden:
+        del os.environ[key]
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
+def placement_note(session, input_shape: tuple[int, ...]) -> str:
+    """Run a profiling session once on zeros, stop the profiler, and say how many of the nodes that ran
+    were on the CPU provider (which ones); the run is part of opening the session."""
+    import numpy as np
+
+    first = session.get_inputs()[0]
+    session.run(None, {first.name: np.zeros(input_shape, _ORT_DTYPES.get(first.type, "float32"))})
+    profile = Path(session.end_profiling())  # the profiler stops here: timed runs are not profiled
+    try:
+        events = json.loads(profile.read_text())
+    finally:
+        profile.unlink(missing_ok=True)
+    return describe_placement(nodes_by_provider(events))
+
+
+def nodes_by_provider(events: list[dict]) -> dict[str, list[str]]:
+    """The nodes (by op type) each execution provider ran, from an onnxruntime profile's events."""
+    placed: dict[str, dict[str, str]] = {}
+    for event in events:
+        args = event.get("args") or {}
+        kernel = event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time")
+        if kernel and "provider" in args:
+            placed.setdefault(args["provider"], {})[event["name"]] = args.get("op_name", "?")
+    return {provider: sorted(nodes.values()) for provider, nodes in placed.items()}
+
+
+def describe_placement(placed: dict[str, list[str]]) -> str:
+    total = sum(len(nodes) for nodes in placed.values())
+    on_cpu = placed.get(CPU, [])
+    if not total:
+        return "node placement: the profile recorded no node"
+    ops = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in sorted(Counter(on_cpu).items()))
+    return (f"CPU nodes: {len(on_cpu)} of {total} (read from one profiled run at open, in compile_s)"
+            + (f": {ops}" if ops else ""))
+
+
 def _precision_note(provider: str, precision: str) -> str:
     if precision != "fp16":
-        return precision
+        return f"{precision} (use_tf32=0)" if provider == "CUDAExecutionProvider" else precision
     if provider in _FP16_BY_CONVERSION:
         return "fp16 by converting the model (inputs and outputs fp32)"
     return f"fp16 through {provider}'s own switch"

@@ -1,9 +1,12 @@
 """TensorRT native: build an engine from ONNX with the ``tensorrt`` Python API and time it.
 
 Build: ``Builder`` → network from ``OnnxParser`` → ``BuilderConfig`` (``BuilderFlag.FP16`` for fp16 on
-TensorRT ≤ 10; TensorRT 11 dropped weak typing, so there the ONNX model is converted to fp16 first and
-the network is strongly typed) → ``build_serialized_network`` → ``Runtime.deserialize_cuda_engine`` →
-execution context. Buffers are torch CUDA tensors bound with ``set_tensor_address``; one run is
+TensorRT ≤ 10; TensorRT 11 removed weak typing and every network is strongly typed, so there the ONNX
+model is converted to fp16 first; fp32 clears ``BuilderFlag.TF32``, which TensorRT sets by default) →
+``build_serialized_network`` → ``Runtime.deserialize_cuda_engine`` → execution context. The built
+engine's layer precisions are read back with the engine inspector (``ProfilingVerbosity.DETAILED``)
+into the session's ``precision`` and ``details``. Buffers are torch CUDA tensors bound with
+``set_tensor_address`` (a False from it or ``set_input_shape`` is an error); one run is
 ``execute_async_v3`` on a dedicated stream followed by a stream sync before the clock stops.
 Parsing, building and deserializing are compile time; the first run is recorded apart.
 :meth:`Session.run` copies its input into the bound input buffer and the outputs back to the host.
@@ -11,7 +14,9 @@ Parsing, building and deserializing are compile time; the first run is recorded 
 
 from __future__ import annotations
 
+import json
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -88,22 +93,24 @@ class TensorRTBackend(RuntimeBackend):
             runtime, engine = build_engine(trt, logger, onnx_path, precision=target.precision,
                                            input_shape=input_shape, scratch=Path(scratch))
         return TensorRTSession(trt, torch, runtime, engine, path=onnx_path, input_shape=input_shape,
-                               device=device, precision=target.precision)
+                               device=device, requested=target.precision)
 
 
 class TensorRTSession(Session):
     """An engine and its execution context with every I/O tensor bound to a GPU buffer."""
 
     def __init__(self, trt, torch, runtime, engine, *, path: Path, input_shape: tuple[int, ...], device,
-                 precision: str):
+                 requested: str):
         import numpy as np
 
         context = engine.create_execution_context()
         buffers, input_name = _bind_buffers(trt, torch, engine, context, input_shape, device)
+        layers = layer_precisions(engine_information(trt, engine))
         super().__init__(path=path, input_shape=input_shape,
                          input_dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(input_name))),
                          label=f"TensorRT {trt.__version__} ({device})", providers=(str(device),),
-                         precision=precision, details=_precision_note(trt, precision))
+                         precision=read_back_precision(layers) or requested,
+                         details=f"{_precision_note(trt, requested)}; {_layers_note(layers)}")
         self._torch = torch
         self._keep = (runtime, engine)  # the context needs its engine and runtime alive
         self._context = context
@@ -137,7 +144,7 @@ class TensorRTSession(Session):
 def build_engine(trt, logger, onnx_path: Path, *, precision: str, input_shape: tuple[int, ...],
                  scratch: Path):
     """Parse ``onnx_path`` and build a deserialized engine for one static ``input_shape``."""
-    strongly_typed = not hasattr(trt.BuilderFlag, "FP16")  # TensorRT 11 removed weak typing
+    strongly_typed = not hasattr(trt.BuilderFlag, "FP16")  # TensorRT 11: every network is strongly typed
     source = onnx_path
     if precision == "fp16" and strongly_typed:
         source = convert_to_fp16(onnx_path, scratch / "model_fp16.onnx")
@@ -145,8 +152,6 @@ def build_engine(trt, logger, onnx_path: Path, *, precision: str, input_shape: t
     flags = 0
     if _version_tuple(trt.__version__) < (10, 0):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(source)):
@@ -155,6 +160,9 @@ def build_engine(trt, logger, onnx_path: Path, *, precision: str, input_shape: t
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     single_input([t.name for t in inputs], onnx_path)
     config = builder.create_builder_config()
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for the inspector
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: fp32 layers would run in TF32 on Ampere+
     if precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
     declared = tuple(inputs[0].shape)
@@ -182,20 +190,67 @@ def _bind_buffers(trt, torch, engine, context, input_shape: tuple[int, ...], dev
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
     for name in inputs:
-        context.set_input_shape(name, input_shape)
+        if not context.set_input_shape(name, input_shape):
+            raise ModelError(f"TensorRT refused input shape {input_shape} for {name!r} "
+                             "(see the TensorRT log)")
     buffers = {}
     for name in names:
         shape = tuple(context.get_tensor_shape(name))
         np_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
         dtype = torch.from_numpy(np.empty(0, np_dtype)).dtype
         buffers[name] = torch.zeros(shape, dtype=dtype, device=device)
-        context.set_tensor_address(name, buffers[name].data_ptr())
+        if not context.set_tensor_address(name, buffers[name].data_ptr()):
+            raise ModelError(f"TensorRT refused the buffer bound to {name!r} (see the TensorRT log)")
     return buffers, inputs[0]
+
+
+def engine_information(trt, engine) -> dict | None:
+    """The engine inspector's JSON description of ``engine`` (None when this TensorRT has no inspector)."""
+    if not hasattr(engine, "create_engine_inspector"):
+        return None
+    text = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+# the inspector's type names: "DataType" in TensorRT 11, inside "Format/Datatype" before
+# (bf16 first: its name contains "Float")
+_TYPE_WORDS = (("bf16", ("BFloat16", "BF16")), ("fp16", ("Half", "FP16")), ("fp32", ("Float", "FP32")),
+               ("int8", ("Int8", "INT8")), ("fp8", ("FP8",)))
+
+
+def layer_precisions(information: dict | None) -> Counter:
+    """How many of the engine's layers produce each precision (their first output's type), from the
+    inspector's detailed JSON; empty when the layers were not described in detail."""
+    counts: Counter = Counter()
+    for layer in (information or {}).get("Layers", []):
+        outputs = layer.get("Outputs") if isinstance(layer, dict) else None
+        if not outputs or not isinstance(outputs[0], dict):
+            continue
+        text = str(outputs[0].get("DataType") or outputs[0].get("Format/Datatype") or "")
+        kind = next((name for name, words in _TYPE_WORDS if any(w in text for w in words)), None)
+        if kind:
+            counts[kind] += 1
+    return counts
+
+
+def read_back_precision(counts: Counter) -> str | None:
+    """The precision most layers run at, or None when nothing was read back."""
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _layers_note(counts: Counter) -> str:
+    if not counts:
+        return "layer precisions not read back (the engine inspector gave no detailed layer information)"
+    shares = ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
+    return f"layer outputs read back with the engine inspector: {shares}"
 
 
 def _precision_note(trt, precision: str) -> str:
     if precision != "fp16":
-        return precision
+        return f"{precision} (BuilderFlag.TF32 cleared)"
     if not hasattr(trt.BuilderFlag, "FP16"):
         return "fp16 (model converted to fp16, strongly typed network)"
     return "fp16 (BuilderFlag.FP16: TensorRT may keep a layer in fp32 where that is faster)"

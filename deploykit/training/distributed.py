@@ -41,11 +41,17 @@ class DistContext:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → the local CUDA device if there is one, else the CPU."""
+    """``auto`` → the local CUDA device if there is one, else the CPU. One GPU per process: a local
+    rank without a GPU of its own is a ConfigError (sharing one would fail inside NCCL)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device here")
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise ConfigError(f"local rank {local_rank} has no GPU of its own: this machine has {count} "
+                              f"CUDA device{'s' if count != 1 else ''}; start at most {count} processes per "
+                              "node (torchrun --nproc_per_node)")
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
@@ -66,7 +72,8 @@ def distributed(device: str = "auto") -> Iterator[DistContext]:
     if created:
         if target.type == "cuda":
             torch.cuda.set_device(target)
-        dist.init_process_group(backend=backend)
+        # device_id binds the group to this rank's GPU (NCCL then connects eagerly, on the right device)
+        dist.init_process_group(backend=backend, **({"device_id": target} if target.type == "cuda" else {}))
     try:
         yield DistContext(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank,
                           device=target, backend=dist.get_backend())
@@ -108,7 +115,8 @@ def amp_dtype(ctx: DistContext, enabled: bool) -> torch.dtype | None:
     """Mixed precision on CUDA only: bfloat16 where the GPU has it, else float16 (with a grad scaler)."""
     if not enabled or ctx.device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # including_emulation=False: the default counts bf16 that is emulated (True on T4 and V100)
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def autocast(ctx: DistContext, dtype: torch.dtype | None):
