@@ -362,7 +362,8 @@ def _reachable(number: int, table: LatencyTable, space: LatencySpace, budget: Bu
     try:
         return reachable_budget_ms(table, space, budget)
     except ConfigError as error:
-        raise ConfigError(f"table {number} ({table.path}): {error}") from None
+        where = f" ({table.path})" if table.path else ""
+        raise ConfigError(f"table {number}{where}: {error}") from None
 
 
 def _result(searcher: JointSearcher, solution: JointSolution, budgets: Sequence[Budget | None],
