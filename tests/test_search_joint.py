@@ -22,7 +22,7 @@ from deploykit.subnet import Subnet
 
 def brute_joint(full, steps, pairs, scores, limits):
     """Every mask priced from the terms, the engine's tie rule on the first row's latency."""
-    k, n = steps.shape
+    n = steps.shape[1]
     masks = np.arange(1 << n, dtype=np.int64)
     bits = ((masks[:, None] >> np.arange(n)) & 1).astype(float)
     latency = full[None, :] + bits @ steps.T + (bits[:, :-1] * bits[:, 1:]) @ pairs.T
@@ -171,7 +171,7 @@ def test_budgets_infeasible_together_name_the_reach():
     spaces = [LatencySpace.from_table(t) for t in tables]
     assert spaces[0].best_mask() != spaces[1].best_mask()  # each table's fastest subnet is another's
     at_minimum = [Budget(s.min_ms() * (1 + 1e-6), "ms") for s in spaces]  # each reachable alone
-    with pytest.raises(ConfigError, match="fits every budget at once.*the fastest subnet on table 1"):
+    with pytest.raises(ConfigError, match=r"fits every budget at once.*the fastest subnet on table 1"):
         joint_search(tables, at_minimum, DepthProxy())
 
 
