@@ -415,15 +415,19 @@ def _add_search(sub) -> None:
                     "--pareto N a CSV of the best subnets across N budgets. A table measured on another "
                     "machine (another fingerprint) says what differs; a millisecond budget on it is "
                     "refused until `deploykit lut anchor TABLE` re-anchors it here, a ratio budget goes "
-                    "on with a note.")
-    p.add_argument("--table", required=True, metavar="TABLE", help="latency table CSV (or its .meta.json)")
-    goal = p.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--budget", default=None, metavar="B",
-                      help="0.7 or 70%% (of the unpruned model's predicted latency) or 12ms (needs a table "
-                           "measured on, or re-anchored for, this machine)")
-    goal.add_argument("--pareto", type=int, default=None, metavar="N",
-                      help="the best subnets for N budgets from the smallest achievable latency to the "
-                           "unpruned one")
+                    "on with a note. Several --table/--budget pairs: one subnet within every table's "
+                    "budget (exact for depth and sensitivity), reporting which budget binds (least slack).")
+    p.add_argument("--table", required=True, action="append", metavar="TABLE",
+                   help="latency table CSV (or its .meta.json); repeat it for a joint search: one subnet "
+                        "within a budget on every table (tables of one model)")
+    p.add_argument("--budget", default=None, action="append", metavar="B",
+                   help="0.7 or 70%% (of the unpruned model's predicted latency) or 12ms (needs a table "
+                        "measured on, or re-anchored for, this machine); with several tables one per "
+                        "--table, in order, or one for all")
+    p.add_argument("--pareto", type=int, default=None, metavar="N",
+                   help="the best subnets for N budgets from the smallest achievable latency to the "
+                        "unpruned one; with several tables, N budgets of the first table, the others' "
+                        "--budget held (one --budget per table after the first, or one for all)")
     p.add_argument("--proxy", default="depth", metavar="PROXY",
                    help="depth (fewest pruned blocks, then lowest latency; no data), sensitivity:CKPT "
                         "(per-block loss increase, summed; CKPT: supernet or plain weights) or "
@@ -462,28 +466,36 @@ def _add_search(sub) -> None:
 def _run_search(args) -> int:
     from deploykit.latency.identity import table_for_this_machine
     from deploykit.latency.table import LatencyTable
-    from deploykit.search import make_proxy, pareto, parse_budget, search
+    from deploykit.search import joint_pareto, joint_search, make_proxy, pareto, search
+    from deploykit.search.joint import check_same_model, pair_budgets
     from deploykit.subnet import parse_block_list
     from deploykit.training import ProxyData
 
-    budget = parse_budget(args.budget) if args.budget is not None else None
-    table = LatencyTable.read(args.table)
-    table.check_coverage()  # before any proxy work
-    table = table_for_this_machine(table, say=to_stderr,
-                                   budget_unit=budget.unit if budget is not None else "fraction")
+    budgets = pair_budgets(len(args.table), args.budget, args.pareto)
+    tables = [LatencyTable.read(path) for path in args.table]
+    for table in tables:
+        table.check_coverage()  # before any proxy work
+    check_same_model(tables)
+    tables = [table_for_this_machine(table, say=to_stderr,
+                                     budget_unit=budget.unit if budget is not None else "fraction")
+              for table, budget in zip(tables, budgets)]
     data = None if args.data is None else ProxyData(
         args.data, val_limit=args.val_limit, batch_size=args.batch_size, input_size=args.input_size,
         recalibrate_batches=args.recalibrate_batches)
-    proxy = make_proxy(args.proxy, table=table, data=data, metric=args.metric, progress=to_stderr)
+    proxy = make_proxy(args.proxy, table=tables[0], data=data, metric=args.metric, progress=to_stderr)
     options = dict(candidates=parse_block_list(args.candidates) if args.candidates is not None else None,
                    strategy=args.strategy, seed=args.seed, population=args.population,
                    generations=args.generations, progress=to_stderr)
-    if budget is None:
-        result = pareto(table, proxy, args.pareto, **options)
-        path = result.write(args.out or "pareto.csv")
+    if len(tables) > 1 and args.pareto is not None:
+        result = joint_pareto(tables, budgets[1:], proxy, args.pareto, **options)
+    elif len(tables) > 1:
+        result = joint_search(tables, budgets, proxy, **options)
+    elif args.pareto is not None:
+        result = pareto(tables[0], proxy, args.pareto, **options)
     else:
-        result = search(table, budget, proxy, **options)
-        path = result.subnet.write(args.out or "subnet.json")
+        result = search(tables[0], budgets[0], proxy, **options)
+    path = result.write(args.out or "pareto.csv") if args.pareto is not None \
+        else result.subnet.write(args.out or "subnet.json")
     print(result.summary())
     print(f"wrote {path}")
     return 0

@@ -6,7 +6,11 @@ JSON object::
     {"model": "convnext_atto", "input_size": [32, 32], "pruned": [1, 4, 7],
      "predicted_ms": 1.23, "table": "latency_tables/x.csv", "proxy": {"kind": "supernet", "top1": 97.1}}
 
-``predicted_ms``, ``table`` and ``proxy`` are optional; any other key is an error.
+``predicted_ms``, ``table`` and ``proxy`` are optional; any other key is an error. A joint search over
+several latency tables (``deploykit search --table A --budget x --table B --budget y``) also writes
+``budgets``: one object per table (its path, target, budget, predicted ms, slack, and whether that budget
+binds); ``predicted_ms`` and ``table`` are then the first table's. Files without ``budgets`` (one table,
+or written before joint search existed) read as before.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Subnet:
     predicted_ms: float | None = None
     table: str | None = None
     proxy: dict[str, Any] | None = None
+    budgets: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -47,12 +52,17 @@ class Subnet:
             raise ConfigError(f"subnet 'table' must be a path string, got {self.table!r}")
         if self.proxy is not None and not isinstance(self.proxy, dict):
             raise ConfigError(f"subnet 'proxy' must be an object, got {self.proxy!r}")
+        if self.budgets is not None and (not isinstance(self.budgets, list)
+                                         or not all(isinstance(b, dict) for b in self.budgets)):
+            raise ConfigError(f"subnet 'budgets' must be a list of objects, got {self.budgets!r}")
         object.__setattr__(self, "input_size", tuple(size))
         object.__setattr__(self, "pruned", tuple(sorted(self.pruned)))
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["input_size"], data["pruned"] = list(self.input_size), list(self.pruned)
+        if self.budgets is None:  # a one-table search writes what it always wrote
+            del data["budgets"]
         return data
 
     @classmethod

@@ -9,11 +9,14 @@ budget; ``pareto(table, proxy, N)`` the best subnets across N budgets. ``deployk
 - :mod:`~deploykit.search.proxies`: depth, sensitivity:CKPT and supernet:CKPT (their held-out data,
   ``deploykit.training.ProxyData``, is passed in: search never imports training);
 - :mod:`~deploykit.search.chain`: the exact dynamic program along the block chain (Pareto frontiers);
-- :mod:`~deploykit.search.engine`: the strategies (DP, exhaustive, evolutionary), results, Pareto.
+- :mod:`~deploykit.search.engine`: the strategies (DP, exhaustive, evolutionary), results, Pareto;
+- :mod:`~deploykit.search.joint`: one subnet within a budget on each of several tables
+  (``joint_search``, ``joint_pareto``; exact for additive proxies), and which budget binds.
 """
 
 from deploykit.search.budget import Budget, parse_budget
 from deploykit.search.engine import ParetoResult, Searcher, SearchResult, pareto, search
+from deploykit.search.joint import JointParetoResult, JointResult, JointSearcher, joint_pareto, joint_search
 from deploykit.search.proxies import (
     BlockScoreProxy,
     DepthProxy,
@@ -30,6 +33,9 @@ __all__ = [
     "Budget",
     "DepthProxy",
     "HeldOutData",
+    "JointParetoResult",
+    "JointResult",
+    "JointSearcher",
     "LatencySpace",
     "ParetoResult",
     "Proxy",
@@ -37,6 +43,8 @@ __all__ = [
     "Searcher",
     "SensitivityProxy",
     "SupernetProxy",
+    "joint_pareto",
+    "joint_search",
     "make_proxy",
     "pareto",
     "parse_budget",

@@ -63,29 +63,54 @@ class Solution:
     exact: bool = True
 
 
+def check_options(strategy: str, population: int, generations: int) -> None:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    for name, value, low in (("population", population, 4), ("generations", generations, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"--{name} must be an integer ≥ {low}, got {value!r}")
+
+
+def restricted(proxy: Proxy, candidates: tuple[int, ...], asked: tuple[int, ...] | None,
+               say: Progress) -> tuple[int, ...]:
+    """The candidates the proxy can judge; an error if the user named others."""
+    kept = proxy.restrict(candidates)
+    if kept != candidates:
+        dropped = sorted(set(candidates) - set(kept))
+        if asked is not None:
+            raise ConfigError(f"the {proxy.kind} proxy cannot judge block(s) {dropped} "
+                              f"(it knows blocks {list(kept)}); leave them out of --candidates")
+        say(f"searching over the {len(kept)} blocks the {proxy.kind} proxy knows (not {dropped})")
+    return kept
+
+
+def resolve_strategy(strategy: str, bits: int, proxy: Proxy) -> str:
+    """``auto`` → dp (additive proxies), exhaustive or evolutionary; an exhaustive search too large for
+    the proxy is an error."""
+    additive = proxy.additive
+    if strategy == "auto":
+        return "dp" if additive else "exhaustive" if bits <= EXHAUSTIVE_BITS_EVALUATED else "evolutionary"
+    limit = MAX_ENUMERATED_BITS if additive else EXHAUSTIVE_BITS_EVALUATED
+    if strategy == "exhaustive" and bits > limit:
+        raise ConfigError(f"{bits} candidate blocks: 2^{bits} subnets are too many for an exhaustive search "
+                          f"with the {proxy.kind} proxy; use --strategy evolutionary (or auto)")
+    return strategy
+
+
 class Searcher:
     """One table, one proxy, one candidate set; :meth:`solve` answers any budget, reusing work."""
 
     def __init__(self, table: LatencyTable, proxy: Proxy, *, candidates: Iterable[int] | None = None,
                  strategy: str = "auto", seed: int = 0, population: int = 24, generations: int = 12,
                  progress: Progress | None = None):
-        if strategy not in STRATEGIES:
-            raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-        for name, value, low in (("population", population, 4), ("generations", generations, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"--{name} must be an integer ≥ {low}, got {value!r}")
+        check_options(strategy, population, generations)
         self.say = progress or silent
         self.table, self.proxy, self.seed = table, proxy, seed
         self.population, self.generations = population, generations
         asked = None if candidates is None else tuple(sorted(set(candidates)))
         space = LatencySpace.from_table(table, asked)
-        kept = proxy.restrict(space.candidates)
+        kept = restricted(proxy, space.candidates, asked, self.say)
         if kept != space.candidates:
-            dropped = sorted(set(space.candidates) - set(kept))
-            if asked is not None:
-                raise ConfigError(f"the {proxy.kind} proxy cannot judge block(s) {dropped} "
-                                  f"(it knows blocks {list(kept)}); leave them out of --candidates")
-            self.say(f"searching over the {len(kept)} blocks the {proxy.kind} proxy knows (not {dropped})")
             space = LatencySpace.from_table(table, kept)
         self.space = space
         self.requested, self.strategy = strategy, self._resolve(strategy)
@@ -95,14 +120,7 @@ class Searcher:
         self._scores: dict[int, float] = {}
 
     def _resolve(self, strategy: str) -> str:
-        n, additive = self.space.bits, self.proxy.additive
-        if strategy == "auto":
-            return "dp" if additive else "exhaustive" if n <= EXHAUSTIVE_BITS_EVALUATED else "evolutionary"
-        limit = MAX_ENUMERATED_BITS if additive else EXHAUSTIVE_BITS_EVALUATED
-        if strategy == "exhaustive" and n > limit:
-            raise ConfigError(f"{n} candidate blocks: 2^{n} subnets are too many for an exhaustive search "
-                              f"with the {self.proxy.kind} proxy; use --strategy evolutionary (or auto)")
-        return strategy
+        return resolve_strategy(strategy, self.space.bits, self.proxy)
 
     # --- scores ----------------------------------------------------------------------------------
 
@@ -170,9 +188,9 @@ class Searcher:
 
     def _evolutionary(self, limit: float) -> Solution:
         seed = self.chain().best(limit).mask
-        evolution = Evolution(self.space, self.score, limit, block_scores=self.proxy.block_scores(),
-                              rng=np.random.default_rng(self.seed), population=self.population,
-                              generations=self.generations, say=self.say)
+        evolution = Evolution(WithinBudget(self.space, limit), self.score,
+                              block_scores=self.proxy.block_scores(), rng=np.random.default_rng(self.seed),
+                              population=self.population, generations=self.generations, say=self.say)
         masks = evolution.run([seed])
         return self._solution_of(masks, limit, f"exact DP over per-block scores as seed + evolutionary "
                                                f"search ({evolution.generations_run} generations, population "
@@ -188,13 +206,31 @@ class Searcher:
                         method=method)
 
 
-class Evolution:
-    """Uniform crossover, bit-flip mutation (rate 1/n), greedy repair into the budget, best half survives."""
+class WithinBudget:
+    """What the evolution keeps subnets within: one table's latency ≤ limit. ``repair_gain`` is how
+    much flipping bit j moves the subnet towards fitting (≤ 0: not at all)."""
 
-    def __init__(self, space: LatencySpace, score: Callable[[int], float], limit: float, *,
+    def __init__(self, space: LatencySpace, limit: float):
+        self.space, self.limit, self.bits = space, limit, space.bits
+
+    def fits(self, mask: int) -> bool:
+        return self.space.latency(mask) <= self.limit
+
+    def latency(self, mask: int) -> float:
+        return self.space.latency(mask)
+
+    def repair_gain(self, mask: int, j: int) -> float:
+        return self.space.flip_change(mask, j)
+
+
+class Evolution:
+    """Uniform crossover, bit-flip mutation (rate 1/n), greedy repair into the budget(s), best half
+    survives. ``constraint`` says which subnets fit (:class:`WithinBudget`, or several tables' budgets)."""
+
+    def __init__(self, constraint: WithinBudget, score: Callable[[int], float], *,
                  block_scores: np.ndarray, rng: np.random.Generator, population: int, generations: int,
                  say: Progress):
-        self.space, self.score, self.limit, self.rng = space, score, limit, rng
+        self.constraint, self.score, self.rng = constraint, score, rng
         self.population, self.generations, self.say = population, generations, say
         costs = np.maximum(-np.asarray(block_scores, dtype=float), 0.0)
         self.costs = costs
@@ -229,7 +265,7 @@ class Evolution:
             self.generations_run = generation + 1
             best = ranked[0]
             self.say(f"generation {generation + 1}/{self.generations}: best score {self.seen[best]:.4g} at "
-                     f"{self.space.latency(best):.3f} ms; {len(self.seen)} subnets evaluated")
+                     f"{self.constraint.latency(best):.3f} ms; {len(self.seen)} subnets evaluated")
             if not children:
                 break
             pool = parents + children
@@ -240,35 +276,35 @@ class Evolution:
         for mask in pool:
             if mask not in self.seen:
                 self.seen[mask] = self.score(mask)
-        return sorted(pool, key=lambda m: (-self.seen[m], self.space.latency(m), m))
+        return sorted(pool, key=lambda m: (-self.seen[m], self.constraint.latency(m), m))
 
     def _add(self, pool: list[int], mask: int | None) -> None:
         if mask is not None and mask not in pool:
             pool.append(mask)
 
     def random_mask(self) -> int:
-        n = self.space.bits
+        n = self.constraint.bits
         k = int(self.rng.integers(0, n + 1))
         return sum(1 << int(j) for j in self.rng.choice(n, size=k, replace=False))
 
     def crossover(self, a: int, b: int) -> int:
-        take = sum(1 << j for j in range(self.space.bits) if self.rng.random() < 0.5)
+        take = sum(1 << j for j in range(self.constraint.bits) if self.rng.random() < 0.5)
         return (a & take) | (b & ~take)
 
     def mutate(self, mask: int) -> int:
-        n = self.space.bits
+        n = self.constraint.bits
         flips = [j for j in range(n) if self.rng.random() < 1.0 / n] or [int(self.rng.integers(n))]
         for j in flips:
             mask ^= 1 << j
         return mask
 
     def repair(self, mask: int) -> int | None:
-        """Flip the bit with the best latency gain per unit of score cost until the subnet fits."""
-        while self.space.latency(mask) > self.limit:
+        """Flip the bit with the best gain towards fitting per unit of score cost until the subnet fits."""
+        while not self.constraint.fits(mask):
             best, best_ratio = None, -1.0
-            for j in range(self.space.bits):
+            for j in range(self.constraint.bits):
                 pruned = bool(mask >> j & 1)
-                gain = self.space.flip_change(mask, j)
+                gain = self.constraint.repair_gain(mask, j)
                 if gain <= 0:
                     continue
                 cost = -self.costs[j] if pruned else self.costs[j]
