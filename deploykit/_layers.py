@@ -41,7 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("remote.client",),
     ("remote.wire",),  # what travels between agent and client
     ("runtimes", "export", "models", "data"),
-    ("targets", "protocol", "subnet", "checkpoints", "macs"),
+    ("targets", "protocol", "subnet", "checkpoints", "macs", "deployment"),
     ("fileio", "shapes", "runsettings"),
     ("errors", "progress", "_layers"),
 )

@@ -527,6 +527,10 @@ def _add_export(sub) -> None:
     p.add_argument("--dynamic-batch", action="store_true",
                    help="make the batch dimension dynamic (named 'batch'); if onnxsim would fix it, "
                         "the unsimplified graph is kept and a warning says so")
+    p.add_argument("--table", default=None, metavar="TABLE",
+                   help="the latency table the model's figures come from: also write "
+                        "OUT.settings.json beside the ONNX with the run settings (threads, spinning, ...) "
+                        "the table was measured with, for deployment and `deploykit verify`")
     p.add_argument("--unsafe-pickle", action="store_true", help=UNSAFE_PICKLE_HELP)
     p.set_defaults(func=_run_export)
 
@@ -541,6 +545,7 @@ def _run_export(args) -> int:
 
     if args.batch < 1:
         raise ConfigError(f"--batch must be ≥ 1, got {args.batch}")
+    deployment = _deployment_of(args.table) if args.table else None
     loaded = load_module(args.checkpoint, weights=args.weights, input_size=args.input_size,
                          unsafe_pickle=args.unsafe_pickle)
     _print_notes("export", loaded.notes)
@@ -563,7 +568,19 @@ def _run_export(args) -> int:
           f"{info['initializer_values']} ONNX initializer values)")
     print(f"  MACs {macs / 1e6:.2f} M per image at {args.input_size[0]}x{args.input_size[1]}")
     print(f"  file size {info['size_bytes'] / 1e6:.2f} MB ({info['size_bytes']} bytes)")
+    if deployment is not None:
+        from deploykit.deployment import write_settings
+
+        written = write_settings(path, deployment)
+        print(f"  run settings {deployment.settings.describe()} (as {args.table} was measured) → {written}")
     return 0
+
+
+def _deployment_of(table_file: str):
+    from deploykit.latency.table import read_meta
+
+    meta = read_meta(table_file)
+    return meta.deployment(measured_by=str(table_file))
 
 
 def _print_notes(command: str, notes) -> None:

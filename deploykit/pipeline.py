@@ -631,10 +631,14 @@ class Pipeline:
                 f"(logit error {result.merge_rel_error:.1e})")
 
     def _export(self, load: Callable[[], Any], folder: Path) -> str:
+        from deploykit.deployment import write_settings
         from deploykit.export import export_onnx
 
         path = export_onnx(load(), (self.batch, 3, *self.config.input_size), self.layout.onnx(folder))
-        return f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)"
+        table = self.latency_table()
+        settings = write_settings(path, table.meta.deployment(measured_by=str(self.layout.table)))
+        return (f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {settings.name} "
+                f"({table.meta.measured_with().describe()})")
 
     def _verify(self, folder: Path, *, pruned: tuple[int, ...] | None, reference: Path | None) -> str:
         from deploykit.subnet import Subnet
@@ -668,9 +672,31 @@ class Pipeline:
         root = self.layout.root
         folders = [self.layout.baseline, self.layout.continued] + [self.layout.budget(text)
                                                                    for text in self.config.budgets]
-        written = write_speed_accuracy(folders, out=root / "table.md", plot=root / "pareto.png")
+        measured = self._measure_variants(folders)
+        written = write_speed_accuracy(folders, out=root / "table.md", plot=root / "pareto.png",
+                                       measurements=[measured])
         csv = write_text_atomic(root / "table.csv", render_table(written.frame, ".csv"))
-        return f"wrote {written.table_path}, {csv}, {written.plot_path}"
+        return f"wrote {measured}, {written.table_path}, {csv}, {written.plot_path}"
+
+    def _measure_variants(self, folders: list[Path]) -> Path:
+        """Every variant's ONNX in one round-robin measurement (fresh processes, ``rounds`` rounds), the
+        original as the reference: the table's milliseconds and speed-ups come from it, so they agree."""
+        from deploykit.latency.identity import with_table_settings
+        from deploykit.verify.files import onnx_input_shape
+        from deploykit.verify.rounds import FILE_PATTERN, measure_round_robin
+
+        lay = self.layout
+        files = {folder.name: lay.onnx(folder) for folder in folders}
+        target = with_table_settings(self.target, self.latency_table())
+        shape = onnx_input_shape(lay.onnx(lay.baseline), batch=self.batch, input_size=self.config.input_size)
+        self.say(f"  one interleaved measurement of {len(files)} models, {self.config.rounds} rounds "
+                 f"({target.settings.describe()})")
+        robin = measure_round_robin(
+            files, reference=lay.baseline.name, rounds=self.config.rounds, target=target.name,
+            settings=target.settings.as_dict(), progress=lambda line: self.say(f"  {line}"),
+            time_file=lambda path: self.host.measure(path, target=target, protocol=self.config.protocol,
+                                                     input_shape=shape))
+        return robin.write(lay.root / FILE_PATTERN.format(target=target.name))
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import pandas as pd
 from deploykit.errors import ConfigError
 from deploykit.fileio import check_output_files, write_bytes_atomic, write_text_atomic
 from deploykit.verify import VerifyReport
+from deploykit.verify.rounds import RoundRobin
 
 RESULT_FILE = "result.json"
 REPORT_GLOB = "verify*.json"
@@ -45,12 +46,17 @@ UNEQUAL, UNKNOWN = "not the same budget", "budget unknown"
 LOG_FILE = "log.csv"  # one row per finished epoch (written by deploykit train)
 PREDICTED, MEASURED, SPEEDUP, NUMERICS = "predicted ms", "measured ms", "speed-up", "numerics"
 TARGET_FIELDS = (PREDICTED, MEASURED, SPEEDUP, NUMERICS)
+# With one round-robin measurement of every variant (deploykit.verify.rounds), the spread of its
+# figures: half the range of the round medians (ms) and of the per-round speed-ups.
+MEASURED_SPREAD, SPEEDUP_SPREAD = "measured ±", "speed-up ±"
+ROUND_ROBIN_FIELDS = (PREDICTED, MEASURED, MEASURED_SPREAD, SPEEDUP, SPEEDUP_SPREAD, NUMERICS)
 NO_LATENCY = "no variant has a measured latency: run deploykit verify --out DIR/verify-TARGET.json first"
 
 # How each numeric column reads in Markdown and HTML (matched on the column's end); CSV keeps raw floats.
 _FORMATS: dict[str, Callable[[float], str]] = {
     TOP1: "{:.2f}".format, DELTA: "{:+.2f}".format, PARAMS: "{:.2f}".format, MACS: "{:.1f}".format,
     PREDICTED: "{:.3f}".format, MEASURED: "{:.3f}".format, SPEEDUP: "{:.2f}×".format,
+    MEASURED_SPREAD: "±{:.3f}".format, SPEEDUP_SPREAD: "±{:.2f}".format,
 }
 
 
@@ -252,14 +258,19 @@ def _number(data: dict[str, Any], key: str, source: Path, *, required: bool = Fa
 
 # --- the frame --------------------------------------------------------------------------------------
 
-def speed_accuracy_frame(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """The table for the variants under ``paths`` (see :func:`load_variants`)."""
-    return variants_frame(load_variants(paths))
+def speed_accuracy_frame(paths: Iterable[str | Path], *,
+                         measurements: Sequence[str | Path] = ()) -> pd.DataFrame:
+    """The table for the variants under ``paths`` (see :func:`load_variants`); ``measurements``:
+    round-robin files (``latency-TARGET.json``) whose figures replace the verify reports' for the
+    variants they measured, so that the compared figures come from one measurement."""
+    return variants_frame(load_variants(paths), round_robins=[RoundRobin.read(p) for p in measurements])
 
 
-def variants_frame(variants: Sequence[Variant]) -> pd.DataFrame:
-    """One row per variant: :data:`BASE_COLUMNS`, then :data:`TARGET_FIELDS` per target (by name)."""
-    targets = sorted({r.target for v in variants for r in v.reports})
+def variants_frame(variants: Sequence[Variant], *, round_robins: Sequence[RoundRobin] = ()) -> pd.DataFrame:
+    """One row per variant: :data:`BASE_COLUMNS`, then :data:`TARGET_FIELDS` per target (by name), or
+    :data:`ROUND_ROBIN_FIELDS` for a target measured round-robin."""
+    robins = {r.target: r for r in round_robins}
+    targets = sorted({r.target for v in variants for r in v.reports} | set(robins))
     labels = variant_labels(variants)
     label_of = {id(v): label for v, label in zip(variants, labels)}
     rows = []
@@ -273,8 +284,11 @@ def variants_frame(variants: Sequence[Variant]) -> pd.DataFrame:
             PARAMS: _millions(v.params), MACS: _millions(v.macs)}
         for target in targets:
             row.update(_target_cells(v, target, variants))
+            if target in robins:
+                row.update(_round_robin_cells(v, target, robins[target]))
         rows.append(row)
-    columns = [*BASE_COLUMNS, *(f"{t} {f}" for t in targets for f in TARGET_FIELDS)]
+    columns = [*BASE_COLUMNS, *(f"{t} {f}" for t in targets
+                                for f in (ROUND_ROBIN_FIELDS if t in robins else TARGET_FIELDS))]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -337,6 +351,23 @@ def _target_cells(variant: Variant, target: str, variants: Sequence[Variant]) ->
     cells[f"{target} {MEASURED}"] = _or_nan(model_stats.get("median_ms"))
     cells[f"{target} {SPEEDUP}"] = _speedup(variant, report, variants)
     cells[f"{target} {NUMERICS}"] = {True: "pass", False: "FAIL", None: "–"}[report.passed]
+    return cells
+
+
+def _round_robin_cells(variant: Variant, target: str, robin: RoundRobin) -> dict[str, Any]:
+    """The variant's figures from the round-robin measurement (blank where it was not measured)."""
+    cells: dict[str, Any] = {f"{target} {f}": math.nan for f in (MEASURED, MEASURED_SPREAD, SPEEDUP,
+                                                                 SPEEDUP_SPREAD)}
+    measured = robin.models.get(variant.directory.name)
+    if measured is None:
+        return cells
+    low, high = measured.range_ms
+    cells[f"{target} {MEASURED}"] = measured.median_ms
+    cells[f"{target} {MEASURED_SPREAD}"] = (high - low) / 2
+    if measured.speedup is not None:
+        slow, fast = measured.speedup_range
+        cells[f"{target} {SPEEDUP}"] = measured.speedup
+        cells[f"{target} {SPEEDUP_SPREAD}"] = (fast - slow) / 2
     return cells
 
 
@@ -453,7 +484,9 @@ def render_pareto_png(frame: pd.DataFrame) -> bytes:
     for axes, (target, rows, column, xlabel, higher_is_better) in zip(
             figure.subplots(1, len(panels), squeeze=False)[0], panels):
         xs, ys = rows[column].astype(float).tolist(), rows[TOP1].astype(float).tolist()
-        _pareto_panel(axes, xs, ys, [str(v) for v in rows["variant"]], higher_is_better)
+        spread = f"{column} ±" if column.endswith(SPEEDUP) else f"{target} {MEASURED_SPREAD}"
+        xerr = rows[spread].astype(float).fillna(0.0).tolist() if spread in rows else None
+        _pareto_panel(axes, xs, ys, [str(v) for v in rows["variant"]], higher_is_better, xerr=xerr)
         models = ", ".join(dict.fromkeys(rows["model"]))
         axes.set(xlabel=xlabel, ylabel="top-1 (%)", title=f"{models} on {target}")
     buffer = io.BytesIO()
@@ -461,11 +494,16 @@ def render_pareto_png(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def _pareto_panel(axes, xs: list[float], ys: list[float], labels: list[str], higher_is_better: bool) -> None:
-    """Scatter every point, the front (no point better on both axes) as a step line, labels beside."""
+def _pareto_panel(axes, xs: list[float], ys: list[float], labels: list[str], higher_is_better: bool, *,
+                  xerr: list[float] | None = None) -> None:
+    """Scatter every point (with its spread over the measurement's rounds as an error bar, where there
+    is one), the front (no point better on both axes) as a step line, labels beside."""
     cost = [-x if higher_is_better else x for x in xs]
     front = pareto_front(list(zip(cost, ys)))
     front_points = sorted(((xs[i], ys[i]) for i in front), reverse=higher_is_better)
+    if xerr is not None:
+        axes.errorbar(xs, ys, xerr=xerr, fmt="none", ecolor="0.4", elinewidth=1, capsize=3,
+                      label="range over rounds / 2")
     axes.scatter(xs, ys, color="0.55", s=26, label="variant")
     axes.step(*zip(*front_points), where="post", color="tab:red", linewidth=1.2)
     axes.scatter(*zip(*front_points), color="tab:red", s=40, zorder=3, label="Pareto front")
@@ -493,11 +531,12 @@ class TableOutput:
 
 
 def write_speed_accuracy(paths: Sequence[str | Path], *, out: str | Path | None = None,
-                         plot: str | Path | None = None) -> TableOutput:
+                         plot: str | Path | None = None,
+                         measurements: Sequence[str | Path] = ()) -> TableOutput:
     """Build the table for ``paths``; write it to ``out`` (suffix: .md, .csv, .html) and the Pareto plot
     to ``plot`` (.png). Everything is rendered before anything is written, and each file is written
     atomically, so an error leaves no file behind."""
-    frame = speed_accuracy_frame(paths)
+    frame = speed_accuracy_frame(paths, measurements=measurements)
     text = render_table(frame, Path(out).suffix) if out is not None else None
     if plot is not None and Path(plot).suffix.lower() != ".png":
         raise ConfigError(f"the Pareto plot is a PNG file: --plot {plot} should end in .png")

@@ -129,3 +129,27 @@ def run_probe(settings: Sequence[RunSettings], measure: Callable[[RunSettings], 
     rows = tuple(ProbeRow(s, tuple(medians[s])) for s in settings)
     chosen, reason = choose(rows)
     return ProbeResult(rows=rows, chosen=chosen, reason=reason)
+
+
+def settle(target: Any, onnx_file: Any, *, input_shape: Sequence[int], protocol: Any, host: Any,
+           say: Callable[[str], None]) -> tuple[Any, ProbeResult | None]:
+    """``target`` with what it leaves to ``auto`` chosen by the probe on ``onnx_file`` (the whole model)
+    where ``host`` measures, the probe printed as a small table; without ``auto``, the target as it is
+    (settled). The probe result, or None when there was nothing to choose."""
+    from deploykit.runtimes import check_target
+
+    if not target.auto_settings:
+        return target.with_settings(target.settings), None
+    fingerprint = host.fingerprint(target, threads=None)
+    takes = check_target(target).setting_keys(target)
+    options = candidates(target.settings, target.auto_settings, takes=takes,
+                         physical_cores=fingerprint.physical_cores or fingerprint.usable_cores or 1)
+    if len(options) == 1:
+        return target.with_settings(options[0]), None
+    say(f"settings probe: {len(options)} candidates ({'; '.join(o.describe() for o in options)}), the whole "
+        f"model in {PROBE_PROCESSES} fresh processes each, interleaved")
+    result = run_probe(options, lambda s: host.measure(onnx_file, target=target.with_settings(s),
+                                                       protocol=protocol, input_shape=input_shape).median_ms)
+    say(result.table())
+    say(f"run settings: {result.chosen.describe()} ({result.reason})")
+    return target.with_settings(result.chosen), result

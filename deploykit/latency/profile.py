@@ -47,7 +47,7 @@ from deploykit.latency.estimate import Roofline, estimate_onnx
 from deploykit.latency.fingerprint import Fingerprint, differences
 from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.options import EndToEndOptions
-from deploykit.latency.probe import PROBE_PROCESSES, ProbeResult, candidates, run_probe
+from deploykit.latency.probe import ProbeResult, settle
 from deploykit.latency.sentinel import Sentinel, SentinelPolicy
 from deploykit.latency.subnets import Measurer, SubnetMeasurer
 from deploykit.latency.table import (
@@ -628,29 +628,15 @@ def _settle_settings(target: Any, model_entry: Entry, *, batch: int, protocol, h
                      say: Progress) -> tuple[Any, ProbeResult | None]:
     """``target`` with every run setting fixed: a resumed table's, else the probe's choice for what the
     target leaves to ``auto`` (printed as a small table), else the target's own."""
-    if not target.auto_settings:
-        return target.with_settings(target.settings), None
-    if resumed is not None:
+    if resumed is not None and target.auto_settings:
         say(f"run settings of the table being resumed: {resumed.describe()}")
         return target.with_settings(resumed), None
-    from deploykit.runtimes import check_target
-
-    fingerprint = host.fingerprint(target, threads=None)
-    takes = check_target(target).setting_keys(target)
-    options = candidates(target.settings, target.auto_settings, takes=takes,
-                         physical_cores=fingerprint.physical_cores or fingerprint.usable_cores or 1)
-    if len(options) == 1:
-        return target.with_settings(options[0]), None
-    say(f"settings probe: {len(options)} candidates ({'; '.join(o.describe() for o in options)}), the whole "
-        f"model in {PROBE_PROCESSES} fresh processes each, interleaved")
+    if not target.auto_settings:
+        return settle(target, None, input_shape=(), protocol=protocol, host=host, say=say)
     with tempfile.TemporaryDirectory(prefix="deploykit-probe-") as folder:
         onnx_file = _export(model_entry, batch, Path(folder) / "model.onnx", opset)
-        shape = (batch, *model_entry.in_shape)
-        result = run_probe(options, lambda s: host.measure(onnx_file, target=target.with_settings(s),
-                                                           protocol=protocol, input_shape=shape).median_ms)
-    say(result.table())
-    say(f"run settings: {result.chosen.describe()} ({result.reason})")
-    return target.with_settings(result.chosen), result
+        return settle(target, onnx_file, input_shape=(batch, *model_entry.in_shape), protocol=protocol,
+                      host=host, say=say)
 
 
 def _estimated_meta(model_name: str, target: Any, size, batch: int, roofline: Roofline) -> TableMeta:

@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from deploykit.deployment import DeploymentSettings
 from deploykit.errors import ConfigError, TableError, one_line
 from deploykit.fileio import check_output_files, read_json, write_json_atomic, write_text_atomic
 from deploykit.latency.predictor import Predictor
@@ -176,6 +177,11 @@ class TableMeta:
         if self.run_settings is not None:
             return RunSettings.from_dict(self.run_settings)
         return RunSettings(threads=self.threads)
+
+    def deployment(self, measured_by: str) -> DeploymentSettings:
+        """What ``MODEL.settings.json`` says for a model whose figures come from this table."""
+        return DeploymentSettings(target=self.target, runtime=self.runtime, provider=self.provider,
+                                  settings=self.measured_with(), measured_by=measured_by)
 
     def settings(self) -> dict[str, Any]:
         """The fields that must agree between a table and a run that resumes it."""

@@ -50,6 +50,10 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
         if ref_shape != shape:
             raise ConfigError(f"{ref_path} takes input {list(ref_shape)}, {path} {list(shape)}")
     notes: list[str] = []
+    protocol = protocol or Protocol()
+    target, how = _settled_target(target, path, shape, protocol=protocol, table=table, host=host,
+                                  progress=progress)
+    notes.append(f"run settings: {target.settings.describe()} ({how})")
 
     predicted = mismatches = None
     if table is not None:
@@ -70,7 +74,6 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
                                   n_inputs=n_inputs, seed=seed, host=host)
 
     latency = speedup = error_pct = None
-    protocol = protocol or Protocol()
     if measure_latency:
         latency = measure_interleaved(path, ref_path, target=target, protocol=protocol,
                                       input_shape=shape, rounds=rounds, progress=progress, host=host)
@@ -93,3 +96,32 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
         predicted_ms=predicted, prediction_error_pct=error_pct, table_mismatches=tuple(mismatches or ()),
         speedup=speedup, passed=None if numerics is None else numerics["passed"], notes=tuple(notes),
         device_url=host.url)
+
+
+def _settled_target(target, path: Path, shape, *, protocol, table, host, progress: Progress | None):
+    """``target`` with the run settings to verify with, and where they come from: the table's (a table
+    is used only with its own), else ``MODEL.settings.json`` beside the file, else the probe's choice
+    for what the target leaves to ``auto``. An explicit setting that differs from the table's or the
+    file's is a ConfigError."""
+    from deploykit.deployment import read_settings, settings_path
+    from deploykit.latency.identity import with_table_settings
+    from deploykit.latency.probe import settle
+    from deploykit.runsettings import differing
+
+    asked = protocol.explicit_settings()
+    if table is not None:
+        return with_table_settings(target, table, asked), f"as {table.path or 'the table'} was measured"
+    deployment = read_settings(path)
+    if deployment is not None and deployment.target == target.name:
+        clash = differing(asked.over(deployment.settings), deployment.settings)
+        if clash:
+            raise ConfigError(f"{settings_path(path)} says the model runs with "
+                              f"{deployment.settings.describe()}; you asked for {'; '.join(clash)}: drop the "
+                              "option, or remove the settings file to verify with other settings")
+        return target.with_settings(deployment.settings), f"from {settings_path(path).name}"
+    target = protocol.apply_settings(target)
+    if not target.auto_settings:
+        return target.with_settings(target.settings), "the target's"
+    settled, _ = settle(target, path, input_shape=shape, protocol=protocol, host=host,
+                        say=progress or (lambda line: None))
+    return settled, "chosen by the settings probe"

@@ -1,0 +1,122 @@
+"""One interleaved measurement of several models: the figures a results table compares.
+
+Milliseconds measured minutes apart, each in their own verify stage, do not compare on a shared
+machine: the demo's table once showed the original at 0.334 ms and a pruned model at 0.499 ms while
+its speed-up column said 1.18× faster. So the figures a table puts side by side come from one
+measurement: every model is timed once per round, round-robin (each in a fresh process), for
+``rounds`` rounds. A model's milliseconds are the median of its round medians, with their range; its
+speed-up is the median over rounds of reference / model *within the round*, with its range — a burst
+of load that slows one round cancels out of the ratio. :class:`RoundRobin` is written beside the
+run (``latency-TARGET.json``) and read by the results table.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import ConfigError
+from deploykit.fileio import read_json, write_json_atomic
+from deploykit.progress import Progress
+
+FILE_PATTERN = "latency-{target}.json"
+
+
+@dataclass(frozen=True)
+class ModelRounds:
+    """One model's round medians (ms) and, where a reference was measured with it, the per-round
+    speed-ups (reference / model)."""
+
+    round_medians_ms: tuple[float, ...]
+    round_speedups: tuple[float, ...] = ()
+    contended_rounds: int = 0
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.round_medians_ms)
+
+    @property
+    def range_ms(self) -> tuple[float, float]:
+        return min(self.round_medians_ms), max(self.round_medians_ms)
+
+    @property
+    def speedup(self) -> float | None:
+        return statistics.median(self.round_speedups) if self.round_speedups else None
+
+    @property
+    def speedup_range(self) -> tuple[float, float] | None:
+        return (min(self.round_speedups), max(self.round_speedups)) if self.round_speedups else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"round_medians_ms": list(self.round_medians_ms), "median_ms": self.median_ms,
+                "range_ms": list(self.range_ms), "round_speedups": list(self.round_speedups),
+                "speedup": self.speedup, "speedup_range": list(self.speedup_range or []) or None,
+                "contended_rounds": self.contended_rounds}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelRounds:
+        return cls(round_medians_ms=tuple(float(x) for x in data["round_medians_ms"]),
+                   round_speedups=tuple(float(x) for x in data.get("round_speedups") or ()),
+                   contended_rounds=int(data.get("contended_rounds", 0)))
+
+
+@dataclass(frozen=True)
+class RoundRobin:
+    """The measurement of several models on one target, by name (a variant directory's name)."""
+
+    target: str
+    settings: Mapping[str, Any]
+    rounds: int
+    reference: str | None
+    models: Mapping[str, ModelRounds] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "settings": dict(self.settings), "rounds": self.rounds,
+                "reference": self.reference, "models": {k: v.as_dict() for k, v in self.models.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str) -> RoundRobin:
+        try:
+            return cls(target=str(data["target"]), settings=dict(data.get("settings") or {}),
+                       rounds=int(data["rounds"]), reference=data.get("reference"),
+                       models={str(k): ModelRounds.from_dict(v) for k, v in data["models"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ConfigError(f"{source} is not a deploykit round-robin measurement ({error!r})") from None
+
+    def write(self, path: str | Path) -> Path:
+        return write_json_atomic(path, self.as_dict())
+
+    @classmethod
+    def read(cls, path: str | Path) -> RoundRobin:
+        return cls.from_dict(read_json(path, what="round-robin latency file"), source=str(path))
+
+
+def measure_round_robin(files: Mapping[str, Path], *, reference: str | None, rounds: int,
+                        time_file: Callable[[Path], Any], target: str, settings: Mapping[str, Any],
+                        progress: Progress | None = None) -> RoundRobin:
+    """Time every file in ``files`` once per round, in order, for ``rounds`` rounds (``time_file``: one
+    fresh-process measurement, a :class:`deploykit.protocol.Measurement`). Speed-ups are against
+    ``reference`` (a key of ``files``), within each round."""
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be ≥ 1, got {rounds}")
+    if reference is not None and reference not in files:
+        raise ConfigError(f"the reference {reference!r} is not among the models measured")
+    medians: dict[str, list[float]] = {name: [] for name in files}
+    contended: dict[str, int] = dict.fromkeys(files, 0)
+    for index in range(rounds):
+        for name, path in files.items():
+            result = time_file(path)
+            medians[name].append(result.median_ms)
+            contended[name] += bool(getattr(result, "contended", False))
+            if progress:
+                progress(f"round {index + 1}/{rounds}: {name}: {result.median_ms:.3f} ms")
+    models = {}
+    for name in files:
+        ratios = ((tuple(r / m for r, m in zip(medians[reference], medians[name]) if m > 0))
+                  if reference is not None else ())
+        models[name] = ModelRounds(tuple(medians[name]), ratios, contended[name])
+    return RoundRobin(target=target, settings=dict(settings), rounds=rounds, reference=reference,
+                      models=models)
