@@ -49,7 +49,7 @@ ARCHES = ("x86_64", "aarch64")
 TARGETS_ENV = "DEPLOYKIT_TARGETS_DIR"
 _CHECKOUT_TARGETS = Path(__file__).resolve().parent.parent / "targets"  # a source checkout's own folder
 # Where a target came from (target_source): the shipped ones, $DEPLOYKIT_TARGETS_DIR, or a YAML path.
-SHIPPED, FROM_ENV, FROM_FILE = "shipped", f"${TARGETS_ENV}", "file"
+SOURCE_SHIPPED, SOURCE_ENV, SOURCE_FILE = "shipped", f"${TARGETS_ENV}", "file"
 
 
 @dataclass(frozen=True)
@@ -111,16 +111,16 @@ def shipped_targets_dir() -> Path:
 def targets_source_line() -> str:
     """Where :func:`list_targets` reads from, for people: ``shipped with deploykit (DIR)`` or
     ``from $DEPLOYKIT_TARGETS_DIR (DIR)``."""
-    label = f"from {FROM_ENV}" if os.environ.get(TARGETS_ENV) else "shipped with deploykit"
+    label = f"from {SOURCE_ENV}" if os.environ.get(TARGETS_ENV) else "shipped with deploykit"
     return f"{label} ({targets_dir()})"
 
 
 def target_source(target: Target) -> str:
-    """Where ``target`` was read from: :data:`SHIPPED`, :data:`FROM_ENV` or :data:`FROM_FILE`."""
+    """Where ``target`` was read from: :data:`SOURCE_SHIPPED`, :data:`SOURCE_ENV` or :data:`SOURCE_FILE`."""
     folder = Path(target.path).parent.resolve()
     if folder == shipped_targets_dir().resolve():
-        return SHIPPED
-    return FROM_ENV if os.environ.get(TARGETS_ENV) and folder == targets_dir().resolve() else FROM_FILE
+        return SOURCE_SHIPPED
+    return SOURCE_ENV if os.environ.get(TARGETS_ENV) and folder == targets_dir().resolve() else SOURCE_FILE
 
 
 def load_target(name_or_path: str | Path) -> Target:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from deploykit.runtimes.registry import backends
-from deploykit.targets import FROM_FILE, target_source
+from deploykit.targets import SOURCE_FILE, target_source
 
 if TYPE_CHECKING:
     from deploykit.runtimes.base import RuntimeBackend
@@ -54,7 +54,7 @@ def format_targets(rows: list[dict]) -> str:
     header = ("target", "from", "runtime", "precision", "batch", "input", "stands for", "here")
     table = [header]
     for row in rows:
-        source = row["path"] if row["source"] == FROM_FILE else row["source"]
+        source = row["path"] if row["source"] == SOURCE_FILE else row["source"]
         runtime = row["runtime"] + (f" / {row['provider']}" if row["provider"] else "")
         if row["runtime_device"]:
             runtime += f" ({row['runtime_device']})"
