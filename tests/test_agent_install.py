@@ -108,3 +108,11 @@ def test_an_agent_on_a_board_measures(tmp_path, board_env):
     processes = Path(board_env["DEPLOYKIT_TEST_ABSENT_LOG"]).read_text().splitlines()
     assert any("deploykit.cli serve" in line for line in processes)  # the agent ran on the board
     assert any("deploykit.latency.worker" in line for line in processes)  # and so did its worker
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/remote.md"])
+def test_the_documented_board_install_is_the_agent_extra(doc):
+    lines = (ROOT / doc).read_text().splitlines()
+    line = next(line for line in lines if "install --no-deps deploykit" in line)
+    packages = line.split("&&", 1)[1].split("#", 1)[0].split("install", 1)[1].split()
+    assert sorted(packages) == sorted(requirement.name for requirement in agent_extra())
