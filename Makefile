@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 
 .PHONY: install run test lint bench bench-quick gpu-check clean
 
-$(BIN)/deploykit: pyproject.toml constraints.txt
+$(BIN)/deploykit: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,openvino,data,remote]'

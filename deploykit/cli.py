@@ -107,14 +107,14 @@ def _add_targets(sub) -> None:
 
 def _run_targets(args) -> int:
     from deploykit.runtimes import describe, format_targets
-    from deploykit.targets import list_targets, load_target, targets_dir
+    from deploykit.targets import list_targets, load_target, targets_source_line
 
     targets = [load_target(name) for name in args.names] if args.names else list_targets()
     rows = [describe(target) for target in targets]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{len(rows)} target(s) from {targets_dir() if not args.names else 'the command line'}")
+        print(f"{len(rows)} target(s) {'named on the command line' if args.names else targets_source_line()}")
         print(format_targets(rows))
     return 0
 

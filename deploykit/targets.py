@@ -30,6 +30,11 @@ Unknown keys and bad values are ConfigErrors naming the file and the key. Parsin
 no runtime. Whether the named runtime exists and can serve the target as written (its provider,
 runtime_device, precision) is the runtimes' business (:func:`deploykit.runtimes.check_target`), as is
 whether the target can run on this machine (:func:`deploykit.runtimes.availability`).
+
+Named targets are read from ``$DEPLOYKIT_TARGETS_DIR`` when it is set, else from the shipped ones: the
+package data ``deploykit/_data/targets`` of an installed wheel or sdist (setup.py maps the repository's
+top-level ``targets/`` there at build time), or that top-level folder itself when deploykit runs from a
+source checkout or an editable install. :func:`target_source` says which of these a target came from.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -49,7 +55,9 @@ from deploykit.shapes import SIZE_RULE, input_size_or_none
 PRECISIONS = ("fp32", "fp16", "int8")
 ARCHES = ("x86_64", "aarch64")
 TARGETS_ENV = "DEPLOYKIT_TARGETS_DIR"
-_SHIPPED = Path(__file__).resolve().parent.parent / "targets"
+_CHECKOUT_TARGETS = Path(__file__).resolve().parent.parent / "targets"  # a source checkout's own folder
+# Where a target came from (target_source): the shipped ones, $DEPLOYKIT_TARGETS_DIR, or a YAML path.
+SOURCE_SHIPPED, SOURCE_ENV, SOURCE_FILE = "shipped", f"${TARGETS_ENV}", "file"
 
 
 @dataclass(frozen=True)
@@ -113,8 +121,30 @@ class Target:
 
 
 def targets_dir() -> Path:
-    """Where named targets live: ``$DEPLOYKIT_TARGETS_DIR`` if set, else the shipped ``targets/``."""
-    return Path(os.environ[TARGETS_ENV]) if os.environ.get(TARGETS_ENV) else _SHIPPED
+    """Where named targets live: ``$DEPLOYKIT_TARGETS_DIR`` if set, else :func:`shipped_targets_dir`."""
+    return Path(os.environ[TARGETS_ENV]) if os.environ.get(TARGETS_ENV) else shipped_targets_dir()
+
+
+def shipped_targets_dir() -> Path:
+    """The targets shipped with deploykit: the installed package's data (a wheel or sdist install), else
+    the top-level ``targets/`` of the source checkout this package runs from."""
+    packaged = resources.files(__package__).joinpath("_data", "targets")
+    return Path(str(packaged)) if packaged.is_dir() else _CHECKOUT_TARGETS
+
+
+def targets_source_line() -> str:
+    """Where :func:`list_targets` reads from, for people: ``shipped with deploykit (DIR)`` or
+    ``from $DEPLOYKIT_TARGETS_DIR (DIR)``."""
+    label = f"from {SOURCE_ENV}" if os.environ.get(TARGETS_ENV) else "shipped with deploykit"
+    return f"{label} ({targets_dir()})"
+
+
+def target_source(target: Target) -> str:
+    """Where ``target`` was read from: :data:`SOURCE_SHIPPED`, :data:`SOURCE_ENV` or :data:`SOURCE_FILE`."""
+    folder = Path(target.path).parent.resolve()
+    if folder == shipped_targets_dir().resolve():
+        return SOURCE_SHIPPED
+    return SOURCE_ENV if os.environ.get(TARGETS_ENV) and folder == targets_dir().resolve() else SOURCE_FILE
 
 
 def load_target(name_or_path: str | Path) -> Target:

@@ -17,16 +17,22 @@ from deploykit.cli import main
 from deploykit.errors import ConfigError
 from deploykit.runtimes import availability, check_target, get_backend, hostinfo
 from deploykit.targets import (
+    SOURCE_ENV,
+    SOURCE_FILE,
+    SOURCE_SHIPPED,
     Target,
     list_targets,
     load_target,
+    shipped_targets_dir,
     target_from_dict,
+    target_source,
     targets_dir,
 )
 
 REQUIRED = ("amd-mi100", "nvidia-a100", "nvidia-t4", "intel-xeon", "arm-cortex-a76", "arm-neoverse-v1",
             "cpu-ort", "cpu-openvino")
 SHIPPED = sorted(p.stem for p in targets_dir().glob("*.yaml"))
+CPU_ORT_YAML = targets_dir() / "cpu-ort.yaml"
 
 
 def test_the_required_targets_are_shipped():
@@ -114,13 +120,14 @@ def test_gpu_targets_say_exactly_why_not():
 
 def write(tmp_path: Path, name: str = "mine", **changes) -> Path:
     """A copy of cpu-ort.yaml with ``changes`` (value None deletes the key)."""
-    raw = yaml.safe_load((targets_dir() / "cpu-ort.yaml").read_text())
+    raw = yaml.safe_load(CPU_ORT_YAML.read_text())
     for key, value in changes.items():
         if value is None:
             raw.pop(key, None)
         else:
             raw[key] = value
     path = tmp_path / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -214,6 +221,24 @@ def test_targets_dir_can_be_overridden(tmp_path, monkeypatch):
     write(tmp_path, "only-one")
     monkeypatch.setenv("DEPLOYKIT_TARGETS_DIR", str(tmp_path))
     assert [t.name for t in list_targets()] == ["only-one"]
+    assert target_source(load_target("only-one")) == SOURCE_ENV
+
+
+def test_each_target_says_where_it_came_from(tmp_path):
+    assert {target_source(target) for target in list_targets()} == {SOURCE_SHIPPED}
+    assert target_source(load_target(str(write(tmp_path)))) == SOURCE_FILE
+
+
+def test_an_installed_package_reads_its_own_targets(tmp_path, monkeypatch):
+    """A wheel carries the targets as deploykit/_data/targets (setup.py); a checkout has none there."""
+    packaged = tmp_path / "deploykit" / "_data" / "targets"
+    assert shipped_targets_dir() == Path(deploykit.targets.__file__).resolve().parents[1] / "targets"
+    write(packaged.parent.parent, "elsewhere")  # not in _data/targets: not a shipped target
+    packaged.mkdir(parents=True)
+    monkeypatch.setattr(deploykit.targets.resources, "files", lambda package: tmp_path / package)
+    assert shipped_targets_dir() == packaged and list_targets() == []
+    write(packaged, "packaged")
+    assert [(t.name, target_source(t)) for t in list_targets()] == [("packaged", SOURCE_SHIPPED)]
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -224,8 +249,23 @@ def test_cli_lists_every_target_with_why_not(capsys):
     for name in SHIPPED:
         assert name in out
     assert "why not:" in out  # some target always lacks its hardware here (no machine has them all)
+    assert out.startswith(f"{len(SHIPPED)} target(s) shipped with deploykit ({shipped_targets_dir()})\n")
     cpu_line = next(line for line in out.splitlines() if line.startswith("cpu-ort "))
-    assert "yes:" in cpu_line
+    assert "yes:" in cpu_line and cpu_line.split()[1] == SOURCE_SHIPPED
+
+
+def test_cli_names_the_source_of_each_target(capsys, tmp_path, monkeypatch):
+    mine = write(tmp_path / "file", "mine")
+    write(tmp_path / "env", "theirs")
+    monkeypatch.setenv("DEPLOYKIT_TARGETS_DIR", str(tmp_path / "env"))
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"1 target(s) from $DEPLOYKIT_TARGETS_DIR ({tmp_path / 'env'})"
+    assert main(["targets", "theirs", str(mine), str(shipped_targets_dir() / "cpu-ort.yaml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "3 target(s) named on the command line"
+    sources = {line.split()[0]: line.split()[1] for line in out[2:] if not line.startswith(" ")}
+    assert sources == {"theirs": SOURCE_ENV, "mine": str(mine), "cpu-ort": SOURCE_SHIPPED}
 
 
 def test_cli_json_and_errors(capsys, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from deploykit.runtimes.registry import backends
+from deploykit.targets import SOURCE_FILE, target_source
 
 if TYPE_CHECKING:
     from deploykit.runtimes.base import RuntimeBackend
@@ -40,7 +41,8 @@ def describe(target: Target) -> dict:
     row = {"name": target.name, "device": target.device, "runtime": target.runtime,
            "provider": target.provider, "runtime_device": target.runtime_device,
            "precision": target.precision, "batch": target.batch, "input_size": list(target.input_size),
-           "threads": target.threads, "available": ok, "reason": reason, "path": target.path}
+           "threads": target.threads, "available": ok, "reason": reason, "path": target.path,
+           "source": target_source(target)}
     if ok:
         row["runtime_version"] = backend.version()
         row["device_here"] = backend.device_string(target)
@@ -49,15 +51,16 @@ def describe(target: Target) -> dict:
 
 def format_targets(rows: list[dict]) -> str:
     """A table of :func:`describe` rows; each target that cannot run here is followed by why not."""
-    header = ("target", "runtime", "precision", "batch", "input", "stands for", "here")
+    header = ("target", "from", "runtime", "precision", "batch", "input", "stands for", "here")
     table = [header]
     for row in rows:
+        source = row["path"] if row["source"] == SOURCE_FILE else row["source"]
         runtime = row["runtime"] + (f" / {row['provider']}" if row["provider"] else "")
         if row["runtime_device"]:
             runtime += f" ({row['runtime_device']})"
         here = (f"yes: {row['device_here']}, {row['runtime']} {row['runtime_version']}"
                 if row["available"] else "no")
-        table.append((row["name"], runtime, row["precision"], str(row["batch"]),
+        table.append((row["name"], source, runtime, row["precision"], str(row["batch"]),
                       "x".join(map(str, row["input_size"])), row["device"], here))
     widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
     lines = []
