@@ -16,6 +16,7 @@ from torch import nn
 
 from deploykit import cli
 from deploykit.errors import ConfigError, RuntimeUnavailableError, TableError
+from deploykit.latency import fingerprint as fingerprint_module
 from deploykit.latency import measure as measure_module
 from deploykit.latency import profile as profile_module
 from deploykit.latency.host import LocalHost
@@ -24,6 +25,7 @@ from deploykit.latency.profile import find_entries, profile
 from deploykit.latency.sentinel import SentinelPolicy
 from deploykit.latency.table import LatencyTable
 from deploykit.protocol import Measurement, Protocol
+from deploykit.runsettings import RunSettings
 from deploykit.runtimes import availability, hostinfo
 from deploykit.targets import load_target
 
@@ -173,7 +175,13 @@ def run(tmp_path, **kwargs):
     options = dict(input_size=32, out=tmp_path / "t.csv", protocol=TINY_PROTOCOL, model=tiny(),
                    end_to_end=ISOLATED)
     options.update(kwargs)
-    return profile("tiny", load_target("cpu-ort"), **options)
+    return profile("tiny", explicit_cpu_ort(), **options)
+
+
+def explicit_cpu_ort():
+    """cpu-ort with its run settings given (the runtime's defaults), so no settings probe runs: these
+    tests count every measurement; the probe has tests of its own."""
+    return load_target("cpu-ort").with_settings(RunSettings())
 
 
 def test_profile_writes_every_entry_and_a_rerun_measures_nothing(tmp_path, monkeypatch):
@@ -607,3 +615,33 @@ def test_a_held_out_subnet_is_the_median_of_three_processes_of_one_export(tmp_pa
     for subset in ((1,), (1,), (1,), (), (1,)):
         measurer(subset)
     assert exported == [(1,), (), (1,)]  # the same subnet asked for in a row is exported once
+
+
+def test_an_auto_target_is_probed_first_and_the_table_records_the_choice(tmp_path, monkeypatch):
+    runtime = FakeRuntime(monkeypatch)
+    by_settings = {RunSettings(threads=1): iter([9.0, 9.1, 8.9]),
+                   RunSettings(threads=2, spinning=True): iter([5.0, 9.0, 7.0]),
+                   RunSettings(threads=2, spinning=False): iter([6.0, 6.1, 5.9])}
+
+    def measure(host, onnx_file, *, target, protocol, input_shape):
+        if onnx_file.parent.name.startswith("deploykit-probe-"):
+            ms = next(by_settings[target.settings])
+            return Measurement.from_samples([ms, ms, ms])
+        assert target.settings == RunSettings(threads=2, spinning=False) and not target.auto_settings
+        return runtime(onnx_file, target=target, protocol=protocol, input_shape=input_shape)
+
+    monkeypatch.setattr(LocalHost, "measure", measure)
+    monkeypatch.setattr(fingerprint_module, "physical_cores", lambda cpuinfo: 2)
+    lines: list[str] = []
+    options = dict(input_size=32, out=tmp_path / "t.csv", protocol=TINY_PROTOCOL, model=tiny(),
+                   end_to_end=ISOLATED, progress=lines.append)
+    table = profile("tiny", load_target("cpu-ort"), **options).table
+    assert table.meta.measured_with() == RunSettings(threads=2, spinning=False)
+    assert table.meta.threads == 2 and table.meta.fingerprint["settings"] == "spinning=off"
+    rows = table.meta.settings_probe["rows"]
+    assert [r["medians_ms"] for r in rows] == [[9.0, 9.1, 8.9], [5.0, 9.0, 7.0], [6.0, 6.1, 5.9]]
+    assert [r["repeatable"] for r in rows] == [True, False, True]
+    assert any("<- chosen" in line and "2 threads, spinning off" in line for line in lines)
+    # a resumed profile keeps the table's settings without probing again
+    again = profile("tiny", load_target("cpu-ort"), **options)
+    assert again.done_now == 0 and all(next(it, None) is None for it in by_settings.values())
