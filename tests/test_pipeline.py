@@ -18,6 +18,7 @@ import torch
 from deploykit.cli import main
 from deploykit.pipeline import Pipeline, PipelineConfig
 from deploykit.verify import VerifyReport
+from deploykit.verify.rounds import RoundRobin
 
 PROTOCOL = ["--min-time", "0.05", "--warmup-time", "0.01", "--min-iters", "5", "--warmup-iters", "2",
             "--max-repeats", "1"]
@@ -149,6 +150,10 @@ def test_the_table_has_the_originals_and_one_row_per_budget(completed):
     assert rows.loc["original-continued", "epochs"] == "1+1"
     assert rows.loc["original-continued", "Δ vs"] == "baseline (1 ep)"
     assert rows.loc["original-continued", "cpu-ort measured ms"] > 0
+    robin = RoundRobin.read(run / "latency-cpu-ort.json")
+    assert list(robin.models) == list(frame["variant"]) and robin.reference == "baseline"
+    assert all(len(m.round_medians_ms) == robin.rounds for m in robin.models.values())
+    assert robin.models["baseline"].speedup == pytest.approx(1.0)
     for budget in ("0.95", "0.9"):
         result = json.loads((run / f"budget-{budget}" / "result.json").read_text())
         report = VerifyReport.read(run / f"budget-{budget}" / "verify-cpu-ort.json")
@@ -156,7 +161,12 @@ def test_the_table_has_the_originals_and_one_row_per_budget(completed):
         assert row["top-1 %"] == pytest.approx(result["top1_merged"])
         assert row["epochs"] == "1+1" and row["Δ vs"] == "original-continued (1+1 ep)"
         assert row["Δ top-1"] == pytest.approx(result["top1_merged"] - continued["top1"], abs=1e-6)
-        assert row["cpu-ort speed-up"] == pytest.approx(report.speedup)
+        assert report.speedup > 0  # verify's own interleaved figure stays in its report
+        measured = robin.models[f"budget-{budget}"]  # the table's figures: one round-robin measurement
+        assert row["cpu-ort speed-up"] == pytest.approx(measured.speedup)
+        assert row["cpu-ort measured ms"] == pytest.approx(measured.median_ms)
+        low, high = measured.range_ms
+        assert row["cpu-ort measured ±"] == pytest.approx((high - low) / 2)
         assert row["params M"] < rows.loc["baseline", "params M"]
     assert "| baseline" in out and "wrote" in out and str(run / "table.md") in out
 

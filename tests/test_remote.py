@@ -313,11 +313,14 @@ def test_an_unknown_or_unserved_target_is_one_line(agent, tiny, tmp_path, cpu_or
     renamed.write_text((ROOT / "targets" / "cpu-ort.yaml").read_text() + "name: elsewhere\n")
     with pytest.raises(ConfigError, match="does not know target elsewhere"):
         agent.client().measure(tiny, target=load_target(renamed), protocol=TINY, input_shape=SHAPE)
-    other_threads = tmp_path / "cpu-ort.yaml"
-    other_threads.write_text((ROOT / "targets" / "cpu-ort.yaml").read_text().replace("threads: null",
-                                                                                     "threads: 1"))
-    with pytest.raises(ConfigError, match=r"differs on the device.*threads None there, 1 here"):
-        agent.client().measure(tiny, target=load_target(other_threads), protocol=TINY, input_shape=SHAPE)
+    settled = tmp_path / "cpu-ort.yaml"
+    settled.write_text((ROOT / "targets" / "cpu-ort.yaml").read_text().replace("threads: auto", "threads: 1"))
+    client = agent.client()
+    assert client.not_served(load_target(settled)) is None  # the device's file leaves threads to auto
+    listing = {row["name"]: row for row in client.targets()}
+    client._listing = {**listing, "cpu-ort": {**listing["cpu-ort"], "threads": 2}}  # a file that fixes 2
+    with pytest.raises(ConfigError, match=r"differs on the device.*threads 2 there, 1 here"):
+        client.not_served(load_target(settled))
     agent.wait_for("404 POST /measure")
 
 

@@ -15,12 +15,14 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from deploykit.cli import main
 from deploykit.errors import ConfigError, DeviceError
+from deploykit.latency.fingerprint import Fingerprint
 from deploykit.latency.table import LatencyTable
 from deploykit.protocol import Protocol
 from deploykit.remote.host import NOT_SERVED, RemoteHost, measuring_host
@@ -39,11 +41,12 @@ TINY = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.01, min_iters=5, max_
 # test_vit: 6 entries (patch embedding, one block signature in 2 forms, norm, head, model), at its own
 # input size (training builds timm models at their default size). The sentinel only at the start and the
 # end, and never a re-measurement (a loaded CI machine drifts): the number of measurements is then known.
-# Each measurement samples for 0.3 s, so that the agent can be killed while it measures.
+# Each measurement samples for 0.3 s, so that the agent can be killed while it measures. One thread
+# given: no settings probe (it has tests of its own), so the number of measurements is known.
 SIZE = 160
 PROFILE = ["profile", "--target", "cpu-ort", "--model", "test_vit", "--input-size", str(SIZE), "--predictor",
            "isolated", "--holdout", "0", "--sentinel-every", "0", "--max-drift", "100", *PROTOCOL,
-           "--min-time", "0.3"]
+           "--min-time", "0.3", "--threads", "1"]
 BOARD_A = {"cpu": "Board A (a doctored test fingerprint)"}
 BOARD_B = {"cpu": "Board B (a doctored test fingerprint)"}
 
@@ -185,7 +188,8 @@ def test_a_remote_table_records_the_device_and_has_the_structure_of_a_local_one(
     # the device's fingerprint (its doctored CPU), never this machine's; the same id the agent reports
     assert remote.meta.fingerprint["cpu"] == BOARD_A["cpu"] != local.meta.fingerprint["cpu"]
     device = scenario["again"].client().fingerprint()["targets"]["cpu-ort"]["fingerprint"]
-    assert remote.meta.fingerprint["id"] == device["id"]
+    # the agent reports its file's settings (auto: the runtime's defaults); the table, the ones it used
+    assert remote.meta.fingerprint["id"] == replace(Fingerprint.from_dict(device), threads=1).id
     assert remote.meta.runtime_version == local.meta.runtime_version  # the same machine underneath
     assert remote.meta.anchors["unpruned_ms"] > 0 and remote.meta.anchors["merged_ms"] > 0
 
@@ -209,7 +213,8 @@ def test_lut_anchor_and_check_through_another_device(scenario, board_b, capsys, 
     assert f"CPU: table {BOARD_A['cpu']!r}" in out and f"here {BOARD_B['cpu']!r}" in out
     assert f"deploykit lut check {table} --device {board_b.url}" in out
     device = board_b.client().fingerprint()["targets"]["cpu-ort"]["fingerprint"]
-    record = LatencyTable.read(table).meta.rescalings[device["id"]]
+    here = replace(Fingerprint.from_dict(device), threads=1)  # the table's settings on that device
+    record = LatencyTable.read(table).meta.rescalings[here.id]
     assert record["fingerprint"]["cpu"] == BOARD_B["cpu"] and record["a"] > 0
     assert board_b.measured() == ["anchor_unpruned.onnx", "anchor_merged.onnx"]
     # the check measures on board B too, and compares with the rescaled predictions stored for it
@@ -268,8 +273,8 @@ def test_run_with_a_table_from_elsewhere_verifies_on_the_device(scenario, capsys
         report = json.loads((folder / "verify-cpu-ort.json").read_text())
         assert report["device_url"] == again.url and report["passed"] is True
     # verify original and continued original: the model once each; verify 0.95: the model and the
-    # original, interleaved
-    assert again.measured()[before:] == ["model.onnx"] * 4
+    # original, interleaved; then the table's one round-robin measurement of the three models
+    assert again.measured()[before:] == ["model.onnx"] * (4 + 3)
     assert (run / "table.md").is_file()
 
 

@@ -620,6 +620,9 @@ def _resumed_settings(path: Path, *, force: bool) -> RunSettings | None:
         meta = read_meta(candidate)
     except TableError:
         return None  # _open_table says what is wrong with it
+    if meta.mode != "measured" and not force:  # before any probe: this table is never resumed here
+        raise TableError(f"{path} is a {meta.mode} table and this run is measured: measured and "
+                         "estimated rows never mix; use another --out, or --force to start it over")
     return meta.measured_with() if meta.run_settings is not None else None
 
 

@@ -44,12 +44,13 @@ from deploykit.remote.wire import (
     measurement_from_wire,
     token_from,
 )
+from deploykit.runsettings import AUTO, SETTING_KEYS
 
 if TYPE_CHECKING:
     from deploykit.targets import Target
 
 # The target settings that change a measurement: the agent's target must have the client's.
-MEASURED_SETTINGS = ("runtime", "provider", "runtime_device", "precision", "threads")
+MEASURED_SETTINGS = ("runtime", "provider", "runtime_device", "precision")
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,9 @@ class DeviceClient:
         here = target.as_dict()
         differs = [f"{key} {row.get(key)!r} there, {here[key]!r} here" for key in MEASURED_SETTINGS
                    if row.get(key) != here[key]]
+        # a run setting the device's file leaves to auto may be settled here (a probe, a table's settings)
+        differs += [f"{key} {row.get(key)!r} there, {here[key]!r} here" for key in SETTING_KEYS
+                    if row.get(key, here[key]) not in (here[key], AUTO)]
         if differs:
             raise ConfigError(f"target {target.name} differs on the device at {self.url}: "
                               f"{'; '.join(differs)} (use the same target file on both machines)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploykit.errors import ConfigError, DeviceError
+from deploykit.latency.fingerprint import settings_text
 from deploykit.latency.host import LocalHost, MeasureHost
 from deploykit.remote.client import DeviceClient, RetryPolicy
 
@@ -68,7 +69,8 @@ class RemoteHost(MeasureHost):
         return self.client.runtime_info(target)
 
     def fingerprint(self, target: Target, *, threads: int | None) -> Fingerprint:
-        """The device's fingerprint for ``target`` (pinned from now on), with ``threads``. For a target
+        """The device's fingerprint for ``target`` (pinned from now on), with ``threads`` and the
+        target's other run settings. For a target
         the device does not serve (a table of another target, compared with this device), the device's
         machine with runtime version and device ``not served by the device``: it matches no table."""
         machine = self.client.fingerprint()
@@ -76,10 +78,11 @@ class RemoteHost(MeasureHost):
         if target.name not in served and served:
             other = self._device_fingerprint(next(iter(served)), machine)
             return replace(other, runtime=target.runtime, runtime_version=NOT_SERVED,
-                           provider=target.provider, device=NOT_SERVED, threads=threads)
+                           provider=target.provider, device=NOT_SERVED, threads=threads,
+                           settings=settings_text(target))
         fingerprint = self._device_fingerprint(target.name, machine)
         self._pin(target, fingerprint)
-        return replace(fingerprint, threads=threads)
+        return replace(fingerprint, threads=threads, settings=settings_text(target))
 
     def load_average(self) -> list[float] | None:
         if self._load is None:

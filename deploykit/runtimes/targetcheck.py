@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from deploykit.runsettings import SETTING_KEYS
 from deploykit.runtimes.registry import backends
 from deploykit.targets import SOURCE_FILE, target_source
 
@@ -41,7 +42,8 @@ def describe(target: Target) -> dict:
     row = {"name": target.name, "device": target.device, "runtime": target.runtime,
            "provider": target.provider, "runtime_device": target.runtime_device,
            "precision": target.precision, "batch": target.batch, "input_size": list(target.input_size),
-           "threads": target.threads, "available": ok, "reason": reason, "path": target.path,
+           **{key: target.as_dict()[key] for key in SETTING_KEYS}, "available": ok, "reason": reason,
+           "path": target.path,
            "source": target_source(target)}
     if ok:
         row["runtime_version"] = backend.version()
