@@ -761,7 +761,8 @@ def _add_run(sub) -> None:
                    help="a trained original for this data (local state dict): skips baseline training")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="run directory (default: runs/MODEL-DATA-TARGET)")
-    p.add_argument("--fresh", action="store_true", help="delete the run directory's results and start over")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete what the earlier run in --out wrote (its run.json manifest) and start over")
     p.add_argument("--table", default=None, metavar="TABLE",
                    help="a latency table measured elsewhere (for this model, input size, batch and target) "
                         "to use instead of profiling; the verify stages still measure on the target: here, "

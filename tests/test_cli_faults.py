@@ -516,3 +516,28 @@ def test_profile_force_keeps_the_old_table_until_the_new_one_is_complete(fx, tmp
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+def test_run_fresh_deletes_only_what_the_earlier_run_wrote(fx, runner, tmp_path):
+    """Case 7 (data loss): ``run --fresh`` on a folder that holds a run and a user's files deletes the
+    run's entries (its run.json manifest) and nothing else, even when the new run then stops."""
+    from deploykit.pipeline import PipelineConfig
+
+    run = tmp_path / "run"
+    (run / "baseline").mkdir(parents=True)
+    (run / "baseline" / "model.pt").write_bytes(b"weights of an earlier run")
+    (run / "budget-0.5").mkdir()
+    (run / "notes.txt").write_text("my notes")
+    (run / "mydata").mkdir()
+    (run / "mydata" / "x").write_text("my data")
+    (run / "run.json").write_text(json.dumps({"deploykit_run": 1, "started": "2026-01-01T00:00:00+00:00",
+                                              "config": PipelineConfig(data="digits").as_dict(),
+                                              "stages": {}, "outputs": ["baseline", "budget-0.5"]}))
+    done = runner.run(["run", *RUN.split(), "--weights", str(fx / "w10.pt"), "--table", str(fx / "atto.csv"),
+                       "--budgets", "0.01", "--fresh", "--out", str(run)], cwd=tmp_path)
+    assert done.code == 2, done.stderr[-3000:]
+    assert "budget 0.01" in error_line(done.stderr, progress=True)
+    assert (run / "notes.txt").read_text() == "my notes" and (run / "mydata" / "x").read_text() == "my data"
+    assert not (run / "budget-0.5").exists()
+    assert (run / "baseline" / "model.pt").read_bytes() != b"weights of an earlier run"
+    assert json.loads((run / "run.json").read_text())["outputs"] == ["baseline", "profile"]
