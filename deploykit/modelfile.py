@@ -45,7 +45,7 @@ from deploykit.checkpoints import (
     safetensors_metadata,
 )
 from deploykit.errors import ConfigError, ModelError, one_line
-from deploykit.fileio import atomic_path
+from deploykit.fileio import atomic_path, parse_json
 from deploykit.macs import eval_mode
 from deploykit.models import create_model
 from deploykit.prune import PrunableNet, prunable
@@ -164,10 +164,7 @@ def read_record(path: str | Path) -> ModelRecord:
     if text is None:
         raise ModelError(f"{path} holds tensors but no deploykit architecture record, so it is weights, "
                          f"not a model file: pass the timm model name with --weights {path}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as failure:
-        raise ModelError(f"{path}: the model record is not valid JSON: {one_line(failure, 200)}") from None
+    data = parse_json(text, what=f"{path}: the model record", error=ModelError)
     return ModelRecord.from_dict(data, source=str(path))
 
 

@@ -50,7 +50,6 @@ copies it into the run instead of measuring; the verify stages still need the ta
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -61,7 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploykit.errors import ConfigError, MergeError
-from deploykit.fileio import check_writable_dir, write_json_atomic
+from deploykit.fileio import check_writable_dir, read_json, write_json_atomic
 from deploykit.latency.options import EndToEndOptions
 from deploykit.progress import Progress, silent
 from deploykit.protocol import Protocol
@@ -526,7 +525,7 @@ class Pipeline:
         from deploykit.training import load_model_weights
 
         folder = folder or self.layout.baseline
-        result = json.loads((folder / "result.json").read_text())
+        result = read_json(folder / "result.json", what="result")
         module = create_model(self.config.model, num_classes=int(result["num_classes"]),
                               input_size=self.config.input_size)
         load_model_weights(module, folder / "model.pt")
@@ -736,9 +735,9 @@ def _verified(path: Path) -> bool:
 
 def _read_state(path: Path) -> dict[str, Any]:
     try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path} is not valid JSON ({error}); pass --fresh to start the run over") from None
+        state = read_json(path, what="run file", kind=None)
+    except ConfigError as error:
+        raise ConfigError(f"{error}; pass --fresh to start the run over") from None
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
         raise ConfigError(f"{path} is not a deploykit run file; pass --fresh to start the run over")
     state.setdefault("stages", {})

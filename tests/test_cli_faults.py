@@ -30,6 +30,7 @@ import pytest
 import torch
 from cli_runner import ROOT, CliRunner
 from PIL import Image
+from safetensors.torch import save_file
 
 pytest.importorskip("sklearn")
 pytestmark = pytest.mark.slow
@@ -147,6 +148,19 @@ def fx(tmp_path_factory) -> Path:
     (fx / "bad_target.yaml").write_text("name: [oops\n")
     (fx / "odd_target.yaml").write_text((ROOT / "targets" / "cpu-ort.yaml").read_text() + "colour: blue\n")
 
+    nested = "[" * 20000 + "]" * 20000  # 40 KB of nesting: the bounded JSON reader refuses it in one line
+    save_file({"w": torch.zeros(1)}, str(fx / "nested_record.safetensors"),
+              metadata={"deploykit": nested, "format": "pt"})
+    (fx / "hf_nested").mkdir()
+    (fx / "hf_nested" / "config.json").write_text(nested)
+    shutil.copy(atto, fx / "nestedmeta.csv")
+    (fx / "nestedmeta.meta.json").write_text(nested)
+    (fx / "nested.json").write_text(nested)
+    (fx / "variant_nested").mkdir()
+    (fx / "variant_nested" / "result.json").write_text(nested)
+    (fx / "nested_run").mkdir()
+    (fx / "nested_run" / "run.json").write_text(nested)
+
     run = fx / "old_run"  # an existing run directory that a refused --fresh run must not delete
     (run / "baseline").mkdir(parents=True)
     (run / "baseline" / "model.pt").write_bytes(b"weights of an earlier run")
@@ -208,6 +222,7 @@ class Case:
 
 
 UNDER_FILE = "afile exists and is not a folder"
+NESTED = "nested 20000 levels deep"
 DIGITS = "--data digits --input-size 32 --train-limit 64 --val-limit 32 --epochs 1 --batch-size 16 " \
          "--threads 1"
 RUN = "--data digits --train-limit 64 --val-limit 32 --device cpu --train-threads 1"
@@ -410,6 +425,19 @@ CASES = [
          message="nvidia-a100 cannot run here", absent=("{here}/r",)),
     case("run-out-under-file", f"run {RUN} --out {{fx}}/afile/r", message=UNDER_FILE),
     case("run-out-read-only", f"run {RUN} --out {{ro}}/r", message="cannot"),
+    # case 8: deeply nested JSON in every reader is one line, never a RecursionError
+    case("export-nested-record", "export {fx}/nested_record.safetensors --out {here}/m.onnx",
+         message=NESTED, absent=("{here}/m.onnx",)),
+    case("convert-nested-record", "convert {fx}/nested_record.safetensors --out {here}/m.safetensors",
+         message=NESTED, absent=("{here}/m.safetensors",)),
+    case("verify-nested-record", "verify {fx}/m.onnx --target cpu-ort --numerics-only "
+         "--torch {fx}/nested_record.safetensors", message=NESTED, progress=True),
+    case("export-nested-hf-config", "export convnext_atto --weights {fx}/hf_nested --out {here}/m.onnx",
+         message=NESTED, absent=("{here}/m.onnx",)),
+    case("lut-predict-nested-meta", "lut predict {fx}/nestedmeta.csv --prune 1", message=NESTED),
+    case("lut-predict-nested-subnet", "lut predict {fx}/atto.csv --subnet {fx}/nested.json", message=NESTED),
+    case("table-nested-result", "table {fx}/variant_nested", message=NESTED),
+    case("run-nested-run-json", f"run {RUN} --out {{fx}}/nested_run", message=NESTED),
 ]
 
 

@@ -17,12 +17,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploykit.errors import DeployKitError, ModelError, error_class, last_line
+from deploykit.errors import ConfigError, DeployKitError, ModelError, error_class, last_line
+from deploykit.fileio import parse_json
 from deploykit.protocol import Measurement, Protocol
 from deploykit.remote.wire import SeededOutputs
 from deploykit.targets import Target
 
 WORKER_MODULE = "deploykit.latency.worker"
+WORKER_REPLY_BYTES = 2**31  # a run's outputs travel in the reply; the worker is ours, the bound a backstop
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory that holds deploykit/
 
 
@@ -89,10 +91,9 @@ def _parse_reply(stdout: str) -> dict | None:
     if not lines:
         return None
     try:
-        reply = json.loads(lines[-1])
-    except json.JSONDecodeError:
+        return parse_json(lines[-1], what="the latency worker's reply", max_bytes=WORKER_REPLY_BYTES)
+    except ConfigError:
         return None
-    return reply if isinstance(reply, dict) else None
 
 
 def _exit(code: int) -> str:

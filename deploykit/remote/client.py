@@ -14,7 +14,6 @@ is raised again as the same DeployKitError subclass, with the agent's one line.
 from __future__ import annotations
 
 import http.client
-import json
 import socket
 import ssl
 import time
@@ -33,10 +32,12 @@ from deploykit.errors import (
     RuntimeUnavailableError,
     error_class,
 )
+from deploykit.fileio import parse_json
 from deploykit.protocol import Measurement, Protocol
 from deploykit.remote.wire import (
     API_VERSION,
     DEFAULT_PORT,
+    MAX_REPLY_BYTES,
     REQUEST_HEADER,
     MeasureRequest,
     RunRequest,
@@ -327,7 +328,7 @@ class DeviceClient:
                 return early
             try:
                 response = conn.getresponse()
-                data = response.read()
+                data = response.read(MAX_REPLY_BYTES + 1)
             except TimeoutError:
                 raise DeviceError(f"the device at {self.url} did not answer within "
                                   f"{self.read_timeout_s:g} s while {what}") from None
@@ -425,17 +426,17 @@ def _early_reply(conn: http.client.HTTPConnection) -> _Reply | None:
     """The reply an agent sent before the request body was all sent, if it can still be read."""
     try:
         response = conn.getresponse()
-        return _Reply(response.status, _json(response.read()), response.getheader("Retry-After") is not None)
+        return _Reply(response.status, _json(response.read(MAX_REPLY_BYTES + 1)),
+                      response.getheader("Retry-After") is not None)
     except (OSError, http.client.HTTPException):
         return None
 
 
 def _json(data: bytes) -> dict | None:
     try:
-        body = json.loads(data)
-    except ValueError:
+        return parse_json(data, what="the agent's reply", max_bytes=MAX_REPLY_BYTES)
+    except ConfigError:
         return None
-    return body if isinstance(body, dict) else None
 
 
 def _message(reply: _Reply) -> str:

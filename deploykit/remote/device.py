@@ -5,7 +5,6 @@ No web framework here: :mod:`deploykit.remote.server` puts these behind HTTP.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError, one_line
+from deploykit.fileio import parse_json
 from deploykit.remote.wire import DOCTORED_FINGERPRINT_ENV
 from deploykit.targets import Target
 
@@ -122,8 +122,8 @@ def doctored_fields(environ: Mapping[str, str]) -> dict:
     if not text:
         return {}
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = parse_json(text, what=DOCTORED_FINGERPRINT_ENV)
+    except ConfigError:
         data = None
     names = {f.name for f in fields(Fingerprint)}
     if not isinstance(data, dict) or not set(data) <= names:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.errors import ConfigError, DeployKitError, DeviceError, one_line
+from deploykit.fileio import parse_json
 from deploykit.protocol import Measurement, Protocol
 from deploykit.shapes import check_input_shape
 
@@ -33,6 +34,8 @@ TOKEN_ENV = "DEPLOYKIT_DEVICE_TOKEN"
 MIN_TOKEN_CHARS = 16
 TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE && chmod 600 FILE"
 _NAME_CHARS = 100
+MAX_REPLY_BYTES = 1024 * 2**20  # the most a client reads of a reply (an agent's --max-reply-mb is less)
+MAX_HEADER_BYTES = 16 * 1024   # a request header's JSON: a few hundred bytes in practice
 # Test-only: a JSON object of fingerprint fields the agent reports instead of its own (the tests play
 # "another machine answers at the same URL" with it). The agent warns loudly when it is set.
 DOCTORED_FINGERPRINT_ENV = "DEPLOYKIT_TEST_DOCTORED_FINGERPRINT"
@@ -116,12 +119,7 @@ def _check_common(order, kind: str) -> None:
 def _header_fields(text: str | None, kind: str, *, known: set[str], required: set[str]) -> dict:
     if not text:
         raise ConfigError(f"{kind} request without its {REQUEST_HEADER} header")
-    try:
-        data = json.loads(text)
-    except ValueError as error:
-        raise ConfigError(f"{kind} request header is not JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{kind} request header must be a JSON object")
+    data = parse_json(text, what=f"{kind} request header", max_bytes=MAX_HEADER_BYTES, max_depth=8)
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{kind} request: unknown key(s) {', '.join(unknown)}")
