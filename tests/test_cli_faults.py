@@ -145,6 +145,8 @@ def fx(tmp_path_factory) -> Path:
 
     (fx / "token").write_text("0123456789abcdef0123\n")
     (fx / "short_token").write_text("short\n")
+    for name in ("token", "short_token"):
+        (fx / name).chmod(0o600)
     (fx / "bad_target.yaml").write_text("name: [oops\n")
     (fx / "odd_target.yaml").write_text((ROOT / "targets" / "cpu-ort.yaml").read_text() + "colour: blue\n")
 

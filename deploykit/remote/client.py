@@ -14,6 +14,7 @@ is raised again as the same DeployKitError subclass, with the agent's one line.
 from __future__ import annotations
 
 import http.client
+import math
 import socket
 import ssl
 import time
@@ -49,6 +50,8 @@ from deploykit.remote.wire import (
 if TYPE_CHECKING:
     from deploykit.targets import Target
 
+FINGERPRINT_KEYS = ("arch", "os")  # what every machine fingerprint names (hostname and cpu may be blank)
+SHOWN_CHARS = 200  # the most of any one text a device sends that is printed or put in an error
 # The target settings that change a measurement: the agent's target must have the client's.
 MEASURED_SETTINGS = ("runtime", "provider", "runtime_device", "precision", "threads")
 
@@ -203,8 +206,16 @@ class DeviceClient:
         return rows
 
     def fingerprint(self) -> dict:
-        """The device's machine fingerprint (host, CPU, OS, runtime and device per served target)."""
-        return self._get("/fingerprint", what="asking for its fingerprint")
+        """The device's machine fingerprint (host, CPU, OS, runtime and device per served target); one
+        without the machine's architecture, OS and targets is a DeviceError."""
+        fingerprint = self._get("/fingerprint", what="asking for its fingerprint")
+        missing = [key for key in FINGERPRINT_KEYS if not isinstance(fingerprint.get(key), str)
+                   or not fingerprint[key].strip()]
+        if missing or not isinstance(fingerprint.get("targets"), dict):
+            raise DeviceError(f"the device at {self.url} sent no usable machine fingerprint (missing or "
+                              f"empty: {', '.join(missing) or 'targets'}): is it a deploykit agent of this "
+                              "version?")
+        return fingerprint
 
     def runtime_info(self, target: Target) -> dict[str, str]:
         """As :func:`deploykit.latency.measure.runtime_info`, for ``target`` on the device."""
@@ -374,29 +385,45 @@ class DeviceClient:
 
 
 def describe_device(url: str, *, health: dict, targets: list[dict], fingerprint: dict) -> str:
-    """What ``deploykit device URL`` prints: the agent, its queue, its targets and its machine."""
-    lines = [f"device {url}: deploykit {health.get('deploykit_version')}, "
-             f"{'TLS' if health.get('tls') else 'no TLS'}, uploads up to "
-             f"{health.get('max_upload_bytes', 0) / 2**20:g} MB, timeout {health.get('timeout_s'):g} s, "
-             f"queued {health.get('queued')}, measuring {health.get('measuring') or 'nothing'}",
-             f"machine: {fingerprint.get('hostname')}, {fingerprint.get('cpu')} ({fingerprint.get('arch')}, "
-             f"{fingerprint.get('logical_cpus')} logical CPUs), {fingerprint.get('os')}"]
+    """What ``deploykit device URL`` prints: the agent, its queue, its targets and its machine. Every
+    text the device sent is shown printable and cut (:func:`shown`): no escape sequence reaches the
+    terminal and no device floods it."""
+    f = fingerprint
+    lines = [f"device {url}: deploykit {shown(health.get('deploykit_version'))}, "
+             f"{'TLS' if health.get('tls') is True else 'no TLS'}, uploads up to "
+             f"{_number(health.get('max_upload_bytes'), 2**20)} MB, "
+             f"timeout {_number(health.get('timeout_s'))} s, queued {shown(health.get('queued'))}, "
+             f"measuring {shown(health.get('measuring') or 'nothing')}",
+             f"machine: {shown(f.get('hostname'))}, {shown(f.get('cpu'))} ({shown(f.get('arch'))}, "
+             f"{shown(f.get('logical_cpus'))} logical CPUs), {shown(f.get('os'))}"]
     for row in targets:
         if row.get("served"):
-            lines.append(f"  {row['name']}: served: {row.get('runtime')} {row.get('runtime_version')} on "
-                         f"{row.get('device_here')}, {row.get('precision')}")
+            lines.append(f"  {shown(row['name'])}: served: {shown(row.get('runtime'))} "
+                         f"{shown(row.get('runtime_version'))} on {shown(row.get('device_here'))}, "
+                         f"{shown(row.get('precision'))}")
         else:
-            lines.append(f"  {row['name']}: not served: {row.get('reason')}")
+            lines.append(f"  {shown(row['name'])}: not served: {shown(row.get('reason'))}")
     return "\n".join(lines)
+
+
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+    """A value a device sent, as printable text of at most ``limit`` characters: control characters
+    (escape sequences, line breaks) become ``?``."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _number(value, unit: float = 1.0) -> str:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return f"{value / unit:g}" if ok else "?"
 
 
 def describe_measurement(result: RemoteMeasurement) -> str:
     """One line per measurement, as ``deploykit device URL --measure`` prints it."""
     m = result.measurement
-    return (f"{result.name} on {result.target} at {result.url}: median {m.median_ms:.4g} ms, "
-            f"p90 {m.p90_ms:.4g} ms, "
-            f"cv {m.cv * 100:.1f}%, n {m.n} ({result.runtime} {result.runtime_version} on {result.device}; "
-            f"queued {result.queued_s:.1f} s)")
+    return (f"{shown(result.name)} on {shown(result.target)} at {result.url}: median {m.median_ms:.4g} ms, "
+            f"p90 {m.p90_ms:.4g} ms, cv {m.cv * 100:.1f}%, n {m.n} ({shown(result.runtime)} "
+            f"{shown(result.runtime_version)} on {shown(result.device)}; queued {result.queued_s:.1f} s)")
 
 
 def _parse_url(url: str) -> tuple[str, str, int, str, bool]:
@@ -440,8 +467,9 @@ def _json(data: bytes) -> dict | None:
 
 
 def _message(reply: _Reply) -> str:
+    """The error text a device sent, printable and cut (it ends up in the one line a command prints)."""
     if reply.body and isinstance(reply.body.get("error"), str):
-        return reply.body["error"]
+        return shown(reply.body["error"], limit=2 * SHOWN_CHARS)
     return f"HTTP {reply.status}"
 
 
