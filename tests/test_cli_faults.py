@@ -147,6 +147,10 @@ def fx(tmp_path_factory) -> Path:
     (fx / "short_token").write_text("short\n")
     for name in ("token", "short_token"):
         (fx / name).chmod(0o600)
+    (fx / "open_token").write_text("0123456789abcdef0123\n")
+    (fx / "open_token").chmod(0o666)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(fx / "fifo_token")
     (fx / "bad_target.yaml").write_text("name: [oops\n")
     (fx / "odd_target.yaml").write_text((ROOT / "targets" / "cpu-ort.yaml").read_text() + "colour: blue\n")
 
@@ -401,6 +405,10 @@ CASES = [
          message="cannot write"),
     case("serve-no-token-file", "serve --token-file {here}/none", message="no token file"),
     case("serve-short-token", "serve --token-file {fx}/short_token", message="at least 16"),
+    case("serve-token-dev-zero", "serve --token-file /dev/zero", message="not a regular file"),
+    case("serve-token-fifo", "serve --token-file {fx}/fifo_token", message="not a regular file"),
+    case("serve-token-world-readable", "serve --token-file {fx}/open_token",
+         message="readable by other users: chmod 600"),
     case("device-bad-url", "device notaurl --token-file {fx}/token", message="device URL must look like"),
     case("device-unreachable", "device http://127.0.0.1:9 --token-file {fx}/token --retries 1",
          message="cannot reach the device"),
@@ -571,3 +579,62 @@ def test_run_fresh_deletes_only_what_the_earlier_run_wrote(fx, runner, tmp_path)
     assert not (run / "budget-0.5").exists()
     assert (run / "baseline" / "model.pt").read_bytes() != b"weights of an earlier run"
     assert json.loads((run / "run.json").read_text())["outputs"] == ["baseline", "profile"]
+
+
+class _FakeAgent:
+    """An HTTP server that answers like a broken or hostile device agent: ``replies`` maps a path to
+    (status, JSON body)."""
+
+    def __init__(self, replies: dict[str, tuple[int, object]]):
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                status, body = outer.replies.get(self.path, (404, {"error": "no", "type": "ConfigError"}))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.replies = replies
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _health() -> dict:
+    from deploykit import __version__
+    from deploykit.remote.wire import API_VERSION
+
+    return {"ok": True, "deploykit_version": __version__, "api_version": API_VERSION, "tls": False,
+            "max_upload_bytes": 1, "timeout_s": 1, "queued": 0, "measuring": None}
+
+
+@pytest.mark.parametrize(("replies", "message"), [
+    ({"/fingerprint": (200, {})}, "no usable machine fingerprint"),
+    ({"/health": (500, {"error": "\x1b[31mred\x1b[0m " + "x" * 100_000, "type": "DeviceError"})}, "?[31mred"),
+], ids=["empty-fingerprint", "huge-ansi-error"])
+def test_device_shows_a_devices_text_sanitized_and_cut(fx, runner, tmp_path, replies, message):
+    """Case 6: an empty fingerprint is one error line and exit 2; a device's error text reaches the
+    terminal without escape sequences, cut short."""
+    fake = _FakeAgent({"/health": (200, _health()), "/targets": (200, {"targets": []}), **replies})
+    try:
+        done = runner.run(["device", fake.url, "--token-file", str(fx / "token"), "--retries", "1"],
+                          cwd=tmp_path)
+    finally:
+        fake.close()
+    assert done.code == 2, done.stderr[-2000:]
+    line = error_line(done.stderr, progress=False)
+    assert message in line and "\x1b" not in done.stderr and len(line) < 1000
