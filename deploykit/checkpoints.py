@@ -163,7 +163,17 @@ def read_safetensors(path: str | Path, *,
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError) as failure:
         raise ModelError(f"cannot read {what} {path}: {one_line(failure, 200)}") from None
+    _refuse_complex(tensors, path)
     return tensors, metadata
+
+
+def _refuse_complex(tensors: Mapping[str, Any], path: Path) -> None:
+    """A model's weights are real: a complex tensor copied into a real one would lose its imaginary
+    part without a word, so it is refused."""
+    found = [key for key, value in tensors.items() if isinstance(value, Tensor) and value.is_complex()]
+    if found:
+        dtype = str(tensors[found[0]].dtype).removeprefix("torch.")
+        raise ModelError(f"{path}: tensor {found[0]} is {dtype}; model weights are real numbers")
 
 
 def safetensors_metadata(path: str | Path, *, what: str = "model file") -> dict[str, str]:
@@ -349,6 +359,7 @@ def _unwrap(state: Any, path: Path) -> tuple[dict[str, Tensor], tuple[str, ...]]
 def _check_tensors(state: Any, path: Path) -> dict[str, Tensor]:
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise ModelError(f"{path} holds no state dict of tensors")
+    _refuse_complex(state, path)
     return {_without_wrapper_prefix(str(key)): value for key, value in state.items()}
 
 

@@ -47,7 +47,7 @@ from deploykit.checkpoints import (
 from deploykit.errors import ConfigError, ModelError, one_line
 from deploykit.fileio import atomic_path, parse_json
 from deploykit.macs import eval_mode
-from deploykit.models import create_model
+from deploykit.models import MAX_CLASSES, MAX_IN_CHANS, MAX_SIDE, create_model
 from deploykit.prune import PrunableNet, prunable
 from deploykit.shapes import check_input_size
 
@@ -72,11 +72,14 @@ class ModelRecord:
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
             raise ModelError(f"model record: model must be a timm model name, got {self.model!r}")
-        for name, least in (("num_classes", 0), ("in_chans", 1)):
+        for name, least, most in (("num_classes", 0, MAX_CLASSES), ("in_chans", 1, MAX_IN_CHANS)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ModelError(f"model record: {name} must be an integer ≥ {least}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+                raise ModelError(f"model record: {name} must be an integer {least}–{most}, got {value!r}")
         object.__setattr__(self, "input_size", check_input_size(self.input_size, error=ModelError))
+        if max(self.input_size) > MAX_SIDE:
+            raise ModelError(f"model record: input size {list(self.input_size)} is over the limit of "
+                             f"{MAX_SIDE} pixels a side")
         object.__setattr__(self, "pruned", _indices(self.pruned, "pruned"))
         object.__setattr__(self, "dropped", _indices(self.dropped, "dropped"))
         both = sorted(set(self.pruned) & set(self.dropped))
