@@ -14,6 +14,7 @@ Commands run through :mod:`cli_runner` (one process per case, forked from a warm
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -167,6 +168,8 @@ def fx(tmp_path_factory) -> Path:
     (fx / "nested_run").mkdir()
     (fx / "nested_run" / "run.json").write_text(nested)
 
+    _write_bounds_fixtures(fx, atto, torch.load(fx / "w10.pt", weights_only=True))
+
     run = fx / "old_run"  # an existing run directory that a refused --fresh run must not delete
     (run / "baseline").mkdir(parents=True)
     (run / "baseline" / "model.pt").write_bytes(b"weights of an earlier run")
@@ -174,6 +177,35 @@ def fx(tmp_path_factory) -> Path:
                                               "config": PipelineConfig(data="digits").as_dict(),
                                               "stages": {}}))
     return fx
+
+
+def _write_bounds_fixtures(fx: Path, atto: Path, w10: dict) -> None:
+    """Issue 20 cases 9-12: model records and configs that ask for too much, NaN and unknown model
+    arguments, complex weights, table metadata that lies about its rows or has ill-typed fields."""
+    from deploykit.modelfile import FORMAT
+
+    for name, record in (("huge_classes", {"model": "convnext_atto", "num_classes": 10**9}),
+                         ("huge_chans", {"model": "convnext_atto", "num_classes": 10, "in_chans": 10**9}),
+                         ("huge_vit", {"model": "vit_tiny_patch16_224", "num_classes": 10,
+                                       "input_size": [100000, 100000]})):
+        record = {"format": FORMAT, "input_size": [32, 32], **record}
+        save_file({"w": torch.zeros(1)}, str(fx / f"{name}.safetensors"),
+                  metadata={"deploykit": json.dumps(record), "format": "pt"})
+    save_file(w10, str(fx / "w10.safetensors"))
+    for name, config in (("hf_huge", {"num_classes": 10**9}),
+                         ("hf_nan", {"model_args": {"drop_rate": math.nan}}),
+                         ("hf_act", {"model_args": {"act_layer": "no_such_activation"}})):
+        (fx / name).mkdir()
+        (fx / name / "config.json").write_text(json.dumps({"architecture": "convnext_atto", "num_classes": 10,
+                                                            **config}))
+        os.symlink(fx / "w10.safetensors", fx / name / "model.safetensors")
+    save_file({key: value.to(torch.complex64) if value.is_floating_point() else value
+               for key, value in w10.items()}, str(fx / "complex.safetensors"))
+    meta = json.loads(atto.with_suffix(".meta.json").read_text())
+    for name, change in (("wrongmodel", {"model": "resnet18"}), ("complete_no", {"complete": "no"}),
+                         ("date_word", {"date": "yesterday"}), ("threads_neg", {"threads": -4})):
+        shutil.copy(atto, fx / f"{name}.csv")
+        (fx / f"{name}.meta.json").write_text(json.dumps({**meta, **change}))
 
 
 def _can_create_in(folder: Path) -> bool:
@@ -448,6 +480,34 @@ CASES = [
     case("lut-predict-nested-subnet", "lut predict {fx}/atto.csv --subnet {fx}/nested.json", message=NESTED),
     case("table-nested-result", "table {fx}/variant_nested", message=NESTED),
     case("run-nested-run-json", f"run {RUN} --out {{fx}}/nested_run", message=NESTED),
+    # case 9: a record or config that asks for too much is refused before anything is built
+    case("export-record-huge-classes", "export {fx}/huge_classes.safetensors --out {here}/m.onnx",
+         message="num_classes must be an integer 0–1000000", absent=("{here}/m.onnx",)),
+    case("export-record-huge-chans", "export {fx}/huge_chans.safetensors --out {here}/m.onnx",
+         message="in_chans must be an integer 1–1024", absent=("{here}/m.onnx",)),
+    case("export-record-huge-vit", "export {fx}/huge_vit.safetensors --out {here}/m.onnx",
+         message="over the limit of 8192", absent=("{here}/m.onnx",)),
+    case("export-hf-huge-classes", "export convnext_atto --weights {fx}/hf_huge --out {here}/m.onnx",
+         message="num_classes must be an integer 0–1000000", absent=("{here}/m.onnx",)),
+    # case 10: NaN or unknown model arguments: one line, nothing written
+    case("export-hf-nan-arg", "export convnext_atto --weights {fx}/hf_nan --out {here}/m.onnx",
+         message="drop_rate must be a finite number", absent=("{here}/m.onnx",)),
+    case("export-hf-unknown-act", "export convnext_atto --weights {fx}/hf_act --out {here}/m.onnx",
+         message="unknown name 'no_such_activation'", absent=("{here}/m.onnx",)),
+    # case 11: metadata that does not fit its rows, or has ill-typed fields
+    case("lut-predict-meta-other-model", "lut predict {fx}/wrongmodel.csv --prune 1",
+         message="its metadata names model resnet18, but its rows were measured on convnext_atto"),
+    case("lut-predict-meta-complete-text", "lut predict {fx}/complete_no.csv --prune 1",
+         message="complete must be true or false"),
+    case("lut-predict-meta-date-word", "lut predict {fx}/date_word.csv --prune 1", message="date must be"),
+    case("lut-predict-meta-threads-negative", "lut predict {fx}/threads_neg.csv --prune 1",
+         message="threads must be a positive integer or null"),
+    # case 12: complex weights, --rounds 0 before any model is built, non-ASCII digits in a budget
+    case("export-complex-weights", "export convnext_atto --input-size 32 --weights {fx}/complex.safetensors "
+         "--out {here}/m.onnx", message="is complex64", absent=("{here}/m.onnx",)),
+    case("lut-anchor-rounds-zero", "lut anchor {fx}/measured.csv --rounds 0", message="--rounds must be"),
+    case("search-budget-arabic-digit", "search --table {fx}/atto.csv --budget \u0661 --out {here}/s.json",
+         message="malformed budget", absent=("{here}/s.json",)),
 ]
 
 
