@@ -59,7 +59,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploykit.errors import ConfigError, MergeError
+from deploykit.errors import ConfigError, MergeError, one_line
 from deploykit.fileio import check_writable_dir, read_json, write_json_atomic
 from deploykit.latency.options import EndToEndOptions
 from deploykit.progress import Progress, silent
@@ -152,7 +152,13 @@ class PipelineConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        return cls(**{**data, "budgets": tuple(data.get("budgets", ()))})
+        budgets = data.get("budgets", [])
+        if not isinstance(budgets, list):
+            raise ConfigError(f"{source}: budgets must be a list, got {budgets!r}")
+        try:
+            return cls(**{**data, "budgets": tuple(budgets)})
+        except (TypeError, ValueError, AttributeError) as error:  # a setting of the wrong JSON type
+            raise ConfigError(f"{source}: malformed settings: {one_line(error, 200)}") from None
 
     def differences(self, other: PipelineConfig) -> list[str]:
         """Settings that differ, budgets aside (a run may gain budgets)."""
