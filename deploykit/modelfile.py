@@ -295,6 +295,8 @@ def _unpickle_module(path: Path) -> nn.Module:
 # --- helpers -----------------------------------------------------------------------------------------
 
 def _indices(values: Iterable[int], name: str) -> tuple[int, ...]:
+    if not isinstance(values, (list, tuple)):
+        raise ModelError(f"model record: {name} must list block indices (integers ≥ 0), got {values!r}")
     values = tuple(values)
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
         raise ModelError(f"model record: {name} must list block indices (integers ≥ 0), got {list(values)}")

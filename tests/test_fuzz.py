@@ -30,7 +30,7 @@ from hypothesis import strategies as st  # noqa: E402
 from deploykit.errors import DeployKitError  # noqa: E402
 
 _PROFILES = {
-    "ci": settings(max_examples=60, deadline=None, derandomize=True, database=None,
+    "ci": settings(max_examples=40, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]),
     "long": settings(max_examples=3000, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]),
