@@ -430,6 +430,9 @@ class Pipeline:
                               f"(no {RUN_FILE}); choose another --out")
         if path.is_file():
             state = _read_state(path)
+            if not isinstance(state.get(OUTPUTS_KEY), list):  # a run from before the manifest: adopt
+                state[OUTPUTS_KEY] = [name for name in _earlier_outputs(path, self.layout)
+                                      if (root / name).exists()]
             before = PipelineConfig.from_dict(state["config"], source=str(path))
             changed = self.config.differences(before)
             if changed:

@@ -303,3 +303,9 @@ def test_a_run_claims_each_entry_before_writing_it_and_never_a_users(tmp_path):
     (tmp_path / "run" / "supernet").mkdir()  # the user's own folder of that name
     pipeline._claim(state, ["baseline", "supernet", "baseline"])
     assert json.loads((tmp_path / "run" / "run.json").read_text())["outputs"] == ["baseline"]
+
+
+def test_a_resumed_run_from_before_manifests_adopts_its_own_entries(tmp_path):
+    run = _earlier_run(tmp_path / "run", manifest=None)
+    state = Pipeline(PipelineConfig(data="digits"), run)._open_run_dir()
+    assert state["outputs"] == ["baseline", "table.md", "budget-0.8"]

@@ -17,9 +17,11 @@ Endpoints (every request needs ``Authorization: Bearer <token>``; every reply is
   lock; the reply holds the first output of each run as encoded arrays (verify's numerics).
 
 Errors are ``{"error": one line, "type": DeployKitError subclass}`` with 401 (token), 404 (unknown or
-unserved target), 413 (too large), 422 (not ONNX, bad request, the model fails to run), 503 (runtime
-unavailable, or the queue is full: then with ``Retry-After``), 504 (timeout); each also one line in the
-agent's log (stderr).
+unserved target), 408 (an upload that stalled past ``--body-timeout``), 413 (too large), 422 (not ONNX,
+bad request, past a per-request bound, the model fails to run, a reply past ``--max-reply-mb``), 503
+(runtime unavailable, or the queue is full: then with ``Retry-After``), 504 (timeout); each also one
+line in the agent's log (stderr). A connection whose headers are not in after ``--header-timeout`` is
+closed unanswered; a client that disconnects while its model runs has its worker killed.
 """
 
 from __future__ import annotations
