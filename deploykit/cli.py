@@ -530,6 +530,8 @@ def _run_export(args) -> int:
     module, what = loaded.module, loaded.description
     args.input_size = args.input_size or loaded.input_size or (224, 224)
     shape = (args.batch, 3, *args.input_size)
+    params = count_params(module)  # before the file is written: a failure here leaves nothing behind
+    macs = count_macs(module, shape[1:])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         path = export_onnx(module, shape, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch)
@@ -537,8 +539,6 @@ def _run_export(args) -> int:
         if issubclass(warning.category, RuntimeWarning):
             print(f"deploykit export: warning: {warning.message}", file=sys.stderr)
     info = onnx_summary(path)
-    params = count_params(module)
-    macs = count_macs(module, shape[1:])
     inputs = ", ".join(f"{name} {list(dims)}" for name, dims in info["inputs"].items())
     print(f"exported {what} → {path}")
     print(f"  input {inputs}; opset {info['opset'].get('ai.onnx', '?')}")
