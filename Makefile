@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test lint bench bench-quick gpu-check clean
+.PHONY: install run test lint fuzz bench bench-quick gpu-check clean
 
 $(BIN)/deploykit: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ gpu-check: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# The property-based fuzz run of every reader, long (the test suite runs a bounded one).
+fuzz: install
+	DEPLOYKIT_FUZZ=long $(BIN)/python -m pytest -q -p no:xdist tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -37,7 +36,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from deploykit.errors import DeployKitError, ModelError, one_line
+from deploykit.errors import ConfigError, DeployKitError, ModelError, one_line
+from deploykit.fileio import parse_json, read_json
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 MODEL_RECORD_KEY = "deploykit"  # where a deploykit model file keeps its architecture record
@@ -163,7 +163,17 @@ def read_safetensors(path: str | Path, *,
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError) as failure:
         raise ModelError(f"cannot read {what} {path}: {one_line(failure, 200)}") from None
+    _refuse_complex(tensors, path)
     return tensors, metadata
+
+
+def _refuse_complex(tensors: Mapping[str, Any], path: Path) -> None:
+    """A model's weights are real: a complex tensor copied into a real one would lose its imaginary
+    part without a word, so it is refused."""
+    found = [key for key, value in tensors.items() if isinstance(value, Tensor) and value.is_complex()]
+    if found:
+        dtype = str(tensors[found[0]].dtype).removeprefix("torch.")
+        raise ModelError(f"{path}: tensor {found[0]} is {dtype}; model weights are real numbers")
 
 
 def safetensors_metadata(path: str | Path, *, what: str = "model file") -> dict[str, str]:
@@ -203,11 +213,7 @@ def folder_config(spec: str | Path) -> FolderConfig | None:
     if not config.is_file():
         raise ModelError(f"weights folder {path} has no {HF_CONFIG} (a Hugging Face-style folder holds "
                          f"{' or '.join(HF_WEIGHT_FILES)} and {HF_CONFIG})")
-    try:
-        data = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as failure:
-        raise ModelError(f"{config} is not valid JSON: {one_line(failure, 200)}") from None
-    return _parse_config(data, config)
+    return _parse_config(read_json(config, what="Hugging Face config", error=ModelError), config)
 
 
 def model_name(name: str | None, weights: str | Path | None) -> str:
@@ -323,8 +329,8 @@ def _pickled_global(failure: BaseException) -> str | None:
 def _refuse_pruned_model_file(metadata: Mapping[str, str], path: Path) -> None:
     """A deploykit model file of a pruned model holds merged blocks, not weights of the original."""
     try:
-        record = json.loads(metadata.get(MODEL_RECORD_KEY, "{}"))
-    except json.JSONDecodeError:
+        record = parse_json(metadata.get(MODEL_RECORD_KEY, "{}"), what=f"{path}: the model record")
+    except ConfigError:
         return  # not ours to judge: the tensors are matched to the model as usual
     if isinstance(record, Mapping) and (record.get("pruned") or record.get("dropped")):
         changed = sorted({*record.get("pruned", []), *record.get("dropped", [])})
@@ -353,6 +359,7 @@ def _unwrap(state: Any, path: Path) -> tuple[dict[str, Tensor], tuple[str, ...]]
 def _check_tensors(state: Any, path: Path) -> dict[str, Tensor]:
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise ModelError(f"{path} holds no state dict of tensors")
+    _refuse_complex(state, path)
     return {_without_wrapper_prefix(str(key)): value for key, value in state.items()}
 
 

@@ -552,6 +552,8 @@ def _run_export(args) -> int:
     module, what = loaded.module, loaded.description
     args.input_size = args.input_size or loaded.input_size or (224, 224)
     shape = (args.batch, 3, *args.input_size)
+    params = count_params(module)  # before the file is written: a failure here leaves nothing behind
+    macs = count_macs(module, shape[1:])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         path = export_onnx(module, shape, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch)
@@ -559,8 +561,6 @@ def _run_export(args) -> int:
         if issubclass(warning.category, RuntimeWarning):
             print(f"deploykit export: warning: {warning.message}", file=sys.stderr)
     info = onnx_summary(path)
-    params = count_params(module)
-    macs = count_macs(module, shape[1:])
     inputs = ", ".join(f"{name} {list(dims)}" for name, dims in info["inputs"].items())
     print(f"exported {what} → {path}")
     print(f"  input {inputs}; opset {info['opset'].get('ai.onnx', '?')}")
@@ -795,7 +795,8 @@ def _add_run(sub) -> None:
                    help="a trained original for this data (local state dict): skips baseline training")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="run directory (default: runs/MODEL-DATA-TARGET)")
-    p.add_argument("--fresh", action="store_true", help="delete the run directory's results and start over")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete what the earlier run in --out wrote (its run.json manifest) and start over")
     p.add_argument("--table", default=None, metavar="TABLE",
                    help="a latency table measured elsewhere (for this model, input size, batch and target) "
                         "to use instead of profiling; the verify stages still measure on the target: here, "
@@ -889,6 +890,17 @@ def _add_serve(sub) -> None:
                    help="longest measurement in seconds; its worker is killed then (default: 600)")
     p.add_argument("--max-queue", type=int, default=16, metavar="N",
                    help="most measure requests admitted at once; more are told to retry (default: 16)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="a connection whose request headers are not all in after S seconds is closed "
+                        "(default: 10)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="an upload from which nothing arrives for S seconds is refused, 408 (default: 30)")
+    p.add_argument("--max-threads", type=int, default=None, metavar="N",
+                   help="most intra-op threads a request's protocol may ask for (default: the CPUs here)")
+    p.add_argument("--max-input-elements", type=int, default=2**26, metavar="N",
+                   help="most elements in a request's input shape; more is a 422 (default: 67108864)")
+    p.add_argument("--max-reply-mb", type=float, default=64.0, metavar="MB",
+                   help="largest reply (a run's outputs) in MB; a larger one is a 422 (default: 64)")
     p.set_defaults(func=_run_serve)
 
 
@@ -901,7 +913,10 @@ def _run_serve(args) -> int:
     serve(ServeConfig(token_file=Path(args.token_file), host=args.host, port=args.port, targets=names,
                       tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                       tls_key=Path(args.tls_key) if args.tls_key else None,
-                      max_upload_mb=args.max_upload_mb, timeout_s=args.timeout, max_queue=args.max_queue))
+                      max_upload_mb=args.max_upload_mb, timeout_s=args.timeout, max_queue=args.max_queue,
+                      header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                      max_threads=args.max_threads, max_input_elements=args.max_input_elements,
+                      max_reply_mb=args.max_reply_mb))
     return 0
 
 

@@ -5,9 +5,17 @@ The CLI prints ``str(error)`` as one line and exits non-zero; a traceback means 
 
 from __future__ import annotations
 
+import re
+
+_LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")  # what str.splitlines splits at
+
 
 class DeployKitError(Exception):
-    """Base class of every user-facing error."""
+    """Base class of every user-facing error. Its message is one line by construction: line breaks in
+    it (a file name, a JSON key or a device's text quoted in it) become spaces."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*(_LINE_BREAKS.sub(" ", arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class ModelError(DeployKitError):

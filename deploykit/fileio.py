@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -154,16 +155,76 @@ def _file_in_the_way(path: Path) -> Path | None:
         if candidate.exists() or candidate.is_symlink():
             return None if candidate.is_dir() else candidate
     return None
-def read_json(path: str | Path, *, what: str, error: type[DeployKitError] = ConfigError) -> Any:
-    """The JSON in the file ``path`` (a ``what``: "subnet file", "verify report"); a missing file or one
-    that is not JSON is one ``error`` line naming it."""
+
+
+# --- reading JSON: one bounded reader for every JSON a command or the agent reads ---------------------
+
+MAX_JSON_BYTES = 16 * 2**20    # deploykit's own JSON files are kilobytes; a table's meta.json the largest
+MAX_JSON_DEPTH = 32            # deploykit's own nest at most a few levels
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def parse_json(text: str | bytes, *, what: str, error: type[DeployKitError] = ConfigError,
+               kind: type | tuple[type, ...] | None = dict, max_bytes: int = MAX_JSON_BYTES,
+               max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON value in ``text`` (a ``what``: "subnet file …"), bounded before it is parsed: at most
+    ``max_bytes`` long, nested at most ``max_depth`` deep, and (``kind``, None: any) of that type at its
+    top. Anything else is one ``error`` line: never a RecursionError, MemoryError or a traceback."""
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
+    if size > max_bytes:
+        raise error(f"{what} is {size} bytes, over the limit of {max_bytes} for a JSON file")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as failure:
+            raise error(f"{what} is not valid JSON: not UTF-8 text ({one_line(failure, 120)})") from None
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise error(f"{what} is not valid JSON for deploykit: nested {depth} levels deep, over the "
+                    f"limit of {max_depth}")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as failure:  # ValueError: JSONDecodeError, a 5000-digit int
+        raise error(f"{what} is not valid JSON: {one_line(failure, 200)}") from None
+    if kind is not None and not isinstance(value, kind):
+        expected = "a JSON object" if kind is dict else "a JSON " + "/".join(
+            _JSON_NAMES.get(k, k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise error(f"{what} must hold {expected}, not {_JSON_NAMES.get(type(value), type(value).__name__)}")
+    return value
+
+
+def json_depth(text: str) -> int:
+    """How deeply the arrays and objects in the JSON ``text`` nest (brackets inside strings aside),
+    found without parsing it; linear in its length."""
+    depth = deepest = 0
+    for char in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
+
+
+def read_json(path: str | Path, *, what: str, error: type[DeployKitError] = ConfigError,
+              kind: type | tuple[type, ...] | None = dict, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """The JSON in the file ``path`` (a ``what``: "subnet file", "verify report"), read through
+    :func:`parse_json`'s bounds; a missing or unreadable file, or one that is not such JSON, is one
+    ``error`` line naming it. Reads at most ``max_bytes`` + 1 bytes (a FIFO or /dev/zero ends too)."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as failure:
-        raise error(f"{what} {path} is not valid JSON: {one_line(failure)}") from None
+        with path.open("rb") as stream:
+            data = stream.read(max_bytes + 1)
+    except OSError as failure:
+        raise error(f"cannot read {what} {path}: {os_error_reason(failure)}") from None
+    return parse_json(data, what=f"{what} {path}", error=error, kind=kind, max_bytes=max_bytes)
 
 
 def _umask() -> int:

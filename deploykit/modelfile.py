@@ -45,9 +45,9 @@ from deploykit.checkpoints import (
     safetensors_metadata,
 )
 from deploykit.errors import ConfigError, ModelError, one_line
-from deploykit.fileio import atomic_path
+from deploykit.fileio import atomic_path, parse_json
 from deploykit.macs import eval_mode
-from deploykit.models import create_model
+from deploykit.models import MAX_CLASSES, MAX_IN_CHANS, MAX_SIDE, create_model
 from deploykit.prune import PrunableNet, prunable
 from deploykit.shapes import check_input_size
 
@@ -72,11 +72,14 @@ class ModelRecord:
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
             raise ModelError(f"model record: model must be a timm model name, got {self.model!r}")
-        for name, least in (("num_classes", 0), ("in_chans", 1)):
+        for name, least, most in (("num_classes", 0, MAX_CLASSES), ("in_chans", 1, MAX_IN_CHANS)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ModelError(f"model record: {name} must be an integer ≥ {least}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+                raise ModelError(f"model record: {name} must be an integer {least}–{most}, got {value!r}")
         object.__setattr__(self, "input_size", check_input_size(self.input_size, error=ModelError))
+        if max(self.input_size) > MAX_SIDE:
+            raise ModelError(f"model record: input size {list(self.input_size)} is over the limit of "
+                             f"{MAX_SIDE} pixels a side")
         object.__setattr__(self, "pruned", _indices(self.pruned, "pruned"))
         object.__setattr__(self, "dropped", _indices(self.dropped, "dropped"))
         both = sorted(set(self.pruned) & set(self.dropped))
@@ -164,10 +167,7 @@ def read_record(path: str | Path) -> ModelRecord:
     if text is None:
         raise ModelError(f"{path} holds tensors but no deploykit architecture record, so it is weights, "
                          f"not a model file: pass the timm model name with --weights {path}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as failure:
-        raise ModelError(f"{path}: the model record is not valid JSON: {one_line(failure, 200)}") from None
+    data = parse_json(text, what=f"{path}: the model record", error=ModelError)
     return ModelRecord.from_dict(data, source=str(path))
 
 
@@ -295,6 +295,8 @@ def _unpickle_module(path: Path) -> nn.Module:
 # --- helpers -----------------------------------------------------------------------------------------
 
 def _indices(values: Iterable[int], name: str) -> tuple[int, ...]:
+    if not isinstance(values, (list, tuple)):
+        raise ModelError(f"model record: {name} must list block indices (integers ≥ 0), got {values!r}")
     values = tuple(values)
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
         raise ModelError(f"model record: {name} must list block indices (integers ≥ 0), got {list(values)}")

@@ -36,6 +36,9 @@ measures pruning alone. (Plain cross-entropy would change the loss as well as th
 
 ``RUN/run.json`` holds the settings and each stage's wall time. A rerun with other settings is
 refused (choose another ``--out``, or ``--fresh`` to start over), except that budgets may be added.
+Its ``outputs`` list names each entry of the run directory the run created, recorded before the stage
+that writes it starts: ``--fresh`` deletes those (names deploykit writes, nothing else) and never a
+user's other files in the folder.
 
 Where it measures: the profile and verify stages measure through one
 :class:`deploykit.latency.host.MeasureHost` — this machine, or a device agent (``--device URL``,
@@ -47,7 +50,6 @@ copies it into the run instead of measuring; the verify stages still need the ta
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -57,8 +59,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploykit.errors import ConfigError, MergeError
-from deploykit.fileio import check_writable_dir, write_json_atomic
+from deploykit.errors import ConfigError, MergeError, one_line
+from deploykit.fileio import check_writable_dir, read_json, write_json_atomic
 from deploykit.latency.options import EndToEndOptions
 from deploykit.progress import Progress, silent
 from deploykit.protocol import Protocol
@@ -70,6 +72,10 @@ if TYPE_CHECKING:
     from deploykit.search.budget import Budget
 
 RUN_FILE = "run.json"
+OUTPUTS_KEY = "outputs"   # run.json's manifest: the entries of the run directory the run created
+_FIXED_OUTPUTS = ("baseline", "profile", "supernet", "original-continued", "table.md", "table.csv",
+                  "pareto.png")
+_BUDGET_FOLDER = re.compile(r"budget-[0-9][0-9.e+-]*(ms)?")
 EXHAUSTIVE_PROXY_BITS = 9     # evaluate every subnet on data up to 2^9 of them; evolve beyond
 SEARCH_POPULATION, SEARCH_GENERATIONS = 12, 6   # ≤ ~85 evaluations per budget, shared through a cache
 
@@ -146,7 +152,13 @@ class PipelineConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        return cls(**{**data, "budgets": tuple(data.get("budgets", ()))})
+        budgets = data.get("budgets", [])
+        if not isinstance(budgets, list):
+            raise ConfigError(f"{source}: budgets must be a list, got {budgets!r}")
+        try:
+            return cls(**{**data, "budgets": tuple(budgets)})
+        except (TypeError, ValueError, AttributeError) as error:  # a setting of the wrong JSON type
+            raise ConfigError(f"{source}: malformed settings: {one_line(error, 200)}") from None
 
     def differences(self, other: PipelineConfig) -> list[str]:
         """Settings that differ, budgets aside (a run may gain budgets)."""
@@ -223,6 +235,12 @@ class Stage:
     is_done: Callable[[], bool]
     run: Callable[[], str]
     artifact: Path | None = None
+    also: tuple[Path, ...] = ()  # other files it writes outside its artifact's folder
+
+    def writes(self, root: Path) -> list[str]:
+        """The entries of the run directory this stage writes in (its manifest entries)."""
+        paths = [self.artifact, *self.also] if self.artifact is not None else list(self.also)
+        return [path.relative_to(root).parts[0] for path in paths]
 
 
 @dataclass(frozen=True)
@@ -290,7 +308,8 @@ class Pipeline:
         for text in self.config.budgets:
             stages += self._budget_stages(text)
         stages += self._continued_stages()
-        stages.append(Stage("table", lambda: False, self._table, lay.root / "table.md"))
+        stages.append(Stage("table", lambda: False, self._table, lay.root / "table.md",
+                            also=(lay.root / "table.csv", lay.root / "pareto.png")))
         return stages
 
     def _continued_stages(self) -> list[Stage]:
@@ -334,6 +353,7 @@ class Pipeline:
                 skipped.append(stage.name)
                 continue
             self.say(f"{head} …")
+            self._claim(state, stage.writes(self.layout.root))
             began = time.perf_counter()
             summary = stage.run()
             seconds = time.perf_counter() - began
@@ -401,14 +421,18 @@ class Pipeline:
     def _open_run_dir(self) -> dict[str, Any]:
         """Start the run directory, or reopen it after checking that its settings are these."""
         root, path = self.layout.root, self.layout.root / RUN_FILE
-        if self.fresh and root.exists():
-            if not path.is_file() and any(root.iterdir()):
-                raise ConfigError(f"--fresh would delete {root}, which is not a deploykit run directory "
-                                  f"(no {RUN_FILE}); choose another --out")
-            shutil.rmtree(root)
-            self.say(f"--fresh: removed {root}")
+        cleared = False
+        if self.fresh and path.is_file():
+            self._remove_earlier_run()
+            cleared = True
+        elif self.fresh and root.exists() and any(root.iterdir()):
+            raise ConfigError(f"--fresh would delete {root}, which is not a deploykit run directory "
+                              f"(no {RUN_FILE}); choose another --out")
         if path.is_file():
             state = _read_state(path)
+            if not isinstance(state.get(OUTPUTS_KEY), list):  # a run from before the manifest: adopt
+                state[OUTPUTS_KEY] = [name for name in _earlier_outputs(path, self.layout)
+                                      if (root / name).exists()]
             before = PipelineConfig.from_dict(state["config"], source=str(path))
             changed = self.config.differences(before)
             if changed:
@@ -421,16 +445,42 @@ class Pipeline:
                 self.say(f"resuming {root}")
             state["config"] = self.config.as_dict()
         else:
-            if root.exists() and any(root.iterdir()):
+            if not cleared and root.exists() and any(root.iterdir()):
                 raise ConfigError(f"{root} exists and is not a deploykit run directory (no {RUN_FILE}); "
                                   "choose another --out")
-            state = {"deploykit_run": 1, "started": _now(), "config": self.config.as_dict(), "stages": {}}
+            state = {"deploykit_run": 1, "started": _now(), "config": self.config.as_dict(), "stages": {},
+                     OUTPUTS_KEY: []}
             self.say(f"run directory {root}")
         from deploykit import __version__
 
         state["deploykit_version"] = __version__
         write_json_atomic(path, state)
         return state
+
+    # -- the manifest: what --fresh may delete --
+
+    def _claim(self, state: dict[str, Any], names: list[str]) -> None:
+        """Record in run.json, before a stage writes, the entries it is about to create. An entry that
+        exists already and is not the run's (a user's file of that name) is never claimed."""
+        owned = state.setdefault(OUTPUTS_KEY, [])
+        new = [name for name in dict.fromkeys(names)
+               if name not in owned and not (self.layout.root / name).exists()]
+        if new:
+            owned.extend(new)
+            write_json_atomic(self.layout.root / RUN_FILE, state)
+
+    def _remove_earlier_run(self) -> None:
+        """--fresh: delete what the earlier run wrote (its manifest in run.json) and run.json; a
+        user's other files in the folder stay. A run.json from before the manifest (or one that
+        cannot be read) stands for the entries its settings (or these) make deploykit write."""
+        root = self.layout.root
+        names = _earlier_outputs(root / RUN_FILE, self.layout)
+        removed = [name for name in names if _remove_entry(root / name)]
+        (root / RUN_FILE).unlink(missing_ok=True)
+        kept = sorted(entry.name for entry in root.iterdir())
+        self.say(f"--fresh: removed the earlier run's {', '.join(removed) or 'nothing'} and {RUN_FILE} "
+                 f"in {root}" + (f"; kept {len(kept)} other entr{'y' if len(kept) == 1 else 'ies'}"
+                                 if kept else ""))
 
     # -- shared inputs, built once --
 
@@ -484,7 +534,7 @@ class Pipeline:
         from deploykit.training import load_model_weights
 
         folder = folder or self.layout.baseline
-        result = json.loads((folder / "result.json").read_text())
+        result = read_json(folder / "result.json", what="result")
         module = create_model(self.config.model, num_classes=int(result["num_classes"]),
                               input_size=self.config.input_size)
         load_model_weights(module, folder / "model.pt")
@@ -738,13 +788,57 @@ def _verified(path: Path) -> bool:
 
 def _read_state(path: Path) -> dict[str, Any]:
     try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path} is not valid JSON ({error}); pass --fresh to start the run over") from None
+        state = read_json(path, what="run file", kind=None)
+    except ConfigError as error:
+        raise ConfigError(f"{error}; pass --fresh to start the run over") from None
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
         raise ConfigError(f"{path} is not a deploykit run file; pass --fresh to start the run over")
     state.setdefault("stages", {})
     return state
+
+
+def _earlier_outputs(path: Path, layout: RunLayout) -> list[str]:
+    """The run directory entries an earlier run's run.json says it wrote, each one a name deploykit
+    writes (a doctored manifest cannot name a user's file); see :meth:`Pipeline._remove_earlier_run`."""
+    try:
+        state = _read_state(path)
+    except ConfigError:
+        state = {}
+    listed = state.get(OUTPUTS_KEY)
+    if isinstance(listed, list):
+        names = [name for name in listed if isinstance(name, str)]
+    else:
+        names = list(_FIXED_OUTPUTS) + _budget_folders(layout, layout.config.budgets)
+        config = state.get("config")
+        if isinstance(config, dict) and isinstance(config.get("budgets"), list):
+            names += _budget_folders(layout, config["budgets"])
+    return [name for name in dict.fromkeys(names) if _is_run_entry(name)]
+
+
+def _budget_folders(layout: RunLayout, budgets: Any) -> list[str]:
+    folders = []
+    for text in budgets:
+        try:
+            folders.append(layout.budget(str(text)).name)
+        except ConfigError:
+            continue
+    return folders
+
+
+def _is_run_entry(name: str) -> bool:
+    """A name the pipeline writes directly in its run directory (and nothing that leads outside it)."""
+    return name in _FIXED_OUTPUTS or _BUDGET_FOLDER.fullmatch(name) is not None
+
+
+def _remove_entry(path: Path) -> bool:
+    """Delete the file or folder ``path`` (a link itself, never what it points to); False if absent."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    else:
+        return False
+    return True
 
 
 def _now() -> str:

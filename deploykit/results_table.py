@@ -22,7 +22,6 @@ Kept apart from :mod:`deploykit.report` so that the command does not import torc
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from deploykit.errors import ConfigError
-from deploykit.fileio import check_output_files, write_bytes_atomic, write_text_atomic
+from deploykit.fileio import check_output_files, read_json, write_bytes_atomic, write_text_atomic
 from deploykit.verify import VerifyReport
 from deploykit.verify.rounds import RoundRobin
 
@@ -118,8 +117,8 @@ def find_variant_dirs(path: str | Path) -> list[Path]:
 def _is_variant(folder: Path) -> bool:
     """A subfolder with a model's result.json; a supernet's (a run directory has one) is not a variant."""
     try:
-        kind = json.loads((folder / RESULT_FILE).read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
+        kind = read_json(folder / RESULT_FILE, what="result").get("kind")
+    except ConfigError:
         return (folder / RESULT_FILE).is_file()  # unreadable: load_variant names the problem
     return kind != "supernet"
 
@@ -141,9 +140,9 @@ def load_variant(directory: str | Path) -> Variant:
     directory = Path(directory)
     source = directory / RESULT_FILE
     try:
-        data = json.loads(source.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{source}: cannot read it as JSON: {error}") from None
+        data = read_json(source, what="result", kind=None)
+    except ConfigError as error:
+        raise ConfigError(f"cannot read it as JSON: {error}") from None
     if not isinstance(data, dict) or data.get("kind") not in ("baseline", "subnet"):
         raise ConfigError(f"{source}: malformed: expected a JSON object with kind 'baseline' or 'subnet' "
                           "(written by deploykit train)")
@@ -181,8 +180,8 @@ def _budget(directory: Path, data: dict[str, Any], *, seen: frozenset[Path]) -> 
     if start.resolve() in seen:
         return None
     try:
-        before = _budget(start, json.loads((start / RESULT_FILE).read_text()), seen=seen | {start.resolve()})
-    except (OSError, ValueError, AttributeError):
+        before = _budget(start, read_json(start / RESULT_FILE, what="result"), seen=seen | {start.resolve()})
+    except (ConfigError, ValueError, AttributeError):
         return None
     return None if before is None else Budget(before.origin, before.epochs + own)
 

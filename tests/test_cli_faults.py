@@ -14,6 +14,7 @@ Commands run through :mod:`cli_runner` (one process per case, forked from a warm
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ import pytest
 import torch
 from cli_runner import ROOT, CliRunner
 from PIL import Image
+from safetensors.torch import save_file
 
 pytest.importorskip("sklearn")
 pytestmark = pytest.mark.slow
@@ -144,8 +146,29 @@ def fx(tmp_path_factory) -> Path:
 
     (fx / "token").write_text("0123456789abcdef0123\n")
     (fx / "short_token").write_text("short\n")
+    for name in ("token", "short_token"):
+        (fx / name).chmod(0o600)
+    (fx / "open_token").write_text("0123456789abcdef0123\n")
+    (fx / "open_token").chmod(0o666)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(fx / "fifo_token")
     (fx / "bad_target.yaml").write_text("name: [oops\n")
     (fx / "odd_target.yaml").write_text((ROOT / "targets" / "cpu-ort.yaml").read_text() + "colour: blue\n")
+
+    nested = "[" * 20000 + "]" * 20000  # 40 KB of nesting: the bounded JSON reader refuses it in one line
+    save_file({"w": torch.zeros(1)}, str(fx / "nested_record.safetensors"),
+              metadata={"deploykit": nested, "format": "pt"})
+    (fx / "hf_nested").mkdir()
+    (fx / "hf_nested" / "config.json").write_text(nested)
+    shutil.copy(atto, fx / "nestedmeta.csv")
+    (fx / "nestedmeta.meta.json").write_text(nested)
+    (fx / "nested.json").write_text(nested)
+    (fx / "variant_nested").mkdir()
+    (fx / "variant_nested" / "result.json").write_text(nested)
+    (fx / "nested_run").mkdir()
+    (fx / "nested_run" / "run.json").write_text(nested)
+
+    _write_bounds_fixtures(fx, atto, torch.load(fx / "w10.pt", weights_only=True))
 
     run = fx / "old_run"  # an existing run directory that a refused --fresh run must not delete
     (run / "baseline").mkdir(parents=True)
@@ -154,6 +177,35 @@ def fx(tmp_path_factory) -> Path:
                                               "config": PipelineConfig(data="digits").as_dict(),
                                               "stages": {}}))
     return fx
+
+
+def _write_bounds_fixtures(fx: Path, atto: Path, w10: dict) -> None:
+    """Issue 20 cases 9-12: model records and configs that ask for too much, NaN and unknown model
+    arguments, complex weights, table metadata that lies about its rows or has ill-typed fields."""
+    from deploykit.modelfile import FORMAT
+
+    for name, record in (("huge_classes", {"model": "convnext_atto", "num_classes": 10**9}),
+                         ("huge_chans", {"model": "convnext_atto", "num_classes": 10, "in_chans": 10**9}),
+                         ("huge_vit", {"model": "vit_tiny_patch16_224", "num_classes": 10,
+                                       "input_size": [100000, 100000]})):
+        record = {"format": FORMAT, "input_size": [32, 32], **record}
+        save_file({"w": torch.zeros(1)}, str(fx / f"{name}.safetensors"),
+                  metadata={"deploykit": json.dumps(record), "format": "pt"})
+    save_file(w10, str(fx / "w10.safetensors"))
+    for name, config in (("hf_huge", {"num_classes": 10**9}),
+                         ("hf_nan", {"model_args": {"drop_rate": math.nan}}),
+                         ("hf_act", {"model_args": {"act_layer": "no_such_activation"}})):
+        (fx / name).mkdir()
+        (fx / name / "config.json").write_text(json.dumps({"architecture": "convnext_atto", "num_classes": 10,
+                                                            **config}))
+        os.symlink(fx / "w10.safetensors", fx / name / "model.safetensors")
+    save_file({key: value.to(torch.complex64) if value.is_floating_point() else value
+               for key, value in w10.items()}, str(fx / "complex.safetensors"))
+    meta = json.loads(atto.with_suffix(".meta.json").read_text())
+    for name, change in (("wrongmodel", {"model": "resnet18"}), ("complete_no", {"complete": "no"}),
+                         ("date_word", {"date": "yesterday"}), ("threads_neg", {"threads": -4})):
+        shutil.copy(atto, fx / f"{name}.csv")
+        (fx / f"{name}.meta.json").write_text(json.dumps({**meta, **change}))
 
 
 def _can_create_in(folder: Path) -> bool:
@@ -208,6 +260,7 @@ class Case:
 
 
 UNDER_FILE = "afile exists and is not a folder"
+NESTED = "nested 20000 levels deep"
 DIGITS = "--data digits --input-size 32 --train-limit 64 --val-limit 32 --epochs 1 --batch-size 16 " \
          "--threads 1"
 RUN = "--data digits --train-limit 64 --val-limit 32 --device cpu --train-threads 1"
@@ -384,6 +437,10 @@ CASES = [
          message="cannot write"),
     case("serve-no-token-file", "serve --token-file {here}/none", message="no token file"),
     case("serve-short-token", "serve --token-file {fx}/short_token", message="at least 16"),
+    case("serve-token-dev-zero", "serve --token-file /dev/zero", message="not a regular file"),
+    case("serve-token-fifo", "serve --token-file {fx}/fifo_token", message="not a regular file"),
+    case("serve-token-world-readable", "serve --token-file {fx}/open_token",
+         message="readable by other users: chmod 600"),
     case("device-bad-url", "device notaurl --token-file {fx}/token", message="device URL must look like"),
     case("device-unreachable", "device http://127.0.0.1:9 --token-file {fx}/token --retries 1",
          message="cannot reach the device"),
@@ -410,6 +467,47 @@ CASES = [
          message="nvidia-a100 cannot run here", absent=("{here}/r",)),
     case("run-out-under-file", f"run {RUN} --out {{fx}}/afile/r", message=UNDER_FILE),
     case("run-out-read-only", f"run {RUN} --out {{ro}}/r", message="cannot"),
+    # case 8: deeply nested JSON in every reader is one line, never a RecursionError
+    case("export-nested-record", "export {fx}/nested_record.safetensors --out {here}/m.onnx",
+         message=NESTED, absent=("{here}/m.onnx",)),
+    case("convert-nested-record", "convert {fx}/nested_record.safetensors --out {here}/m.safetensors",
+         message=NESTED, absent=("{here}/m.safetensors",)),
+    case("verify-nested-record", "verify {fx}/m.onnx --target cpu-ort --numerics-only "
+         "--torch {fx}/nested_record.safetensors", message=NESTED, progress=True),
+    case("export-nested-hf-config", "export convnext_atto --weights {fx}/hf_nested --out {here}/m.onnx",
+         message=NESTED, absent=("{here}/m.onnx",)),
+    case("lut-predict-nested-meta", "lut predict {fx}/nestedmeta.csv --prune 1", message=NESTED),
+    case("lut-predict-nested-subnet", "lut predict {fx}/atto.csv --subnet {fx}/nested.json", message=NESTED),
+    case("table-nested-result", "table {fx}/variant_nested", message=NESTED),
+    case("run-nested-run-json", f"run {RUN} --out {{fx}}/nested_run", message=NESTED),
+    # case 9: a record or config that asks for too much is refused before anything is built
+    case("export-record-huge-classes", "export {fx}/huge_classes.safetensors --out {here}/m.onnx",
+         message="num_classes must be an integer 0–1000000", absent=("{here}/m.onnx",)),
+    case("export-record-huge-chans", "export {fx}/huge_chans.safetensors --out {here}/m.onnx",
+         message="in_chans must be an integer 1–1024", absent=("{here}/m.onnx",)),
+    case("export-record-huge-vit", "export {fx}/huge_vit.safetensors --out {here}/m.onnx",
+         message="over the limit of 8192", absent=("{here}/m.onnx",)),
+    case("export-hf-huge-classes", "export convnext_atto --weights {fx}/hf_huge --out {here}/m.onnx",
+         message="num_classes must be an integer 0–1000000", absent=("{here}/m.onnx",)),
+    # case 10: NaN or unknown model arguments: one line, nothing written
+    case("export-hf-nan-arg", "export convnext_atto --weights {fx}/hf_nan --out {here}/m.onnx",
+         message="drop_rate must be a finite number", absent=("{here}/m.onnx",)),
+    case("export-hf-unknown-act", "export convnext_atto --weights {fx}/hf_act --out {here}/m.onnx",
+         message="unknown name 'no_such_activation'", absent=("{here}/m.onnx",)),
+    # case 11: metadata that does not fit its rows, or has ill-typed fields
+    case("lut-predict-meta-other-model", "lut predict {fx}/wrongmodel.csv --prune 1",
+         message="its metadata names model resnet18, but its rows were measured on convnext_atto"),
+    case("lut-predict-meta-complete-text", "lut predict {fx}/complete_no.csv --prune 1",
+         message="complete must be true or false"),
+    case("lut-predict-meta-date-word", "lut predict {fx}/date_word.csv --prune 1", message="date must be"),
+    case("lut-predict-meta-threads-negative", "lut predict {fx}/threads_neg.csv --prune 1",
+         message="threads must be a positive integer or null"),
+    # case 12: complex weights, --rounds 0 before any model is built, non-ASCII digits in a budget
+    case("export-complex-weights", "export convnext_atto --input-size 32 --weights {fx}/complex.safetensors "
+         "--out {here}/m.onnx", message="is complex64", absent=("{here}/m.onnx",)),
+    case("lut-anchor-rounds-zero", "lut anchor {fx}/measured.csv --rounds 0", message="--rounds must be"),
+    case("search-budget-arabic-digit", "search --table {fx}/atto.csv --budget \u0661 --out {here}/s.json",
+         message="malformed budget", absent=("{here}/s.json",)),
 ]
 
 
@@ -516,3 +614,87 @@ def test_profile_force_keeps_the_old_table_until_the_new_one_is_complete(fx, tmp
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+def test_run_fresh_deletes_only_what_the_earlier_run_wrote(fx, runner, tmp_path):
+    """Case 7 (data loss): ``run --fresh`` on a folder that holds a run and a user's files deletes the
+    run's entries (its run.json manifest) and nothing else, even when the new run then stops."""
+    from deploykit.pipeline import PipelineConfig
+
+    run = tmp_path / "run"
+    (run / "baseline").mkdir(parents=True)
+    (run / "baseline" / "model.pt").write_bytes(b"weights of an earlier run")
+    (run / "budget-0.5").mkdir()
+    (run / "notes.txt").write_text("my notes")
+    (run / "mydata").mkdir()
+    (run / "mydata" / "x").write_text("my data")
+    (run / "run.json").write_text(json.dumps({"deploykit_run": 1, "started": "2026-01-01T00:00:00+00:00",
+                                              "config": PipelineConfig(data="digits").as_dict(),
+                                              "stages": {}, "outputs": ["baseline", "budget-0.5"]}))
+    done = runner.run(["run", *RUN.split(), "--weights", str(fx / "w10.pt"), "--table", str(fx / "atto.csv"),
+                       "--budgets", "0.01", "--fresh", "--out", str(run)], cwd=tmp_path)
+    assert done.code == 2, done.stderr[-3000:]
+    assert "budget 0.01" in error_line(done.stderr, progress=True)
+    assert (run / "notes.txt").read_text() == "my notes" and (run / "mydata" / "x").read_text() == "my data"
+    assert not (run / "budget-0.5").exists()
+    assert (run / "baseline" / "model.pt").read_bytes() != b"weights of an earlier run"
+    assert json.loads((run / "run.json").read_text())["outputs"] == ["baseline", "profile"]
+
+
+class _FakeAgent:
+    """An HTTP server that answers like a broken or hostile device agent: ``replies`` maps a path to
+    (status, JSON body)."""
+
+    def __init__(self, replies: dict[str, tuple[int, object]]):
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                status, body = outer.replies.get(self.path, (404, {"error": "no", "type": "ConfigError"}))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.replies = replies
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _health() -> dict:
+    from deploykit import __version__
+    from deploykit.remote.wire import API_VERSION
+
+    return {"ok": True, "deploykit_version": __version__, "api_version": API_VERSION, "tls": False,
+            "max_upload_bytes": 1, "timeout_s": 1, "queued": 0, "measuring": None}
+
+
+@pytest.mark.parametrize(("replies", "message"), [
+    ({"/fingerprint": (200, {})}, "no usable machine fingerprint"),
+    ({"/health": (500, {"error": "\x1b[31mred\x1b[0m " + "x" * 100_000, "type": "DeviceError"})}, "?[31mred"),
+], ids=["empty-fingerprint", "huge-ansi-error"])
+def test_device_shows_a_devices_text_sanitized_and_cut(fx, runner, tmp_path, replies, message):
+    """Case 6: an empty fingerprint is one error line and exit 2; a device's error text reaches the
+    terminal without escape sequences, cut short."""
+    fake = _FakeAgent({"/health": (200, _health()), "/targets": (200, {"targets": []}), **replies})
+    try:
+        done = runner.run(["device", fake.url, "--token-file", str(fx / "token"), "--retries", "1"],
+                          cwd=tmp_path)
+    finally:
+        fake.close()
+    assert done.code == 2, done.stderr[-2000:]
+    line = error_line(done.stderr, progress=False)
+    assert message in line and "\x1b" not in done.stderr and len(line) < 1000

@@ -116,3 +116,45 @@ def test_messages_are_one_line():
     assert one_line(ValueError("first\n\n  second  \n")) == "first second"
     assert os_error_reason(PermissionError(13, "Permission denied", "/x")) == "permission denied: /x"
     assert os_error_reason(OSError("odd")) == "odd"
+
+
+NESTED = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (NESTED, "nested 5000 levels deep"),
+    ('{"a": ' * 40 + "1" + "}" * 40, "nested 40 levels deep"),
+    ("1" * 5000, "not valid JSON"),
+    ("[1, 2]", "must hold a JSON object, not array"),
+    ('"x" ', "must hold a JSON object, not string"),
+    (b"\xff\xfe", "not UTF-8"),
+    ("{", "not valid JSON"),
+    ("x" * 20000, "over the limit of 10000"),
+])
+def test_the_json_reader_bounds_depth_size_and_type_in_one_line(text, message):
+    from deploykit.errors import ConfigError
+    from deploykit.fileio import parse_json
+
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_json(text, what="the thing", max_bytes=10000)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
+
+
+def test_the_json_reader_counts_brackets_inside_strings_as_text(tmp_path):
+    from deploykit.fileio import json_depth, parse_json, read_json
+
+    text = '{"a": "[[[[\\" {{{{", "b": [{"c": []}]}'
+    assert json_depth(text) == 4
+    assert parse_json(text, what="x", max_depth=4) == {"a": '[[[[" {{{{', "b": [{"c": []}]}
+    (tmp_path / "f.json").write_text(text)
+    assert read_json(tmp_path / "f.json", what="x")["b"] == [{"c": []}]
+
+
+def test_the_json_reader_reads_no_more_than_its_limit_from_an_endless_file():
+    from deploykit.errors import ConfigError
+    from deploykit.fileio import read_json
+
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero here")
+    with pytest.raises(ConfigError, match="not found"):  # not a regular file: never read
+        read_json("/dev/zero", what="x")

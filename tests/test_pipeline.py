@@ -274,3 +274,48 @@ def test_training_functions_are_not_shadowed_by_their_submodules():
 
     assert callable(evaluate) and not isinstance(evaluate, type(training))
     assert sorted(training.__all__) == sorted(training._HOMES)
+
+
+def _earlier_run(folder: Path, *, manifest: list[str] | None) -> Path:
+    """A run directory holding an earlier run's outputs and a user's own files beside them."""
+    (folder / "baseline").mkdir(parents=True)
+    (folder / "baseline" / "model.pt").write_bytes(b"weights of an earlier run")
+    (folder / "budget-0.8").mkdir()
+    (folder / "table.md").write_text("| old |\n")
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "mydata").mkdir()
+    (folder / "mydata" / "x").write_text("my data")
+    state = {"deploykit_run": 1, "started": "2026-01-01T00:00:00+00:00",
+             "config": PipelineConfig(data="digits").as_dict(), "stages": {}}
+    if manifest is not None:
+        state["outputs"] = manifest
+    (folder / "run.json").write_text(json.dumps(state))
+    return folder
+
+
+@pytest.mark.parametrize("manifest", [["baseline", "budget-0.8", "table.md"], None,
+                                      ["baseline", "budget-0.8", "table.md", "notes.txt", "../x", "mydata"]],
+                         ids=["manifest", "before-manifests", "doctored-manifest"])
+def test_fresh_deletes_only_what_the_earlier_run_wrote(tmp_path, manifest):
+    run = _earlier_run(tmp_path / "run", manifest=manifest)
+    (tmp_path / "x").write_text("outside the run")
+    state = Pipeline(PipelineConfig(data="digits"), run, fresh=True)._open_run_dir()
+    assert (run / "notes.txt").read_text() == "my notes"
+    assert (run / "mydata" / "x").read_text() == "my data"
+    assert (tmp_path / "x").read_text() == "outside the run"
+    assert not any((run / name).exists() for name in ("baseline", "budget-0.8", "table.md"))
+    assert state["outputs"] == [] and state["stages"] == {}
+
+
+def test_a_run_claims_each_entry_before_writing_it_and_never_a_users(tmp_path):
+    pipeline = Pipeline(PipelineConfig(data="digits"), tmp_path / "run")
+    state = pipeline._open_run_dir()
+    (tmp_path / "run" / "supernet").mkdir()  # the user's own folder of that name
+    pipeline._claim(state, ["baseline", "supernet", "baseline"])
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["outputs"] == ["baseline"]
+
+
+def test_a_resumed_run_from_before_manifests_adopts_its_own_entries(tmp_path):
+    run = _earlier_run(tmp_path / "run", manifest=None)
+    state = Pipeline(PipelineConfig(data="digits"), run)._open_run_dir()
+    assert state["outputs"] == ["baseline", "table.md", "budget-0.8"]

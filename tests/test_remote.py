@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -85,6 +86,22 @@ def raw_request(url: str, method: str, path: str, *, headers: dict[str, str], bo
         return response.status, json.loads(response.read())
     finally:
         conn.close()
+
+
+def read_reply(sock: socket.socket) -> str:
+    """One HTTP reply from a raw socket: its head, and its body as far as its content-length says."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _content_length(data):
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        data += piece
+    return data.decode(errors="replace")
+
+
+def _content_length(data: bytes) -> int:
+    match = re.search(rb"content-length: (\d+)", data, re.IGNORECASE)
+    return int(match.group(1)) if match else 0
 
 
 def auth() -> dict[str, str]:
@@ -217,7 +234,7 @@ def test_a_non_onnx_run_upload_is_refused_without_running_anything(agent, tmp_pa
     order = RunRequest(target="cpu-ort", input_shape=SHAPE, seed=0, n_inputs=1).as_header()
     status, body = raw_request(agent.url, "POST", "/run", headers={**auth(), REQUEST_HEADER: order[:-1]},
                                body=b"x")
-    assert status == 422 and "not JSON" in body["error"]
+    assert status == 422 and "not valid JSON" in body["error"]
     assert agent.client().health()["workers_started"] == started
 
 
@@ -254,7 +271,7 @@ def test_an_oversized_upload_is_refused_before_it_is_read(agent):
                 sent += len(chunk)
         except OSError:  # the agent closed the connection after its answer
             pass
-        reply = sock.recv(65536).decode(errors="replace")
+        reply = read_reply(sock)
     assert reply.startswith("HTTP/1.1 413"), reply
     assert '"type":"ModelError"' in reply and "--max-upload-mb" in reply
     assert sent < total // 8  # the sender was stopped long before its body was all read
@@ -337,19 +354,20 @@ def test_the_agent_refuses_to_start_without_a_usable_token(tmp_path):
     assert missing.returncode == 2 and "no token file" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "empty").chmod(0o600)
     empty = serve_cli("--token-file", str(tmp_path / "empty"), "--port", "0")
     assert empty.returncode == 2 and "is empty" in empty.stderr
     (tmp_path / "short").write_text("abc\n")
+    (tmp_path / "short").chmod(0o600)
     short = serve_cli("--token-file", str(tmp_path / "short"), "--port", "0")
     assert short.returncode == 2 and "at least 16" in short.stderr
 
 
-def test_the_agent_warns_beyond_localhost_without_tls_and_on_a_readable_token(tmp_path):
-    process = Agent(tmp_path, "--host", "0.0.0.0", "--targets", "cpu-ort", token_mode=0o644)
+def test_the_agent_warns_beyond_localhost_without_tls(tmp_path):
+    process = Agent(tmp_path, "--host", "0.0.0.0", "--targets", "cpu-ort")
     try:
         process.start().wait_listening()
         assert "warning: listening on 0.0.0.0 without TLS" in process.log
-        assert "readable by other users" in process.log
     finally:
         process.stop()
 
@@ -463,7 +481,7 @@ def test_measure_request_round_trip_and_refusals():
                            name="a\nb.onnx")
     back = MeasureRequest.from_header(order.as_header())
     assert back == order and back.input_shape == (1, 3, 8, 8) and "\n" not in back.name
-    for header, message in [(None, "without its"), ("[]", "JSON object"), ("{", "not JSON"),
+    for header, message in [(None, "without its"), ("[]", "JSON object"), ("{", "not valid JSON"),
                             ('{"target": "t", "input_shape": [1], "protocol": {}, "x": 1}', "unknown key"),
                             ('{"target": "t", "protocol": {}}', "missing key"),
                             ('{"target": "t", "input_shape": [0], "protocol": {}}', "input shape"),
@@ -557,3 +575,141 @@ def test_uploads_with_external_data_are_refused(tmp_path, tiny):
     with pytest.raises(ModelError, match="external data"):
         check_onnx_upload(tmp_path / "split.onnx")
     check_onnx_upload(tiny)  # a self-contained model passes
+
+
+# --- issue 20: the agent under attack -----------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["initializer", "function", "sparse_value", "sparse_initializer",
+                                   "subgraph"])
+def test_external_data_is_refused_wherever_the_format_holds_it(tmp_path, where):
+    """Case 1: a tensor kept in a file outside the upload, anywhere in the model, is refused before the
+    checker (or a runtime) resolves the file, and the reply names no file of the agent's."""
+    import onnx
+    from onnx_fixtures import external_data_models
+
+    (tmp_path / "secret.txt").write_bytes(b"\0" * 12)  # present: its existence must not change the reply
+    path = tmp_path / "m.onnx"
+    onnx.save(external_data_models()[where], str(path))
+    with pytest.raises(ModelError, match="external data") as caught:
+        check_onnx_upload(path)
+    assert "secret.txt" not in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    """An agent with tight limits, to reach each of them."""
+    with Agent(tmp_path_factory.mktemp("strict"), "--targets", "cpu-ort", "--timeout", "60",
+               "--header-timeout", "1", "--body-timeout", "1", "--max-threads", "2",
+               "--max-input-elements", "100000", "--max-reply-mb", "0.03", "--max-queue", "2") as process:
+        yield process
+
+
+def _connect(agent) -> socket.socket:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(agent.url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=30)
+
+
+def test_half_sent_headers_are_closed_after_the_header_timeout(strict):
+    """Case 2: a client that never finishes its headers (with or without a token) loses its connection."""
+    with _connect(strict) as sock:
+        sock.sendall(b"POST /measure HTTP/1.1\r\nHost: x\r\nAuthori")
+        assert sock.recv(65536) == b""  # closed by the agent, unanswered
+    with _connect(strict) as sock:  # a connection that sends nothing at all
+        assert sock.recv(65536) == b""
+
+
+def test_a_stalled_upload_is_refused_and_frees_its_place(strict, cpu_ort, tiny):
+    """Case 2: uploads that stall after a few bytes are answered 408 and leave the queue (--max-queue 2)."""
+    order = MeasureRequest(target="cpu-ort", input_shape=SHAPE, protocol=TINY).as_header()
+    stalled = []
+    for _ in range(2):
+        sock = _connect(strict)
+        sock.sendall((f"POST /measure HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                      f"{REQUEST_HEADER}: {order}\r\nContent-Length: 1000\r\n\r\n").encode() + b"x" * 10)
+        stalled.append(sock)
+    try:
+        for sock in stalled:
+            reply = read_reply(sock)
+            assert reply.startswith("HTTP/1.1 408") and "--body-timeout" in reply, reply
+        result = strict.client().measure_remote(tiny, target=cpu_ort, protocol=TINY, input_shape=SHAPE)
+        assert result.measurement.n >= 1
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"protocol": {"threads": 3000}}, "protocol.threads 3000 is over this device's limit of 2"),
+    ({"input_shape": [1, 3, 100000, 100000]}, "over this device's limit of 100000"),
+    ("[" * 5000 + "]" * 5000, "request header"),
+])
+def test_requests_past_the_agents_bounds_are_422_before_the_upload_is_read(strict, change, message):
+    """Cases 3 and 4: too many threads, too large an input, a deeply nested header: one line, a 422."""
+    order = json.loads(MeasureRequest(target="cpu-ort", input_shape=SHAPE, protocol=TINY).as_header())
+    header = change if isinstance(change, str) else json.dumps({**order, **{
+        key: {**order[key], **value} if isinstance(value, dict) else value for key, value in change.items()}})
+    status, body = raw_request(strict.url, "POST", "/measure", headers={**auth(), REQUEST_HEADER: header},
+                               body=b"never read")
+    assert status == 422 and message in body["error"] and "\n" not in body["error"], body
+    assert "Traceback" not in strict.log and "internal error" not in strict.log
+
+
+def test_a_reply_over_the_cap_is_a_422(strict, cpu_ort, tiny):
+    """Case 3: a run whose outputs would make a reply over --max-reply-mb is refused, not sent."""
+    with pytest.raises(ModelError, match="--max-reply-mb") as caught:
+        strict.client().run_remote(tiny, target=cpu_ort, input_shape=SHAPE, seed=0, n_inputs=64)
+    one_line(caught.value)
+
+
+def test_a_client_that_goes_away_has_its_worker_killed(strict, tiny):
+    """Case 3: the worker of a client that disconnected is killed at once, not at the timeout."""
+    slow = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=50.0, min_iters=5, max_repeats=1)
+    order = MeasureRequest(target="cpu-ort", input_shape=SHAPE, protocol=slow).as_header()
+    body = tiny.read_bytes()
+    with _connect(strict) as sock:
+        sock.sendall((f"POST /measure HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                      f"{REQUEST_HEADER}: {order}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+        strict.wait_for("measuring model.onnx")
+    strict.wait_for("the client went away while measuring", timeout_s=30)
+
+
+def test_websocket_scopes_never_reach_the_application():
+    """Case 5: the token middleware closes anything but HTTP, authenticated or not."""
+    import asyncio
+
+    from deploykit.remote.server import _BearerAuth
+
+    reached, sent = [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope)
+
+    async def send(message):
+        sent.append(message)
+
+    middleware = _BearerAuth(app, agent=None)
+    scope = {"type": "websocket", "path": "/measure",
+             "headers": [(b"authorization", f"Bearer {TOKEN}".encode())]}
+    asyncio.run(middleware(scope, None, send))
+    assert reached == [] and sent == [{"type": "websocket.close", "code": 1008}]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_token_files_that_are_not_small_private_regular_files_are_refused(tmp_path):
+    """Case 5: a FIFO, /dev/zero, a huge file, and (for the agent) a file others may read."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "huge").write_text("x" * 10000)
+    cases = [(tmp_path / "fifo", "not a regular file"), (tmp_path / "huge", "over 4096")]
+    if Path("/dev/zero").exists():
+        cases.append((Path("/dev/zero"), "not a regular file"))
+    for path, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            read_token(path)
+    shared = tmp_path / "shared"
+    shared.write_text(TOKEN)
+    shared.chmod(0o644)
+    assert read_token(shared)[1] is not None  # a client only warns
+    with pytest.raises(ConfigError, match="readable by other users: chmod 600"):
+        read_token(shared, private=True)

@@ -24,7 +24,8 @@ def make_meta(**changes) -> TableMeta:
 
 def make_row(key: str, kind: str, form: str, median_ms: float, *, indices: str = "",
              source: str = "measured", count: int = 1) -> dict:
-    return {"key": key, "kind": kind, "form": form, "name": key.split("/")[0], "family": "convnext",
+    name = "convnext_atto" if kind == "model" else key.split("/")[0]  # the model row names the model
+    return {"key": key, "kind": kind, "form": form, "name": name, "family": "convnext",
             "block_type": "ConvNeXtBlock", "indices": indices, "count": count, "in_shape": "8x4x4",
             "out_shape": "8x4x4", "macs": 1234, "median_ms": median_ms, "p90_ms": median_ms * 1.1,
             "mean_ms": median_ms * 1.01, "std_ms": 0.001, "cv": 0.02, "n": 20, "repeats": 1,

@@ -36,12 +36,18 @@ TimeOnnx = Callable[[Path], Measurement]
 ANCHOR_ROUNDS = 3
 
 
+def check_rounds(rounds: Any) -> int:
+    """``rounds`` if it is a positive integer, else a ConfigError (checked before anything is built)."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"--rounds must be a positive integer, got {rounds!r}")
+    return rounds
+
+
 def interleaved(files: Mapping[str, Path], *, time_onnx: TimeOnnx, rounds: int,
                 say: Progress | None = None) -> dict[str, list[Measurement]]:
     """Time every file once per round, in the same order each round (A, B, A, B, …), so that a drift
     of the machine touches all of them alike. ``{name: [one Measurement per round]}``."""
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ConfigError(f"--rounds must be a positive integer, got {rounds!r}")
+    check_rounds(rounds)
     runs: dict[str, list[Measurement]] = {name: [] for name in files}
     for number in range(1, rounds + 1):
         for name, path in files.items():
@@ -120,6 +126,7 @@ def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Pro
     ``model`` replaces the timm model the table names; ``time_onnx`` replaces the fresh-process
     measurement on the table's target (tests).
     """
+    check_rounds(rounds)
     started = time.perf_counter()
     say = progress or silent
     host = host_or_local(host)

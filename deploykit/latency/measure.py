@@ -14,23 +14,30 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploykit.errors import DeployKitError, ModelError, error_class, last_line
+from deploykit.errors import ConfigError, DeployKitError, ModelError, error_class, last_line
+from deploykit.fileio import parse_json
 from deploykit.protocol import Measurement, Protocol
 from deploykit.remote.wire import SeededOutputs
 from deploykit.targets import Target
 
 WORKER_MODULE = "deploykit.latency.worker"
+CANCEL_POLL_S = 0.2  # how often a cancellable worker's caller is asked whether it still wants the result
+WORKER_REPLY_BYTES = 2**31  # a run's outputs travel in the reply; the worker is ours, the bound a backstop
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory that holds deploykit/
 
 
 def measure_onnx(onnx_path: str | Path, *, target: Target, protocol: Protocol,
-                 input_shape: Sequence[int], timeout_s: float | None = None) -> Measurement:
+                 input_shape: Sequence[int], timeout_s: float | None = None,
+                 cancel: threading.Event | None = None, workdir: Path | None = None) -> Measurement:
     """Time ``onnx_path`` on ``target`` under ``protocol`` with one input of ``input_shape`` (batch
-    included), in a fresh subprocess. Any failure of the worker is a DeployKitError (the same
-    subclass the worker raised, e.g. RuntimeUnavailableError) carrying its one-line message."""
+    included), in a fresh subprocess (working in ``workdir``, if given). Any failure of the worker is a
+    DeployKitError (the same subclass the worker raised, e.g. RuntimeUnavailableError) carrying its
+    one-line message; ``cancel`` set while it runs kills it (:class:`WorkerCancelled`)."""
     from deploykit.shapes import check_input_shape
 
     path = Path(onnx_path)
@@ -38,12 +45,14 @@ def measure_onnx(onnx_path: str | Path, *, target: Target, protocol: Protocol,
         raise ModelError(f"ONNX file not found: {path}")
     request = {"onnx_path": str(path.resolve()), "target": target.as_dict(),
                "protocol": protocol.as_dict(), "input_shape": list(check_input_shape(input_shape))}
-    reply = _run_worker(request, what=f"{path.name} on {target.name}", timeout_s=timeout_s)
+    reply = _run_worker(request, what=f"{path.name} on {target.name}", timeout_s=timeout_s, cancel=cancel,
+                        workdir=workdir)
     return Measurement.from_dict(reply["measurement"])
 
 
 def run_outputs(onnx_path: str | Path, *, target: Target, input_shape: Sequence[int], seed: int,
-                n_inputs: int, timeout_s: float | None = None) -> SeededOutputs:
+                n_inputs: int, timeout_s: float | None = None, cancel: threading.Event | None = None,
+                workdir: Path | None = None) -> SeededOutputs:
     """:func:`deploykit.latency.outputs.run_seeded` in a fresh worker process (what a device agent runs)."""
     from deploykit.remote.wire import check_run_request
     from deploykit.runtimes.base import check_input_shape
@@ -54,7 +63,8 @@ def run_outputs(onnx_path: str | Path, *, target: Target, input_shape: Sequence[
         raise ModelError(f"ONNX file not found: {path}")
     request = {"action": "run", "onnx_path": str(path.resolve()), "target": target.as_dict(),
                "input_shape": list(check_input_shape(input_shape)), "seed": seed, "n_inputs": n_inputs}
-    reply = _run_worker(request, what=f"{path.name} on {target.name}", timeout_s=timeout_s)
+    reply = _run_worker(request, what=f"{path.name} on {target.name}", timeout_s=timeout_s, cancel=cancel,
+                        workdir=workdir)
     return SeededOutputs.from_dict(reply, what="the latency worker")
 
 
@@ -67,21 +77,46 @@ def runtime_info(target: Target) -> dict[str, str]:
             "device": backend.device_string(target)}
 
 
-def _run_worker(request: dict, *, what: str, timeout_s: float | None) -> dict:
+class WorkerCancelled(DeployKitError):
+    """The worker was killed because its caller no longer wants the result (a client went away)."""
+
+
+def _run_worker(request: dict, *, what: str, timeout_s: float | None, cancel: threading.Event | None = None,
+                workdir: Path | None = None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
-    try:
-        done = subprocess.run([sys.executable, "-m", WORKER_MODULE], input=json.dumps(request),
-                              capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        raise DeployKitError(f"measuring {what} did not finish within {timeout_s:g} s") from None
-    reply = _parse_reply(done.stdout)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    payload: str | None = json.dumps(request)
+    with subprocess.Popen([sys.executable, "-m", WORKER_MODULE], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          cwd=workdir) as worker:
+        while True:
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if cancel is not None:
+                wait = CANCEL_POLL_S if wait is None else min(wait, CANCEL_POLL_S)
+            try:  # communicate() may be called again after a timeout, without its input (sent once)
+                stdout, stderr = worker.communicate(payload, timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                payload = None
+                if deadline is not None and time.monotonic() >= deadline:
+                    _kill(worker)
+                    raise DeployKitError(f"measuring {what} did not finish within {timeout_s:g} s") from None
+                if cancel is not None and cancel.is_set():
+                    _kill(worker)
+                    raise WorkerCancelled(f"measuring {what} was cancelled; the worker was killed") from None
+    reply = _parse_reply(stdout)
     if reply is None:
         raise DeployKitError(f"the latency worker measuring {what} gave no reply "
-                             f"({_exit(done.returncode)}): {last_line(done.stderr) or 'no message'}")
+                             f"({_exit(worker.returncode)}): {last_line(stderr) or 'no message'}")
     if not reply.get("ok"):
         raise error_class(reply.get("type"))(str(reply.get("error", "unknown worker error")))
     return reply
+
+
+def _kill(worker: subprocess.Popen) -> None:
+    worker.kill()
+    worker.communicate()
 
 
 def _parse_reply(stdout: str) -> dict | None:
@@ -89,10 +124,9 @@ def _parse_reply(stdout: str) -> dict | None:
     if not lines:
         return None
     try:
-        reply = json.loads(lines[-1])
-    except json.JSONDecodeError:
+        return parse_json(lines[-1], what="the latency worker's reply", max_bytes=WORKER_REPLY_BYTES)
+    except ConfigError:
         return None
-    return reply if isinstance(reply, dict) else None
 
 
 def _exit(code: int) -> str:

@@ -36,6 +36,7 @@ from deploykit.deployment import DeploymentSettings
 from deploykit.errors import ConfigError, TableError, one_line
 from deploykit.fileio import check_output_files, read_json, write_json_atomic, write_text_atomic
 from deploykit.latency.predictor import Predictor
+from deploykit.latency.table_schema import check_meta_fields, check_rows_match_model
 from deploykit.runsettings import RunSettings
 from deploykit.shapes import check_input_size
 from deploykit.subnet import Subnet, format_block_ranges, parse_indices
@@ -166,6 +167,7 @@ class TableMeta:
         missing = [name for name in required if name not in data]
         if missing:
             raise TableError(f"table metadata lacks field(s): {', '.join(missing)}")
+        check_meta_fields(data)
         try:
             return cls(**data)
         except TypeError as error:
@@ -246,7 +248,9 @@ class LatencyTable:
                                                                  if t is not str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
             raise TableError(f"cannot read latency table {csv}: {one_line(error)}") from None
-        return cls(meta=meta, rows=rows, path=csv)
+        table = cls(meta=meta, rows=rows, path=csv)
+        check_rows_match_model(meta.model, table.rows, f"latency table {csv}")
+        return table
 
     def write(self, path: str | Path | None = None) -> Path:
         """Write both files atomically; returns the CSV path."""

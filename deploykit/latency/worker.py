@@ -62,12 +62,11 @@ def main() -> int:
     sys.stdout = sys.stderr
     try:
         from deploykit.errors import DeployKitError, one_line
+        from deploykit.fileio import parse_json
 
         try:
-            request = json.loads(sys.stdin.read())
-            if not isinstance(request, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as error:
+            request = parse_json(sys.stdin.read(), what="the latency worker request")
+        except DeployKitError as error:
             reply = {"ok": False, "type": "ConfigError", "error": f"bad latency worker request: {error}"}
         else:
             try:

@@ -14,7 +14,7 @@ is raised again as the same DeployKitError subclass, with the agent's one line.
 from __future__ import annotations
 
 import http.client
-import json
+import math
 import socket
 import ssl
 import time
@@ -33,10 +33,12 @@ from deploykit.errors import (
     RuntimeUnavailableError,
     error_class,
 )
+from deploykit.fileio import parse_json
 from deploykit.protocol import Measurement, Protocol
 from deploykit.remote.wire import (
     API_VERSION,
     DEFAULT_PORT,
+    MAX_REPLY_BYTES,
     REQUEST_HEADER,
     MeasureRequest,
     RunRequest,
@@ -49,6 +51,8 @@ from deploykit.runsettings import AUTO, SETTING_KEYS
 if TYPE_CHECKING:
     from deploykit.targets import Target
 
+FINGERPRINT_KEYS = ("arch", "os")  # what every machine fingerprint names (hostname and cpu may be blank)
+SHOWN_CHARS = 200  # the most of any one text a device sends that is printed or put in an error
 # The target settings that change a measurement: the agent's target must have the client's.
 MEASURED_SETTINGS = ("runtime", "provider", "runtime_device", "precision")
 
@@ -203,8 +207,16 @@ class DeviceClient:
         return rows
 
     def fingerprint(self) -> dict:
-        """The device's machine fingerprint (host, CPU, OS, runtime and device per served target)."""
-        return self._get("/fingerprint", what="asking for its fingerprint")
+        """The device's machine fingerprint (host, CPU, OS, runtime and device per served target); one
+        without the machine's architecture, OS and targets is a DeviceError."""
+        fingerprint = self._get("/fingerprint", what="asking for its fingerprint")
+        missing = [key for key in FINGERPRINT_KEYS if not isinstance(fingerprint.get(key), str)
+                   or not fingerprint[key].strip()]
+        if missing or not isinstance(fingerprint.get("targets"), dict):
+            raise DeviceError(f"the device at {self.url} sent no usable machine fingerprint (missing or "
+                              f"empty: {', '.join(missing) or 'targets'}): is it a deploykit agent of this "
+                              "version?")
+        return fingerprint
 
     def runtime_info(self, target: Target) -> dict[str, str]:
         """As :func:`deploykit.latency.measure.runtime_info`, for ``target`` on the device."""
@@ -331,7 +343,7 @@ class DeviceClient:
                 return early
             try:
                 response = conn.getresponse()
-                data = response.read()
+                data = response.read(MAX_REPLY_BYTES + 1)
             except TimeoutError:
                 raise DeviceError(f"the device at {self.url} did not answer within "
                                   f"{self.read_timeout_s:g} s while {what}") from None
@@ -377,29 +389,45 @@ class DeviceClient:
 
 
 def describe_device(url: str, *, health: dict, targets: list[dict], fingerprint: dict) -> str:
-    """What ``deploykit device URL`` prints: the agent, its queue, its targets and its machine."""
-    lines = [f"device {url}: deploykit {health.get('deploykit_version')}, "
-             f"{'TLS' if health.get('tls') else 'no TLS'}, uploads up to "
-             f"{health.get('max_upload_bytes', 0) / 2**20:g} MB, timeout {health.get('timeout_s'):g} s, "
-             f"queued {health.get('queued')}, measuring {health.get('measuring') or 'nothing'}",
-             f"machine: {fingerprint.get('hostname')}, {fingerprint.get('cpu')} ({fingerprint.get('arch')}, "
-             f"{fingerprint.get('logical_cpus')} logical CPUs), {fingerprint.get('os')}"]
+    """What ``deploykit device URL`` prints: the agent, its queue, its targets and its machine. Every
+    text the device sent is shown printable and cut (:func:`shown`): no escape sequence reaches the
+    terminal and no device floods it."""
+    f = fingerprint
+    lines = [f"device {url}: deploykit {shown(health.get('deploykit_version'))}, "
+             f"{'TLS' if health.get('tls') is True else 'no TLS'}, uploads up to "
+             f"{_number(health.get('max_upload_bytes'), 2**20)} MB, "
+             f"timeout {_number(health.get('timeout_s'))} s, queued {shown(health.get('queued'))}, "
+             f"measuring {shown(health.get('measuring') or 'nothing')}",
+             f"machine: {shown(f.get('hostname'))}, {shown(f.get('cpu'))} ({shown(f.get('arch'))}, "
+             f"{shown(f.get('logical_cpus'))} logical CPUs), {shown(f.get('os'))}"]
     for row in targets:
         if row.get("served"):
-            lines.append(f"  {row['name']}: served: {row.get('runtime')} {row.get('runtime_version')} on "
-                         f"{row.get('device_here')}, {row.get('precision')}")
+            lines.append(f"  {shown(row['name'])}: served: {shown(row.get('runtime'))} "
+                         f"{shown(row.get('runtime_version'))} on {shown(row.get('device_here'))}, "
+                         f"{shown(row.get('precision'))}")
         else:
-            lines.append(f"  {row['name']}: not served: {row.get('reason')}")
+            lines.append(f"  {shown(row['name'])}: not served: {shown(row.get('reason'))}")
     return "\n".join(lines)
+
+
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+    """A value a device sent, as printable text of at most ``limit`` characters: control characters
+    (escape sequences, line breaks) become ``?``."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _number(value, unit: float = 1.0) -> str:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return f"{value / unit:g}" if ok else "?"
 
 
 def describe_measurement(result: RemoteMeasurement) -> str:
     """One line per measurement, as ``deploykit device URL --measure`` prints it."""
     m = result.measurement
-    return (f"{result.name} on {result.target} at {result.url}: median {m.median_ms:.4g} ms, "
-            f"p90 {m.p90_ms:.4g} ms, "
-            f"cv {m.cv * 100:.1f}%, n {m.n} ({result.runtime} {result.runtime_version} on {result.device}; "
-            f"queued {result.queued_s:.1f} s)")
+    return (f"{shown(result.name)} on {shown(result.target)} at {result.url}: median {m.median_ms:.4g} ms, "
+            f"p90 {m.p90_ms:.4g} ms, cv {m.cv * 100:.1f}%, n {m.n} ({shown(result.runtime)} "
+            f"{shown(result.runtime_version)} on {shown(result.device)}; queued {result.queued_s:.1f} s)")
 
 
 def _parse_url(url: str) -> tuple[str, str, int, str, bool]:
@@ -429,22 +457,23 @@ def _early_reply(conn: http.client.HTTPConnection) -> _Reply | None:
     """The reply an agent sent before the request body was all sent, if it can still be read."""
     try:
         response = conn.getresponse()
-        return _Reply(response.status, _json(response.read()), response.getheader("Retry-After") is not None)
+        return _Reply(response.status, _json(response.read(MAX_REPLY_BYTES + 1)),
+                      response.getheader("Retry-After") is not None)
     except (OSError, http.client.HTTPException):
         return None
 
 
 def _json(data: bytes) -> dict | None:
     try:
-        body = json.loads(data)
-    except ValueError:
+        return parse_json(data, what="the agent's reply", max_bytes=MAX_REPLY_BYTES)
+    except ConfigError:
         return None
-    return body if isinstance(body, dict) else None
 
 
 def _message(reply: _Reply) -> str:
+    """The error text a device sent, printable and cut (it ends up in the one line a command prints)."""
     if reply.body and isinstance(reply.body.get("error"), str):
-        return reply.body["error"]
+        return shown(reply.body["error"], limit=2 * SHOWN_CHARS)
     return f"HTTP {reply.status}"
 
 

@@ -5,7 +5,6 @@ No web framework here: :mod:`deploykit.remote.server` puts these behind HTTP.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError, one_line
+from deploykit.fileio import parse_json
 from deploykit.remote.wire import DOCTORED_FINGERPRINT_ENV
 from deploykit.targets import Target
 
@@ -122,8 +122,8 @@ def doctored_fields(environ: Mapping[str, str]) -> dict:
     if not text:
         return {}
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = parse_json(text, what=DOCTORED_FINGERPRINT_ENV)
+    except ConfigError:
         data = None
     names = {f.name for f in fields(Fingerprint)}
     if not isinstance(data, dict) or not set(data) <= names:
@@ -134,37 +134,41 @@ def doctored_fields(environ: Mapping[str, str]) -> dict:
 
 def check_onnx_upload(path: Path) -> None:
     """Refuse (ModelError) anything but one self-contained ONNX model that passes the ONNX checker's
-    full check (shape inference included). Runs before any runtime sees the file."""
+    full check (shape inference included). Runs before any runtime sees the file: external data
+    anywhere in it (graph, subgraphs, functions, attribute tensors, sparse tensors) is refused before
+    the checker runs, and the checker is given the file's path, so that anything it resolves is
+    resolved in the upload's own private folder, never the agent's working directory."""
     import onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises DecodeError and friends
         raise ModelError(f"the upload is not an ONNX model: {one_line(error)}") from None
-    if _uses_external_data(model):
-        raise ModelError("the upload refers to external data files; send one self-contained ONNX file")
+    where = external_data_in(model)
+    if where is not None:
+        raise ModelError(f"the upload refers to external data ({where}); send one self-contained ONNX file")
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(path), full_check=True)
     except Exception as error:  # ValidationError, InferenceError
         raise ModelError(f"the upload fails the ONNX checker: {one_line(error)}") from None
 
 
-def _uses_external_data(model) -> bool:
+def external_data_in(message) -> str | None:
+    """Where a protobuf message (an ONNX model) holds a tensor kept outside the file: the field path of
+    the first one, else None. Walks every field of every nested message (the graph, its subgraphs,
+    functions, attributes, sparse tensors, training info), so that no corner of the format is missed."""
     from onnx import TensorProto
 
-    def external(tensors) -> bool:
-        return any(t.data_location == TensorProto.EXTERNAL or len(t.external_data) for t in tensors)
-
-    graphs = [model.graph]
-    while graphs:
-        graph = graphs.pop()
-        if external(graph.initializer) or external(s.values for s in graph.sparse_initializer):
-            return True
-        for node in graph.node:
-            for attribute in node.attribute:
-                tensors = [*([attribute.t] if attribute.HasField("t") else []), *attribute.tensors]
-                if external(tensors):
-                    return True
-                graphs.extend(([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs))
-    return False
-
+    stack = [(message, "model")]
+    while stack:
+        current, where = stack.pop()
+        if isinstance(current, TensorProto):
+            if current.data_location == TensorProto.EXTERNAL or len(current.external_data):
+                return f"{where} {current.name}".strip()
+            continue  # a tensor nests no further tensor
+        for descriptor, value in current.ListFields():
+            if descriptor.type != descriptor.TYPE_MESSAGE:
+                continue
+            children = [value] if hasattr(value, "ListFields") else list(value)  # one, or a repeated field
+            stack.extend((child, f"{where}.{descriptor.name}") for child in children)
+    return None

@@ -17,9 +17,11 @@ Endpoints (every request needs ``Authorization: Bearer <token>``; every reply is
   lock; the reply holds the first output of each run as encoded arrays (verify's numerics).
 
 Errors are ``{"error": one line, "type": DeployKitError subclass}`` with 401 (token), 404 (unknown or
-unserved target), 413 (too large), 422 (not ONNX, bad request, the model fails to run), 503 (runtime
-unavailable, or the queue is full: then with ``Retry-After``), 504 (timeout); each also one line in the
-agent's log (stderr).
+unserved target), 408 (an upload that stalled past ``--body-timeout``), 413 (too large), 422 (not ONNX,
+bad request, past a per-request bound, the model fails to run, a reply past ``--max-reply-mb``), 503
+(runtime unavailable, or the queue is full: then with ``Retry-After``), 504 (timeout); each also one
+line in the agent's log (stderr). A connection whose headers are not in after ``--header-timeout`` is
+closed unanswered; a client that disconnects while its model runs has its worker killed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import socket
 import ssl
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -67,6 +70,8 @@ Log = Callable[[str], None]
 
 INSTALL_HINT = "pip install 'deploykit[remote]' (starlette, uvicorn)"
 RETRY_AFTER_S = 5  # what a client is told to wait when the queue is full
+KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this
+MAX_HEADERS_BYTES = 64 * 1024  # the request line and headers together (the request header is ≤ 16 KB)
 _LOOPBACK_NAMES = ("localhost",)
 
 # The HTTP status of each kind of error, most specific first.
@@ -88,21 +93,56 @@ class ServeConfig:
     max_upload_mb: float = 1024.0
     timeout_s: float = 600.0
     max_queue: int = 16
+    header_timeout_s: float = 10.0        # a connection's request line and headers, from its first byte
+    body_timeout_s: float = 30.0          # the longest wait for the next piece of an upload
+    max_threads: int | None = None        # most protocol.threads a request may ask for (None: the CPUs)
+    max_input_elements: int = 2**26       # most elements in a request's input (64 Mi: 256 MB of fp32)
+    max_reply_mb: float = 64.0            # largest reply (a run's outputs)
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be 0–65535, got {self.port!r}")
-        for name, value in (("--max-upload-mb", self.max_upload_mb), ("--timeout", self.timeout_s)):
+        for name, value in (("--max-upload-mb", self.max_upload_mb), ("--timeout", self.timeout_s),
+                            ("--header-timeout", self.header_timeout_s),
+                            ("--body-timeout", self.body_timeout_s), ("--max-reply-mb", self.max_reply_mb)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 1:
-            raise ConfigError(f"--max-queue must be a positive integer, got {self.max_queue!r}")
+        if self.max_threads is None:
+            object.__setattr__(self, "max_threads", os.cpu_count() or 1)
+        for name, value in (("--max-queue", self.max_queue), ("--max-threads", self.max_threads),
+                            ("--max-input-elements", self.max_input_elements)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_reply_bytes(self) -> int:
+        return int(self.max_reply_mb * 1024 * 1024)
+
+    def limits(self) -> dict[str, Any]:
+        """The per-request bounds, as ``/health`` reports them."""
+        return {"max_upload_bytes": self.max_upload_bytes, "timeout_s": self.timeout_s,
+                "max_queue": self.max_queue, "header_timeout_s": self.header_timeout_s,
+                "body_timeout_s": self.body_timeout_s, "max_threads": self.max_threads,
+                "max_input_elements": self.max_input_elements, "max_reply_bytes": self.max_reply_bytes}
+
+    def check_order(self, order: MeasureRequest | RunRequest) -> None:
+        """Refuse (ConfigError, a 422) a request past this agent's per-request bounds, before its upload
+        is read: too many threads, too large an input."""
+        threads = getattr(getattr(order, "protocol", None), "threads", None)
+        if threads is not None and threads > self.max_threads:
+            raise ConfigError(f"{order.kind} request: protocol.threads {threads} is over this device's limit "
+                              f"of {self.max_threads} (its --max-threads)")
+        elements = math.prod(order.input_shape)
+        if elements > self.max_input_elements:
+            raise ConfigError(f"{order.kind} request: input {format_shape(order.input_shape)} has {elements} "
+                              f"elements, over this device's limit of {self.max_input_elements} "
+                              "(its --max-input-elements)")
 
     @property
     def tls(self) -> bool:
@@ -138,8 +178,7 @@ class Agent:
         from deploykit import __version__
 
         return {"ok": True, "deploykit_version": __version__, "api_version": API_VERSION,
-                "max_upload_bytes": self.config.max_upload_bytes, "timeout_s": self.config.timeout_s,
-                "max_queue": self.config.max_queue, "queued": self.queued, "measuring": self.measuring,
+                **self.config.limits(), "queued": self.queued, "measuring": self.measuring,
                 "workers_started": self.workers_started, "tls": self.config.tls,
                 "load_average": _load_average()}
 
@@ -189,20 +228,24 @@ def build_app(agent: Agent):
 
 class _BearerAuth:
     """ASGI middleware: a request without the agent's token is answered 401 before any route runs
-    (so an unauthenticated upload is never read)."""
+    (so an unauthenticated upload is never read); anything but plain HTTP (a websocket) is closed
+    unanswered, authenticated or not: the agent serves HTTP requests only."""
 
     def __init__(self, app, agent: Agent):
         self.app, self.agent = app, agent
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not self.agent.authorized(header):
-                error = AuthError("wrong or missing token")
-                response = _reply(self.agent, scope, 401, error_reply(error), line=f"AuthError: {error}",
-                                  headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
-                return
+        if scope["type"] != "http":  # websocket (or anything else): never served, never passed on
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        if not self.agent.authorized(header):
+            error = AuthError("wrong or missing token")
+            response = _reply(self.agent, scope, 401, error_reply(error), line=f"AuthError: {error}",
+                              headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -225,7 +268,14 @@ def _endpoint(agent: Agent, handler: Callable[[Any], Awaitable[dict]]):
             failure = DeployKitError(f"internal error in the device agent: {type(error).__name__}: {error}")
             return _error(agent, request.scope, 500, failure)
         body = dict(body)
-        return _reply(agent, request.scope, 200, body, line=body.pop("_log", ""))
+        line = body.pop("_log", "")
+        response = _reply(agent, request.scope, 200, body, line=None)
+        if len(response.body) > agent.config.max_reply_bytes:
+            return _error(agent, request.scope, 422, ModelError(
+                f"the reply would be {len(response.body) / 2**20:.2f} MB, over this device's limit of "
+                f"{agent.config.max_reply_mb:g} MB (its --max-reply-mb): ask for fewer inputs"))
+        agent.log(f"200 {_who(request.scope)}" + (f": {line}" if line else ""))
+        return response
 
     return endpoint
 
@@ -266,6 +316,7 @@ async def _upload_and_run(agent: Agent, request, order: MeasureRequest | RunRequ
         raise
     except ConfigError as error:
         raise Refusal(404, error) from None
+    agent.config.check_order(order)
     limit = agent.config.max_upload_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -285,10 +336,21 @@ async def _upload_and_run(agent: Agent, request, order: MeasureRequest | RunRequ
 
 
 async def _receive_upload(agent: Agent, request, path: Path) -> int:
-    """Stream the body to ``path``, refusing it (413) as soon as it passes the limit."""
+    """Stream the body to ``path``, refusing it (413) as soon as it passes the limit, and (408) when no
+    piece of it arrives for ``--body-timeout`` seconds: a stalled upload does not hold its place."""
     size = 0
+    wait = agent.config.body_timeout_s
+    chunks = request.stream().__aiter__()
     with path.open("wb") as out:
-        async for chunk in request.stream():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), timeout=wait)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise Refusal(408, DeviceError(f"the upload stalled: nothing arrived for {wait:g} s after "
+                                               f"{size} bytes (this device's --body-timeout)"),
+                              {"Connection": "close"}) from None
             size += len(chunk)
             if size > agent.config.max_upload_bytes:
                 raise Refusal(413, _too_large(agent, size, at_least=True))
@@ -321,66 +383,84 @@ async def _in_turn(agent: Agent, request, order: MeasureRequest | RunRequest, ta
         agent.measuring = f"{order.name} on {target.name}"
         queued_s = time.monotonic() - arrived
         await run_in_threadpool(check_onnx_upload, path)
-        return await job(agent, order, target, path, size=size, queued_s=queued_s)
+        return await job(agent, request, order, target, path, size=size, queued_s=queued_s)
     finally:
         agent.measuring = None
         agent.lock.release()
 
 
-async def _run_worker(agent: Agent, order: MeasureRequest, target, path: Path, *, size: int,
+async def _run_worker(agent: Agent, request, order: MeasureRequest, target, path: Path, *, size: int,
                       queued_s: float) -> dict:
     from deploykit.latency.measure import measure_onnx
 
     what = f"{order.name} on {target.name}, input {format_shape(order.input_shape)}"
 
-    def work(timeout: float):
+    def work(timeout: float, cancel: threading.Event):
         return measure_onnx(path, target=target, protocol=order.protocol, input_shape=order.input_shape,
-                            timeout_s=timeout)
+                            timeout_s=timeout, cancel=cancel, workdir=path.parent)
 
-    result, timing = await _in_worker(agent, order, target, "measuring", what, queued_s, work)
+    result, timing = await _in_worker(agent, request, order, target, "measuring", what, queued_s, work)
     return {"measurement": result.as_dict(), **_identity(agent, order, target), **timing,
             "upload_bytes": size, "queued_s": queued_s,
             "_log": f"{what}: median {result.median_ms:.4g} ms, n {result.n} "
                     f"[{timing['finished_at'] - timing['started_at']:.1f} s]"}
 
 
-async def _run_outputs(agent: Agent, order: RunRequest, target, path: Path, *, size: int,
+async def _run_outputs(agent: Agent, request, order: RunRequest, target, path: Path, *, size: int,
                        queued_s: float) -> dict:
     from deploykit.latency.measure import run_outputs
 
     what = (f"{order.name} on {target.name}, {order.n_inputs} seeded input(s) "
             f"{format_shape(order.input_shape)}")
 
-    def work(timeout: float):
+    def work(timeout: float, cancel: threading.Event):
         return run_outputs(path, target=target, input_shape=order.input_shape, seed=order.seed,
-                           n_inputs=order.n_inputs, timeout_s=timeout)
+                           n_inputs=order.n_inputs, timeout_s=timeout, cancel=cancel, workdir=path.parent)
 
-    result, timing = await _in_worker(agent, order, target, "running", what, queued_s, work)
+    result, timing = await _in_worker(agent, request, order, target, "running", what, queued_s, work)
     return {**result.as_dict(), **_identity(agent, order, target), **timing, "upload_bytes": size,
             "queued_s": queued_s,
             "_log": f"ran {what} [{timing['finished_at'] - timing['started_at']:.1f} s]"}
 
 
-async def _in_worker(agent: Agent, order: MeasureRequest | RunRequest, target, verb: str, what: str,
-                     queued_s: float, work: Callable[[float], Any]) -> tuple[Any, dict]:
-    """``work(timeout)`` (a fresh worker process) in a thread; its result and when it ran. A worker past
-    the timeout is a 504."""
+async def _in_worker(agent: Agent, request, order: MeasureRequest | RunRequest, target, verb: str, what: str,
+                     queued_s: float, work: Callable[[float, threading.Event], Any]) -> tuple[Any, dict]:
+    """``work(timeout, cancel)`` (a fresh worker process) in a thread; its result and when it ran. A
+    worker past the timeout is a 504; one whose client went away is killed at once."""
     from starlette.concurrency import run_in_threadpool
+
+    from deploykit.latency.measure import WorkerCancelled
 
     timeout = min(order.timeout_s or agent.config.timeout_s, agent.config.timeout_s)
     agent.log(f"{verb} {what} (queued {queued_s:.1f} s)")
     agent.workers_started += 1
     started_at, began = time.time(), time.monotonic()
+    cancel = threading.Event()
+    watcher = asyncio.ensure_future(_cancel_on_disconnect(request, cancel))
     try:
-        result = await run_in_threadpool(work, timeout)
+        result = await run_in_threadpool(work, timeout, cancel)
+    except WorkerCancelled:
+        raise DeviceError(f"the client went away while {verb} {order.name}; the worker was killed") from None
     except DeployKitError as error:
         # measure_onnx raises a plain DeployKitError when its worker ran past the timeout (and kills it)
         if type(error) is DeployKitError and time.monotonic() - began >= timeout:
             raise Refusal(504, DeviceError(f"{verb} {order.name} on {target.name} did not finish within "
                                            f"{timeout:g} s; the worker was killed")) from None
         raise
+    finally:
+        watcher.cancel()
     return result, {"started_at": started_at, "finished_at": time.time(), "timeout_s": timeout,
                     "load_average": _load_average()}
+
+
+async def _cancel_on_disconnect(request, cancel: threading.Event) -> None:
+    """Set ``cancel`` as soon as the client of ``request`` disconnects (polled: starlette reports a
+    disconnect only when asked)."""
+    from deploykit.latency.measure import CANCEL_POLL_S
+
+    while not await request.is_disconnected():
+        await asyncio.sleep(CANCEL_POLL_S)
+    cancel.set()
 
 
 def _identity(agent: Agent, order: MeasureRequest | RunRequest, target) -> dict:
@@ -404,9 +484,7 @@ def serve(config: ServeConfig, *, log: Log | None = None) -> None:
     token file, with bad TLS files, with nothing to serve, or when the address cannot be bound."""
     say = log or _stderr
     uvicorn = _require_framework()
-    token, warning = read_token(config.token_file)
-    if warning:
-        say(f"warning: {warning}")
+    token, _ = read_token(config.token_file, private=True)
     _check_tls(config)
     served = ServedTargets.load(config.targets)
     if os.environ.get(DOCTORED_FINGERPRINT_ENV):
@@ -420,16 +498,58 @@ def serve(config: ServeConfig, *, log: Log | None = None) -> None:
             "network in clear text; give --tls-cert/--tls-key, or keep the default --host 127.0.0.1 "
             "and reach it through an SSH tunnel")
     say(f"listening on {_url(config, sock)}; serving {_served_line(agent)}; one measurement at a time, "
-        f"uploads up to {config.max_upload_mb:g} MB, timeout {config.timeout_s:g} s")
+        f"uploads up to {config.max_upload_mb:g} MB, timeout {config.timeout_s:g} s, at most "
+        f"{config.max_threads} thread(s) and {config.max_input_elements} input elements a request")
     server = uvicorn.Server(uvicorn.Config(
         build_app(agent), log_level="warning", access_log=False, lifespan="off", server_header=False,
         ssl_certfile=str(config.tls_cert) if config.tls else None,
-        ssl_keyfile=str(config.tls_key) if config.tls else None, timeout_graceful_shutdown=5))
+        ssl_keyfile=str(config.tls_key) if config.tls else None, timeout_graceful_shutdown=5,
+        http=header_timeout_protocol(config.header_timeout_s), ws="none",
+        timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=MAX_HEADERS_BYTES))
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
     say("stopped")
+
+
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol, closing a connection whose request line and headers have not all
+    arrived ``seconds`` after their first byte (or after it opened): uvicorn itself waits forever for
+    a request that never ends its headers, so a few slow clients could hold every connection."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._header_timer = None
+            self._arm_header_timer()
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm_header_timer()  # the first bytes of the next request on a kept-alive connection
+            super().data_received(data)
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm_header_timer()  # its headers are in: the body has its own timeout
+
+        def connection_lost(self, exc) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
 
 
 def _stderr(line: str) -> None:

@@ -18,11 +18,12 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from deploykit.errors import ConfigError, DeployKitError, DeviceError, one_line
+from deploykit.fileio import parse_json
 from deploykit.protocol import Measurement, Protocol
 from deploykit.shapes import check_input_shape
 
@@ -31,8 +32,11 @@ DEFAULT_PORT = 8765
 REQUEST_HEADER = "X-DeployKit-Request"
 TOKEN_ENV = "DEPLOYKIT_DEVICE_TOKEN"
 MIN_TOKEN_CHARS = 16
+MAX_TOKEN_FILE_BYTES = 4096
 TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE && chmod 600 FILE"
 _NAME_CHARS = 100
+MAX_REPLY_BYTES = 1024 * 2**20  # the most a client reads of a reply (an agent's --max-reply-mb is less)
+MAX_HEADER_BYTES = 16 * 1024   # a request header's JSON: a few hundred bytes in practice
 # Test-only: a JSON object of fingerprint fields the agent reports instead of its own (the tests play
 # "another machine answers at the same URL" with it). The agent warns loudly when it is set.
 DOCTORED_FINGERPRINT_ENV = "DEPLOYKIT_TEST_DOCTORED_FINGERPRINT"
@@ -43,6 +47,7 @@ class MeasureRequest:
     """One measurement: which served target, the full input shape (batch first), the protocol, an
     optional timeout (the agent's own ``--timeout`` caps it) and the file's name (for logs only)."""
 
+    kind: ClassVar[str] = "measure"
     target: str
     input_shape: tuple[int, ...]
     protocol: Protocol
@@ -76,6 +81,7 @@ class MeasureRequest:
 class RunRequest:
     """Run one file on ``n_inputs`` inputs drawn from ``seed`` (verify's numerics), on a served target."""
 
+    kind: ClassVar[str] = "run"
     target: str
     input_shape: tuple[int, ...]
     seed: int
@@ -116,12 +122,7 @@ def _check_common(order, kind: str) -> None:
 def _header_fields(text: str | None, kind: str, *, known: set[str], required: set[str]) -> dict:
     if not text:
         raise ConfigError(f"{kind} request without its {REQUEST_HEADER} header")
-    try:
-        data = json.loads(text)
-    except ValueError as error:
-        raise ConfigError(f"{kind} request header is not JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{kind} request header must be a JSON object")
+    data = parse_json(text, what=f"{kind} request header", max_bytes=MAX_HEADER_BYTES, max_depth=8)
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{kind} request: unknown key(s) {', '.join(unknown)}")
@@ -224,30 +225,51 @@ def error_reply(error: DeployKitError) -> dict[str, str]:
     return {"error": one_line(error, limit=500), "type": type(error).__name__}
 
 
-def read_token(path: str | Path) -> tuple[str, str | None]:
-    """The token in ``path`` and a warning when others may read the file (else None).
+def read_token(path: str | Path, *, private: bool = False) -> tuple[str, str | None]:
+    """The token in ``path`` and a warning when others may read the file (else None); ``private``
+    (the agent's own token): such a file is refused instead.
 
-    A missing, unreadable, empty or too short token file is a ConfigError: an agent never runs
-    without a real token, and a client never sends an empty one.
+    A missing, unreadable, empty or too short token file is a ConfigError, and so is anything but a
+    small regular file (a FIFO, /dev/zero, a folder): an agent never runs without a real token, and a
+    client never sends an empty one.
     """
     file = Path(path).expanduser()
-    try:
-        token = file.read_text(encoding="utf-8").strip()
-        mode = file.stat().st_mode
+    try:  # opened without blocking (a FIFO), then judged by what was opened (no race with a swap)
+        handle = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise ConfigError(f"no token file at {file}; create one: {TOKEN_HINT}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read the token file {file}: {getattr(error, 'strerror', None) or error}") \
-            from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the token file {file}: {error.strerror or error}") from None
+    with os.fdopen(handle, "rb") as stream:
+        info = os.fstat(handle)
+        _check_token_file(file, info, private=private)
+        try:
+            token = stream.read(MAX_TOKEN_FILE_BYTES + 1).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"cannot read the token file {file}: "
+                              f"{getattr(error, 'strerror', None) or error}") from None
     if not token:
         raise ConfigError(f"the token file {file} is empty; create a token: {TOKEN_HINT}")
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
         raise ConfigError(f"the token in {file} must be one word of at least {MIN_TOKEN_CHARS} printable "
                           f"characters; create one: {TOKEN_HINT}")
-    warning = None
-    if os.name == "posix" and mode & (stat.S_IRGRP | stat.S_IROTH):
-        warning = f"the token file {file} is readable by other users (chmod 600 {file})"
+    shared = _shared(info)
+    warning = f"the token file {file} is readable by other users (chmod 600 {file})" if shared else None
     return token, warning
+
+
+def _check_token_file(file: Path, info: os.stat_result, *, private: bool) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"the token file {file} is not a regular file; create one: {TOKEN_HINT}")
+    if info.st_size > MAX_TOKEN_FILE_BYTES:
+        raise ConfigError(f"the token file {file} is {info.st_size} bytes, over {MAX_TOKEN_FILE_BYTES}: "
+                          f"a token file holds one token; create one: {TOKEN_HINT}")
+    if private and _shared(info):
+        raise ConfigError(f"the token file {file} is readable by other users: chmod 600 {file}")
+
+
+def _shared(info: os.stat_result) -> bool:
+    return os.name == "posix" and bool(info.st_mode & (stat.S_IRGRP | stat.S_IROTH))
 
 
 def token_from(token_file: str | Path | None, *, environ: Mapping[str, str] | None = None) -> str:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from deploykit.errors import ConfigError
 
-_BUDGET = re.compile(r"^\s*((?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*(ms|%)?\s*$", re.IGNORECASE)
+# ASCII digits only: \d would take "١" (Arabic-Indic one) and float() would read it as 1
+_BUDGET = re.compile(r"^\s*((?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*(ms|%)?\s*$", re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True)
