@@ -745,13 +745,41 @@ def _add_table(sub) -> None:
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="write a plot of top-1 against measured latency with the Pareto front, one panel "
                         "per target")
+    group = p.add_argument_group(
+        "one measurement for the table",
+        "time every variant's model.onnx on a target in one round-robin measurement (fresh processes, "
+        "--rounds rounds): the table's measured ms and speed-ups for that target then come from it, "
+        "with their spread, instead of from verify runs minutes apart")
+    group.add_argument("--measure", default=None, metavar="TARGET", help="the target to measure on")
+    group.add_argument("--rounds", type=int, default=3, metavar="N", help="rounds (default: 3)")
+    group.add_argument("--table", dest="latency_table", default=None, metavar="TABLE",
+                       help="measure with the run settings this latency table was measured with")
+    group.add_argument("--latency-out", default=None, metavar="JSON",
+                       help="where the measurement goes (default: latency-TARGET.json in the first RUN)")
+    from deploykit.protocol import add_protocol_arguments
+
+    add_protocol_arguments(p)
+    _add_device_arguments(p, what="measure")
     p.set_defaults(func=_run_table)
 
 
 def _run_table(args) -> int:
-    from deploykit.results_table import write_speed_accuracy
+    from deploykit.results_table import measure_variants, write_speed_accuracy
 
-    written = write_speed_accuracy(args.runs, out=args.out, plot=args.plot)
+    measured = []
+    if args.measure is not None:
+        from deploykit.latency.table import LatencyTable
+        from deploykit.protocol import Protocol
+        from deploykit.targets import load_target
+
+        table = LatencyTable.read(args.latency_table) if args.latency_table else None
+        path = measure_variants(args.runs, target=load_target(args.measure),
+                                protocol=Protocol.from_args(args), rounds=args.rounds,
+                                out=args.latency_out, table=table, host=_measuring_host(args),
+                                progress=to_stderr)
+        print(f"wrote {path}")
+        measured.append(path)
+    written = write_speed_accuracy(args.runs, out=args.out, plot=args.plot, measurements=measured)
     print(written.markdown if written.table_path is None else f"wrote {written.table_path}")
     if written.plot_path is not None:
         print(f"wrote {written.plot_path}")

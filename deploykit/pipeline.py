@@ -731,9 +731,7 @@ class Pipeline:
     def _measure_variants(self, folders: list[Path]) -> Path:
         """Every variant's ONNX in one round-robin measurement (fresh processes, ``rounds`` rounds), the
         original as the reference: the table's milliseconds and speed-ups come from it, so they agree."""
-        from deploykit.latency.identity import with_table_settings
-        from deploykit.verify.files import onnx_input_shape
-        from deploykit.verify.rounds import FILE_PATTERN, measure_round_robin
+        from deploykit.verify.rounds import FILE_PATTERN, measure_models
 
         lay = self.layout
         files = {folder.name: lay.onnx(folder) for folder in folders}
@@ -741,15 +739,10 @@ class Pipeline:
         if _measured_after(path, files):
             self.say(f"  {path.name}: every model was measured together after its last export: kept")
             return path
-        target = with_table_settings(self.target, self.latency_table())
-        shape = onnx_input_shape(lay.onnx(lay.baseline), batch=self.batch, input_size=self.config.input_size)
-        self.say(f"  one interleaved measurement of {len(files)} models, {self.config.rounds} rounds "
-                 f"({target.settings.describe()})")
-        robin = measure_round_robin(
-            files, reference=lay.baseline.name, rounds=self.config.rounds, target=target.name,
-            settings=target.settings.as_dict(), progress=lambda line: self.say(f"  {line}"),
-            time_file=lambda path: self.host.measure(path, target=target, protocol=self.config.protocol,
-                                                     input_shape=shape))
+        robin = measure_models(files, reference=lay.baseline.name, target=self.target,
+                               protocol=self.config.protocol, rounds=self.config.rounds,
+                               table=self.latency_table(), host=self.host,
+                               progress=lambda line: self.say(f"  {line}"))
         return robin.write(path)
 
 

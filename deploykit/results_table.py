@@ -517,6 +517,27 @@ def _measured_columns(frame: pd.DataFrame) -> list[tuple[str, str]]:
     return [(str(c)[: -len(ending)], str(c)) for c in frame.columns if str(c).endswith(ending)]
 
 
+# --- one measurement of every variant ---------------------------------------------------------------
+
+def measure_variants(paths: Sequence[str | Path], *, target, protocol, rounds: int, out: str | Path | None,
+                     table=None, host=None, progress=None) -> Path:
+    """Time every variant's ``model.onnx`` under ``paths`` in one round-robin measurement on ``target``
+    (:func:`deploykit.verify.rounds.measure_models`), speed-ups against the first unpruned variant;
+    write it to ``out`` (default: ``latency-TARGET.json`` in the first RUN directory). The path."""
+    from deploykit.verify.rounds import FILE_PATTERN, measure_models
+
+    variants = load_variants(paths)
+    files = {v.directory.name: v.directory / "model.onnx" for v in variants
+             if (v.directory / "model.onnx").is_file()}
+    unpruned = [v.directory.name for v in variants if v.kind == "baseline" and v.directory.name in files]
+    reference = unpruned[0] if unpruned else None
+    path = Path(out) if out is not None else Path(paths[0]) / FILE_PATTERN.format(target=target.name)
+    check_output_files(path)
+    robin = measure_models(files, reference=reference, target=target, protocol=protocol, rounds=rounds,
+                           table=table, host=host, progress=progress)
+    return robin.write(path)
+
+
 # --- the command ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -321,3 +321,51 @@ def test_no_variant_is_an_empty_frame_and_no_plot():
     assert variants_frame([]).empty and speed_accuracy_frame([]).empty
     with pytest.raises(ConfigError, match="no variant has a measured latency"):
         render_pareto_png(variants_frame([]))
+
+
+# --- one round-robin measurement of every variant -----------------------------------------------------
+
+def test_a_round_robin_measurement_gives_the_figures_and_their_spread(run, tmp_path):
+    from deploykit.verify.rounds import ModelRounds, RoundRobin
+
+    robin = RoundRobin(target="cpu-ort", settings={"threads": 1}, rounds=3, reference="baseline", models={
+        "baseline": ModelRounds((2.0, 2.2, 2.1), (1.0, 1.0, 1.0)),
+        "budget-0.8": ModelRounds((1.6, 1.5, 1.7), (1.25, 1.4667, 1.2353))})
+    path = robin.write(tmp_path / "latency-cpu-ort.json")
+    frame = speed_accuracy_frame([run], measurements=[path]).set_index("variant")
+    assert frame.loc["baseline", "cpu-ort measured ms"] == pytest.approx(2.1)
+    assert frame.loc["baseline", "cpu-ort measured ±"] == pytest.approx(0.1)
+    assert frame.loc["budget-0.8", "cpu-ort measured ms"] == pytest.approx(1.6)  # not the report's 1.5
+    assert frame.loc["budget-0.8", "cpu-ort speed-up"] == pytest.approx(1.25)    # not the report's 1.4
+    assert frame.loc["budget-0.8", "cpu-ort speed-up ±"] == pytest.approx((1.4667 - 1.2353) / 2)
+    assert math.isnan(frame.loc["budget-0.6", "cpu-ort measured ms"])  # not in the measurement: blank
+    assert "gpu measured ±" not in frame.columns  # measured only by verify runs: no spread columns
+    assert frame.loc["budget-0.8", "gpu measured ms"] == pytest.approx(0.5)
+    assert render_pareto_png(frame.reset_index()).startswith(b"\x89PNG")
+    assert "±0.100" in format_markdown(frame.reset_index())
+
+
+def test_round_robin_arithmetic_with_a_scripted_clock():
+    from deploykit.protocol import Measurement
+    from deploykit.verify.rounds import RoundRobin, measure_round_robin
+
+    scripted = {"orig.onnx": iter([2.0, 3.0, 2.2]), "pruned.onnx": iter([1.0, 2.0, 1.1])}
+    order = []
+
+    def time_file(path):
+        order.append(path.name)
+        return Measurement.from_samples([next(scripted[path.name])])
+
+    robin = measure_round_robin({"orig": Path("orig.onnx"), "pruned": Path("pruned.onnx")},
+                                reference="orig", rounds=3, time_file=time_file, target="t", settings={})
+    assert order == ["orig.onnx", "pruned.onnx"] * 3
+    pruned = robin.models["pruned"]
+    # the slow second round (3.0 vs 2.0 ms) cancels out of the within-round ratios: 2.0, 1.5, 2.0
+    assert pruned.round_speedups == pytest.approx((2.0, 1.5, 2.2 / 1.1))
+    assert pruned.speedup == pytest.approx(2.0) and pruned.median_ms == pytest.approx(1.1)
+    assert RoundRobin.from_dict(robin.as_dict(), source="x") == robin
+    with pytest.raises(ConfigError, match="not a deploykit round-robin"):
+        RoundRobin.from_dict({"target": "t"}, source="x.json")
+    with pytest.raises(ConfigError, match="reference 'other'"):
+        measure_round_robin({"a": Path("a")}, reference="other", rounds=1, time_file=time_file, target="t",
+                            settings={})

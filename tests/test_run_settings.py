@@ -1,5 +1,7 @@
 """Run settings: targets, backends, the probe's choice, and tables used only with their settings."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -160,3 +162,38 @@ def test_settings_differences_read_plainly():
     assert RunSettings(threads=2, spinning=OFF).describe() == "2 threads, spinning off"
     with pytest.raises(ConfigError, match="unknown setting"):
         RunSettings.from_dict({"thread": 1})
+
+
+def test_the_deployment_settings_file_is_written_and_read_back(tmp_path):
+    from deploykit.deployment import read_settings, settings_path, write_settings
+
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"")
+    assert read_settings(onnx_file) is None
+    meta = _table(RunSettings(threads=2, spinning=OFF)).meta
+    written = write_settings(onnx_file, meta.deployment(measured_by="t.csv"))
+    assert written == settings_path(onnx_file) == tmp_path / "model.settings.json"
+    data = json.loads(written.read_text())
+    assert data["settings"] == {"threads": 2, "spinning": False}
+    assert data["onnxruntime_session_config"]["session.intra_op.allow_spinning"] == "0"
+    assert data["onnxruntime_session_config"]["intra_op_num_threads"] == 2
+    assert read_settings(onnx_file).settings == RunSettings(threads=2, spinning=OFF)
+
+
+def test_verify_runs_with_the_settings_file_and_refuses_other_explicit_ones(tmp_path):
+    from deploykit.deployment import write_settings
+    from deploykit.verify.check import settled_target
+
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"")
+    write_settings(onnx_file, _table(RunSettings(threads=1)).meta.deployment(measured_by="t.csv"))
+    target, how = settled_target(load_target("cpu-ort"), onnx_file, (1, 3, 32, 32), protocol=Protocol(),
+                                 table=None, host=None, progress=None)
+    assert target.settings == RunSettings(threads=1) and how == "from model.settings.json"
+    with pytest.raises(ConfigError, match=r"model\.settings\.json says the model runs with 1 thread"):
+        settled_target(load_target("cpu-ort"), onnx_file, (1, 3, 32, 32), protocol=Protocol(threads=2),
+                       table=None, host=None, progress=None)
+    table = _table(RunSettings(threads=2, spinning=OFF))
+    target, how = settled_target(load_target("cpu-ort"), onnx_file, (1, 3, 32, 32), protocol=Protocol(),
+                                 table=table, host=None, progress=None)
+    assert target.settings == RunSettings(threads=2, spinning=OFF)  # the table's win over the file's

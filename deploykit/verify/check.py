@@ -51,7 +51,7 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
             raise ConfigError(f"{ref_path} takes input {list(ref_shape)}, {path} {list(shape)}")
     notes: list[str] = []
     protocol = protocol or Protocol()
-    target, how = _settled_target(target, path, shape, protocol=protocol, table=table, host=host,
+    target, how = settled_target(target, path, shape, protocol=protocol, table=table, host=host,
                                   progress=progress)
     notes.append(f"run settings: {target.settings.describe()} ({how})")
 
@@ -98,7 +98,7 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
         device_url=host.url)
 
 
-def _settled_target(target, path: Path, shape, *, protocol, table, host, progress: Progress | None):
+def settled_target(target, path: Path, shape, *, protocol, table, host, progress: Progress | None):
     """``target`` with the run settings to verify with, and where they come from: the table's (a table
     is used only with its own), else ``MODEL.settings.json`` beside the file, else the probe's choice
     for what the target leaves to ``auto``. An explicit setting that differs from the table's or the

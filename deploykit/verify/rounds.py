@@ -120,3 +120,29 @@ def measure_round_robin(files: Mapping[str, Path], *, reference: str | None, rou
         models[name] = ModelRounds(tuple(medians[name]), ratios, contended[name])
     return RoundRobin(target=target, settings=dict(settings), rounds=rounds, reference=reference,
                       models=models)
+
+
+def measure_models(files: Mapping[str, Path], *, reference: str | None, target, protocol, rounds: int,
+                   table=None, host=None, progress: Progress | None = None) -> RoundRobin:
+    """:func:`measure_round_robin` of ``files`` on ``target`` where ``host`` measures (default: this
+    machine), with the run settings verify would use for the reference (the table's, else the
+    reference's ``MODEL.settings.json``, else the settings probe's choice); input shape from the
+    reference (else the first file)."""
+    from deploykit.latency.host import host_or_local
+    from deploykit.verify.check import settled_target
+    from deploykit.verify.files import onnx_input_shape
+
+    if not files:
+        raise ConfigError("no model to measure: no variant directory holds a model.onnx")
+    host = host_or_local(host)
+    first = files[reference] if reference is not None and reference in files else next(iter(files.values()))
+    shape = onnx_input_shape(first, default_batch=target.batch, default_size=target.input_size)
+    target, how = settled_target(target, first, shape, protocol=protocol, table=table, host=host,
+                                 progress=progress)
+    if progress:
+        progress(f"one interleaved measurement of {len(files)} models on {target.name}, {rounds} rounds "
+                 f"({target.settings.describe()}: {how})")
+    return measure_round_robin(
+        files, reference=reference, rounds=rounds, target=target.name, settings=target.settings.as_dict(),
+        progress=progress,
+        time_file=lambda path: host.measure(path, target=target, protocol=protocol, input_shape=shape))
