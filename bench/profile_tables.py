@@ -84,7 +84,9 @@ def profile_one(target: str, model: str, size: int, say, *, out: Path | None = N
     say(f"  {wall:.0f} s; {table.fidelity_line()}")
     return {"date": started_at, "target": target, "model": model, "input_size": size, "batch": 1,
             "wall_s": round(wall, 1), **fidelity_columns(table), "sentinel_drifts": drifts,
-            "model_ms": table.model_latency(), "load_before": load_before,
+            "model_ms": table.model_latency(), "settings": table.meta.measured_with().describe(),
+            "probed": table.meta.settings_probe is not None,
+            "contended_rows": int((table.rows["contended"] == 1).sum()), "load_before": load_before,
             "load_after": load_average(), "machine": f"{platform.machine()} {cpu_name()}",
             "cpus": os.cpu_count(), "table": str(out.relative_to(ROOT)), "log": str(log.relative_to(ROOT)),
             "command": shlex.join(command)}

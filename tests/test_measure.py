@@ -90,24 +90,40 @@ def test_a_worker_that_gives_no_reply_is_a_deploykit_error(model, monkeypatch):
     ({"ok": False, "type": "path", "error": "odd"}, DeployKitError, "odd"),
 ])
 def test_worker_errors_keep_their_type(model, monkeypatch, reply, error, text):
-    def fake_run(command, **kwargs):
+    def check_request(command, payload):
         assert command[1:] == ["-m", "deploykit.latency.worker"]
-        request = json.loads(kwargs["input"])
+        request = json.loads(payload)
         assert request["target"]["name"] == "cpu-ort" and request["input_shape"] == list(SHAPE)
-        return subprocess.CompletedProcess(command, 1, stdout="noise\n" + json.dumps(reply) + "\n", stderr="")
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "Popen", scripted_worker("noise\n" + json.dumps(reply) + "\n", 1,
+                                                             check=check_request))
     with pytest.raises(error, match=text) as info:
         measure_onnx(model, target=load_target("cpu-ort"), protocol=SHORT, input_shape=SHAPE)
     assert type(info.value) is error
 
 
-def test_a_malformed_measurement_reply_is_an_error(model, monkeypatch):
-    def fake_run(command, **kwargs):
-        return subprocess.CompletedProcess(command, 0, stdout='{"ok": true, "measurement": {"n": 1}}\n',
-                                           stderr="")
+def scripted_worker(stdout: str, returncode: int, *, check=None):
+    """A stand-in for the worker process: replies ``stdout`` and exits with ``returncode``."""
+    class Worker:
+        def __init__(self, command, **kwargs):
+            self.command, self.returncode = command, returncode
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def communicate(self, payload=None, timeout=None):
+            if check is not None:
+                check(self.command, payload)
+            return stdout, ""
+
+    return Worker
+
+
+def test_a_malformed_measurement_reply_is_an_error(model, monkeypatch):
+    monkeypatch.setattr(subprocess, "Popen", scripted_worker('{"ok": true, "measurement": {"n": 1}}\n', 0))
     with pytest.raises(TableError, match="malformed measurement"):
         measure_onnx(model, target=load_target("cpu-ort"), protocol=SHORT, input_shape=SHAPE)
 
