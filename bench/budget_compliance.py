@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from bench.machine import load_average, package_version  # noqa: E402
 from deploykit import __version__  # noqa: E402
 from deploykit.fileio import write_text_atomic  # noqa: E402
+from deploykit.latency.identity import with_table_settings  # noqa: E402
 from deploykit.latency.subnets import SubnetMeasurer  # noqa: E402
 from deploykit.latency.table import LatencyTable  # noqa: E402
 from deploykit.progress import to_stderr  # noqa: E402
@@ -94,7 +95,7 @@ def check_table(path: str, *, fractions: list[str], with_ms: bool, rounds: int, 
                 seed: int, say) -> list[dict[str, Any]]:
     table = LatencyTable.read(ROOT / path)
     meta = table.meta
-    target = load_target(meta.target)
+    target = with_table_settings(load_target(meta.target), table)  # the settings the table measured with
     ok, reason = availability(target)
     if not ok:
         say(f"skipping {path}: target {meta.target} is not available here ({reason})")

@@ -380,9 +380,12 @@ def profile_missing(plan: Plan, say: Say) -> None:
 def measure_model(model: str, plan: Plan, args, results: Results, bapp: Results | None, env: dict,
                   say: Say) -> int:
     """Every row of one model; returns the number of rows measured now."""
+    from deploykit.latency.identity import with_table_settings
     from deploykit.targets import load_target
 
-    targets = {name: load_target(name) for name in plan.targets}
+    # each target with the run settings its table was measured with (a table is used only with those)
+    targets = {name: with_table_settings(load_target(name), LatencyTable.read(table_file(model, name, 1)))
+               for name in plan.targets}
     choices = {}
     for name in plan.targets:
         table = LatencyTable.read(table_file(model, name, 1))

@@ -79,6 +79,8 @@ def stored() -> str:
     frame = pd.read_csv(RESULTS / "profile_tables.csv").sort_values(["target", "model", "input_size"])
     shown = pd.DataFrame({
         "target": frame["target"], "model": frame["model"], "size": frame["input_size"],
+        "settings": frame.get("settings", pd.Series(index=frame.index, dtype=object)).fillna(
+            "runtime defaults"),
         "predictor": frame["predictor"], "n": frame["holdout_n"], "ρ": frame["spearman"].round(3),
         "±5%": (frame["within_5"] * 100).round(0).astype(int).astype(str) + "%",
         "±10%": (frame["within_10"] * 100).round(0).astype(int).astype(str) + "%",
