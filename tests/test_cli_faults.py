@@ -154,6 +154,10 @@ def fx(tmp_path_factory) -> Path:
         os.mkfifo(fx / "fifo_token")
     (fx / "bad_target.yaml").write_text("name: [oops\n")
     (fx / "odd_target.yaml").write_text((ROOT / "targets" / "cpu-ort.yaml").read_text() + "colour: blue\n")
+    cpu_ort = (ROOT / "targets" / "cpu-ort.yaml").read_text()
+    (fx / "typo_setting.yaml").write_text(cpu_ort + "spinnig: false\n")
+    (fx / "spin_openvino.yaml").write_text((ROOT / "targets" / "cpu-openvino.yaml").read_text()
+                                           + "spinning: true\n")
 
     nested = "[" * 20000 + "]" * 20000  # 40 KB of nesting: the bounded JSON reader refuses it in one line
     save_file({"w": torch.zeros(1)}, str(fx / "nested_record.safetensors"),
@@ -287,6 +291,12 @@ CASES = [
     case("targets-bad-yaml", "targets {fx}/bad_target.yaml", message="not valid YAML"),
     case("targets-unknown-key", "targets {fx}/odd_target.yaml", message="colour"),
     case("targets-missing-file", "targets {here}/nothing.yaml", message="nothing.yaml"),
+    case("targets-unknown-setting", "targets {fx}/typo_setting.yaml", message="spinnig: unknown key"),
+    case("profile-setting-the-runtime-lacks", "profile --target {fx}/spin_openvino.yaml "
+         "--model convnext_atto --input-size 32 --out {here}/t.csv",
+         message="spinning: openvino does not apply spinning", absent=("t.csv",)),
+    case("verify-table-other-settings", "verify {fx}/m.onnx --target cpu-ort --table {fx}/measured.csv "
+         "--pruned 1 --threads 2", message="is used only with the settings it was measured with"),
     # profile
     case("profile-unknown-target", "profile --target no-such-target --estimate",
          message="unknown target 'no-such-target'"),

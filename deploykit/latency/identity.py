@@ -168,6 +168,8 @@ def with_table_settings(target: Any, table: LatencyTable, asked: RunSettings | N
     """``target`` with the run settings ``table`` was measured with: a table is used only with those.
     ``asked``: settings the user gave explicitly (``--threads``, ``--spinning``); one that differs from
     the table's is a ConfigError saying both."""
+    if table.meta.mode != "measured":  # a roofline estimate was measured with nothing
+        return target if asked is None else target.with_settings(asked.over(target.settings))
     measured = table.meta.measured_with()
     if asked is not None:
         clash = differing(asked.over(measured), measured)
