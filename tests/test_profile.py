@@ -619,9 +619,9 @@ def test_a_held_out_subnet_is_the_median_of_three_processes_of_one_export(tmp_pa
 
 def test_an_auto_target_is_probed_first_and_the_table_records_the_choice(tmp_path, monkeypatch):
     runtime = FakeRuntime(monkeypatch)
-    by_settings = {RunSettings(threads=1): iter([9.0, 9.1, 8.9, 9.0, 9.2]),
-                   RunSettings(threads=2, spinning=True): iter([5.0, 9.0, 7.0, 5.1, 5.0]),
-                   RunSettings(threads=2, spinning=False): iter([6.0, 6.1, 5.9, 6.0, 6.2])}
+    by_settings = {RunSettings(threads=1): iter([9.0, 9.1, 8.9, 9.0, 9.2, 9.1, 9.0, 8.9]),
+                   RunSettings(threads=2, spinning=True): iter([5.0, 9.0, 7.0, 5.1, 5.0, 5.0, 5.1, 5.0]),
+                   RunSettings(threads=2, spinning=False): iter([6.0, 6.1, 5.9, 6.0, 6.2, 6.0, 6.1, 6.0])}
 
     def measure(host, onnx_file, *, target, protocol, input_shape):
         if onnx_file.parent.name.startswith("deploykit-probe-"):
@@ -639,8 +639,8 @@ def test_an_auto_target_is_probed_first_and_the_table_records_the_choice(tmp_pat
     assert table.meta.measured_with() == RunSettings(threads=2, spinning=False)
     assert table.meta.threads == 2 and table.meta.fingerprint["settings"] == "spinning=off"
     rows = table.meta.settings_probe["rows"]
-    assert [r["medians_ms"] for r in rows] == [[9.0, 9.1, 8.9, 9.0, 9.2], [5.0, 9.0, 7.0, 5.1, 5.0],
-                                               [6.0, 6.1, 5.9, 6.0, 6.2]]
+    assert [r["medians_ms"][:3] for r in rows] == [[9.0, 9.1, 8.9], [5.0, 9.0, 7.0], [6.0, 6.1, 5.9]]
+    assert all(len(r["medians_ms"]) == 8 for r in rows)
     assert [r["repeatable"] for r in rows] == [True, False, True]
     assert any("<- chosen" in line and "2 threads, spinning off" in line for line in lines)
     # a resumed profile keeps the table's settings without probing again

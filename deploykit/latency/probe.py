@@ -8,7 +8,7 @@ measurement it is built from, so the settings are chosen by evidence before a pr
 
 every candidate (:func:`candidates`: 1 thread and one per physical core; spinning on and off where
 the runtime spins; only the settings the target leaves to ``auto``) measures the whole model in
-``processes`` fresh processes, candidates interleaved round by round so a change of the machine hits
+``processes`` (8) short fresh processes, candidates interleaved round by round so a change of the machine hits
 them all alike. A candidate is *repeatable* when at least ``min_share`` (90 %) of its processes are
 within ±``within`` (5 %) of their median. The probe picks the fastest repeatable candidate, else the
 steadiest; the table records the choice and the probe.
@@ -19,12 +19,16 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from deploykit.runsettings import RunSettings
 
-PROBE_PROCESSES = 5  # three processes let a 75/25 bimodal setting pass 42 % of the time, five 24 %
+# A setting that lands slow in one fresh process of four passes three processes 42 % of the time, five
+# 24 %, eight 10 %; so eight short processes (one sampling round of PROBE_MIN_TIME_S) rather than a few
+# long ones: a process costs its start-up either way.
+PROBE_PROCESSES = 8
+PROBE_MIN_TIME_S = 0.3
 MIN_SHARE = 0.9
 WITHIN = 0.05
 
@@ -131,6 +135,12 @@ def run_probe(settings: Sequence[RunSettings], measure: Callable[[RunSettings], 
     return ProbeResult(rows=rows, chosen=chosen, reason=reason)
 
 
+def probe_protocol(protocol: Any) -> Any:
+    """The protocol of one probe process: ``protocol`` with one sampling round of at most
+    :data:`PROBE_MIN_TIME_S` (the probe compares processes, not samples)."""
+    return replace(protocol, min_time_s=min(protocol.min_time_s, PROBE_MIN_TIME_S), max_repeats=1)
+
+
 def settle(target: Any, onnx_file: Any, *, input_shape: Sequence[int], protocol: Any, host: Any,
            say: Callable[[str], None]) -> tuple[Any, ProbeResult | None]:
     """``target`` with what it leaves to ``auto`` chosen by the probe on ``onnx_file`` (the whole model)
@@ -148,8 +158,9 @@ def settle(target: Any, onnx_file: Any, *, input_shape: Sequence[int], protocol:
         return target.with_settings(options[0]), None
     say(f"settings probe: {len(options)} candidates ({'; '.join(o.describe() for o in options)}), the whole "
         f"model in {PROBE_PROCESSES} fresh processes each, interleaved")
+    short = probe_protocol(protocol)
     result = run_probe(options, lambda s: host.measure(onnx_file, target=target.with_settings(s),
-                                                       protocol=protocol, input_shape=input_shape).median_ms)
+                                                       protocol=short, input_shape=input_shape).median_ms)
     say(result.table())
     say(f"run settings: {result.chosen.describe()} ({result.reason})")
     return target.with_settings(result.chosen), result
