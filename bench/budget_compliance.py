@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import load_average, package_version  # noqa: E402
 from deploykit import __version__  # noqa: E402
+from deploykit.errors import ConfigError  # noqa: E402
 from deploykit.fileio import write_text_atomic  # noqa: E402
 from deploykit.latency.identity import with_table_settings  # noqa: E402
 from deploykit.latency.subnets import SubnetMeasurer  # noqa: E402
@@ -109,7 +110,11 @@ def check_table(path: str, *, fractions: list[str], with_ms: bool, rounds: int, 
         shape = (meta.batch, 3, *meta.input_size)
         for text in budgets_for(table, fractions, with_ms):
             budget = parse_budget(text)
-            result = search(table, budget, DepthProxy())
+            try:
+                result = search(table, budget, DepthProxy())
+            except ConfigError as error:  # a budget below what any subnet reaches: nothing to measure
+                say(f"  {meta.model} on {meta.target}, budget {text}: not reachable ({error})")
+                continue
             pruned = result.subnet.pruned
             subnet = builder.export(pruned, Path(work) / "subnet.onnx")
             load_before, began = load_average(), time.perf_counter()
