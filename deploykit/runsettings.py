@@ -111,6 +111,17 @@ def setting_problem(name: str, value: Any) -> str | None:
     return None
 
 
+def require_same(asked: RunSettings, fixed: RunSettings, *, source: str, remedy: str) -> RunSettings:
+    """``fixed`` (the settings ``source`` was measured with), or a ConfigError saying both when an
+    explicitly ``asked`` setting differs from it."""
+    clash = differing(asked.over(fixed), fixed)
+    if clash:
+        asked_text = "; ".join(line.replace(" vs ", " instead of ", 1) for line in clash)
+        raise ConfigError(f"{source} was measured with {fixed.describe()}; you asked for {asked_text}: "
+                          f"{remedy}")
+    return fixed
+
+
 def differing(a: RunSettings, b: RunSettings) -> list[str]:
     """``threads: 1 vs 2`` lines for the fields where ``a`` and ``b`` differ."""
     return [f"{f.name}: {_shown(getattr(a, f.name))} vs {_shown(getattr(b, f.name))}"

@@ -190,7 +190,8 @@ def test_verify_runs_with_the_settings_file_and_refuses_other_explicit_ones(tmp_
     target, how = settled_target(load_target("cpu-ort"), onnx_file, (1, 3, 32, 32), protocol=Protocol(),
                                  table=None, host=None, progress=None)
     assert target.settings == RunSettings(threads=1) and how == "from model.settings.json"
-    with pytest.raises(ConfigError, match=r"model\.settings\.json says the model runs with 1 thread"):
+    with pytest.raises(ConfigError, match=r"model\.settings\.json was measured with 1 thread; you asked "
+                                          r"for threads: 2 instead of 1"):
         settled_target(load_target("cpu-ort"), onnx_file, (1, 3, 32, 32), protocol=Protocol(threads=2),
                        table=None, host=None, progress=None)
     table = _table(RunSettings(threads=2, spinning=OFF))

@@ -29,7 +29,7 @@ from deploykit.errors import ConfigError, DeployKitError, RuntimeUnavailableErro
 from deploykit.latency.fingerprint import NOT_INSTALLED, Fingerprint, differences, for_target, this_machine
 from deploykit.latency.table import LatencyTable, TableMeta
 from deploykit.progress import Progress, silent
-from deploykit.runsettings import RunSettings, differing
+from deploykit.runsettings import RunSettings, require_same
 
 if TYPE_CHECKING:
     from deploykit.latency.host import MeasureHost
@@ -172,13 +172,9 @@ def with_table_settings(target: Any, table: LatencyTable, asked: RunSettings | N
         return target if asked is None else target.with_settings(asked.over(target.settings))
     measured = table.meta.measured_with()
     if asked is not None:
-        clash = differing(asked.over(measured), measured)
-        if clash:
-            where = table.path or "the latency table"
-            asked_text = "; ".join(line.replace(" vs ", " instead of ", 1) for line in clash)
-            raise ConfigError(f"{where} was measured with {measured.describe()}; you asked for "
-                              f"{asked_text}: a table is used only with the settings it was measured with "
-                              "(profile it again with yours for a table of them)")
+        require_same(asked, measured, source=str(table.path or "the latency table"),
+                     remedy="a table is used only with the settings it was measured with (profile it "
+                            "again with yours for a table of them)")
     return target.with_settings(measured)
 
 

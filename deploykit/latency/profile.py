@@ -635,7 +635,7 @@ def _settle_settings(target: Any, model_entry: Entry, *, batch: int, protocol, h
         say(f"run settings of the table being resumed: {resumed.describe()}")
         return target.with_settings(resumed), None
     if not target.auto_settings:
-        return settle(target, None, input_shape=(), protocol=protocol, host=host, say=say)
+        return target.with_settings(target.settings), None
     with tempfile.TemporaryDirectory(prefix="deploykit-probe-") as folder:
         onnx_file = _export(model_entry, batch, Path(folder) / "model.onnx", opset)
         return settle(target, onnx_file, input_shape=(batch, *model_entry.in_shape), protocol=protocol,

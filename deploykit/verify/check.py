@@ -106,18 +106,15 @@ def settled_target(target, path: Path, shape, *, protocol, table, host, progress
     from deploykit.deployment import read_settings, settings_path
     from deploykit.latency.identity import with_table_settings
     from deploykit.latency.probe import settle
-    from deploykit.runsettings import differing
+    from deploykit.runsettings import require_same
 
     asked = protocol.explicit_settings()
     if table is not None:
         return with_table_settings(target, table, asked), f"as {table.path or 'the table'} was measured"
     deployment = read_settings(path)
     if deployment is not None and deployment.target == target.name:
-        clash = differing(asked.over(deployment.settings), deployment.settings)
-        if clash:
-            raise ConfigError(f"{settings_path(path)} says the model runs with "
-                              f"{deployment.settings.describe()}; you asked for {'; '.join(clash)}: drop the "
-                              "option, or remove the settings file to verify with other settings")
+        require_same(asked, deployment.settings, source=str(settings_path(path)),
+                     remedy="drop the option, or remove the settings file to verify with other settings")
         return target.with_settings(deployment.settings), f"from {settings_path(path).name}"
     target = protocol.apply_settings(target)
     if not target.auto_settings:
