@@ -17,12 +17,18 @@ For every table (default: convnext_tiny, resnet34, mobilenetv2_100, efficientnet
   ``--store`` lets the check store that calibration in the table (the old way of correcting a table; a
   table with a fitted predictor does not need it).
 
+``--modes unpaired paired`` runs the check both ways, one after the other per table: ``paired`` adds
+``--paired`` (each subnet timed as a ratio to the unpruned model in the same process, its ms that ratio
+× the unpruned model's median over the check's processes; points into ``bench/results/paired/``), so
+the two ways of measuring held-out subnets are compared on the same subnets, the same day.
+
 This script writes ``bench/results/fidelity_summary.csv``: one row per table and variant, with the
 command, the machine, the runtime versions and the load average before and after (the machine's cores
 may be shared: a high load makes timings noisy).
 
     .venv/bin/python bench/lut_fidelity.py [--samples 30] [--seed 0] [--tables PATH ...]
     .venv/bin/python bench/lut_fidelity.py --quick    # 8 subnets of one table into bench/results/quick/
+    .venv/bin/python bench/lut_fidelity.py --modes unpaired paired --tables latency_tables/cpu-ort/mobilenetv2_100_224_b1.csv
 """
 
 from __future__ import annotations
@@ -80,6 +86,9 @@ def main() -> int:
                              "bench/results/quick/")
     parser.add_argument("--store", action="store_true",
                         help="let the check store its calibration in each table (default: report only)")
+    parser.add_argument("--modes", nargs="+", choices=("unpaired", "paired"), default=["unpaired"],
+                        help="how held-out subnets are measured: each in its own processes (unpaired, the "
+                             "default) and/or as a ratio to the unpruned model in one process (paired)")
     parser.add_argument("--out", type=Path, default=RESULTS / "fidelity_summary.csv", help="summary CSV")
     args = parser.parse_args()
     if args.quick:
@@ -92,53 +101,12 @@ def main() -> int:
     for table in args.tables:
         stored = stored_row(table)
         if stored is not None:
-            rows.append(stored)
+            rows.append({**stored, "mode": "profile"})
             print(f"== {table}: stored held-out figures on {stored['samples']} subnets: "
                   f"ρ {stored['spearman']:.3f}, ±5% {stored['within_5']:.0%}, MAPE {stored['mape_pct']:.1f}%",
                   file=sys.stderr, flush=True)
-        command = [sys.executable, "-m", "deploykit.cli", "lut", "check", table,
-                   "--samples", str(args.samples), "--seed", str(args.seed),
-                   "--out", str(args.out.parent), "--fresh", "--format", "json",
-                   *([] if args.store and not args.quick else ["--no-store"])]
-        shown = "deploykit " + shlex.join(command[3:])
-        print(f"== {shown}", file=sys.stderr, flush=True)
-        load_before = os.getloadavg()
-        started = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
-        wall = time.perf_counter() - started
-        load_after = os.getloadavg()
-        if done.returncode != 0:
-            print(f"   failed (exit {done.returncode}); see the error above", file=sys.stderr)
-            continue
-        report = json.loads(done.stdout)
-        for label, key in ((report.get("prediction", "table sum"), "before"), *VARIANTS):
-            figures = report[key]
-            if figures is None:
-                continue
-            rows.append({
-                "table": table, "table_date": report["table_date"], "model": report["model"],
-                "target": report["target"],
-                "device": report["device"],
-                "runtime": report["runtime"], "runtime_version": report["runtime_version"],
-                "samples": report["samples"], "seed": report["seed"], "k_min": report["k_range"][0],
-                "k_max": report["k_range"][1], "variant": label, "predictor": report.get("prediction"),
-                "spearman": figures["spearman"],
-                "kendall": figures["kendall"], "within_5": figures["within_5"],
-                "within_10": figures["within_10"], "mape_pct": figures["mape"], "bias_pct": figures["bias"],
-                "max_error_pct": figures["max_error"],
-                "calibration_a": report["calibration"][0], "calibration_b_ms": report["calibration"][1],
-                "stored": report["stored"], "unpruned_measured_ms": report["unpruned_measured_ms"],
-                "unpruned_table_sum_ms": report["unpruned_predicted_ms"],
-                "model_row_ms": report["model_row_ms"], "unpruned_drift": report["drift"],
-                "wall_s": round(wall, 1), "load_before": " ".join(f"{x:.2f}" for x in load_before),
-                "load_after": " ".join(f"{x:.2f}" for x in load_after), "cpus": os.cpu_count(),
-                "machine": f"{platform.machine()} {report['device']}", "python": platform.python_version(),
-                "points_csv": report["csv"], "notes": " | ".join(report["notes"]), "command": shown,
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        before = report["before"]
-        print(f"   {report['samples']} subnets in {wall:.0f} s: ρ {before['spearman']:.3f}, "
-              f"τ {before['kendall']:.3f}, ±10% {before['within_10']:.0%}, MAPE {before['mape']:.1f}% → "
-              f"{report['after']['mape']:.1f}% calibrated", file=sys.stderr, flush=True)
+        for mode in args.modes:
+            rows += check_rows(table, mode, args)
     if not rows:
         print("nothing was measured", file=sys.stderr)
         return 1
@@ -150,6 +118,58 @@ def main() -> int:
     frame.to_csv(args.out, index=False, float_format="%.4f")
     print(f"wrote {args.out} ({len(frame)} rows)")
     return 0
+
+
+def check_rows(table: str, mode: str, args: argparse.Namespace) -> list[dict]:
+    """One fresh ``lut check`` of ``table`` measured the ``mode`` way, as summary rows (none if it failed)."""
+    rows = []
+    paired = mode == "paired"
+    command = [sys.executable, "-m", "deploykit.cli", "lut", "check", table,
+               "--samples", str(args.samples), "--seed", str(args.seed),
+               "--out", str(args.out.parent / "paired" if paired else args.out.parent), "--fresh",
+               "--format", "json", *(["--paired"] if paired else []),
+               *([] if args.store and not args.quick else ["--no-store"])]
+    shown = "deploykit " + shlex.join(command[3:])
+    print(f"== {shown}", file=sys.stderr, flush=True)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
+    wall = time.perf_counter() - started
+    load_after = os.getloadavg()
+    if done.returncode != 0:
+        print(f"   failed (exit {done.returncode}); see the error above", file=sys.stderr)
+        return []
+    report = json.loads(done.stdout)
+    for label, key in ((report.get("prediction", "table sum"), "before"), *VARIANTS):
+        figures = report[key]
+        if figures is None:
+            continue
+        rows.append({
+            "table": table, "table_date": report["table_date"], "model": report["model"],
+            "target": report["target"],
+            "device": report["device"],
+            "runtime": report["runtime"], "runtime_version": report["runtime_version"],
+            "samples": report["samples"], "seed": report["seed"], "k_min": report["k_range"][0],
+            "k_max": report["k_range"][1], "variant": label, "predictor": report.get("prediction"),
+            "mode": mode, "anchor_ms": report.get("anchor_ms"),
+            "spearman": figures["spearman"],
+            "kendall": figures["kendall"], "within_5": figures["within_5"],
+            "within_10": figures["within_10"], "mape_pct": figures["mape"], "bias_pct": figures["bias"],
+            "max_error_pct": figures["max_error"],
+            "calibration_a": report["calibration"][0], "calibration_b_ms": report["calibration"][1],
+            "stored": report["stored"], "unpruned_measured_ms": report["unpruned_measured_ms"],
+            "unpruned_table_sum_ms": report["unpruned_predicted_ms"],
+            "model_row_ms": report["model_row_ms"], "unpruned_drift": report["drift"],
+            "wall_s": round(wall, 1), "load_before": " ".join(f"{x:.2f}" for x in load_before),
+            "load_after": " ".join(f"{x:.2f}" for x in load_after), "cpus": os.cpu_count(),
+            "machine": f"{platform.machine()} {report['device']}", "python": platform.python_version(),
+            "points_csv": report["csv"], "notes": " | ".join(report["notes"]), "command": shown,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    before = report["before"]
+    print(f"   {report['samples']} subnets in {wall:.0f} s: ρ {before['spearman']:.3f}, "
+          f"τ {before['kendall']:.3f}, ±10% {before['within_10']:.0%}, MAPE {before['mape']:.1f}% → "
+          f"{report['after']['mape']:.1f}% calibrated ({mode})", file=sys.stderr, flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("remote.client",),
     ("remote.wire",),  # what travels between agent and client
     ("runtimes", "export", "models", "data"),
+    ("paired",),  # a model timed as a ratio to a reference in one process, on protocol's rules
     ("targets", "protocol", "subnet", "checkpoints", "macs", "deployment"),
     ("fileio", "shapes", "runsettings"),
     ("errors", "progress", "_layers"),

@@ -328,6 +328,11 @@ def _add_lut(sub) -> None:
     check.add_argument("--force-store", action="store_true",
                        help="store the calibration even when the unpruned model now measures more than 25%% "
                             "off the table's own end-to-end row")
+    check.add_argument("--paired", action="store_true",
+                       help="time each subnet as a ratio to the unpruned model in the same process (short "
+                            "alternating slices); its ms = that ratio × the unpruned model's median over all "
+                            "the check's processes. Steadier where fresh processes land in different states; "
+                            "this machine only (a device agent measures one file per request)")
     check.add_argument("--no-plot", action="store_true", help="write no PNG")
     check.add_argument("--format", choices=("text", "json"), default="text",
                        help="output format (default: text)")
@@ -366,7 +371,7 @@ def _run_lut_check(args) -> int:
     result = check_table(args.table, samples=args.samples, seed=args.seed, out_dir=args.out,
                          allow_mismatch=args.allow_mismatch, fresh=args.fresh, store=not args.no_store,
                          plot=not args.no_plot, force_store=args.force_store, host=_measuring_host(args),
-                         progress=to_stderr)
+                         progress=to_stderr, paired=args.paired)
     print(write_json(result) if args.format == "json" else result.summary())
     return 0
 

@@ -316,7 +316,7 @@ def measure(run_once: Callable[[], None], protocol: Protocol, *,
     ``clock`` returns seconds. Warm-up runs are never sampled. ``run_once`` must return only once its
     work is finished (a GPU backend synchronizes inside it), since each sample is the clock around it.
     """
-    _warm_up(run_once, protocol, clock)
+    warm_up(run_once, protocol, clock)
     samples: list[float] = []
     spent = 0.0
     rounds = 0
@@ -331,7 +331,8 @@ def measure(run_once: Callable[[], None], protocol: Protocol, *,
             return result
 
 
-def _warm_up(run_once: Callable[[], None], protocol: Protocol, clock: Callable[[], float]) -> None:
+def warm_up(run_once: Callable[[], None], protocol: Protocol, clock: Callable[[], float]) -> None:
+    """The protocol's warm-up: ``warmup_iters`` runs and ``warmup_s`` seconds at least, never sampled."""
     start = clock()
     count = 0
     while count < protocol.warmup_iters or clock() - start < protocol.warmup_s:

@@ -53,9 +53,11 @@ class FakeBackend(RuntimeBackend):
     precisions = ("fp32", "fp16")
 
     def __init__(self, *, latencies_ms: Sequence[float] = (1.0,), compile_s: float = 0.25,
-                 tamper: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None):
+                 tamper: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
+                 file_ms: dict[str, float] | None = None):
         self.scripted_clock = ScriptedClock()
         self.latencies_ms = list(latencies_ms)
+        self.file_ms = dict(file_ms or {})  # file name → its fixed run time (overrides latencies_ms)
         self.compile_s = compile_s
         self.tamper = tamper
         self.runs = 0  # timed or not, every run of every session
@@ -86,11 +88,12 @@ class FakeBackend(RuntimeBackend):
         self.opened.append(session)
         return session
 
-    def tick(self) -> None:
-        """One run's worth of scripted time."""
+    def tick(self, path: Path | None = None) -> None:
+        """One run's worth of scripted time (of ``path``'s file where ``file_ms`` names it)."""
         index = min(self.runs, len(self.latencies_ms) - 1)
         self.runs += 1
-        self.scripted_clock.advance(self.latencies_ms[index] / 1000.0)
+        ms = self.file_ms.get(path.name, self.latencies_ms[index]) if path is not None else self.latencies_ms[index]
+        self.scripted_clock.advance(ms / 1000.0)
 
 
 class FakeSession(Session):
@@ -105,7 +108,7 @@ class FakeSession(Session):
         self.released = 0
 
     def _outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        self._backend.tick()
+        self._backend.tick(self.path)
         outputs = list(self._evaluator.run(None, {self._input: x}))
         return self._backend.tamper(outputs) if self._backend.tamper else outputs
 

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from deploykit.errors import ConfigError
 from deploykit.latency.sentinel import Snapshot, busiest, process_snapshot
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 DEFAULT_WAIT_QUIET_S = 30.0
 WAIT_QUIET_ENV = "DEPLOYKIT_WAIT_QUIET"  # seconds; the test suite sets 0 (its workers are each other's load)
+T = TypeVar("T")
 FRESH_LOOK_S = 5.0  # a quiet reading younger than this (the last measurement's) needs no new look
 
 
@@ -121,6 +122,12 @@ class ContentionGuard:
 
     def measure(self, run: Callable[[], Measurement], *, threads: int | None, what: str) -> Measurement:
         """``run()`` once the machine is quiet (or the wait is spent), flagged when it was not."""
+        result, others_cpu, contended = self.watch(run, threads=threads, what=what)
+        return replace(result, others_cpu=others_cpu, contended=contended)
+
+    def watch(self, run: Callable[[], T], *, threads: int | None, what: str) -> tuple[T, float, bool]:
+        """``run()`` once the machine is quiet (or the wait is spent); its result, the others' CPU (cores)
+        and whether that was contention — for results that carry more than one figure."""
         allowance = self.allowance(threads)
         looks, waited = [], 0.0
         if self.policy.wait_quiet_s > 0 and not self._recently_quiet(allowance):
@@ -139,7 +146,7 @@ class ContentionGuard:
                      f"{self.policy.wait_quiet_s:g}); busiest: {worst.names()} — figures measured now are "
                      "flagged as contended")
         self._warned = contended
-        return replace(result, others_cpu=round(worst.others_cpu, 3), contended=contended)
+        return result, round(worst.others_cpu, 3), contended
 
     def _recently_quiet(self, allowance: float) -> bool:
         """Whether the last measurement, just now, saw a quiet machine (then no look is needed)."""

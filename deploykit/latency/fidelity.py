@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from deploykit.latency.subnets import (
     write_points,
 )
 from deploykit.latency.table import LatencyTable, meta_path
+from deploykit.paired import PairedMeasurement, anchored_ms
 from deploykit.progress import Progress, silent
 from deploykit.shapes import format_shape
 from deploykit.subnet import format_block_ranges, format_indices, parse_indices
@@ -58,7 +59,7 @@ NOTE_PREFIX = "lut check:"
 # end-to-end row (measured during the profile) for which a calibration is stored without --force-store.
 DRIFT_LIMIT = 0.25
 POINT_COLUMNS = ("sample", "k", "pruned", "predicted_ms", "calibrated_ms", "measured_ms", "p90_ms", "cv", "n",
-                 "error_pct", "calibrated_error_pct", "load_1min", "seed", "measured_on")
+                 "error_pct", "calibrated_error_pct", "load_1min", "seed", "measured_on", "ratio", "reference_ms")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class Point:
     cv: float = math.nan
     n: int = 0
     load: float = math.nan       # the machine's 1-minute load average when it was measured
+    ratio: float = math.nan      # paired: the subnet / the unpruned model, timed in one process
+    reference_ms: float = math.nan  # paired: the unpruned model's median in that process
 
 
 @dataclass
@@ -97,6 +100,7 @@ class CheckResult:
     model_row_ms: float | None               # the table's end-to-end row for the unpruned model
     notes: list[str] = field(default_factory=list)
     prediction: str = "table sum"            # what "before" is: the prediction that search uses
+    anchor_ms: float | None = None           # paired: the unpruned model's median over the processes
 
     def as_dict(self) -> dict[str, Any]:
         meta = self.table.meta
@@ -118,7 +122,7 @@ class CheckResult:
             "measured_now": self.measured_now, "reused": self.reused,
             "elapsed_s": self.elapsed_s, "csv": str(self.csv_path),
             "png": str(self.png_path) if self.png_path else None, "notes": list(self.notes),
-            "prediction": self.prediction,
+            "prediction": self.prediction, "paired": self.anchor_ms is not None, "anchor_ms": self.anchor_ms,
         }
 
     def summary(self) -> str:
@@ -144,6 +148,9 @@ class CheckResult:
             kind = self.prediction.split(",")[0]
             lines.append(f"unpruned model: measured now {unpruned.measured_ms:.3f} ms, {kind} "
                          f"{unpruned.predicted_ms:.3f} ms{row}")
+        if self.anchor_ms is not None:
+            lines.append(f"paired: each subnet timed as a ratio to the unpruned model in one process; ms = ratio × "
+                         f"{self.anchor_ms:.3f} ms, the unpruned model's median over {len(self.points)} processes")
         lines += [f"note: {note}" for note in self.notes]
         wrote = str(self.csv_path) + (f" and {self.png_path}" if self.png_path else "")
         lines.append(f"wrote {wrote}")
@@ -154,7 +161,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
                 measure: Measurer | None = None, out_dir: str | Path | None = None,
                 allow_mismatch: bool = False, fresh: bool = False, store: bool = True, plot: bool = True,
                 force_store: bool = False, model: Any = None, host: MeasureHost | None = None,
-                progress: Progress | None = None) -> CheckResult:
+                progress: Progress | None = None, paired: bool = False) -> CheckResult:
     """Measure ``samples`` random subnets end to end, compare with the table, fit and store a calibration.
 
     ``measure`` times one subnet (its pruned indices); by default each subnet is built from the table's
@@ -169,6 +176,9 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     build; the fit would encode that), which ``force_store`` overrides. ``model`` replaces the timm model
     the table names (for tests and custom models). ``host`` is where the subnets are measured (default:
     this machine; a device agent with ``--device URL``: then "this machine" above is the device).
+    With ``paired`` each subnet is timed as a ratio to the unpruned model in the same process
+    (:mod:`deploykit.paired`) and its milliseconds are that ratio × the unpruned model's median over all
+    the check's processes.
     """
     started = time.perf_counter()
     say = progress or silent
@@ -193,7 +203,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
         if measure is None:
             work = stack.enter_context(tempfile.TemporaryDirectory(prefix="deploykit-lut-check-"))
             measure, measured_on, rescale, cpus = _default_measurer(table, Path(work), allow_mismatch, model,
-                                                                    host, say)
+                                                                    host, say, paired=paired)
             if rescale is not None:  # re-anchored here: compare with what this machine is predicted to do
                 raw = raw.with_rescale(rescale)
                 store = False
@@ -205,6 +215,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
         known = {} if fresh else _reusable(csv_path, seed, measured_on, say)
         points, reused = _measure_plan(plan, raw, measure, known, csv_path, seed, measured_on, say,
                                        load=host.load_1min)
+    points, anchor_ms = _anchored(points)
     predicted = np.array([p.predicted_ms for p in points])
     measured = np.array([p.measured_ms for p in points])
     a, b = fit_calibration(predicted, measured)
@@ -253,7 +264,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
                        previous=previous, calibration=(a, b), stored=stored, csv_path=csv_path,
                        png_path=png_path, measured_now=len(points) - reused, reused=reused,
                        elapsed_s=time.perf_counter() - started, seed=seed,
-                       model_row_ms=table.model_latency(), notes=notes, prediction=label)
+                       model_row_ms=table.model_latency(), notes=notes, prediction=label, anchor_ms=anchor_ms)
 
 
 def prediction_label(table: LatencyTable) -> str:
@@ -286,7 +297,8 @@ def _require_checkable(table: LatencyTable) -> None:
 
 
 def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, model: Any, host: MeasureHost,
-                      say: Progress) -> tuple[Measurer, str, tuple[float, float] | None, int | None]:
+                      say: Progress, *, paired: bool = False
+                      ) -> tuple[Measurer, str, tuple[float, float] | None, int | None]:
     """Refuse a table from another machine than ``host``'s (unless re-anchored for it, or
     ``allow_mismatch``), then build the subnet measurer on the table's target there; also the rescaling
     to compare with, if re-anchored, and the measuring machine's logical CPUs."""
@@ -310,14 +322,18 @@ def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, mod
         "on them)" + ("" if host.url is None else f"; measuring on {host.describe()}"))
     measurer = SubnetMeasurer(meta.model, input_size=meta.input_size, batch=meta.batch, work=work,
                               model=model, time_onnx=lambda path, shape: host.measure(
-                                  path, target=target, protocol=protocol, input_shape=shape))
+                                  path, target=target, protocol=protocol, input_shape=shape),
+                              time_paired=(lambda path, reference, shape: host.measure_paired(
+                                  path, reference, target=target, protocol=protocol, input_shape=shape))
+                              if paired else None)
     if tuple(measurer.prunable_indices) != tuple(table.prunable_indices):
         raise TableError(f"{table.path} prunes blocks {list(table.prunable_indices)} but {meta.model} "
                          f"here has prunable blocks {list(measurer.prunable_indices)}: the table is from "
                          "another model definition; profile it again")
     rescale = None if verdict.same else verdict.rescale
     # the machine in the points file: its points are reused only by a check on the same machine
-    measured_on = f"{here.device} (fingerprint {here.id}) / {here.runtime} {here.runtime_version}"
+    measured_on = (f"{here.device} (fingerprint {here.id}) / {here.runtime} {here.runtime_version}"
+                   + (" / paired" if paired else ""))
     return measurer, measured_on, rescale, here.logical_cores
 
 
@@ -337,16 +353,39 @@ def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measu
             say(f"{head} {old.measured_ms:.3f} ms (reused from {csv_path.name})")
             continue
         began = time.perf_counter()
-        timing = SubnetTiming.of(pruned, measure(pruned), load=load())
-        point = Point(number, pruned, predicted, timing.measured_ms, timing.p90_ms, timing.cv, timing.n,
-                      timing.load)
+        point = _point(number, pruned, predicted, measure(pruned), load())
         points.append(point)
         _write_points(csv_path, points, seed, measured_on, calibration=None)
         error = (predicted - point.measured_ms) / point.measured_ms * 100
         spread = f" (cv {point.cv * 100:.0f}%)" if not math.isnan(point.cv) else ""
-        say(f"{head} measured {point.measured_ms:.3f} ms{spread}, table {predicted:.3f} ms ({error:+.1f}%) "
+        paired = "" if math.isnan(point.ratio) else f" in process, {point.ratio:.4f} × the unpruned model"
+        say(f"{head} measured {point.measured_ms:.3f} ms{spread}{paired}, table {predicted:.3f} ms ({error:+.1f}%) "
             f"[{time.perf_counter() - began:.1f} s]")
     return points, reused
+
+
+def _point(number: int, pruned: tuple[int, ...], predicted: float, measured: Any, load: float) -> Point:
+    """A point from what the measurer returned: a paired measurement keeps its ratio (its milliseconds
+    are the in-process ones until :func:`_anchored`), anything else goes through SubnetTiming."""
+    if isinstance(measured, PairedMeasurement):
+        model = measured.model
+        return Point(number, pruned, predicted, model.median_ms, model.p90_ms, model.cv, model.n, load,
+                     ratio=measured.ratio, reference_ms=measured.reference.median_ms)
+    timing = SubnetTiming.of(pruned, measured, load=load)
+    return Point(number, pruned, predicted, timing.measured_ms, timing.p90_ms, timing.cv, timing.n, timing.load)
+
+
+def _anchored(points: list[Point]) -> tuple[list[Point], float | None]:
+    """Paired points with milliseconds = ratio × the unpruned model's median over their processes, and
+    that anchor; other points as they are (anchor None). A check never mixes the two kinds."""
+    paired = [p for p in points if not math.isnan(p.ratio)]
+    if not paired:
+        return points, None
+    if len(paired) != len(points):
+        raise TableError("a paired check found unpaired points (a points file of another kind of check?); "
+                         "rerun it with --fresh")
+    anchor, measured = anchored_ms([p.ratio for p in points], [p.reference_ms for p in points])
+    return [replace(p, measured_ms=ms) for p, ms in zip(points, measured)], anchor
 
 
 def _reusable(csv_path: Path, seed: int, measured_on: str, say: Progress) -> dict:
@@ -358,7 +397,9 @@ def _reusable(csv_path: Path, seed: int, measured_on: str, say: Progress) -> dic
         return (int(row.sample), pruned), Point(int(row.sample), pruned, float(row.predicted_ms),
                                                 float(row.measured_ms), float(row.p90_ms or "nan"),
                                                 float(row.cv or "nan"), int(row.n),
-                                                float(getattr(row, "load_1min", "") or "nan"))
+                                                float(getattr(row, "load_1min", "") or "nan"),
+                                                float(getattr(row, "ratio", "") or "nan"),
+                                                float(getattr(row, "reference_ms", "") or "nan"))
 
     found = read_points(csv_path, dtype={"pruned": str, "measured_on": str}, parse=point,
                         what="not a points file of this check", say=say)
@@ -378,7 +419,8 @@ def _write_points(path: Path, points: list[Point], seed: int, measured_on: str,
                      "p90_ms": p.p90_ms, "cv": p.cv, "n": p.n,
                      "error_pct": (p.predicted_ms - p.measured_ms) / p.measured_ms * 100,
                      "calibrated_error_pct": (calibrated - p.measured_ms) / p.measured_ms * 100,
-                     "load_1min": p.load, "seed": seed, "measured_on": measured_on})
+                     "load_1min": p.load, "seed": seed, "measured_on": measured_on, "ratio": p.ratio,
+                     "reference_ms": p.reference_ms})
     write_points(path, rows, POINT_COLUMNS)
 
 

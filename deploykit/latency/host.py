@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from deploykit.latency.contention import ContentionGuard, GuardPolicy
     from deploykit.latency.fingerprint import Fingerprint
+    from deploykit.paired import PairedMeasurement
     from deploykit.protocol import Measurement, Protocol
     from deploykit.remote.wire import SeededOutputs
     from deploykit.targets import Target
@@ -50,6 +51,17 @@ class MeasureHost(ABC):
     def measure(self, onnx_path: str | Path, *, target: Target, protocol: Protocol,
                 input_shape: Sequence[int], timeout_s: float | None = None) -> Measurement:
         """Time ``onnx_path`` there, in a fresh worker process (:func:`measure_onnx`)."""
+
+    def measure_paired(self, onnx_path: str | Path, reference_path: str | Path, *, target: Target,
+                       protocol: Protocol, input_shape: Sequence[int],
+                       timeout_s: float | None = None) -> PairedMeasurement:
+        """Time ``onnx_path`` as a ratio to ``reference_path`` in one fresh worker process there
+        (:mod:`deploykit.paired`). Hosts whose protocol carries one file per request refuse."""
+        from deploykit.errors import ConfigError
+
+        raise ConfigError(f"paired measurement needs both files in one worker process, which {self.describe()} "
+                          "does not offer (a device agent measures one uploaded file per request); "
+                          "measure without pairing")
 
     @abstractmethod
     def outputs(self, onnx_path: str | Path, *, target: Target, input_shape: Sequence[int], seed: int,
@@ -115,6 +127,21 @@ class LocalHost(MeasureHost):
             lambda: measure_onnx(onnx_path, target=target, protocol=protocol, input_shape=input_shape,
                                  timeout_s=timeout_s),
             threads=threads, what=Path(onnx_path).name)
+
+    def measure_paired(self, onnx_path: str | Path, reference_path: str | Path, *, target: Target,
+                       protocol: Protocol, input_shape: Sequence[int],
+                       timeout_s: float | None = None) -> PairedMeasurement:
+        from dataclasses import replace
+
+        from deploykit.latency.measure import measure_paired_onnx
+
+        threads = protocol.apply_settings(target).threads
+        paired, others_cpu, contended = self.guard.watch(
+            lambda: measure_paired_onnx(onnx_path, reference_path, target=target, protocol=protocol,
+                                        input_shape=input_shape, timeout_s=timeout_s),
+            threads=threads, what=Path(onnx_path).name)
+        return replace(paired, model=replace(paired.model, others_cpu=others_cpu, contended=contended),
+                       reference=replace(paired.reference, others_cpu=others_cpu, contended=contended))
 
     def outputs(self, onnx_path: str | Path, *, target: Target, input_shape: Sequence[int], seed: int,
                 n_inputs: int) -> SeededOutputs:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from deploykit.errors import ConfigError, DeployKitError, ModelError, error_class, last_line
 from deploykit.fileio import parse_json
+from deploykit.paired import PairedMeasurement
 from deploykit.protocol import Measurement, Protocol
 from deploykit.remote.wire import SeededOutputs
 from deploykit.targets import Target
@@ -48,6 +49,25 @@ def measure_onnx(onnx_path: str | Path, *, target: Target, protocol: Protocol,
     reply = _run_worker(request, what=f"{path.name} on {target.name}", timeout_s=timeout_s, cancel=cancel,
                         workdir=workdir)
     return Measurement.from_dict(reply["measurement"])
+
+
+def measure_paired_onnx(onnx_path: str | Path, reference_path: str | Path, *, target: Target,
+                        protocol: Protocol, input_shape: Sequence[int], timeout_s: float | None = None,
+                        workdir: Path | None = None) -> PairedMeasurement:
+    """Time ``onnx_path`` as a ratio to ``reference_path``, both in one fresh worker process
+    (:mod:`deploykit.paired`); refuses what :func:`measure_onnx` refuses."""
+    from deploykit.shapes import check_input_shape
+
+    paths = [Path(p) for p in (onnx_path, reference_path)]
+    for path in paths:
+        if not path.is_file():
+            raise ModelError(f"ONNX file not found: {path}")
+    request = {"onnx_path": str(paths[0].resolve()), "reference_path": str(paths[1].resolve()),
+               "target": target.as_dict(), "protocol": protocol.as_dict(),
+               "input_shape": list(check_input_shape(input_shape))}
+    reply = _run_worker(request, what=f"{paths[0].name} paired with {paths[1].name} on {target.name}",
+                        timeout_s=timeout_s, workdir=workdir)
+    return PairedMeasurement.from_dict(reply["paired"])
 
 
 def run_outputs(onnx_path: str | Path, *, target: Target, input_shape: Sequence[int], seed: int,

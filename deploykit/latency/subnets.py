@@ -20,6 +20,7 @@ import pandas as pd
 
 from deploykit.errors import TableError
 from deploykit.fileio import write_text_atomic
+from deploykit.paired import PairedMeasurement
 from deploykit.progress import Progress
 from deploykit.protocol import Measurement
 
@@ -35,15 +36,17 @@ class SubnetMeasurer:
     """
 
     def __init__(self, model_name: str, *, input_size: tuple[int, int], batch: int, work: Path,
-                 time_onnx: Callable[[Path, tuple[int, ...]], Measurement] | None = None, model: Any = None):
+                 time_onnx: Callable[[Path, tuple[int, ...]], Measurement] | None = None, model: Any = None,
+                 time_paired: Callable[[Path, Path, tuple[int, ...]], PairedMeasurement] | None = None):
         from deploykit.models import create_model
         from deploykit.prune import prunable
 
         module = model if model is not None else create_model(model_name, input_size=tuple(input_size))
         self.net = prunable(module.eval(), input_size=tuple(input_size)).eval()
         self.shape = (batch, 3, *input_size)
-        self.work, self.time_onnx = work, time_onnx
+        self.work, self.time_onnx, self.time_paired = work, time_onnx, time_paired
         self._exported: tuple[int, ...] | None = None   # the subnet whose ONNX file is in work/
+        self._reference: Path | None = None             # the unpruned model's ONNX file, for pairing
 
     @property
     def prunable_indices(self) -> tuple[int, ...]:
@@ -58,17 +61,27 @@ class SubnetMeasurer:
             self.net.set_progress(1.0)
         return export_onnx(self.net.eval().merge(), self.shape, path)
 
-    def __call__(self, pruned: tuple[int, ...]) -> Measurement:
-        """Time the subnet in a fresh process; the same subnet asked for again in a row is not exported
-        again (a held-out subnet is measured in several processes)."""
-        if self.time_onnx is None:
+    def __call__(self, pruned: tuple[int, ...]) -> Measurement | PairedMeasurement:
+        """Time the subnet in a fresh process — paired with the unpruned model where built with
+        ``time_paired``; the same subnet asked for again in a row is not exported again (a held-out
+        subnet is measured in several processes)."""
+        if self.time_onnx is None and self.time_paired is None:
             raise TypeError("this SubnetMeasurer was built to export only (no time_onnx)")
         path = self.work / "subnet.onnx"
         if self._exported != tuple(pruned) or not path.is_file():
             self._exported = None
             self.export(pruned, path)
             self._exported = tuple(pruned)
-        return self.time_onnx(path, self.shape)
+        if self.time_paired is None:
+            return self.time_onnx(path, self.shape)
+        return self.time_paired(path, self._reference_file(), self.shape)
+
+    def _reference_file(self) -> Path:
+        """The unpruned model's ONNX file, exported once (every export prunes the net afresh)."""
+        path = self.work / "reference.onnx"
+        if self._reference is None or not path.is_file():
+            self._reference = self.export((), path)
+        return path
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ Reads one JSON request on stdin (``onnx_path``, ``target`` as :meth:`Target.as_d
 ``{"ok": false, "type": "<DeployKitError subclass>", "error": "<one line>"}``. A request with
 ``"action": "run"`` (and ``seed``, ``n_inputs`` instead of ``protocol``) runs the file on seeded inputs
 instead and replies with :meth:`deploykit.remote.wire.SeededOutputs.as_dict` (verify's numerics on a
-device agent, :func:`deploykit.latency.measure.run_outputs`). Whatever the runtimes
+device agent, :func:`deploykit.latency.measure.run_outputs`). A request with ``"reference_path"`` times
+the file as a ratio to that reference in the same process (:mod:`deploykit.paired`) and replies with
+``"paired"`` (:meth:`PairedMeasurement.as_dict`) in place of ``"measurement"``. Whatever the runtimes
 print goes to stderr, so stdout carries the reply only. Started by
 :func:`deploykit.latency.measure.measure_onnx`.
 
@@ -44,8 +46,15 @@ def handle(request: dict, *, pin: bool = False) -> dict:
     backend = check_target(target)
     target = protocol.apply_settings(target)
     affinity = hostinfo.pin_to_cores(target.threads) if pin else None
-    measurement = backend.profile(onnx_path, target=target, protocol=protocol, input_shape=input_shape)
-    return {"ok": True, "measurement": measurement.as_dict(), "runtime_version": backend.version(),
+    reference = request.get("reference_path")
+    if reference is not None:
+        paired = backend.profile_paired(onnx_path, str(reference), target=target, protocol=protocol,
+                                        input_shape=input_shape)
+        result = {"paired": paired.as_dict()}
+    else:
+        measurement = backend.profile(onnx_path, target=target, protocol=protocol, input_shape=input_shape)
+        result = {"measurement": measurement.as_dict()}
+    return {"ok": True, **result, "runtime_version": backend.version(),
             "device": backend.device_string(target), "affinity": list(affinity) if affinity else None}
 
 

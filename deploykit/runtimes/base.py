@@ -28,6 +28,7 @@ from deploykit.runtimes import hostinfo
 from deploykit.shapes import check_input_shape
 
 if TYPE_CHECKING:
+    from deploykit.paired import PairedMeasurement
     from deploykit.protocol import Measurement, Protocol
     from deploykit.targets import Target
 
@@ -214,6 +215,23 @@ class RuntimeBackend(ABC):
             return time_and_measure(session.timed_runner(), protocol, compile_s=session.compile_s,
                                     what=session.what, clock=self.clock)
 
+    def profile_paired(self, onnx_path: str | Path, reference_path: str | Path, *, target: Target,
+                       protocol: Protocol, input_shape: Sequence[int]) -> PairedMeasurement:
+        """Both files open at once in this process, each first run timed apart, then timed alternately in
+        short slices (:func:`deploykit.latency.paired.measure_paired`). Refuses what :meth:`session` does."""
+        from deploykit.paired import measure_paired
+
+        target = protocol.apply_settings(target)
+        path, shape = self._check_request(onnx_path, target, input_shape, doing="profile")
+        ref_path, _ = self._check_request(reference_path, target, input_shape, doing="profile")
+        with self._open(path, target, shape, target.threads) as model, \
+                self._open(ref_path, target, shape, target.threads) as reference:
+            runners = [_first_run(s, clock=self.clock) for s in (model, reference)]
+            paired = measure_paired(runners[0][0], runners[1][0], protocol, clock=self.clock)
+        return replace(paired, model=replace(paired.model, compile_s=model.compile_s, first_run_ms=runners[0][1]),
+                       reference=replace(paired.reference, compile_s=reference.compile_s,
+                                         first_run_ms=runners[1][1]))
+
     @abstractmethod
     def _open_session(self, onnx_path: Path, *, target: Target, input_shape: tuple[int, ...],
                       threads: int | None) -> Session:
@@ -256,6 +274,16 @@ def timed(fn: Callable[[], T], *, clock: Callable[[], float] = time.perf_counter
     start = clock()
     result = fn()
     return result, clock() - start
+
+
+def _first_run(session: Session, *, clock: Callable[[], float]) -> tuple[Callable[[], None], float]:
+    """The session's timed runner and its first run's milliseconds (a failing first run: ModelError)."""
+    run_once = session.timed_runner()
+    try:
+        _, first_s = timed(run_once, clock=clock)
+    except Exception as error:  # SDKs raise their own exception types
+        raise ModelError(f"{session.what} failed: {one_line(error)}") from None
+    return run_once, first_s * 1000.0
 
 
 def time_and_measure(run_once: Callable[[], None], protocol: Protocol, *, compile_s: float, what: str,
