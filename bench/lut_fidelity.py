@@ -28,7 +28,8 @@ may be shared: a high load makes timings noisy).
 
     .venv/bin/python bench/lut_fidelity.py [--samples 30] [--seed 0] [--tables PATH ...]
     .venv/bin/python bench/lut_fidelity.py --quick    # 8 subnets of one table into bench/results/quick/
-    .venv/bin/python bench/lut_fidelity.py --modes unpaired paired --tables latency_tables/cpu-ort/mobilenetv2_100_224_b1.csv
+    .venv/bin/python bench/lut_fidelity.py --modes unpaired paired \
+        --tables latency_tables/cpu-ort/mobilenetv2_100_224_b1.csv
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ class PairedMeasurement:
 
 
 def measure_paired(run_model: Callable[[], None], run_reference: Callable[[], None], protocol: Protocol, *,
-                   slice_s: float = SLICE_S, clock: Callable[[], float] = time.perf_counter) -> PairedMeasurement:
+                   slice_s: float = SLICE_S,
+                   clock: Callable[[], float] = time.perf_counter) -> PairedMeasurement:
     """Time both callables alternately in slices of ``slice_s`` under ``protocol`` (module docstring)."""
     warm_up(run_model, protocol, clock)
     warm_up(run_reference, protocol, clock)
@@ -84,7 +85,8 @@ def measure_paired(run_model: Callable[[], None], run_reference: Callable[[], No
         spent += clock() - started
         rounds += 1
         low, high = median_ci(ratios, protocol.confidence)
-        steady = len(ratios) >= MIN_PAIRS and (high - low) / 2.0 <= protocol.max_ci * statistics.median(ratios)
+        half_width = (high - low) / 2.0
+        steady = len(ratios) >= MIN_PAIRS and half_width <= protocol.max_ci * statistics.median(ratios)
         if steady or rounds >= protocol.max_repeats or spent >= protocol.max_time_s:
             return PairedMeasurement(
                 model=Measurement.from_samples(model, repeats=rounds, confidence=protocol.confidence),
@@ -99,7 +101,9 @@ def _sample_round(run_model: Callable[[], None], run_reference: Callable[[], Non
     :data:`MIN_PAIRS` pairs were taken this round."""
     runs, seconds, pairs = [0, 0], [0.0, 0.0], 0
     while pairs < MIN_PAIRS or min(runs) < protocol.min_iters or min(seconds) < protocol.min_time_s:
-        order = ((0, run_model), (1, run_reference)) if pairs % 2 == 0 else ((1, run_reference), (0, run_model))
+        order = ((0, run_model), (1, run_reference))
+        if pairs % 2:  # A B, then B A: neither model always runs first
+            order = order[::-1]
         medians = [0.0, 0.0]
         for which, run in order:
             samples = _slice(run, slice_s, clock)

@@ -92,7 +92,8 @@ class FakeBackend(RuntimeBackend):
         """One run's worth of scripted time (of ``path``'s file where ``file_ms`` names it)."""
         index = min(self.runs, len(self.latencies_ms) - 1)
         self.runs += 1
-        ms = self.file_ms.get(path.name, self.latencies_ms[index]) if path is not None else self.latencies_ms[index]
+        ms = self.latencies_ms[index]
+        ms = self.file_ms.get(path.name, ms) if path is not None else ms
         self.scripted_clock.advance(ms / 1000.0)
 
 

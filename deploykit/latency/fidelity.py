@@ -59,7 +59,8 @@ NOTE_PREFIX = "lut check:"
 # end-to-end row (measured during the profile) for which a calibration is stored without --force-store.
 DRIFT_LIMIT = 0.25
 POINT_COLUMNS = ("sample", "k", "pruned", "predicted_ms", "calibrated_ms", "measured_ms", "p90_ms", "cv", "n",
-                 "error_pct", "calibrated_error_pct", "load_1min", "seed", "measured_on", "ratio", "reference_ms")
+                 "error_pct", "calibrated_error_pct", "load_1min", "seed", "measured_on",
+                 "ratio", "reference_ms")
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,9 @@ class CheckResult:
             lines.append(f"unpruned model: measured now {unpruned.measured_ms:.3f} ms, {kind} "
                          f"{unpruned.predicted_ms:.3f} ms{row}")
         if self.anchor_ms is not None:
-            lines.append(f"paired: each subnet timed as a ratio to the unpruned model in one process; ms = ratio × "
-                         f"{self.anchor_ms:.3f} ms, the unpruned model's median over {len(self.points)} processes")
+            lines.append(f"paired: each subnet timed as a ratio to the unpruned model in one process; "
+                         f"ms = ratio × {self.anchor_ms:.3f} ms, the unpruned model's median over "
+                         f"{len(self.points)} processes")
         lines += [f"note: {note}" for note in self.notes]
         wrote = str(self.csv_path) + (f" and {self.png_path}" if self.png_path else "")
         lines.append(f"wrote {wrote}")
@@ -359,7 +361,8 @@ def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measu
         error = (predicted - point.measured_ms) / point.measured_ms * 100
         spread = f" (cv {point.cv * 100:.0f}%)" if not math.isnan(point.cv) else ""
         paired = "" if math.isnan(point.ratio) else f" in process, {point.ratio:.4f} × the unpruned model"
-        say(f"{head} measured {point.measured_ms:.3f} ms{spread}{paired}, table {predicted:.3f} ms ({error:+.1f}%) "
+        say(f"{head} measured {point.measured_ms:.3f} ms{spread}{paired}, table {predicted:.3f} ms "
+            f"({error:+.1f}%) "
             f"[{time.perf_counter() - began:.1f} s]")
     return points, reused
 
@@ -372,7 +375,8 @@ def _point(number: int, pruned: tuple[int, ...], predicted: float, measured: Any
         return Point(number, pruned, predicted, model.median_ms, model.p90_ms, model.cv, model.n, load,
                      ratio=measured.ratio, reference_ms=measured.reference.median_ms)
     timing = SubnetTiming.of(pruned, measured, load=load)
-    return Point(number, pruned, predicted, timing.measured_ms, timing.p90_ms, timing.cv, timing.n, timing.load)
+    return Point(number, pruned, predicted, timing.measured_ms, timing.p90_ms, timing.cv, timing.n,
+                 timing.load)
 
 
 def _anchored(points: list[Point]) -> tuple[list[Point], float | None]:

@@ -59,7 +59,8 @@ class MeasureHost(ABC):
         (:mod:`deploykit.paired`). Hosts whose protocol carries one file per request refuse."""
         from deploykit.errors import ConfigError
 
-        raise ConfigError(f"paired measurement needs both files in one worker process, which {self.describe()} "
+        raise ConfigError("paired measurement needs both files in one worker process, which "
+                          f"{self.describe()} "
                           "does not offer (a device agent measures one uploaded file per request); "
                           "measure without pairing")
 

@@ -228,7 +228,8 @@ class RuntimeBackend(ABC):
                 self._open(ref_path, target, shape, target.threads) as reference:
             runners = [_first_run(s, clock=self.clock) for s in (model, reference)]
             paired = measure_paired(runners[0][0], runners[1][0], protocol, clock=self.clock)
-        return replace(paired, model=replace(paired.model, compile_s=model.compile_s, first_run_ms=runners[0][1]),
+        return replace(paired,
+                       model=replace(paired.model, compile_s=model.compile_s, first_run_ms=runners[0][1]),
                        reference=replace(paired.reference, compile_s=reference.compile_s,
                                          first_run_ms=runners[1][1]))
 
