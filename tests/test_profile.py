@@ -646,3 +646,48 @@ def test_an_auto_target_is_probed_first_and_the_table_records_the_choice(tmp_pat
     # a resumed profile keeps the table's settings without probing again
     again = profile("tiny", load_target("cpu-ort"), **options)
     assert again.done_now == 0 and all(next(it, None) is None for it in by_settings.values())
+
+
+class PairedSubnets(Subnets):
+    """A paired end-to-end measurer: each process lands in a state that scales both models alike (the
+    unpruned model's in-process median cycles 8, 10, 12 ms), so only the ratio carries the subnet."""
+
+    STATES = (0.8, 1.0, 1.2)
+
+    def __call__(self, pruned):
+        from deploykit.paired import PairedMeasurement
+
+        chain_ms = super().__call__(pruned)
+        scale = self.STATES[len(self.calls) % len(self.STATES)]
+        ratio = chain_ms / chain_latency(())
+        return PairedMeasurement(model=Measurement.from_samples([chain_ms * scale]),
+                                 reference=Measurement.from_samples([chain_latency(()) * scale]),
+                                 ratios=(ratio,))
+
+
+def test_a_paired_end_to_end_phase_fits_ratio_times_the_median_unpruned_model(tmp_path, monkeypatch):
+    import pandas as pd
+
+    FakeRuntime(monkeypatch)
+    torch.manual_seed(0)
+    subnets, lines = PairedSubnets(), []
+    result = profile("two", load_target("cpu-ort"), input_size=32, out=tmp_path / "t.csv",
+                     protocol=TINY_PROTOCOL, model=TwoStages().eval(), measure_subnet=subnets,
+                     end_to_end=EndToEndOptions(fit_samples=6, holdout=10, seed=1, paired=True),
+                     progress=lines.append)
+    fidelity = result.table.meta.fidelity
+    points = pd.read_csv(tmp_path / "t.fit.csv", keep_default_na=False, dtype={"pruned": str})
+    # the anchor is the unpruned model's median over the processes kept; every point is ratio × anchor,
+    # so the fit recovers the planted chain scaled by anchor / 10 ms, exactly, whatever state each
+    # process was in (unpaired, these points would scatter by ±20 %)
+    anchor = fidelity["anchor_ms"]
+    assert fidelity["paired"] is True and anchor == pytest.approx(points["reference_ms"].median())
+    assert points["measured_ms"].to_numpy() == pytest.approx(points["ratio"].to_numpy() * anchor)
+    assert fidelity["within_5"] == 1.0 and fidelity["mape"] == pytest.approx(0, abs=1e-9)
+    assert result.table.predict((0, 1)) == pytest.approx(chain_latency((0, 1)) * anchor / chain_latency(()))
+    states = {round(chain_latency(()) * s, 6) for s in PairedSubnets.STATES}
+    assert set(points["reference_ms"].round(6)) == states
+    assert any(line.startswith("paired: every subnet's ms = its ratio") for line in lines)
+    # each kept subnet's process measured the unpruned model too: those count toward the repeatability
+    # (with the fake runtime's six)
+    assert fidelity["repeatability"]["n"] == 6 + len(subnets.subsets)

@@ -32,7 +32,14 @@ from deploykit.latency.options import MAX_DESIGNED, EndToEndOptions
 from deploykit.latency.predictor import Prior, fit_predictor
 from deploykit.latency.sampling import EndToEndPlan, plan_end_to_end
 from deploykit.latency.stats import Figures, Repeatability
-from deploykit.latency.subnets import Measurer, SubnetTiming, load_now, read_points, write_points
+from deploykit.latency.subnets import (
+    Measurer,
+    SubnetTiming,
+    anchor_timings,
+    load_now,
+    read_points,
+    write_points,
+)
 from deploykit.latency.table import LatencyTable
 from deploykit.progress import Progress, silent
 from deploykit.subnet import format_block_ranges, format_indices, parse_indices
@@ -43,7 +50,7 @@ MIN_HOLDOUT = 10          # fewer held-out subnets than this: the figures are st
 # error (the fit is robust to such points; the figures are not).
 HOLDOUT_PROCESSES = 3
 POINT_COLUMNS = ("phase", "k", "pruned", "measured_ms", "p90_ms", "cv", "n", "load_1min", "predicted_ms",
-                 "measured_at")
+                 "measured_at", "ratio", "reference_ms")
 
 
 def points_path(table_csv: Path) -> Path:
@@ -73,7 +80,10 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
     plan = plan_end_to_end(groups, fit_samples=options.fit_samples, holdout=options.holdout,
                            seed=options.seed, designed=kind == "fitted")
     known = {} if fresh else _read_points(points_file, say)
-    timings = _measure(plan, measure, known, points_file, say, load)
+    timings, anchor = anchor_timings(_measure(plan, measure, known, points_file, say, load))
+    if anchor is not None:
+        say(f"paired: every subnet's ms = its ratio to the unpruned model × {anchor:.3f} ms, the unpruned "
+            f"model's median over the phase's {len(timings)} subnets' processes")
     predictor = None
     if kind == "fitted":
         fit_points = [(s, timings[s].measured_ms) for s in plan.fit]
@@ -88,6 +98,8 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
     fidelity = _fidelity(plan, timings, predict, kind, options, points_file, say)
     if fidelity is not None:
         fidelity = _with_repeatability(fidelity, whole_model_repeats(table, timings), say)
+        if anchor is not None:
+            fidelity = {**fidelity, "paired": True, "anchor_ms": anchor}
     notes = table.meta.notes
     if table.meta.calibration is not None:  # fitted on the old prediction: it does not apply to the new one
         say("dropping the table's `lut check` calibration: the new prediction was measured end to end")
@@ -112,15 +124,17 @@ def _measure(plan: EndToEndPlan, measure: Measurer, known: dict, points_file: Pa
         timings[subset] = timing
         _write_points(points_file, plan, timings, None)
         spread = f" (cv {timing.cv * 100:.0f}%)" if not math.isnan(timing.cv) else ""
-        say(f"{head} {timing.measured_ms:.3f} ms{spread} [{time.perf_counter() - began:.1f} s]")
+        paired = "" if math.isnan(timing.ratio) else f", {timing.ratio:.4f} × the unpruned model in process"
+        say(f"{head} {timing.measured_ms:.3f} ms{spread}{paired} [{time.perf_counter() - began:.1f} s]")
     return timings
 
 
 def _median_timing(subset: tuple[int, ...], measure: Measurer, processes: int,
                    load: Callable[[], float]) -> SubnetTiming:
-    """The subnet measured ``processes`` times (each a fresh process); the timing with the median ms."""
+    """The subnet measured ``processes`` times (each a fresh process); the timing with the median ms
+    (paired: the median ratio)."""
     timings = sorted((SubnetTiming.of(subset, measure(subset), load=load()) for _ in range(processes)),
-                     key=lambda timing: timing.measured_ms)
+                     key=lambda timing: timing.measured_ms if math.isnan(timing.ratio) else timing.ratio)
     return timings[len(timings) // 2]
 
 
@@ -150,8 +164,10 @@ def whole_model_repeats(table: LatencyTable, timings: dict) -> list[float]:
     sentinel = next((run["sentinel"] for run in reversed(runs) if run.get("sentinel")), {})
     values = [float(check["ms"]) for check in sentinel.get("checks", [])]
     values += [float(ms) for ms in (table.meta.anchors or {}).get("unpruned_rounds_ms", [])]
-    if () in timings:
+    if () in timings and math.isnan(timings[()].ratio):
         values.append(timings[()].measured_ms)
+    # paired: every process measured the unpruned model beside its subnet
+    values += [t.reference_ms for t in timings.values() if not math.isnan(t.reference_ms)]
     return values
 
 
@@ -173,7 +189,8 @@ def _write_points(path: Path, plan: EndToEndPlan, timings: dict, predict: Callab
         rows.append({"phase": phase, "k": len(subset), "pruned": format_indices(subset),
                      "measured_ms": timing.measured_ms, "p90_ms": timing.p90_ms, "cv": timing.cv,
                      "n": timing.n, "load_1min": timing.load, "measured_at": timing.measured_at,
-                     "predicted_ms": predict(subset) if predict else math.nan})
+                     "predicted_ms": predict(subset) if predict else math.nan, "ratio": timing.ratio,
+                     "reference_ms": timing.reference_ms})
     write_points(path, rows, POINT_COLUMNS)
 
 
@@ -183,7 +200,9 @@ def _read_points(path: Path, say: Progress) -> dict[tuple[int, ...], SubnetTimin
         subset = parse_indices(row.pruned)
         return subset, SubnetTiming(subset, float(row.measured_ms), float(row.p90_ms or "nan"),
                                     float(row.cv or "nan"), int(row.n), float(row.load_1min or "nan"),
-                                    measured_at=str(row.measured_at))
+                                    measured_at=str(row.measured_at),
+                                    ratio=float(getattr(row, "ratio", "") or "nan"),
+                                    reference_ms=float(getattr(row, "reference_ms", "") or "nan"))
 
     found = read_points(path, dtype={"pruned": str, "measured_at": str}, parse=timing,
                         what="not the end-to-end points of a profile", say=say)

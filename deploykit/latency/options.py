@@ -24,13 +24,16 @@ class EndToEndOptions:
     merged) plus ``fit_samples`` random ones and fits the predictor on them; ``isolated`` keeps the
     isolated sum (for huge spaces: nothing grows with the number of blocks); ``auto`` fits unless the
     designed subnets would exceed :data:`MAX_DESIGNED`. Either way ``holdout`` further random subnets,
-    never used in fitting, give the fidelity figures stored in the table (0: none).
+    never used in fitting, give the fidelity figures stored in the table (0: none). ``paired`` times
+    each subnet as a ratio to the unpruned model in the same process (:mod:`deploykit.paired`), its
+    milliseconds that ratio × the unpruned model's median over all the phase's processes.
     """
 
     predictor: str = "auto"
     fit_samples: int = DEFAULT_FIT_SAMPLES
     holdout: int = DEFAULT_HOLDOUT
     seed: int = 0
+    paired: bool = False  # each subnet timed as a ratio to the unpruned model in one process
 
     def __post_init__(self) -> None:
         if self.predictor not in PREDICTORS:
@@ -48,11 +51,12 @@ class EndToEndOptions:
 
     def as_dict(self) -> dict:
         return {"predictor": self.predictor, "fit_samples": self.fit_samples, "holdout": self.holdout,
-                "seed": self.seed}
+                "seed": self.seed, "paired": self.paired}
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EndToEndOptions:
-        return cls(predictor=args.predictor, fit_samples=args.fit_samples, holdout=args.holdout)
+        return cls(predictor=args.predictor, fit_samples=args.fit_samples, holdout=args.holdout,
+                   paired=bool(getattr(args, "paired", False)))
 
 
 def add_end_to_end_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,3 +77,8 @@ def add_end_to_end_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--holdout", type=int, default=DEFAULT_HOLDOUT, metavar="N",
                        help="random subnets never used in fitting, on which the stored fidelity figures "
                             f"are measured; 0: none (default: {DEFAULT_HOLDOUT})")
+    group.add_argument("--paired", action="store_true",
+                       help="time each end-to-end subnet as a ratio to the unpruned model in the same "
+                            "process (alternating short slices), its ms = that ratio × the unpruned model's median "
+                            "over the phase's processes: steadier where fresh processes land in different "
+                            "states (this machine only)")

@@ -418,7 +418,10 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
             measure = measure_subnet or _LazySubnets(lambda: SubnetMeasurer(
                 model_name, input_size=size, batch=batch, work=Path(folder), model=model,
                 time_onnx=lambda onnx, shape: host.measure(onnx, target=target, protocol=protocol,
-                                                           input_shape=shape)))
+                                                           input_shape=shape),
+                time_paired=(lambda onnx, reference, shape: host.measure_paired(
+                    onnx, reference, target=target, protocol=protocol, input_shape=shape))
+                if options.paired else None))
             table = finish_profile(table, options=options, measure=measure,
                                    points_file=points_path(work_path), progress=say, load=host.load_1min)
         else:  # estimates are additive by construction; nothing to measure end to end

@@ -95,12 +95,18 @@ class SubnetTiming:
     n: int = 0
     load: float = math.nan
     measured_at: str = ""        # ISO time (UTC)
+    ratio: float = math.nan      # paired: the subnet / the unpruned model, timed in one process
+    reference_ms: float = math.nan  # paired: the unpruned model's median in that process
 
     @classmethod
     def of(cls, pruned: tuple[int, ...], measured: Any, *, load: float | None = None) -> SubnetTiming:
         """From what a measurer returned: a Measurement, or milliseconds > 0. ``load``: the measuring
         machine's 1-minute load average (default: this machine's now)."""
         load = load_now() if load is None else load
+        if isinstance(measured, PairedMeasurement):  # ms in process until anchored (anchor_timings)
+            model = measured.model
+            return cls(tuple(pruned), model.median_ms, model.p90_ms, model.cv, model.n, load, _now(),
+                       ratio=measured.ratio, reference_ms=measured.reference.median_ms)
         if isinstance(measured, Measurement):
             return cls(tuple(pruned), measured.median_ms, measured.p90_ms, measured.cv, measured.n,
                        load, _now())
@@ -108,6 +114,24 @@ class SubnetTiming:
             raise TableError(f"the measurer returned {measured!r} for subnet {list(pruned)}; "
                              "expected milliseconds > 0")
         return cls(tuple(pruned), float(measured), load=load, measured_at=_now())
+
+
+def anchor_timings(timings: Mapping[Hashable, SubnetTiming]) -> tuple[dict, float | None]:
+    """Paired timings with milliseconds = ratio × the unpruned model's median over their processes,
+    and that anchor; unpaired ones as they are (anchor None). One measurement never mixes the kinds."""
+    from dataclasses import replace
+
+    from deploykit.paired import anchored_ms
+
+    paired = [key for key, t in timings.items() if not math.isnan(t.ratio)]
+    if not paired:
+        return dict(timings), None
+    if len(paired) != len(timings):
+        raise TableError("paired and unpaired end-to-end points are mixed (a points file of another kind "
+                         "of measurement?); measure again with --fresh")
+    keys = list(timings)
+    anchor, ms = anchored_ms([timings[k].ratio for k in keys], [timings[k].reference_ms for k in keys])
+    return {k: replace(timings[k], measured_ms=m) for k, m in zip(keys, ms)}, anchor
 
 
 def write_points(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
