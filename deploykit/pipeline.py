@@ -54,7 +54,8 @@ search over all the tables (:func:`deploykit.search.joint_search`, exact; subnet
 target's budget binds), one training and one export; every ONNX is verified on every target
 (``verify … on <target>``, each with its own table's run settings) and the table stage measures every
 target round-robin (``latency-<target>.json`` each). A device agent serves one target, so such a run
-measures here, and ``--table`` (one target's table) does not apply.
+measures here, and ``--table`` (one target's table) does not apply. The ``model.settings.json`` beside
+each ONNX holds the first target's run settings (the verify and table stages use each target's table).
 """
 
 from __future__ import annotations
