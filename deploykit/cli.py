@@ -742,7 +742,9 @@ def _add_table(sub) -> None:
                     "table's predicted latency, the measured latency, the speed-up measured against the "
                     "reference in the same verify run, and the numerics verdict. Each RUN is a variant "
                     "directory (result.json from `deploykit train`, plus any verify*.json reports) or a "
-                    "directory of them. Missing figures stay blank.")
+                    "directory of them; a run directory's latency-TARGET.json files (`deploykit run`'s one "
+                    "round-robin measurement per target) give those targets' figures. Missing figures stay "
+                    "blank.")
     p.add_argument("runs", nargs="+", metavar="RUN",
                    help="a variant directory, or a run directory whose subdirectories are variant ones")
     p.add_argument("--out", default=None, metavar="PATH",
@@ -769,7 +771,7 @@ def _add_table(sub) -> None:
 
 
 def _run_table(args) -> int:
-    from deploykit.results_table import measure_variants, write_speed_accuracy
+    from deploykit.results_table import measure_variants, run_measurements, write_speed_accuracy
 
     measured = []
     if args.measure is not None:
@@ -778,12 +780,14 @@ def _run_table(args) -> int:
         from deploykit.targets import load_target
 
         table = LatencyTable.read(args.latency_table) if args.latency_table else None
-        path = measure_variants(args.runs, target=load_target(args.measure),
+        target = load_target(args.measure)
+        path = measure_variants(args.runs, target=target,
                                 protocol=Protocol.from_args(args), rounds=args.rounds,
                                 out=args.latency_out, table=table, host=_measuring_host(args),
                                 progress=to_stderr)
         print(f"wrote {path}")
         measured.append(path)
+    measured += run_measurements(args.runs, except_targets=[target.name] if measured else [])
     written = write_speed_accuracy(args.runs, out=args.out, plot=args.plot, measurements=measured)
     print(written.markdown if written.table_path is None else f"wrote {written.table_path}")
     if written.plot_path is not None:
@@ -815,7 +819,10 @@ def _add_run(sub) -> None:
                     "an interrupted run. The defaults are the embedded demo: "
                     f"{d.model} on {d.data} at {d.input_size[0]}x{d.input_size[1]} on {d.target}.")
     p.add_argument("--model", default=d.model, help=f"timm model name (default: {d.model})")
-    p.add_argument("--target", default=d.target, help=f"target name or YAML path (default: {d.target})")
+    p.add_argument("--target", default=d.target,
+                   help="target name or YAML path; several, comma-separated (cpu-ort,cpu-openvino): one "
+                        "subnet per budget that fits it on every target (joint search), verified and "
+                        f"measured on each (default: {d.target})")
     p.add_argument("--data", default=d.data, metavar="NAME",
                    help=f"digits | mnist5k | imagefolder:PATH (default: {d.data})")
     add_strict_images_argument(p)
@@ -823,7 +830,8 @@ def _add_run(sub) -> None:
                    help=f"input resolution for training and latency (default: {d.input_size[0]})")
     p.add_argument("--budgets", default=",".join(d.budgets), metavar="LIST",
                    help="latency budgets, comma-separated: fractions of the original's predicted latency "
-                        f"(0.8), percentages (80%%) or milliseconds (12ms) (default: {','.join(d.budgets)})")
+                        "(0.8), percentages (80%%) or milliseconds (12ms, one target only); with several "
+                        f"targets each budget holds on every one (default: {','.join(d.budgets)})")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="a trained original for this data (local state dict): skips baseline training")
     p.add_argument("--out", default=None, metavar="DIR",
@@ -870,7 +878,7 @@ def _add_run(sub) -> None:
 
 def _run_run(args) -> int:
     from deploykit.latency.options import EndToEndOptions
-    from deploykit.pipeline import Pipeline, PipelineConfig
+    from deploykit.pipeline import Pipeline, PipelineConfig, check_device
     from deploykit.protocol import Protocol
 
     if args.device in TRAINING_DEVICES:  # `run --device cpu` named the training device before --train-device
@@ -885,6 +893,7 @@ def _run_run(args) -> int:
         seed=args.seed, device=args.train_device, train_threads=args.train_threads, latency_batch=args.batch,
         rounds=args.rounds, protocol=Protocol.from_args(args), end_to_end=EndToEndOptions.from_args(args),
         table=args.table)
+    check_device(config, args.device)  # before connecting to it
     pipeline = Pipeline(config, args.out, fresh=args.fresh, host=_measuring_host(args), progress=to_stderr)
     result = pipeline.run()
     print(result.summary())

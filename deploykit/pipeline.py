@@ -46,6 +46,16 @@ Where it measures: the profile and verify stages measure through one
 TABLE`` (a table measured elsewhere, for this model, input size, batch and target) the profile stage
 copies it into the run instead of measuring; the verify stages still need the target, here or through
 ``--device``. Which of those is missing is said before anything is written.
+
+Several targets (``--target cpu-ort,cpu-openvino``): one subnet per budget that fits the budget on
+*every* target. Each target is profiled (``RUN/profile/<target>/<table>.csv``, stage ``profile on
+<target>``); each budget (a fraction, applied to every target's own unpruned prediction) is one joint
+search over all the tables (:func:`deploykit.search.joint_search`, exact; subnet.json says which
+target's budget binds), one training and one export; every ONNX is verified on every target
+(``verify … on <target>``, each with its own table's run settings) and the table stage measures every
+target round-robin (``latency-<target>.json`` each). A device agent serves one target, so such a run
+measures here, and ``--table`` (one target's table) does not apply. The ``model.settings.json`` beside
+each ONNX holds the first target's run settings (the verify and table stages use each target's table).
 """
 
 from __future__ import annotations
@@ -117,13 +127,17 @@ class PipelineConfig:
         object.__setattr__(self, "input_size", check_input_size(self.input_size))
         from deploykit.search.budget import parse_budget
 
+        object.__setattr__(self, "target", ",".join(_target_names(self.target)))
         budgets = tuple(str(b).strip() for b in self.budgets)
         if not budgets or not all(budgets):
             raise ConfigError("give at least one budget, e.g. --budgets 0.8,0.6")
-        labels = [budget_label(parse_budget(b)) for b in budgets]
+        parsed = [parse_budget(b) for b in budgets]
+        labels = [budget_label(b) for b in parsed]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"a budget is listed twice: {', '.join(budgets)}")
         object.__setattr__(self, "budgets", budgets)
+        if len(self.targets) > 1:
+            self._check_several_targets(parsed)
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         for name in ("baseline_epochs", "supernet_epochs", "subnet_epochs", "batch_size", "rounds"):
@@ -138,6 +152,22 @@ class PipelineConfig:
                 object.__setattr__(self, "end_to_end", EndToEndOptions(**dict(self.end_to_end)))
             except TypeError as error:
                 raise ConfigError(f"malformed end_to_end settings: {error}") from None
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The target names, in the order given (``--target a,b``)."""
+        return tuple(self.target.split(","))
+
+    def _check_several_targets(self, budgets: list[Budget]) -> None:
+        """What a joint run cannot take: milliseconds (each target has its own) and one target's table."""
+        for text, budget in zip(self.budgets, budgets):
+            if budget.unit == "ms":
+                raise ConfigError(f"budget {text} is in milliseconds, but {len(self.targets)} targets "
+                                  f"({self.target}) each have their own: give fractions of each target's "
+                                  "unpruned latency (0.8) or percentages (80%)")
+        if self.table is not None:
+            raise ConfigError(f"--table gives one target's latency table; with several targets "
+                              f"({self.target}) each is profiled: drop --table, or run one target")
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -178,9 +208,29 @@ def budget_label(budget: Budget) -> str:
     return f"{budget.value:g}ms" if budget.unit == "ms" else f"{budget.value:g}"
 
 
+def check_device(config: PipelineConfig, device: str | None) -> None:
+    """A device agent serves one target: a run of several measures here (checked before connecting)."""
+    if device is not None and len(config.targets) > 1:
+        raise ConfigError(f"a device agent (--device {device}) serves one target; with several targets "
+                          f"({config.target}) the run measures here: drop --device, or run one target")
+
+
 def default_run_dir(config: PipelineConfig) -> Path:
     data = re.sub(r"[^A-Za-z0-9.-]+", "_", config.data).strip("_")
-    return Path("runs") / f"{config.model}-{data}-{config.target}"
+    return Path("runs") / f"{config.model}-{data}-{config.target.replace(',', '+')}"
+
+
+def _target_names(text: Any) -> list[str]:
+    """``a,b`` → [a, b]: no empty name, none twice (a one-line ConfigError otherwise)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"target must be a name or a comma-separated list of names, got {text!r}")
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise ConfigError(f"--target {text!r} has an empty name: give targets as a,b")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"--target {text} lists {', '.join(twice)} twice: give each target once")
+    return names
 
 
 # --- the run directory -----------------------------------------------------------------------------
@@ -191,8 +241,12 @@ class RunLayout:
 
     root: Path
     config: PipelineConfig
-    target_name: str
+    target_name: str              # the first (or only) target
     table_name: str
+
+    @property
+    def several(self) -> bool:
+        return len(self.config.targets) > 1
 
     @property
     def baseline(self) -> Path:
@@ -204,7 +258,12 @@ class RunLayout:
 
     @property
     def table(self) -> Path:
-        return self.root / "profile" / self.table_name
+        return self.table_of(self.target_name)
+
+    def table_of(self, target: str) -> Path:
+        """A run of one target keeps its table in profile/; one of several, in profile/<target>/."""
+        folder = self.root / "profile"
+        return (folder / target if self.several else folder) / self.table_name
 
     @property
     def supernet(self) -> Path:
@@ -218,8 +277,8 @@ class RunLayout:
     def onnx(self, folder: Path) -> Path:
         return folder / "model.onnx"
 
-    def report(self, folder: Path) -> Path:
-        return folder / f"verify-{self.target_name}.json"
+    def report(self, folder: Path, target: str | None = None) -> Path:
+        return folder / f"verify-{target or self.target_name}.json"
 
     def budget(self, text: str) -> Path:
         from deploykit.search.budget import parse_budget
@@ -253,6 +312,7 @@ class PipelineResult:
     seconds: dict[str, float]
     wall_s: float
     outputs: tuple[Path, ...]
+    notes: tuple[str, ...] = ()   # e.g. which target's budget binds each subnet (several targets)
 
     def summary(self) -> str:
         table = self.root / "table.md"
@@ -261,6 +321,7 @@ class PipelineResult:
                  f"({self.root})"]
         if table.is_file():
             lines += ["", table.read_text().rstrip(), ""]
+        lines += list(self.notes)
         lines += [f"wrote {path}" for path in self.outputs if path.is_file()]
         return "\n".join(lines)
 
@@ -279,10 +340,13 @@ class Pipeline:
 
         self.config = config
         self.say = progress or silent
+        check_device(config, host.url if host is not None else None)
         self.host = host_or_local(host)
-        self.target = load_target(config.target)
-        check_target(self.target)
-        self.batch = config.latency_batch or self.target.batch
+        self.targets = [load_target(name) for name in config.targets]
+        for target in self.targets:
+            check_target(target)
+        self.target = self.targets[0]
+        self.batch = config.latency_batch or self._common_batch()
         root = Path(out) if out is not None else default_run_dir(config)
         table_name = default_table_path(config.model, self.target.name, config.input_size, self.batch).name
         self.layout = RunLayout(root=root, config=config, target_name=self.target.name, table_name=table_name)
@@ -291,19 +355,38 @@ class Pipeline:
 
     # -- orchestration --
 
+    @property
+    def several(self) -> bool:
+        return len(self.targets) > 1
+
+    def _common_batch(self) -> int:
+        """The targets' batch: one export serves every target, so they must agree (or --batch decides)."""
+        batches = {target.name: target.batch for target in self.targets}
+        if len(set(batches.values())) > 1:
+            shown = ", ".join(f"{name} {batch}" for name, batch in batches.items())
+            raise ConfigError(f"the targets' batch sizes differ ({shown}); one exported model serves "
+                              "them all: give --batch B")
+        return self.target.batch
+
+    def _per_target(self, name: str, target: str) -> str:
+        """A stage's name: as it always was for one target, ``NAME on TARGET`` for each of several."""
+        return f"{name} on {target}" if self.several else name
+
     def stages(self) -> list[Stage]:
         lay = self.layout
-        stages = [
-            Stage("baseline", lambda: _exists(lay.weights, lay.baseline / "result.json"), self._baseline,
-                  lay.weights),
-            Stage("profile", self._table_complete,
-                  self._adopt_table if self.config.table is not None else self._profile, lay.table),
+        stages = [Stage("baseline", lambda: _exists(lay.weights, lay.baseline / "result.json"),
+                        self._baseline, lay.weights)]
+        for target in self.targets:
+            name = target.name
+            stages.append(Stage(self._per_target("profile", name), lambda n=name: self._table_complete(n),
+                                self._adopt_table if self.config.table is not None
+                                else lambda n=name: self._profile(n), lay.table_of(name)))
+        stages += [
             Stage("budgets", lambda: False, self._check_budgets),
             Stage("supernet", lambda: _exists(lay.supernet), self._supernet, lay.supernet),
             Stage("export original", lambda: _exists(lay.onnx(lay.baseline)),
                   lambda: self._export(self.original_module, lay.baseline), lay.onnx(lay.baseline)),
-            Stage("verify original", lambda: _verified(lay.report(lay.baseline)),
-                  lambda: self._verify(lay.baseline, pruned=(), reference=None), lay.report(lay.baseline)),
+            *self._verify_stages("verify original", lay.baseline, pruned=(), reference=None),
         ]
         for text in self.config.budgets:
             stages += self._budget_stages(text)
@@ -312,30 +395,38 @@ class Pipeline:
                             also=(lay.root / "table.csv", lay.root / "pareto.png")))
         return stages
 
+    def _verify_stages(self, name: str, folder: Path, *, pruned: tuple[int, ...] | None,
+                       reference: Path | None) -> list[Stage]:
+        """One verify stage per target (each with its own table and run settings)."""
+        stages = []
+        for target in self.targets:
+            report = self.layout.report(folder, target.name)
+            stages.append(Stage(self._per_target(name, target.name), lambda r=report: _verified(r),
+                                lambda t=target: self._verify(folder, t, pruned=pruned, reference=reference),
+                                report))
+        return stages
+
     def _continued_stages(self) -> list[Stage]:
         folder = self.layout.continued
-        weights, onnx, report = folder / "model.pt", self.layout.onnx(folder), self.layout.report(folder)
+        weights, onnx = folder / "model.pt", self.layout.onnx(folder)
         return [
             Stage("continue original", lambda: _exists(weights, folder / "result.json"),
                   self._continue_original, weights),
             Stage("export continued", lambda: _exists(onnx),
                   lambda: self._export(lambda: self.original_module(folder), folder), onnx),
-            Stage("verify continued", lambda: _verified(report),
-                  lambda: self._verify(folder, pruned=(), reference=None), report),
+            *self._verify_stages("verify continued", folder, pruned=(), reference=None),
         ]
 
     def _budget_stages(self, text: str) -> list[Stage]:
         lay, folder = self.layout, self.layout.budget(text)
-        subnet, merged, onnx, report = folder / "subnet.json", folder / "merged.safetensors", \
-            lay.onnx(folder), lay.report(folder)
+        subnet, merged, onnx = folder / "subnet.json", folder / "merged.safetensors", lay.onnx(folder)
         return [
             Stage(f"search {text}", lambda: _exists(subnet), lambda: self._search(text, folder), subnet),
             Stage(f"train {text}", lambda: _exists(merged, folder / "result.json"),
                   lambda: self._train_subnet(folder), merged),
             Stage(f"export {text}", lambda: _exists(onnx),
                   lambda: self._export(lambda: _merged_module(folder), folder), onnx),
-            Stage(f"verify {text}", lambda: _verified(report),
-                  lambda: self._verify(folder, pruned=None, reference=lay.onnx(lay.baseline)), report),
+            *self._verify_stages(f"verify {text}", folder, pruned=None, reference=lay.onnx(lay.baseline)),
         ]
 
     def run(self) -> PipelineResult:
@@ -365,7 +456,23 @@ class Pipeline:
         lay = self.layout
         outputs = (lay.root / "table.md", lay.root / "table.csv", lay.root / "pareto.png")
         return PipelineResult(root=lay.root, ran=tuple(ran), skipped=tuple(skipped), seconds=seconds,
-                              wall_s=time.perf_counter() - started, outputs=outputs)
+                              wall_s=time.perf_counter() - started, outputs=outputs,
+                              notes=tuple(self.binding_lines()))
+
+    def binding_lines(self) -> list[str]:
+        """For a run of several targets: which target's budget binds each chosen subnet (subnet.json)."""
+        from deploykit.search.joint import BudgetCheck, binding_line
+        from deploykit.subnet import Subnet
+
+        if not self.several:
+            return []
+        lines = []
+        for text in self.config.budgets:
+            path = self.layout.budget(text) / "subnet.json"
+            if path.is_file() and Subnet.read(path).budgets:
+                checks = [BudgetCheck(**check) for check in Subnet.read(path).budgets]
+                lines.append(f"budget {text}: {binding_line(checks)}")
+        return lines
 
     def validate(self) -> None:
         """Check everything that can be checked before the run directory is touched, so that a
@@ -375,7 +482,8 @@ class Pipeline:
         from deploykit.models import require_known_model
 
         require_known_model(self.config.model)
-        self._require_target()
+        for target in self.targets:
+            self._require_target(target)
         if self.config.table is not None:
             self._given_table()  # a table for another model or setup: refused before anything is written
         check_writable_dir(self.layout.root)
@@ -397,22 +505,25 @@ class Pipeline:
         module = create_model(self.config.model, num_classes=num_classes, input_size=self.config.input_size)
         load_model_weights(module, self.config.weights, new_head=False)
 
-    def _require_target(self) -> None:
+    def _require_target(self, target) -> None:
         """The profile and verify stages measure on the target: it must be available where they measure
         (here, or on the device agent); the error says what is missing."""
-        ok, reason = self.host.availability(self.target)
+        ok, reason = self.host.availability(target)
         if ok:
             return
-        name = self.target.name
+        name = target.name
         if self.host.url is not None:
             stages = "verify stages measure" if self.config.table else "profile and verify stages measure"
             raise ConfigError(f"the {stages} on {self.host.describe()}, which cannot run target {name} "
-                              f"({reason}): serve it on the {self.target.device} machine (deploykit serve "
+                              f"({reason}): serve it on the {target.device} machine (deploykit serve "
                               f"--targets {name}) or give the --device URL of an agent that does")
         if self.config.table is not None:
             raise ConfigError(f"--table gives the latency table, but the verify stages measure on target "
                               f"{name}, which cannot run here ({reason}): give --device URL of a device "
-                              f"agent (`deploykit serve` on the {self.target.device} machine)")
+                              f"agent (`deploykit serve` on the {target.device} machine)")
+        if self.several:
+            raise ConfigError(f"target {name} (of {self.config.target}) cannot run here: {reason}. A run "
+                              "of several targets profiles and verifies each on this machine")
         raise ConfigError(f"target {name} cannot run here: {reason}. `deploykit run` profiles and verifies "
                           "on the target: run it on that machine, or give --device URL of a device agent "
                           "(`deploykit serve`) there; --table TABLE uses a table measured there instead of "
@@ -498,35 +609,46 @@ class Pipeline:
         return RunConfig(out=out, epochs=epochs, batch_size=c.batch_size, seed=c.seed, device=c.device,
                          threads=c.train_threads, resume=(out / "checkpoint.pt").is_file())
 
-    def latency_table(self):
-        """The run's table, ready for the machine the run measures on (this one, or the device agent's):
-        a table from another machine says what differs, and its millisecond budgets need the table
-        re-anchored for the measuring machine."""
+    def latency_table(self, target: str | None = None):
+        """The run's table (of ``target``, default the first), ready for the machine the run measures on
+        (this one, or the device agent's): a table from another machine says what differs, and its
+        millisecond budgets need the table re-anchored for the measuring machine."""
         from deploykit.latency.identity import table_for_this_machine
         from deploykit.latency.table import LatencyTable
         from deploykit.search.budget import parse_budget
 
-        if "table" not in self._cache:
+        name = target or self.target.name
+        key = f"table {name}"
+        if key not in self._cache:
             units = {parse_budget(text).unit for text in self.config.budgets}
-            self._cache["table"] = table_for_this_machine(
-                LatencyTable.read(self.layout.table), budget_unit="ms" if "ms" in units else "fraction",
+            self._cache[key] = table_for_this_machine(
+                LatencyTable.read(self.layout.table_of(name)),
+                budget_unit="ms" if "ms" in units else "fraction",
                 say=lambda line: self.say(f"  {line}"), host=self.host)
-        return self._cache["table"]
+        return self._cache[key]
+
+    def latency_tables(self) -> list:
+        """Every target's table, in the order of --target."""
+        return [self.latency_table(target.name) for target in self.targets]
 
     def candidates(self) -> tuple[int, ...]:
-        """The blocks worth pruning: those whose merged form the table says is faster than the original."""
+        """The blocks worth pruning: those whose merged form some target's table says is faster than the
+        original (with several targets, the joint search weighs a block faster on one, slower on another)."""
         from deploykit.search import LatencySpace
 
         if "candidates" in self._cache:
             return self._cache["candidates"]
-        space = LatencySpace.from_table(self.latency_table())
-        faster = tuple(c for c, saving in zip(space.candidates, space.savings) if saving > 0)
+        faster: set[int] = set()
+        for table in self.latency_tables():
+            space = LatencySpace.from_table(table)
+            faster |= {c for c, saving in zip(space.candidates, space.savings) if saving > 0}
         if not faster:
-            raise ConfigError(f"no block of {self.config.model} is faster merged than original on "
-                              f"{self.target.name} according to {self.layout.table}: depth pruning cannot "
-                              "make this model faster on this target")
-        self._cache["candidates"] = faster
-        return faster
+            where = (f"{self.target.name} according to {self.layout.table}" if not self.several
+                     else f"any of {self.config.target} according to their tables")
+            raise ConfigError(f"no block of {self.config.model} is faster merged than original on {where}: "
+                              "depth pruning cannot make this model faster on this target")
+        self._cache["candidates"] = tuple(sorted(faster))
+        return self._cache["candidates"]
 
     def original_module(self, folder: Path | None = None):
         """The unpruned model whose model.pt and result.json are in ``folder`` (default: the original)."""
@@ -564,19 +686,23 @@ class Pipeline:
         return (f"{c.subnet_epochs} more epoch(s), unpruned, distilled from the original: "
                 f"top-1 {result.top1:.2f}%")
 
-    def _table_complete(self) -> bool:
+    def _table_complete(self, target: str) -> bool:
         from deploykit.latency.table import read_meta
 
-        return self.layout.table.is_file() and read_meta(self.layout.table).complete
+        path = self.layout.table_of(target)
+        return path.is_file() and read_meta(path).complete
 
-    def _profile(self) -> str:
+    def _target(self, name: str):
+        return next(target for target in self.targets if target.name == name)
+
+    def _profile(self, target: str) -> str:
         from deploykit.latency.profile import profile
 
-        result = profile(self.config.model, self.target, input_size=self.config.input_size, batch=self.batch,
-                         out=self.layout.table, protocol=self.config.protocol, model=self.original_module(),
-                         end_to_end=self.config.end_to_end, host=self.host,
+        result = profile(self.config.model, self._target(target), input_size=self.config.input_size,
+                         batch=self.batch, out=self.layout.table_of(target), protocol=self.config.protocol,
+                         model=self.original_module(), end_to_end=self.config.end_to_end, host=self.host,
                          progress=lambda line: self.say(f"  {line}"))
-        self._cache.pop("table", None)
+        self._cache.pop(f"table {target}", None)
         self._cache.pop("candidates", None)
         whole = result.table.model_latency()
         shown = f", whole model {whole:.3f} ms" if whole is not None else ""
@@ -607,32 +733,60 @@ class Pipeline:
         if points_path(table.path).is_file():
             write_bytes_atomic(points_path(target), points_path(table.path).read_bytes())
         write_bytes_atomic(target, table.path.read_bytes())
-        self._cache.pop("table", None)
+        self._cache.pop(f"table {self.target.name}", None)
         self._cache.pop("candidates", None)
         where = f" through {table.meta.device_url}" if table.meta.device_url else ""
         return (f"copied {table.path} ({table.meta.mode} on {table.meta.device_string}{where}, "
                 f"{table.meta.date}) to {target}; {table.fidelity_line()}")
 
     def _check_budgets(self) -> str:
+        if not self.several:
+            return self._check_target_budgets(self.target.name)[0]
+        lines, per_target = [], []
+        for target in self.targets:
+            line, budgets_ms = self._check_target_budgets(target.name)
+            lines.append(f"{target.name}: {line}")
+            per_target.append(budgets_ms)
+        self._check_joint_budgets(per_target)
+        return "; ".join(lines) + "; every budget is met on every target together by some subnet"
+
+    def _check_target_budgets(self, target: str) -> tuple[str, list[float]]:
+        """Each budget on ``target``'s table, in ms, reachable and below the unpruned prediction."""
         from deploykit.search import LatencySpace
         from deploykit.search.budget import parse_budget
         from deploykit.search.engine import reachable_budget_ms
 
-        table = self.latency_table()
+        table = self.latency_table(target)
         space = LatencySpace.from_table(table, self.candidates())
-        shown = []
+        where = f" on {target}" if self.several else ""
+        shown, budgets_ms = [], []
         for text in self.config.budgets:
             try:
                 ms = reachable_budget_ms(table, space, parse_budget(text))
             except ConfigError as error:
-                raise ConfigError(f"budget {text}: {error}") from None
+                raise ConfigError(f"budget {text}{where}: {error}") from None
             if ms >= space.full_ms:
-                raise ConfigError(f"budget {text} = {ms:.3f} ms is not below the unpruned model's predicted "
-                                  f"{space.full_ms:.3f} ms: nothing needs pruning")
+                raise ConfigError(f"budget {text}{where} = {ms:.3f} ms is not below the unpruned model's "
+                                  f"predicted {space.full_ms:.3f} ms: nothing needs pruning")
             shown.append(f"{text} → {ms:.3f} ms")
+            budgets_ms.append(ms)
+        faster = [c for c, saving in zip(space.candidates, space.savings) if saving > 0]
         return (f"unpruned {space.full_ms:.3f} ms, reachable down to {space.min_ms():.3f} ms; "
-                + ", ".join(shown)
-                + f"; {len(space.candidates)} blocks faster merged: {list(space.candidates)}")
+                + ", ".join(shown) + f"; {len(faster)} blocks faster merged: {faster}"), budgets_ms
+
+    def _check_joint_budgets(self, per_target: list[list[float]]) -> None:
+        """Every budget must be met on all targets at once by one subnet (before any training)."""
+        import numpy as np
+
+        from deploykit.search import DepthProxy, JointSearcher
+        from deploykit.search.engine import BUDGET_SLACK
+
+        searcher = JointSearcher(self.latency_tables(), DepthProxy(), candidates=self.candidates())
+        for index, text in enumerate(self.config.budgets):
+            budgets_ms = [target_ms[index] for target_ms in per_target]
+            if searcher.fastest(np.asarray(budgets_ms) * (1 + BUDGET_SLACK)) is None:
+                raise ConfigError(f"budget {text}: {searcher.infeasible_message(budgets_ms)} "
+                                  f"(tables in the order of --target {self.config.target})")
 
     def _supernet(self) -> str:
         from deploykit.training import SupernetConfig, train_supernet
@@ -660,14 +814,31 @@ class Pipeline:
 
         candidates = self.candidates()
         strategy = "auto" if len(candidates) <= EXHAUSTIVE_PROXY_BITS else "evolutionary"
-        result = search(self.latency_table(), parse_budget(text), self._proxy(), candidates=candidates,
-                        strategy=strategy, seed=self.config.seed, population=SEARCH_POPULATION,
-                        generations=SEARCH_GENERATIONS,
-                        progress=lambda line: self.say(f"  {line}"))
+        options = dict(candidates=candidates, strategy=strategy, seed=self.config.seed,
+                       population=SEARCH_POPULATION, generations=SEARCH_GENERATIONS,
+                       progress=lambda line: self.say(f"  {line}"))
+        if self.several:
+            return self._joint_search(text, folder, options)
+        result = search(self.latency_table(), parse_budget(text), self._proxy(), **options)
         result.subnet.write(folder / "subnet.json")
         proxy = result.subnet.proxy or {}
         return (f"prune {list(result.subnet.pruned)}: predicted {result.predicted_ms:.3f} ms "
                 f"({result.speedup:.2f}×), supernet {proxy.get('metric')} {proxy.get('value')}")
+
+    def _joint_search(self, text: str, folder: Path, options: dict[str, Any]) -> str:
+        """The best subnet within ``text`` on every target's table at once; which budget binds."""
+        from deploykit.search import joint_search
+        from deploykit.search.budget import parse_budget
+        from deploykit.search.joint import binding_line
+
+        tables = self.latency_tables()
+        result = joint_search(tables, [parse_budget(text)] * len(tables), self._proxy(), **options)
+        result.subnet.write(folder / "subnet.json")
+        proxy = result.subnet.proxy or {}
+        predicted = ", ".join(f"{check.target} {check.predicted_ms:.3f} ms "
+                              f"({check.unpruned_ms / check.predicted_ms:.2f}×)" for check in result.checks)
+        return (f"prune {list(result.subnet.pruned)}: predicted {predicted}; supernet {proxy.get('metric')} "
+                f"{proxy.get('value')}; {binding_line(result.checks)}")
 
     def _train_subnet(self, folder: Path) -> str:
         from deploykit.subnet import Subnet
@@ -690,7 +861,7 @@ class Pipeline:
         return (f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {settings.name} "
                 f"({table.meta.measured_with().describe()})")
 
-    def _verify(self, folder: Path, *, pruned: tuple[int, ...] | None, reference: Path | None) -> str:
+    def _verify(self, folder: Path, target, *, pruned: tuple[int, ...] | None, reference: Path | None) -> str:
         from deploykit.subnet import Subnet
         from deploykit.verify import verify
 
@@ -699,16 +870,16 @@ class Pipeline:
             module = _merged_module(folder)
         else:
             module = self.original_module(folder)
-        path = self.layout.report(folder)
-        report = verify(self.layout.onnx(folder), target=self.target, protocol=self.config.protocol,
+        path = self.layout.report(folder, target.name)
+        report = verify(self.layout.onnx(folder), target=target, protocol=self.config.protocol,
                         reference=reference, torch_module=module, torch_name=str(folder),
-                        table=self.latency_table(), pruned=pruned, seed=self.config.seed,
+                        table=self.latency_table(target.name), pruned=pruned, seed=self.config.seed,
                         rounds=self.config.rounds, host=self.host,
                         progress=lambda line: self.say(f"  {line}"))
         report.write(path)
         if report.passed is False:
             raise MergeError(f"the exported {self.layout.onnx(folder)} does not reproduce PyTorch on "
-                             f"{self.target.name} (max rel error {report.numerics['max_rel']:.2e} > "
+                             f"{target.name} (max rel error {report.numerics['max_rel']:.2e} > "
                              f"{report.numerics['tolerance']:g}); see {path}")
         measured = report.latency["model"]["median_ms"]
         speed = f", {report.speedup:.2f}× the original" if report.speedup is not None else ""
@@ -722,26 +893,27 @@ class Pipeline:
         root = self.layout.root
         folders = [self.layout.baseline, self.layout.continued] + [self.layout.budget(text)
                                                                    for text in self.config.budgets]
-        measured = self._measure_variants(folders)
+        measured = [self._measure_variants(folders, target) for target in self.targets]
         written = write_speed_accuracy(folders, out=root / "table.md", plot=root / "pareto.png",
-                                       measurements=[measured])
+                                       measurements=measured)
         csv = write_text_atomic(root / "table.csv", render_table(written.frame, ".csv"))
-        return f"wrote {measured}, {written.table_path}, {csv}, {written.plot_path}"
+        return f"wrote {', '.join(map(str, measured))}, {written.table_path}, {csv}, {written.plot_path}"
 
-    def _measure_variants(self, folders: list[Path]) -> Path:
-        """Every variant's ONNX in one round-robin measurement (fresh processes, ``rounds`` rounds), the
-        original as the reference: the table's milliseconds and speed-ups come from it, so they agree."""
+    def _measure_variants(self, folders: list[Path], target) -> Path:
+        """Every variant's ONNX in one round-robin measurement on ``target`` (fresh processes, ``rounds``
+        rounds, that target's table's run settings), the original as the reference: the table's
+        milliseconds and speed-ups come from it, so they agree."""
         from deploykit.verify.rounds import FILE_PATTERN, measure_models
 
         lay = self.layout
         files = {folder.name: lay.onnx(folder) for folder in folders}
-        path = lay.root / FILE_PATTERN.format(target=self.target.name)
+        path = lay.root / FILE_PATTERN.format(target=target.name)
         if _measured_after(path, files):
             self.say(f"  {path.name}: every model was measured together after its last export: kept")
             return path
-        robin = measure_models(files, reference=lay.baseline.name, target=self.target,
+        robin = measure_models(files, reference=lay.baseline.name, target=target,
                                protocol=self.config.protocol, rounds=self.config.rounds,
-                               table=self.latency_table(), host=self.host,
+                               table=self.latency_table(target.name), host=self.host,
                                progress=lambda line: self.say(f"  {line}"))
         return robin.write(path)
 

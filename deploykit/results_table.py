@@ -538,6 +538,24 @@ def measure_variants(paths: Sequence[str | Path], *, target, protocol, rounds: i
     return robin.write(path)
 
 
+def run_measurements(paths: Sequence[str | Path], *, except_targets: Iterable[str] = ()) -> list[Path]:
+    """The round-robin files (``latency-TARGET.json``) that ``deploykit run`` left in the run directories
+    among ``paths``, one per target (the first found), leaving out ``except_targets`` (measured anew):
+    ``deploykit table RUN`` then shows the figures the run's own table.md shows."""
+    from deploykit.verify.rounds import FILE_PATTERN
+
+    found: dict[str, Path] = {}
+    skip = set(except_targets)
+    for path in map(Path, paths):
+        if not path.is_dir() or (path / RESULT_FILE).is_file():
+            continue
+        for file in sorted(path.glob(FILE_PATTERN.format(target="*"))):
+            target = RoundRobin.read(file).target
+            if target not in skip:
+                found.setdefault(target, file)
+    return list(found.values())
+
+
 # --- the command ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
