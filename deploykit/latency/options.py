@@ -79,6 +79,6 @@ def add_end_to_end_arguments(parser: argparse.ArgumentParser) -> None:
                             f"are measured; 0: none (default: {DEFAULT_HOLDOUT})")
     group.add_argument("--paired", action="store_true",
                        help="time each end-to-end subnet as a ratio to the unpruned model in the same "
-                            "process (alternating short slices), its ms = that ratio × the unpruned model's median "
-                            "over the phase's processes: steadier where fresh processes land in different "
-                            "states (this machine only)")
+                            "process (alternating short slices), its ms = that ratio × the unpruned "
+                            "model's median over the phase's processes: steadier where fresh processes land "
+                            "in different states (this machine only)")
