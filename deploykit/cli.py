@@ -385,15 +385,15 @@ def _run_lut_anchor(args) -> int:
 
 
 def _run_lut_predict(args) -> int:
-    from deploykit.latency.identity import table_for_this_machine
-    from deploykit.latency.table import LatencyTable
+    from deploykit.latency.identity import open_table
     from deploykit.subnet import choose_subnet
 
-    table = LatencyTable.read(args.table)
-    table.check_coverage()  # a cut or interrupted table is an error before anything else is said
+    notes: list[str] = []  # said once the subnet is known good: bad input stays a one-line error
+    table = open_table(args.table, budget_unit=None, say=notes.append)
     subnet = choose_subnet(path=args.subnet, prune=args.prune, model=table.meta.model if args.prune else None,
                            input_size=table.meta.input_size if args.prune else None)
-    table = table_for_this_machine(table, budget_unit=None, say=to_stderr)
+    for line in notes:
+        to_stderr(line)
     meta = table.meta
     predicted, unpruned = table.predict_subnet(subnet), table.predict(())
     how = "fitted predictor" if meta.predictor is not None else "isolated sum"
@@ -469,21 +469,16 @@ def _add_search(sub) -> None:
 
 
 def _run_search(args) -> int:
-    from deploykit.latency.identity import table_for_this_machine
-    from deploykit.latency.table import LatencyTable
+    from deploykit.latency.identity import open_table
     from deploykit.search import joint_pareto, joint_search, make_proxy, pareto, search
     from deploykit.search.joint import check_same_model, pair_budgets
     from deploykit.subnet import parse_block_list
     from deploykit.training import ProxyData
 
     budgets = pair_budgets(len(args.table), args.budget, args.pareto)
-    tables = [LatencyTable.read(path) for path in args.table]
-    for table in tables:
-        table.check_coverage()  # before any proxy work
+    tables = [open_table(path, say=to_stderr, budget_unit=budget.unit if budget is not None else "fraction")
+              for path, budget in zip(args.table, budgets)]  # before any proxy work
     check_same_model(tables)
-    tables = [table_for_this_machine(table, say=to_stderr,
-                                     budget_unit=budget.unit if budget is not None else "fraction")
-              for table, budget in zip(tables, budgets)]
     data = None if args.data is None else ProxyData(
         args.data, val_limit=args.val_limit, batch_size=args.batch_size, input_size=args.input_size,
         recalibrate_batches=args.recalibrate_batches)
@@ -699,9 +694,7 @@ def _run_verify(args) -> int:
         raise ConfigError("--numerics-only needs --torch (the model to compare with)")
     target = load_target(args.target)
     host = _measuring_host(args)
-    table = LatencyTable.read(args.table) if args.table is not None else None
-    if table is not None:
-        table.check_coverage()  # before anything is measured
+    table = LatencyTable.read(args.table) if args.table is not None else None  # verify opens it for use
     pruned = None
     if args.subnet is not None:
         subnet = Subnet.read(args.subnet)

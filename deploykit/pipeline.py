@@ -613,16 +613,15 @@ class Pipeline:
         """The run's table (of ``target``, default the first), ready for the machine the run measures on
         (this one, or the device agent's): a table from another machine says what differs, and its
         millisecond budgets need the table re-anchored for the measuring machine."""
-        from deploykit.latency.identity import table_for_this_machine
-        from deploykit.latency.table import LatencyTable
+        from deploykit.latency.identity import open_table
         from deploykit.search.budget import parse_budget
 
         name = target or self.target.name
         key = f"table {name}"
         if key not in self._cache:
             units = {parse_budget(text).unit for text in self.config.budgets}
-            self._cache[key] = table_for_this_machine(
-                LatencyTable.read(self.layout.table_of(name)),
+            self._cache[key] = open_table(
+                self.layout.table_of(name),
                 budget_unit="ms" if "ms" in units else "fraction",
                 say=lambda line: self.say(f"  {line}"), host=self.host)
         return self._cache[key]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploykit.errors import ConfigError, DeployKitError, RuntimeUnavailableError, TableError
@@ -82,6 +83,17 @@ def judge(table: LatencyTable, here: Fingerprint) -> Verdict:
         return Verdict(True, (), rescale, anchored_on)
     found = differences(theirs, here) or [f"fingerprint {theirs.id} vs {here.id}"]
     return Verdict(False, tuple(found), rescale, anchored_on)
+
+
+def open_table(source: LatencyTable | str | Path, *, budget_unit: str | None = None,
+               say: Progress | None = None, host: MeasureHost | None = None) -> LatencyTable:
+    """A table opened for use where ``host`` measures (default: here): read (``source`` a path), its
+    coverage checked (a cut or interrupted table is an error before anything else is said), then
+    :func:`table_for_this_machine` for ``budget_unit``. What search, ``lut predict``, verify and the
+    pipeline call."""
+    table = source if isinstance(source, LatencyTable) else LatencyTable.read(source)
+    table.check_coverage()
+    return table_for_this_machine(table, budget_unit=budget_unit, say=say, host=host)
 
 
 def table_for_this_machine(table: LatencyTable, *, budget_unit: str | None = None,

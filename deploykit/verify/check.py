@@ -23,7 +23,7 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
     ``host`` (a :class:`deploykit.latency.host.MeasureHost`) is where the file runs and is timed:
     this machine by default, or a device agent (``--device URL``); PyTorch runs here either way."""
     from deploykit.latency.host import host_or_local
-    from deploykit.latency.identity import table_for_this_machine
+    from deploykit.latency.identity import open_table
     from deploykit.protocol import Protocol
 
     host = host_or_local(host)
@@ -37,8 +37,10 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
     if table is not None and pruned is None:
         raise ConfigError("--table needs the pruned blocks: --pruned 0,3,5 or --subnet subnet.json "
                           "(--pruned '' for the unpruned model)")
-    if table is not None:
-        table.check_coverage()
+    table_notes: list[str] = []
+    if table is not None:  # another machine (fingerprint) is never refused: the measurement shows the error
+        table = open_table(table, budget_unit=None, host=host,
+                           say=lambda line: table_notes.append(line.removeprefix("note: ")))
     ok, reason = host.availability(target)
     if not ok:
         raise RuntimeUnavailableError(f"cannot verify on target {target.name} {host.where}: {reason}")
@@ -59,9 +61,7 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
     if table is not None:
         mismatches = table.check_matches(target=target, batch=shape[0], input_size=tuple(shape[2:]),
                                          allow_mismatch=allow_mismatch)
-        # Another machine (fingerprint) is never refused here: the measurement below shows the error.
-        table = table_for_this_machine(table, budget_unit=None, host=host,
-                                       say=lambda line: notes.append(line.removeprefix("note: ")))
+        notes += table_notes
         predicted = table.predict(tuple(pruned))
         if table.meta.mode != "measured":
             notes.append(f"the table is {table.meta.mode} (roofline), not measured")
