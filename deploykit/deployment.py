@@ -6,7 +6,9 @@ beside ``MODEL.onnx``: the target, its runtime and provider, and the run setting
 threads with onnxruntime's spinning off. A deployment that opens the session with other settings runs
 at another speed than the table predicts. ``deploykit verify`` applies the file when it finds it (and
 refuses an explicit setting that differs); a verify through a device agent sends the settled target,
-so the agent applies the same settings.
+so the agent applies the same settings. A model measured for several targets (``deploykit run
+--target a,b``) gets one file per target, ``MODEL.TARGET.settings.json``; verify on a target reads its
+own file first, then the plain one.
 """
 
 from __future__ import annotations
@@ -50,23 +52,28 @@ class DeploymentSettings:
             raise ConfigError(f"{source}: missing {error}") from None
 
 
-def settings_path(onnx_path: str | Path) -> Path:
-    """``model.onnx`` → ``model.settings.json``."""
+def settings_path(onnx_path: str | Path, target: str | None = None) -> Path:
+    """``model.onnx`` → ``model.settings.json`` (``model.TARGET.settings.json`` for one of several
+    targets)."""
     path = Path(onnx_path)
-    return path.with_name(path.stem + SUFFIX)
+    return path.with_name(path.stem + (f".{target}" if target else "") + SUFFIX)
 
 
-def write_settings(onnx_path: str | Path, settings: DeploymentSettings) -> Path:
-    """Write the settings file beside ``onnx_path`` (atomically)."""
-    return write_json_atomic(settings_path(onnx_path), settings.as_dict())
+def write_settings(onnx_path: str | Path, settings: DeploymentSettings, *, per_target: bool = False) -> Path:
+    """Write the settings file beside ``onnx_path`` (atomically); ``per_target``: the file named for
+    ``settings.target`` (a model deployed to several targets)."""
+    path = settings_path(onnx_path, settings.target if per_target else None)
+    return write_json_atomic(path, settings.as_dict())
 
 
-def read_settings(onnx_path: str | Path) -> DeploymentSettings | None:
-    """The settings file beside ``onnx_path``, or None where there is none."""
-    path = settings_path(onnx_path)
-    if not path.is_file():
-        return None
-    return DeploymentSettings.from_dict(read_json(path, what="deployment settings file"), source=str(path))
+def read_settings(onnx_path: str | Path, target: str | None = None) -> DeploymentSettings | None:
+    """The settings file beside ``onnx_path`` for ``target`` (its own file, else the plain one), or None
+    where there is none."""
+    for path in dict.fromkeys([settings_path(onnx_path, target), settings_path(onnx_path)]):
+        if path.is_file():
+            return DeploymentSettings.from_dict(read_json(path, what="deployment settings file"),
+                                                source=str(path))
+    return None
 
 
 def _text(data: dict, key: str, source: str) -> str:

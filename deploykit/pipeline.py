@@ -54,8 +54,8 @@ search over all the tables (:func:`deploykit.search.joint_search`, exact; subnet
 target's budget binds), one training and one export; every ONNX is verified on every target
 (``verify … on <target>``, each with its own table's run settings) and the table stage measures every
 target round-robin (``latency-<target>.json`` each). A device agent serves one target, so such a run
-measures here, and ``--table`` (one target's table) does not apply. The ``model.settings.json`` beside
-each ONNX holds the first target's run settings (the verify and table stages use each target's table).
+measures here, and ``--table`` (one target's table) does not apply. Beside each ONNX, one
+``model.TARGET.settings.json`` per target holds the run settings of that target's table.
 """
 
 from __future__ import annotations
@@ -855,10 +855,14 @@ class Pipeline:
         from deploykit.export import export_onnx
 
         path = export_onnx(load(), (self.batch, 3, *self.config.input_size), self.layout.onnx(folder))
-        table = self.latency_table()
-        settings = write_settings(path, table.meta.deployment(measured_by=str(self.layout.table)))
-        return (f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {settings.name} "
-                f"({table.meta.measured_with().describe()})")
+        several = len(self.targets) > 1  # one settings file per target, each from its own table
+        written = []
+        for target in self.targets:
+            table = self.latency_table(target.name)
+            deployment = table.meta.deployment(measured_by=str(self.layout.table_of(target.name)))
+            settings = write_settings(path, deployment, per_target=several)
+            written.append(f"{settings.name} ({table.meta.measured_with().describe()})")
+        return f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {', '.join(written)}"
 
     def _verify(self, folder: Path, target, *, pruned: tuple[int, ...] | None, reference: Path | None) -> str:
         from deploykit.subnet import Subnet

@@ -180,6 +180,23 @@ def test_the_deployment_settings_file_is_written_and_read_back(tmp_path):
     assert read_settings(onnx_file).settings == RunSettings(threads=2, spinning=OFF)
 
 
+def test_a_model_for_several_targets_has_one_settings_file_per_target(tmp_path):
+    from dataclasses import replace
+
+    from deploykit.deployment import read_settings, write_settings
+
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"")
+    one = _table(RunSettings(threads=1)).meta.deployment(measured_by="a.csv")
+    two = replace(_table(RunSettings(threads=2, spinning=OFF)).meta.deployment(measured_by="b.csv"),
+                  target="other-cpu")
+    paths = [write_settings(onnx_file, d, per_target=True) for d in (one, two)]
+    assert [p.name for p in paths] == [f"model.{one.target}.settings.json", "model.other-cpu.settings.json"]
+    assert read_settings(onnx_file, "other-cpu").settings == RunSettings(threads=2, spinning=OFF)
+    assert read_settings(onnx_file, one.target).settings == RunSettings(threads=1)
+    assert read_settings(onnx_file, "third") is None  # no file of its own and no plain one
+
+
 def test_verify_runs_with_the_settings_file_and_refuses_other_explicit_ones(tmp_path):
     from deploykit.deployment import write_settings
     from deploykit.verify.check import settled_target

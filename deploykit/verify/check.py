@@ -111,11 +111,12 @@ def settled_target(target, path: Path, shape, *, protocol, table, host, progress
     asked = protocol.explicit_settings()
     if table is not None:
         return with_table_settings(target, table, asked), f"as {table.path or 'the table'} was measured"
-    deployment = read_settings(path)
+    deployment = read_settings(path, target.name)
     if deployment is not None and deployment.target == target.name:
-        require_same(asked, deployment.settings, source=str(settings_path(path)),
+        source = next(p for p in (settings_path(path, target.name), settings_path(path)) if p.is_file())
+        require_same(asked, deployment.settings, source=str(source),
                      remedy="drop the option, or remove the settings file to verify with other settings")
-        return target.with_settings(deployment.settings), f"from {settings_path(path).name}"
+        return target.with_settings(deployment.settings), f"from {source.name}"
     target = protocol.apply_settings(target)
     if not target.auto_settings:
         return target.with_settings(target.settings), "the target's"
