@@ -38,7 +38,6 @@ import shlex
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import load_average, package_version  # noqa: E402
 from deploykit import __version__  # noqa: E402
+from deploykit.clock import utc_now  # noqa: E402
 from deploykit.errors import ConfigError  # noqa: E402
 from deploykit.fileio import write_text_atomic  # noqa: E402
 from deploykit.latency.identity import with_table_settings  # noqa: E402
@@ -136,7 +136,7 @@ def check_table(path: str, *, fractions: list[str], with_ms: bool, rounds: int, 
                                                                   timing["model"]["round_medians_ms"]),
                    "protocol": used.as_dict(), "load_before": load_before, "load_after": load_average(),
                    "wall_s": round(time.perf_counter() - began, 1),
-                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                   "date": utc_now()}
             rows.append(row)
             verdict = "within" if row["within_budget"] else "OVER"
             say(f"  {meta.model} on {meta.target}, budget {text} = {result.budget_ms:.3f} ms: prune "

@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ from machine import load_average, package_version  # noqa: E402
 from search_speed import base_size_table  # noqa: E402
 
 from deploykit import __version__  # noqa: E402
+from deploykit.clock import utc_now  # noqa: E402
 from deploykit.latency.table import LatencyTable  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 from deploykit.search import BlockScoreProxy, DepthProxy, LatencySpace, joint_search, parse_budget  # noqa: E402
@@ -134,7 +134,7 @@ def main() -> int:
                              "load": load_average(),
                              "command": "nice -n 19 .venv/bin/python bench/joint_search.py "
                                         f"--repeats {args.repeats}",
-                             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                             "date": utc_now()})
                 print(f"{label} {count} tables {name} {budgets[:count]}: median "
                       f"{statistics.median(times):.3f} s ({result.method}); brute force equal: "
                       f"{rows[-1]['brute_force_equal']}", file=sys.stderr)

@@ -27,7 +27,6 @@ import shlex
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import load_average  # noqa: E402
+from deploykit.clock import utc_now  # noqa: E402
 from deploykit.fileio import write_text_atomic  # noqa: E402
 from deploykit.latency.table import LatencyTable  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
@@ -67,7 +67,7 @@ def profile_one(target: str, model: str, size: int, say, *, out: Path | None = N
     out = out or table_path(target, model, size)
     command = ["deploykit", "profile", "--target", target, "--model", model, "--input-size", str(size),
                "--out", str(out.relative_to(ROOT)), "--force", *extra]
-    load_before, started_at = load_average(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_before, started_at = load_average(), utc_now()
     say(f"{target} {model} {size}: {shlex.join(command)}")
     began = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "deploykit.cli", *command[1:]], cwd=ROOT,
@@ -119,7 +119,7 @@ def refit_one(row: dict[str, Any], say) -> dict[str, Any]:
     table = LatencyTable.read(out)
     say(f"  {table.fidelity_line()}")
     return {**row, **fidelity_columns(table), "refit_s": round(time.perf_counter() - began, 1),
-            "refit_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "refit_date": utc_now(),
             "refit_command": shlex.join(command)}
 
 

@@ -41,7 +41,6 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploykit import __version__  # noqa: E402
+from deploykit.clock import utc_now  # noqa: E402
 from deploykit.latency.predictor import Predictor  # noqa: E402
 from deploykit.latency.table import LatencyTable  # noqa: E402
 from deploykit.progress import to_stderr  # noqa: E402
@@ -136,7 +136,7 @@ def time_searches(table: LatencyTable, label: str, proxies: dict, budgets: list[
                          "repeats": repeats, "cli_wall_s": None, "sensitivity_measure_s": None,
                          "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
                          "command": f"deploykit search --table {label} --budget {budget} --proxy {name}",
-                         "date": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                         "date": utc_now()})
             say(f"{table.meta.model} {name} budget {budget}: median {statistics.median(times):.4f} s, "
                 f"min {min(times):.4f} s ({result.method}; {len(result.subnet.pruned)} pruned)")
     return rows
@@ -204,7 +204,7 @@ def cli_row(args, first: dict, say) -> dict:
            "search_median_s": None, "search_min_s": None, "repeats": 1, "cli_wall_s": wall,
            "sensitivity_measure_s": None, "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
            "command": "deploykit " + shlex.join(cli[3:-2]),
-           "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+           "date": utc_now()}
     say(f"CLI end to end: {wall:.2f} s")
     return row
 

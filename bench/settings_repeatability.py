@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import load_average, package_version
 
+from deploykit.clock import utc_now
 from deploykit.latency.contention import GuardPolicy
 from deploykit.latency.host import LocalHost
 from deploykit.protocol import Protocol
@@ -139,7 +139,7 @@ def main() -> int:
     started = time.perf_counter()
     load_before = load_average()
     rows = smt_check(5) if args.smt_check else run(args)
-    stamp = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    stamp = {"date": utc_now(),
              "machine": hostinfo.cpu_name(), "cores": os.cpu_count(),
              "onnxruntime": package_version("onnxruntime"), "openvino": package_version("openvino"),
              "load_before": load_before, "load_after": load_average(),

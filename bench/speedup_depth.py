@@ -70,7 +70,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +81,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import load_average, package_version  # noqa: E402
 from deploykit import __version__  # noqa: E402
+from deploykit.clock import utc_now  # noqa: E402
 from deploykit.fileio import atomic_path, write_text_atomic  # noqa: E402
 from deploykit.latency.identity import here_for, judge  # noqa: E402
 from deploykit.latency.table import LatencyTable  # noqa: E402
@@ -488,7 +488,7 @@ def measure_row(files: ModelFiles, target, table: LatencyTable, choice: Choice, 
             "device": device["device"], "runtime": device["runtime"],
             "runtime_version": device["runtime_version"], "load_before": load_before,
             "load_after": load_average(), "wall_s": round(time.perf_counter() - began, 1), **env,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "date": utc_now()}
 
 
 def bapp_points(chosen: list[Choice], args) -> list[Choice]:
@@ -553,7 +553,7 @@ def cross_check(files: ModelFiles, target, chosen: list[Choice], batch: int, pla
                   "properties": json.dumps(runs["model"][0]["properties"], sort_keys=True),
                   "benchmark_app_command": shown, "load_before": load_before, "load_after": load_average(),
                   "wall_s": round(time.perf_counter() - began, 1), **env,
-                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                  "date": utc_now()})
 
 
 # --- the plot -------------------------------------------------------------------------------------------

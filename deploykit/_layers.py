@@ -44,7 +44,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("paired",),  # a model timed as a ratio to a reference in one process, on protocol's rules
     ("targets", "protocol", "subnet", "checkpoints", "macs", "deployment"),
     ("fileio", "shapes", "runsettings"),
-    ("errors", "progress", "_layers"),
+    ("checks",),  # argument and value checks (an integer in a range, a finite number)
+    ("errors", "progress", "clock", "_layers"),
 )
 
 # Stage → the stages of its own layer it may import. Everything else in a layer is independent.

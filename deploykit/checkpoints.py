@@ -36,6 +36,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from deploykit.checks import require_int
 from deploykit.errors import ConfigError, DeployKitError, ModelError, one_line
 from deploykit.fileio import parse_json, read_json
 
@@ -386,9 +387,8 @@ def _parse_config(data: Any, path: Path) -> FolderConfig:
         raise ModelError(f"{path} names no architecture (timm's config.json has \"architecture\": \"NAME\")")
     pretrained = data.get("pretrained_cfg") if isinstance(data.get("pretrained_cfg"), Mapping) else {}
     num_classes = data.get("num_classes", pretrained.get("num_classes"))
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 0):
-        raise ModelError(f"{path}: num_classes must be a non-negative integer, got {num_classes!r}")
+    if num_classes is not None:
+        require_int(f"{path}: num_classes", num_classes, least=0, error=ModelError)
     args = data.get("model_args", {})
     if not isinstance(args, Mapping):
         raise ModelError(f"{path}: model_args must be an object, got {type(args).__name__}")

@@ -366,13 +366,13 @@ def _add_lut(sub) -> None:
 
 
 def _run_lut_check(args) -> int:
-    from deploykit.latency.fidelity import check_table, write_json
+    from deploykit.latency.fidelity import check_table, result_json
 
     result = check_table(args.table, samples=args.samples, seed=args.seed, out_dir=args.out,
                          allow_mismatch=args.allow_mismatch, fresh=args.fresh, store=not args.no_store,
                          plot=not args.no_plot, force_store=args.force_store, host=_measuring_host(args),
                          progress=to_stderr, paired=args.paired)
-    print(write_json(result) if args.format == "json" else result.summary())
+    print(result_json(result) if args.format == "json" else result.summary())
     return 0
 
 

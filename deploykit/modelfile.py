@@ -44,6 +44,7 @@ from deploykit.checkpoints import (
     read_torch_file,
     safetensors_metadata,
 )
+from deploykit.checks import is_int, require_int
 from deploykit.errors import ConfigError, ModelError, one_line
 from deploykit.fileio import atomic_path, parse_json
 from deploykit.macs import eval_mode
@@ -73,9 +74,8 @@ class ModelRecord:
         if not isinstance(self.model, str) or not self.model:
             raise ModelError(f"model record: model must be a timm model name, got {self.model!r}")
         for name, least, most in (("num_classes", 0, MAX_CLASSES), ("in_chans", 1, MAX_IN_CHANS)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
-                raise ModelError(f"model record: {name} must be an integer {least}–{most}, got {value!r}")
+            require_int(f"model record: {name}", getattr(self, name), least=least, most=most,
+                        error=ModelError)
         object.__setattr__(self, "input_size", check_input_size(self.input_size, error=ModelError))
         if max(self.input_size) > MAX_SIDE:
             raise ModelError(f"model record: input size {list(self.input_size)} is over the limit of "
@@ -298,7 +298,7 @@ def _indices(values: Iterable[int], name: str) -> tuple[int, ...]:
     if not isinstance(values, (list, tuple)):
         raise ModelError(f"model record: {name} must list block indices (integers ≥ 0), got {values!r}")
     values = tuple(values)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+    if not all(is_int(v, least=0) for v in values):
         raise ModelError(f"model record: {name} must list block indices (integers ≥ 0), got {list(values)}")
     if len(set(values)) != len(values):
         raise ModelError(f"model record: {name} lists a block twice: {list(values)}")

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from deploykit.checkpoints import head_classes, load_model_weights, model_name, read_weights
+from deploykit.checks import is_int, require_int
 from deploykit.errors import ModelError, one_line
 from deploykit.progress import Progress, silent
 
@@ -116,9 +117,8 @@ def check_model_resources(name: str, kwargs: dict[str, Any], input_size: tuple[i
 def _check_arg_values(name: str, kwargs: dict[str, Any]) -> None:
     for key, least, most in (("num_classes", 0, MAX_CLASSES), ("in_chans", 1, MAX_IN_CHANS)):
         value = kwargs.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or not least <= value <= most):
-            raise ModelError(f"{name}: {key} must be an integer {least}–{most}, got {value!r}")
+        if value is not None:
+            require_int(f"{name}: {key}", value, least=least, most=most, error=ModelError)
     for key, value in kwargs.items():
         bad = next((v for v in _numbers(value) if not math.isfinite(v)), None)
         if bad is not None:
@@ -138,7 +138,7 @@ def _sides(kwargs: dict[str, Any], input_size: tuple[int, int] | None) -> list[i
     for key in _SIZE_ARGS:
         value = kwargs.get(key)
         values = value if isinstance(value, (list, tuple)) else [value]
-        sides += [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        sides += [v for v in values if is_int(v)]
     return sides
 
 

@@ -65,10 +65,11 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deploykit.checks import require_int
+from deploykit.clock import utc_now
 from deploykit.errors import ConfigError, MergeError, one_line
 from deploykit.fileio import check_writable_dir, read_json, write_json_atomic
 from deploykit.latency.options import EndToEndOptions
@@ -141,10 +142,10 @@ class PipelineConfig:
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         for name in ("baseline_epochs", "supernet_epochs", "subnet_epochs", "batch_size", "rounds"):
-            _positive_int(name, getattr(self, name))
+            require_int(name.replace("_", " "), getattr(self, name), least=1)
         for name in ("train_limit", "val_limit", "proxy_val_limit", "train_threads", "latency_batch"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                require_int(name.replace("_", " "), getattr(self, name), least=1)
         if not isinstance(self.protocol, Protocol):
             object.__setattr__(self, "protocol", Protocol.from_dict(self.protocol))
         if not isinstance(self.end_to_end, EndToEndOptions):
@@ -448,7 +449,7 @@ class Pipeline:
             began = time.perf_counter()
             summary = stage.run()
             seconds = time.perf_counter() - began
-            state["stages"][stage.name] = {"seconds": round(seconds, 3), "finished": _now()}
+            state["stages"][stage.name] = {"seconds": round(seconds, 3), "finished": utc_now()}
             write_json_atomic(self.layout.root / RUN_FILE, state)
             self.say(f"{head}: {summary} [{seconds:.1f} s]")
             ran.append(stage.name)
@@ -559,7 +560,7 @@ class Pipeline:
             if not cleared and root.exists() and any(root.iterdir()):
                 raise ConfigError(f"{root} exists and is not a deploykit run directory (no {RUN_FILE}); "
                                   "choose another --out")
-            state = {"deploykit_run": 1, "started": _now(), "config": self.config.as_dict(), "stages": {},
+            state = {"deploykit_run": 1, "started": utc_now(), "config": self.config.as_dict(), "stages": {},
                      OUTPUTS_KEY: []}
             self.say(f"run directory {root}")
         from deploykit import __version__
@@ -1007,12 +1008,3 @@ def _remove_entry(path: Path) -> bool:
     else:
         return False
     return True
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name.replace('_', ' ')} must be a positive integer, got {value!r}")

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
+from deploykit.checks import require_int, require_number
 from deploykit.errors import ConfigError, TableError
 from deploykit.runsettings import RunSettings
 
@@ -60,18 +61,14 @@ class Protocol:
     spinning: bool | None = None
 
     def __post_init__(self) -> None:
-        _check_number("warmup_s", self.warmup_s, minimum=0.0, integer=False)
-        _check_number("warmup_iters", self.warmup_iters, minimum=0, integer=True)
-        _check_number("min_time_s", self.min_time_s, minimum=0.0, integer=False)
-        _check_number("min_iters", self.min_iters, minimum=1, integer=True)
-        _check_number("max_ci", self.max_ci, minimum=0.0, integer=False, strict=True)
-        _check_number("confidence", self.confidence, minimum=0.0, integer=False, strict=True)
-        if self.confidence >= 1.0:
-            raise ConfigError(f"protocol confidence must be < 1, got {self.confidence!r}")
-        _check_number("max_repeats", self.max_repeats, minimum=1, integer=True)
-        _check_number("max_time_s", self.max_time_s, minimum=0.0, integer=False)
+        for name in ("warmup_s", "min_time_s", "max_time_s"):
+            require_number(f"protocol {name}", getattr(self, name), least=0)
+        for name, least in (("warmup_iters", 0), ("min_iters", 1), ("max_repeats", 1)):
+            require_int(f"protocol {name}", getattr(self, name), least=least)
+        require_number("protocol max_ci", self.max_ci, above=0)
+        require_number("protocol confidence", self.confidence, above=0, below=1)
         if self.threads is not None:
-            _check_number("threads", self.threads, minimum=1, integer=True)
+            require_int("protocol threads", self.threads, least=1)
         try:
             self.explicit_settings()
         except ConfigError as error:
@@ -117,14 +114,6 @@ class Protocol:
         """The thread count to run with: this protocol's, else the target's, else None (runtime default)."""
         return self.threads if self.threads is not None else target_threads
 
-
-def _check_number(name: str, value, *, minimum: float, integer: bool, strict: bool = False) -> None:
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or (not integer and not math.isfinite(value)):
-        raise ConfigError(f"protocol {name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-    if value < minimum or (strict and value == minimum):
-        relation = ">" if strict else "≥"
-        raise ConfigError(f"protocol {name} must be {relation} {minimum:g}, got {value!r}")
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:

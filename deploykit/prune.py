@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from deploykit.blocks.base import BlockInfo, PrunableBlock
 from deploykit.blocks.registry import family_of
+from deploykit.checks import is_int
 from deploykit.errors import BlockSelectionError, MergeError, ModelError
 from deploykit.macs import count_macs, eval_mode
 from deploykit.shapes import check_input_size
@@ -127,7 +128,7 @@ class PrunableNet(nn.Module):
     def _check_indices(self, indices: Iterable[int]) -> list[int]:
         indices = list(indices)
         for index in indices:
-            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.blocks):
+            if not is_int(index, least=0, most=len(self.blocks) - 1):
                 raise BlockSelectionError(f"block index {index!r} is out of range: this model has blocks "
                                           f"0..{len(self.blocks) - 1}")
             if index not in self._wrappers:

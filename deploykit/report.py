@@ -1,4 +1,5 @@
-"""Tables for people: the block list now; speed-vs-accuracy tables as the pipeline grows."""
+"""The block list of ``deploykit blocks``: one row per block (as a frame for CSV and JSON, or a fixed-width
+table with a totals line). The speed-vs-accuracy table is :mod:`deploykit.results_table`'s."""
 
 from __future__ import annotations
 

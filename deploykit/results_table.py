@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from deploykit.checks import is_int
 from deploykit.errors import ConfigError
 from deploykit.fileio import check_output_files, read_json, write_bytes_atomic, write_text_atomic
 from deploykit.verify import VerifyReport
@@ -74,7 +75,7 @@ class Variant:
     params: int | None
     macs: int | None
     reports: tuple[VerifyReport, ...] = ()
-    budget: Budget | None = None  # None: not known (no epoch count, or its weights cannot be found)
+    budget: TrainingBudget | None = None  # None: not known (no epoch count, or its weights cannot be found)
     start: Path | None = None  # the variant directory whose weights it started from, if it is one
     data: tuple[Any, ...] | None = None  # which validation data its top-1 is on (see _data_key)
 
@@ -83,7 +84,7 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class Budget:
+class TrainingBudget:
     """How long a variant's weights were trained: epochs per training run, oldest first, starting from
     random weights (``scratch``) or from weights trained elsewhere (``pretrained``)."""
 
@@ -165,7 +166,7 @@ def load_variant(directory: str | Path) -> Variant:
 
 # --- training budgets -------------------------------------------------------------------------------
 
-def _budget(directory: Path, data: dict[str, Any], *, seen: frozenset[Path]) -> Budget | None:
+def _budget(directory: Path, data: dict[str, Any], *, seen: frozenset[Path]) -> TrainingBudget | None:
     """This variant's epochs after those of the variant it started from (followed back to the start)."""
     epochs = _own_epochs(directory, data)
     if epochs is None:
@@ -173,23 +174,23 @@ def _budget(directory: Path, data: dict[str, Any], *, seen: frozenset[Path]) -> 
     own = (epochs,) if epochs else ()
     weights = data.get("weights")
     if weights is None:  # a subnet always starts from an original: one that does not say which is unknown
-        return Budget("scratch", own) if data.get("kind") == "baseline" else None
+        return TrainingBudget("scratch", own) if data.get("kind") == "baseline" else None
     start = _start_directory(weights, directory)
     if start is None:
-        return Budget("pretrained", own) if _weights_exist(weights, directory) else None
+        return TrainingBudget("pretrained", own) if _weights_exist(weights, directory) else None
     if start.resolve() in seen:
         return None
     try:
         before = _budget(start, read_json(start / RESULT_FILE, what="result"), seen=seen | {start.resolve()})
     except (ConfigError, ValueError, AttributeError):
         return None
-    return None if before is None else Budget(before.origin, before.epochs + own)
+    return None if before is None else TrainingBudget(before.origin, before.epochs + own)
 
 
 def _own_epochs(directory: Path, data: dict[str, Any]) -> int | None:
     """``epochs`` of result.json; else the rows of the run's epoch log; else unknown."""
     epochs = data.get("epochs")
-    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 0:
+    if is_int(epochs, least=0):
         return epochs
     try:
         lines = (directory / LOG_FILE).read_text().splitlines()

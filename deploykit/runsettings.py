@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from deploykit.checks import is_int
 from deploykit.errors import ConfigError
 
 AUTO = "auto"
@@ -101,7 +102,7 @@ def setting_problem(name: str, value: Any) -> str | None:
     if value is None:
         return None
     if name in _INTEGER_KEYS:
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
+        if not is_int(value, least=1, most=MAX_THREADS):
             return f"must be a positive integer or null (at most {MAX_THREADS}; or {AUTO}), got {value!r}"
     elif name in _BOOLEAN_KEYS:
         if not isinstance(value, bool):

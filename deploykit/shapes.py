@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Iterable
 from typing import Any
 
+from deploykit.checks import is_int
 from deploykit.errors import ConfigError, DeployKitError
 
 SIZE_RULE = "a positive integer or [height, width] of positive integers"
@@ -18,9 +19,9 @@ SIZE_RULE = "a positive integer or [height, width] of positive integers"
 
 def input_size_or_none(value: Any) -> tuple[int, int] | None:
     """``value`` as (height, width), or None when it is not an input size."""
-    if _positive_int(value):
+    if is_int(value, least=1):
         return (value, value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_positive_int(v) for v in value):
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v, least=1) for v in value):
         return (value[0], value[1])
     return None
 
@@ -60,7 +61,7 @@ def check_input_shape(value: Any) -> tuple[int, ...]:
         shape = tuple(value)
     except TypeError:
         shape = ()
-    if not shape or not all(_positive_int(d) for d in shape):
+    if not shape or not all(is_int(d, least=1) for d in shape):
         raise ConfigError(f"input shape must be positive integers such as (1, 3, 224, 224), got {value!r}")
     return shape
 
@@ -69,6 +70,3 @@ def format_shape(shape: Iterable[int]) -> str:
     """(1, 3, 224, 224) → ``1x3x224x224``; an input size (96, 128) → ``96x128``."""
     return "x".join(str(d) for d in shape)
 
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0

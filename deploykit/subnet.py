@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from deploykit.checks import is_int
 from deploykit.errors import ConfigError, TableError
 from deploykit.fileio import read_json, write_json_atomic
 from deploykit.shapes import check_input_size
@@ -140,8 +141,7 @@ def format_indices(indices: Iterable[int]) -> str:
 
 
 def _int_list(values: Any) -> bool:
-    return isinstance(values, (list, tuple)) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in values)
+    return isinstance(values, (list, tuple)) and all(is_int(v) for v in values)
 
 
 def choose_subnet(*, path: str | Path | None = None, prune: str | None = None, model: str | None = None,

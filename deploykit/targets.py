@@ -48,6 +48,7 @@ from pathlib import Path
 
 import yaml
 
+from deploykit.checks import int_rule, is_int
 from deploykit.errors import ConfigError
 from deploykit.runsettings import AUTO, SETTING_KEYS, RunSettings, setting_problem
 from deploykit.shapes import SIZE_RULE, input_size_or_none
@@ -269,9 +270,9 @@ class _Parser:
         value = raw.get(key)
         if value is None and optional:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.error(key, f"must be a positive integer{' or null' if optional else ''}, "
-                                  f"got {value!r}")
+        if not is_int(value, least=1):
+            null = " or null" if optional else ""
+            raise self.error(key, f"must be {int_rule(least=1)}{null}, got {value!r}")
         return value
 
     def setting(self, raw: Mapping, key: str):

@@ -8,6 +8,7 @@ headings), so the documentation does not rot as files move.
 
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import subprocess
@@ -154,3 +155,142 @@ def test_the_readme_leads_to_the_documentation():
     index = links((ROOT / "docs" / "README.md").read_text(encoding="utf-8"))
     missing = {page.name for page in (ROOT / "docs").glob("*.md") if page.name != "README.md"} - set(index)
     assert not missing, f"not listed in docs/README.md: {sorted(missing)}"
+
+
+def test_no_documentation_links_outside_the_repository():
+    external = [f"{source.relative_to(ROOT).as_posix()}: {link}" for source in documentation_files()
+                for link in links(source.read_text(encoding="utf-8"))
+                if _EXTERNAL.match(link) or link.startswith("//")]
+    assert not external, "links outside the repository:\n" + "\n".join(external)
+
+
+# --- docs/commands.md against the parser --------------------------------------------------------------
+
+_COMMAND_HEADING = re.compile(r"^(#{2,3}) `deploykit ([a-z ]+)`\s*$")
+_ANY_HEADING = re.compile(r"^#{1,6} ")
+_OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+_INVOCATION = re.compile(r"\bdeploykit(?:\.cli)? ((?:[a-z]+ ?)+)")
+
+
+def command_parsers() -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every command path of the CLI's parser, groups included: ``()`` is ``deploykit`` itself,
+    ``("lut",)`` a group, ``("lut", "check")`` a command."""
+    from deploykit.cli import build_parser
+
+    found, todo = {}, [((), build_parser())]
+    while todo:
+        path, parser = todo.pop()
+        found[path] = parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [((*path, name), sub) for name, sub in action.choices.items()]
+    return found
+
+
+def parser_options(parser: argparse.ArgumentParser) -> set[str]:
+    return {name for action in parser._actions for name in action.option_strings if name.startswith("--")}
+
+
+def longest_path(words: str, paths) -> tuple[str, ...] | None:
+    """The longest command path ``words`` starts with (``lut check TABLE`` → ``("lut", "check")``)."""
+    split = words.split()
+    for end in range(len(split), 0, -1):
+        if tuple(split[:end]) in paths:
+            return tuple(split[:end])
+    return None
+
+
+def mentions(text: str, default: tuple[str, ...], paths) -> list[tuple[tuple[str, ...], str]]:
+    """(command path, option) for every option ``text`` names. An option belongs to the command that a
+    shell line or a code span invokes (``deploykit verify --table``, `` `verify --table` ``), else to
+    ``default``; a shell line that runs another program (pip, torchrun …) and no deploykit command is
+    left out."""
+    found: list[tuple[tuple[str, ...], str]] = []
+
+    def take(chunk: str, owner: tuple[str, ...] | None) -> None:
+        invoked = _INVOCATION.search(chunk)
+        path = longest_path(invoked.group(1), paths) if invoked else None
+        if path is not None:
+            owner, chunk = path, chunk[invoked.start(1) + len(" ".join(path)):]
+        if owner is not None:
+            found.extend((owner, option) for option in _OPTION.findall(chunk))
+
+    in_code, logical = False, ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        elif in_code:
+            logical += line
+            if not line.rstrip().endswith("\\"):
+                take(logical, default if logical.lstrip().startswith(("#", "deploykit ")) else None)
+                logical = ""
+        else:
+            take(_CODE_SPAN.sub(" ", line), default)
+            for _, span in re.findall(r"(`+)(.*?)\1", line):
+                take(span if span.startswith("deploykit") else f"deploykit {span}", default)
+    return found
+
+
+def command_sections(markdown: str, paths) -> dict[tuple[str, ...], str]:
+    """Each ``## `deploykit PATH` `` (or ``###``) section's text up to the next heading, so that a
+    group's section is its introduction; the text before the first section is ``()``'s."""
+    sections: dict[tuple[str, ...], list[str]] = {(): []}
+    current: tuple[str, ...] | None = ()
+    in_code = False
+    for line in markdown.splitlines():
+        in_code ^= line.lstrip().startswith("```")
+        heading = None if in_code else _COMMAND_HEADING.match(line)
+        if heading:
+            current = tuple(heading.group(2).split())
+            assert current in paths, f"a section for `deploykit {heading.group(2)}`, which is no command"
+            assert current not in sections, f"two sections for `deploykit {heading.group(2)}`"
+            sections[current] = []
+        elif not in_code and _ANY_HEADING.match(line):
+            current = None
+        elif current is not None:
+            sections[current].append(line)
+    return {path: "\n".join(lines) for path, lines in sections.items()}
+
+
+def test_mentions_belong_to_the_command_they_invoke():
+    paths = {(), ("verify",), ("lut",), ("lut", "check")}
+    text = ("Use `--out DIR`; `verify --table` and `deploykit lut check --samples 3` agree, --seed too.\n"
+            "```bash\ndeploykit lut check T \\\n    --fresh\npip install --upgrade x\n"
+            "# a note on --rounds\n```\n")
+    assert sorted(mentions(text, ("verify",), paths)) == sorted([
+        (("verify",), "--out"), (("verify",), "--table"), (("lut", "check"), "--samples"),
+        (("verify",), "--seed"), (("lut", "check"), "--fresh"), (("verify",), "--rounds")])
+
+
+def test_the_command_reference_matches_the_parser():
+    parsers = command_parsers()
+    commands = {path for path, parser in parsers.items()
+                if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)}
+    sections = command_sections((ROOT / "docs" / "commands.md").read_text(encoding="utf-8"), parsers)
+    problems = [f"`deploykit {' '.join(path)}` has no section" for path in sorted(commands - set(sections))]
+
+    def known(path: tuple[str, ...]) -> set[str]:  # a group's: its commands' options
+        if path in commands or path == ():
+            return parser_options(parsers[path])
+        return set().union(*(parser_options(parsers[c]) for c in commands if c[:len(path)] == path))
+
+    for path, text in sections.items():
+        found = mentions(text, path, parsers)
+        name = " ".join(("deploykit", *path))
+        problems += [f"{name}: `{option}` is no option of `deploykit {' '.join(owner)}`"
+                     for owner, option in sorted(set(found)) if option not in known(owner) | {"--help"}]
+        if path in commands:
+            unmentioned = parser_options(parsers[path]) - {"--help"} - {o for p, o in found if p == path}
+            problems += [f"{name}: `{option}` is not mentioned" for option in sorted(unmentioned)]
+    assert not problems, "docs/commands.md differs from the parser:\n" + "\n".join(problems)
+
+
+def test_the_architecture_page_lists_the_layers_in_order():
+    from deploykit._layers import LAYERS
+
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rule = text[text.index("## The import rule"):text.index("## Artifacts")]
+    listed = [tuple(re.findall(r"`([^`]+)`", line.partition(" — ")[0]))
+              for line in re.findall(r"^\d+\. (.+)$", rule, re.MULTILINE)]
+    assert listed == [tuple(layer) for layer in LAYERS], (
+        f"docs/architecture.md lists the layers as {listed}; deploykit/_layers.py has {list(LAYERS)}")

@@ -19,11 +19,12 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from deploykit.errors import ConfigError, TableError
+from deploykit.checks import require_int
+from deploykit.clock import utc_now
+from deploykit.errors import TableError
 from deploykit.fileio import write_json_atomic
 from deploykit.latency.fingerprint import Fingerprint, differences
 from deploykit.latency.host import MeasureHost, host_or_local
@@ -36,18 +37,12 @@ TimeOnnx = Callable[[Path], Measurement]
 ANCHOR_ROUNDS = 3
 
 
-def check_rounds(rounds: Any) -> int:
-    """``rounds`` if it is a positive integer, else a ConfigError (checked before anything is built)."""
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ConfigError(f"--rounds must be a positive integer, got {rounds!r}")
-    return rounds
-
 
 def interleaved(files: Mapping[str, Path], *, time_onnx: TimeOnnx, rounds: int,
                 say: Progress | None = None) -> dict[str, list[Measurement]]:
     """Time every file once per round, in the same order each round (A, B, A, B, …), so that a drift
     of the machine touches all of them alike. ``{name: [one Measurement per round]}``."""
-    check_rounds(rounds)
+    require_int("--rounds", rounds, least=1)
     runs: dict[str, list[Measurement]] = {name: [] for name in files}
     for number in range(1, rounds + 1):
         for name, path in files.items():
@@ -61,7 +56,7 @@ def interleaved(files: Mapping[str, Path], *, time_onnx: TimeOnnx, rounds: int,
 def anchor_figures(runs: Mapping[str, list[Measurement]], *, pruned: tuple[int, ...]) -> dict[str, Any]:
     """The anchors from interleaved runs: the median over rounds of each model's median."""
     figures: dict[str, Any] = {"rounds": len(runs["unpruned"]), "pruned": list(pruned),
-                               "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                               "measured_at": utc_now()}
     for name in ("unpruned", "merged"):
         medians = [m.median_ms for m in runs.get(name, [])]
         figures[f"{name}_ms"] = statistics.median(medians) if medians else None
@@ -126,7 +121,7 @@ def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Pro
     ``model`` replaces the timm model the table names; ``time_onnx`` replaces the fresh-process
     measurement on the table's target (tests).
     """
-    check_rounds(rounds)
+    require_int("--rounds", rounds, least=1)  # before anything is built
     started = time.perf_counter()
     say = progress or silent
     host = host_or_local(host)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from deploykit.checks import require_number
 from deploykit.errors import ConfigError
 from deploykit.latency.sentinel import Snapshot, busiest, process_snapshot
 from deploykit.progress import Progress, to_stderr
@@ -51,11 +52,9 @@ class GuardPolicy:
 
     def __post_init__(self) -> None:
         for name in ("wait_quiet_s", "busy_limit", "window_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
-                raise ConfigError(f"contention guard {name.replace('_s', '')} must be a number of seconds "
-                                  f"≥ 0, got {value!r}" if name.endswith("_s") else
-                                  f"contention guard {name} must be a number ≥ 0, got {value!r}")
+            unit = " of seconds" if name.endswith("_s") else ""
+            require_number(f"contention guard {name.removesuffix('_s')}", getattr(self, name), least=0,
+                           below=1e6, rule=f"a number{unit} ≥ 0")
         if self.window_s <= 0:
             raise ConfigError(f"contention guard window must be > 0 s, got {self.window_s!r}")
 

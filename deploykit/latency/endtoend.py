@@ -24,10 +24,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from deploykit.clock import utc_now
 from deploykit.latency.options import MAX_DESIGNED, EndToEndOptions
 from deploykit.latency.predictor import Prior, fit_predictor
 from deploykit.latency.sampling import EndToEndPlan, plan_end_to_end
@@ -147,7 +147,7 @@ def _fidelity(plan: EndToEndPlan, timings: dict, predict: Callable, kind: str, o
     figures = Figures.compare([predict(s) for s in held], [timings[s].measured_ms for s in held])
     record = {**figures.as_dict(), "predictor": "fitted" if kind == "fitted" else "isolated sum",
               "seed": options.seed, "points_file": points_file.name,
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "date": utc_now()}
     if figures.n < MIN_HOLDOUT:
         record["note"] = f"only {figures.n} held-out subnets: rough figures"
         say(f"warning: only {figures.n} held-out subnets (at least {MIN_HOLDOUT} give steady figures)")

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.errors import ConfigError, TableError
+from deploykit.checks import require_int
+from deploykit.errors import TableError
 from deploykit.fileio import check_output_files
 from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.plot import plot_fidelity
@@ -189,9 +190,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     if not isinstance(table, LatencyTable):
         table = LatencyTable.read(table)
     _require_checkable(table)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ConfigError(f"--samples must be an integer ≥ 2 (a calibration fits two parameters), "
-                          f"got {samples!r}")
+    require_int("--samples", samples, least=2, rule="an integer ≥ 2 (a calibration fits two parameters)")
     raw = table.with_meta(calibration=None)
     anchored_note = None
     plan = plan_subnets(table.prunable_indices, samples, seed)
@@ -453,7 +452,7 @@ def _figure_row(label: str, f: Figures) -> str:
 
 
 
-def write_json(result: CheckResult) -> str:
+def result_json(result: CheckResult) -> str:
     """The result as one JSON document (what ``--format json`` prints)."""
     return json.dumps(result.as_dict(), indent=2)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from deploykit.checks import require_int
 from deploykit.errors import ConfigError
 
 PREDICTORS = ("auto", "fitted", "isolated")
@@ -40,8 +41,7 @@ class EndToEndOptions:
             raise ConfigError(f"--predictor must be one of {', '.join(PREDICTORS)}, got {self.predictor!r}")
         for name, value in (("--fit-samples", self.fit_samples), ("--holdout", self.holdout),
                             ("seed", self.seed)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be an integer ≥ 0, got {value!r}")
+            require_int(name, value, least=0)
 
     def resolve(self, groups: int) -> str:
         """``fitted`` or ``isolated`` for a model with this many identical-block groups."""

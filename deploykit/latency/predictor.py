@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from deploykit.checks import is_number
 from deploykit.errors import TableError
 
 KIND = "fitted"
@@ -53,7 +54,7 @@ class Predictor:
     fit: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not _finite(self.base_ms) or self.base_ms <= 0:
+        if not is_number(self.base_ms, above=0):
             raise TableError(f"predictor base_ms must be a positive number, got {self.base_ms!r}")
         deltas = {int(i): float(v) for i, v in dict(self.merged_delta_ms).items()}
         if not deltas or not all(math.isfinite(v) for v in deltas.values()):
@@ -186,7 +187,7 @@ class _Design:
         unknown = sorted({i for s in subsets for i in s} - set(blocks))
         if unknown:
             raise TableError(f"measured subnets prune block(s) {unknown} the prior does not know")
-        if any(not (_finite(ms) and ms > 0) for ms in measured):
+        if any(not is_number(ms, above=0) for ms in measured):
             raise TableError("every measured latency must be a positive number")
         self.adjacent = [(i, i + 1) for i in blocks if i + 1 in self.group_of]
         types = list(dict.fromkeys((self.group_of[i], self.group_of[j]) for i, j in self.adjacent))
@@ -275,6 +276,3 @@ class _Design:
                  if self.type_of[pair] in value_of_type}
         return Predictor(base_ms=float(theta[0]), merged_delta_ms=deltas, pair_delta_ms=pairs, fit=fit)
 
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

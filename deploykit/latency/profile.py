@@ -32,13 +32,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 
+from deploykit.checks import require_int
+from deploykit.clock import utc_now
 from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError, TableError
 from deploykit.fileio import check_output_files
 from deploykit.latency.anchor import anchor_figures, export_anchor_models, interleaved
@@ -101,7 +102,7 @@ class Entry:
             "family": self.family, "block_type": self.block_type, "indices": format_indices(self.indices),
             "count": self.count, "in_shape": format_shape(self.in_shape),
             "out_shape": format_shape(self.out_shape), "macs": self.macs, **stats, "source": source,
-            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "measured_at": utc_now(),
         }
 
 
@@ -360,7 +361,7 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
     say = progress or silent
     host = host_or_local(host)
     size = check_input_size(input_size if input_size is not None else target.input_size, error=ModelError)
-    batch = _check_batch(batch if batch is not None else target.batch)
+    batch = require_int("batch", batch if batch is not None else target.batch, least=1)
     if estimate:
         if host.url is not None:
             raise ConfigError("--estimate measures nothing: it takes no --device")
@@ -497,7 +498,7 @@ def _measure_watched(runner: _Runner, todo: list[tuple[int, Entry]], model_name:
         for number, entry in window:
             runner.measure(number, entry, again=True)
 
-    run: dict[str, Any] = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    run: dict[str, Any] = {"started": utc_now(),
                            "load_start": host.load_average(), "measured": len(todo), "device_url": host.url}
     measured_any = bool(todo)
     if todo:
@@ -564,11 +565,6 @@ def _layout(entries: list[Entry]) -> dict[str, Any]:
                      fixed=[e.name for e in entries if e.kind == "fixed"])
 
 
-def _check_batch(batch: Any) -> int:
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
-        raise ConfigError(f"batch must be a positive integer, got {batch!r}")
-    return batch
-
 
 def _protocol(protocol: Any):
     from deploykit.protocol import Protocol
@@ -597,7 +593,7 @@ def _base_meta(model_name: str, target: Any, size: tuple[int, int], batch: int) 
 
     return dict(model=model_name, target=target.name, device=target.device, runtime=target.runtime,
                 provider=target.provider, precision=target.precision, batch=batch, input_size=size,
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                date=utc_now(),
                 deploykit_version=__version__)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deploykit.errors import ConfigError
+from deploykit.checks import require_int
 
 Subset = tuple[int, ...]
 
@@ -24,8 +24,7 @@ def plan_subnets(prunable: Sequence[int], samples: int, seed: int) -> list[Subse
     the nearest k that has one is taken. Fewer than ``samples`` come back only when the whole space
     (2^n subnets) is smaller.
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ConfigError(f"--samples must be a positive integer, got {samples!r}")
+    require_int("--samples", samples, least=1)
     blocks = tuple(sorted(prunable))
     n = len(blocks)
     rng = np.random.default_rng(seed)
@@ -93,8 +92,7 @@ def plan_end_to_end(groups: Sequence[Sequence[int]], *, fit_samples: int, holdou
     Random and held-out subnets prune k = 1..n−1 blocks, stratified; where the space is too small
     for all of them, the held-out ones are drawn first."""
     for name, value in (("--fit-samples", fit_samples), ("--holdout", holdout)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{name} must be an integer ≥ 0, got {value!r}")
+        require_int(name, value, least=0)
     blocks = tuple(sorted({int(i) for group in groups for i in group}))
     rng = np.random.default_rng(seed)
     planned: list[Subset] = []

@@ -32,10 +32,11 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from deploykit.checks import require_int, require_number
+from deploykit.clock import utc_now
 from deploykit.errors import ConfigError
 from deploykit.progress import Progress, silent
 
@@ -56,13 +57,12 @@ class SentinelPolicy:
     confirm: bool = True        # a drifting check is measured once more before any entry is redone
 
     def __post_init__(self) -> None:
-        for name, value, integer in (("every", self.every, True), ("interval_s", self.interval_s, False),
-                                     ("max_drift", self.max_drift, False), ("retries", self.retries, True),
-                                     ("start_samples", self.start_samples, True)):
-            kind = int if integer else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kind) or value < 0:
-                what = "integer" if integer else "number"
-                raise ConfigError(f"sentinel {name} must be a non-negative {what}, got {value!r}")
+        for name, value, require in (("every", self.every, require_int),
+                                     ("interval_s", self.interval_s, require_number),
+                                     ("max_drift", self.max_drift, require_number),
+                                     ("retries", self.retries, require_int),
+                                     ("start_samples", self.start_samples, require_int)):
+            require(f"sentinel {name}", value, least=0)
         if self.max_drift == 0:
             raise ConfigError("sentinel max_drift must be > 0")
         if self.start_samples == 0:
@@ -159,7 +159,7 @@ class Sentinel:
     def _measure(self, kind: str, value_ms: float | None = None) -> float:
         value = float(self.measure() if value_ms is None else value_ms)
         self._last_time = self.clock()
-        check = {"at": _now(), "kind": kind, "ms": value}
+        check = {"at": utc_now(), "kind": kind, "ms": value}
         if self.start_ms:
             check["drift"] = value / self.start_ms - 1.0
         self.checks.append(check)
@@ -172,7 +172,7 @@ class Sentinel:
         action = ("measured again" if again
                   else f"rebased: the earlier entries ({earlier}) measured again" if rebase
                   else "kept (retries exhausted)")
-        event = {"at": _now(), "sentinel_ms": value, "start_ms": self.start_ms, "drift": drift,
+        event = {"at": utc_now(), "sentinel_ms": value, "start_ms": self.start_ms, "drift": drift,
                  "load": self.load(), "busiest": self._window_usage, "entries": entries, "action": action}
         self.drifts.append(event)
         return event
@@ -191,9 +191,6 @@ def _warning(event: dict[str, Any], policy: SentinelPolicy) -> str:
             f"from {event['start_ms']:.3f} ms at the start (limit ±{policy.max_drift:.0%}; {load_text}"
             f"{busy_text}); entries measured meanwhile: {event['entries']} — {what}")
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # --- what else runs on the machine ---------------------------------------------------------------

@@ -12,12 +12,13 @@ import math
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from deploykit.checks import is_number
+from deploykit.clock import utc_now
 from deploykit.errors import TableError
 from deploykit.fileio import write_text_atomic
 from deploykit.paired import PairedMeasurement
@@ -105,15 +106,15 @@ class SubnetTiming:
         load = load_now() if load is None else load
         if isinstance(measured, PairedMeasurement):  # ms in process until anchored (anchor_timings)
             model = measured.model
-            return cls(tuple(pruned), model.median_ms, model.p90_ms, model.cv, model.n, load, _now(),
+            return cls(tuple(pruned), model.median_ms, model.p90_ms, model.cv, model.n, load, utc_now(),
                        ratio=measured.ratio, reference_ms=measured.reference.median_ms)
         if isinstance(measured, Measurement):
             return cls(tuple(pruned), measured.median_ms, measured.p90_ms, measured.cv, measured.n,
-                       load, _now())
-        if isinstance(measured, bool) or not isinstance(measured, (int, float)) or not measured > 0:
+                       load, utc_now())
+        if not is_number(measured, above=0):
             raise TableError(f"the measurer returned {measured!r} for subnet {list(pruned)}; "
                              "expected milliseconds > 0")
-        return cls(tuple(pruned), float(measured), load=load, measured_at=_now())
+        return cls(tuple(pruned), float(measured), load=load, measured_at=utc_now())
 
 
 def anchor_timings(timings: Mapping[Hashable, SubnetTiming]) -> tuple[dict, float | None]:
@@ -156,9 +157,6 @@ def read_points(path: Path, *, dtype: Mapping[str, type], parse: Callable[[Any],
         return {}
     return found
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def load_now() -> float:

@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from deploykit.checks import is_int, require_int
 from deploykit.deployment import DeploymentSettings
 from deploykit.errors import ConfigError, TableError, one_line
 from deploykit.fileio import check_output_files, read_json, write_json_atomic, write_text_atomic
@@ -115,8 +116,7 @@ class TableMeta:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise TableError(f"table mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch <= 0:
-            raise TableError(f"table batch must be a positive integer, got {self.batch!r}")
+        require_int("table batch", self.batch, least=1, error=TableError)
         object.__setattr__(self, "input_size",
                            check_input_size(self.input_size, what="table input_size", error=TableError))
         object.__setattr__(self, "protocol", dict(self.protocol or {}))
@@ -488,7 +488,7 @@ class LatencyTable:
         """The pruned block indices as a set; a non-integer or a block the table lacks is a TableError."""
         pruned = set()
         for index in indices:
-            if not isinstance(index, int) or isinstance(index, bool):
+            if not is_int(index):
                 raise TableError(f"block indices must be integers, got {index!r}")
             pruned.add(index)
         originals = self._index_map("original")

@@ -9,11 +9,11 @@ resnet18's).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from deploykit.checks import is_int, is_number
 from deploykit.errors import TableError
 
 
@@ -41,7 +41,7 @@ def _is_iso_time(value: Any) -> bool:
 
 
 def _is_positive_int_or_none(value: Any) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+    return value is None or is_int(value, least=1)
 
 
 def _is_name(value: Any) -> bool:
@@ -53,8 +53,7 @@ def _is_text_or_none(value: Any) -> bool:
 
 
 def _is_seconds(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and value >= 0
+    return is_number(value, least=0)
 
 
 _FIELD_CHECKS = {

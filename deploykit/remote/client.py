@@ -14,7 +14,6 @@ is raised again as the same DeployKitError subclass, with the agent's one line.
 from __future__ import annotations
 
 import http.client
-import math
 import socket
 import ssl
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from deploykit.checks import is_number, require_int
 from deploykit.errors import (
     AuthError,
     ConfigError,
@@ -68,8 +68,7 @@ class RetryPolicy:
     max_delay_s: float = 8.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ConfigError(f"retry attempts must be a positive integer, got {self.attempts!r}")
+        require_int("retry attempts", self.attempts, least=1)
         if self.first_delay_s < 0 or self.factor < 1 or self.max_delay_s < 0:
             raise ConfigError("retry delays must be ≥ 0 and the factor ≥ 1")
 
@@ -418,8 +417,7 @@ def shown(value, limit: int = SHOWN_CHARS) -> str:
 
 
 def _number(value, unit: float = 1.0) -> str:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return f"{value / unit:g}" if ok else "?"
+    return f"{value / unit:g}" if is_number(value) else "?"
 
 
 def describe_measurement(result: RemoteMeasurement) -> str:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploykit.checks import require_int, require_number
 from deploykit.errors import (
     AuthError,
     ConfigError,
@@ -100,19 +101,16 @@ class ServeConfig:
     max_reply_mb: float = 64.0            # largest reply (a run's outputs)
 
     def __post_init__(self) -> None:
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ConfigError(f"--port must be 0–65535, got {self.port!r}")
+        require_int("--port", self.port, least=0, most=65535)
         for name, value in (("--max-upload-mb", self.max_upload_mb), ("--timeout", self.timeout_s),
                             ("--header-timeout", self.header_timeout_s),
                             ("--body-timeout", self.body_timeout_s), ("--max-reply-mb", self.max_reply_mb)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+            require_number(name, value, above=0)
         if self.max_threads is None:
             object.__setattr__(self, "max_threads", os.cpu_count() or 1)
         for name, value in (("--max-queue", self.max_queue), ("--max-threads", self.max_threads),
                             ("--max-input-elements", self.max_input_elements)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            require_int(name, value, least=1)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
 

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from deploykit.checks import require_int, require_number
 from deploykit.errors import ConfigError, DeployKitError, DeviceError, one_line
 from deploykit.fileio import parse_json
 from deploykit.protocol import Measurement, Protocol
@@ -112,10 +113,8 @@ def _check_common(order, kind: str) -> None:
     if not isinstance(order.target, str) or not order.target:
         raise ConfigError(f"{kind} request: target must be a target name, got {order.target!r}")
     object.__setattr__(order, "input_shape", check_input_shape(order.input_shape))
-    timeout = order.timeout_s
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not math.isfinite(timeout) or timeout <= 0):
-        raise ConfigError(f"{kind} request: timeout_s must be a positive number, got {timeout!r}")
+    if order.timeout_s is not None:
+        require_number(f"{kind} request: timeout_s", order.timeout_s, above=0)
     object.__setattr__(order, "name", _printable(str(order.name))[:_NAME_CHARS] or "model.onnx")
 
 
@@ -186,12 +185,8 @@ class SeededOutputs:
 def check_run_request(n_inputs: Any, seed: Any, *, most: int | None = MAX_INPUTS) -> None:
     """A ConfigError for an input count or seed that cannot be used (``most``: the largest count, for
     a run whose outputs travel back; None: no bound)."""
-    if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or n_inputs < 1 or \
-            (most is not None and n_inputs > most):
-        bound = f"an integer 1–{most}" if most is not None else "a positive integer"
-        raise ConfigError(f"--inputs must be {bound}, got {n_inputs!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"--seed must be an integer ≥ 0, got {seed!r}")
+    require_int("--inputs", n_inputs, least=1, most=most)
+    require_int("--seed", seed, least=0)
 
 
 def encode_array(array: np.ndarray) -> dict[str, Any]:

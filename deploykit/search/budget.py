@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
+from deploykit.checks import require_number
 from deploykit.errors import ConfigError
 
 # ASCII digits only: \d would take "١" (Arabic-Indic one) and float() would read it as 1
@@ -22,9 +22,7 @@ class Budget:
     def __post_init__(self) -> None:
         if self.unit not in ("ms", "fraction"):
             raise ConfigError(f"budget unit must be ms or fraction, got {self.unit!r}")
-        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) \
-                or not math.isfinite(self.value) or self.value <= 0:
-            raise ConfigError(f"a latency budget must be a positive number, got {self.value!r}")
+        require_number("a latency budget", self.value, above=0)
         if self.unit == "fraction" and self.value > 1:
             raise ConfigError(f"a budget fraction must be within (0, 1], got {self.value:g}; a bare number "
                               "is a fraction of the unpruned model's predicted latency: write e.g. 12ms "

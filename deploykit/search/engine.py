@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from deploykit.checks import require_int
 from deploykit.errors import ConfigError
 from deploykit.fileio import write_text_atomic
 from deploykit.latency.table import LatencyTable, predict_subnet
@@ -67,8 +68,12 @@ def check_options(strategy: str, population: int, generations: int) -> None:
     if strategy not in STRATEGIES:
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     for name, value, low in (("population", population, 4), ("generations", generations, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"--{name} must be an integer ≥ {low}, got {value!r}")
+        require_int(f"--{name}", value, least=low)
+
+
+def check_points(points: int) -> None:
+    """A Pareto front needs at least 2 budgets (its ends)."""
+    require_int("--pareto", points, least=2, rule="at least 2 points")
 
 
 def restricted(proxy: Proxy, candidates: tuple[int, ...], asked: tuple[int, ...] | None,
@@ -460,8 +465,7 @@ def pareto(table: LatencyTable, proxy: Proxy, points: int, *, candidates: Iterab
     """The best subnet for ``points`` budgets evenly spaced from the smallest achievable latency to the
     unpruned one, duplicates dropped, fastest first."""
     started = time.perf_counter()
-    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
-        raise ConfigError(f"--pareto needs at least 2 points, got {points!r}")
+    check_points(points)
     searcher = Searcher(table, proxy, candidates=candidates, strategy=strategy, seed=seed,
                         population=population, generations=generations, progress=progress)
     space = searcher.space

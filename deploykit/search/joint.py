@@ -36,6 +36,7 @@ from deploykit.search.engine import (
     Evolution,
     ParetoResult,
     check_options,
+    check_points,
     pick,
     reachable_budget_ms,
     resolve_strategy,
@@ -426,8 +427,7 @@ def joint_pareto(tables: Sequence[LatencyTable], held: Sequence[Budget], proxy: 
     latency any subnet within the other tables' ``held`` budgets reaches to the latency of the best subnet
     within those budgets alone; duplicates dropped, fastest first."""
     started = time.perf_counter()
-    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
-        raise ConfigError(f"--pareto needs at least 2 points, got {points!r}")
+    check_points(points)
     if len(held) != len(tables) - 1 or not all(isinstance(b, Budget) for b in held):
         raise ConfigError(f"--pareto over {len(tables)} tables holds one budget per table after the first, "
                           f"got {held!r}")

@@ -117,7 +117,7 @@ class BlockScoreProxy(AdditiveProxy):
 
 
 class SubnetEvaluator(typing.Protocol):
-    """A network judged per subnet on held-out data, cached (``deploykit.training.SubnetEvaluator``)."""
+    """A network judged per subnet on held-out data, cached (``deploykit.training.HeldOutEvaluator``)."""
 
     evaluations: int  # distinct subnets evaluated so far
     lam: float | None  # a supernet's λ; None for plain weights

@@ -9,65 +9,63 @@ Weights are loaded by :mod:`deploykit.checkpoints` (``load_model_weights`` is re
 names below are imported on first use.
 """
 
-import importlib
-
+# Each public name and the module of this package that defines it (checkpoints: the package below).
 _HOMES = {
-    "BaselineResult": "deploykit.training.baseline",
-    "DistillConfig": "deploykit.training.config",
-    "OptimConfig": "deploykit.training.config",
-    "ProxyData": "deploykit.training.heldout",
-    "RunConfig": "deploykit.training.config",
-    "SubnetConfig": "deploykit.training.config",
-    "SubnetResult": "deploykit.training.progressive",
-    "Supernet": "deploykit.training.evaluation",
-    "SubnetEvaluator": "deploykit.training.heldout",
-    "SupernetConfig": "deploykit.training.config",
-    "SupernetResult": "deploykit.training.supernet",
-    "distillation_loss": "deploykit.training.losses",
-    "evaluate": "deploykit.training.evaluation",
-    "evaluate_original": "deploykit.training.baseline",
-    "evaluate_subnet": "deploykit.training.evaluation",
-    "learning_rate": "deploykit.training.schedule",
-    "load_model_weights": "deploykit.checkpoints",
-    "load_supernet": "deploykit.training.evaluation",
-    "ramp_lambda": "deploykit.training.schedule",
-    "sample_pruned": "deploykit.training.schedule",
-    "train_baseline": "deploykit.training.baseline",
-    "train_subnet": "deploykit.training.progressive",
-    "train_supernet": "deploykit.training.supernet",
-    "training_loss": "deploykit.training.losses",
+    "BaselineResult": "baseline",
+    "DistillConfig": "config",
+    "HeldOutEvaluator": "heldout",
+    "OptimConfig": "config",
+    "ProxyData": "heldout",
+    "RunConfig": "config",
+    "SubnetConfig": "config",
+    "SubnetResult": "progressive",
+    "Supernet": "evaluation",
+    "SupernetConfig": "config",
+    "SupernetResult": "supernet",
+    "distillation_loss": "losses",
+    "evaluate": "evaluation",
+    "evaluate_original": "baseline",
+    "evaluate_subnet": "evaluation",
+    "learning_rate": "schedule",
+    "load_model_weights": "checkpoints",
+    "load_supernet": "evaluation",
+    "ramp_lambda": "schedule",
+    "sample_pruned": "schedule",
+    "train_baseline": "baseline",
+    "train_subnet": "progressive",
+    "train_supernet": "supernet",
+    "training_loss": "losses",
 }
 
-__all__ = [
-    "BaselineResult",
-    "DistillConfig",
-    "OptimConfig",
-    "ProxyData",
-    "RunConfig",
-    "SubnetConfig",
-    "SubnetEvaluator",
-    "SubnetResult",
-    "Supernet",
-    "SupernetConfig",
-    "SupernetResult",
-    "distillation_loss",
-    "evaluate",
-    "evaluate_original",
-    "evaluate_subnet",
-    "learning_rate",
-    "load_model_weights",
-    "load_supernet",
-    "ramp_lambda",
-    "sample_pruned",
-    "train_baseline",
-    "train_subnet",
-    "train_supernet",
-    "training_loss",
-]
+__all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str):
     # Imported on first use (PEP 562): `deploykit --help` and the option parsers need no torch.
     if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
+        return getattr(_module(_HOMES[name]), name)
     raise AttributeError(f"module 'deploykit.training' has no attribute {name!r}")
+
+
+def _module(home: str):
+    """The module ``home``, imported now: one explicit import each, so that the import rule's test
+    (tests/test_imports.py, which reads import statements) sees every edge."""
+    if home == "baseline":
+        from deploykit.training import baseline as module
+    elif home == "config":
+        from deploykit.training import config as module
+    elif home == "evaluation":
+        from deploykit.training import evaluation as module
+    elif home == "heldout":
+        from deploykit.training import heldout as module
+    elif home == "losses":
+        from deploykit.training import losses as module
+    elif home == "progressive":
+        from deploykit.training import progressive as module
+    elif home == "schedule":
+        from deploykit.training import schedule as module
+    elif home == "supernet":
+        from deploykit.training import supernet as module
+    else:
+        from deploykit import checkpoints as module
+    return module

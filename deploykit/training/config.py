@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploykit.checks import require_number
 from deploykit.errors import ConfigError
 
 METHODS = ("progressive", "abrupt", "drop")
@@ -147,5 +148,4 @@ def _ramp_ok(value: float | None) -> None:
 
 
 def _positive(label: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{label} must be positive, got {value!r}")
+    require_number(label, value, above=0, rule="positive")

@@ -1,7 +1,7 @@
 """Held-out data that judges subnets: what the search's data-driven accuracy proxies evaluate.
 
 :class:`ProxyData` names the data and opens a checkpoint (a trained supernet, or plain weights of the
-table's model) as a :class:`SubnetEvaluator`: (top-1 %, loss) per subnet on held-out batches, cached.
+table's model) as a :class:`HeldOutEvaluator`: (top-1 %, loss) per subnet on held-out batches, cached.
 The search receives a ProxyData and calls :meth:`ProxyData.open`; it never imports training
 (``deploykit._layers``).
 """
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploykit.checks import require_int
 from deploykit.errors import ConfigError
 from deploykit.progress import Progress, silent
 
@@ -27,22 +28,21 @@ class ProxyData:
     recalibrate_batches: int = 0                # re-estimate BatchNorm statistics per subnet (supernet)
 
     def __post_init__(self) -> None:
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise ConfigError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
+        require_int("--batch-size", self.batch_size, least=1)
         if self.val_limit is not None and self.val_limit <= 0:
             raise ConfigError(f"--val-limit must be positive, got {self.val_limit}")
         if self.recalibrate_batches < 0:
             raise ConfigError(f"--recalibrate-batches must be ≥ 0, got {self.recalibrate_batches}")
 
     def open(self, checkpoint: str | Path, *, model: str, table_size: tuple[int, int], need_supernet: bool,
-             progress: Progress = silent) -> SubnetEvaluator:
+             progress: Progress = silent) -> HeldOutEvaluator:
         """``checkpoint`` judged per subnet on this data; ``model`` and ``table_size`` are the latency
         table's (a supernet of another model is refused; the size is the default resolution)."""
-        return SubnetEvaluator(checkpoint, self, model=model, table_size=table_size,
+        return HeldOutEvaluator(checkpoint, self, model=model, table_size=table_size,
                                need_supernet=need_supernet, progress=progress)
 
 
-class SubnetEvaluator:
+class HeldOutEvaluator:
     """A network (supernet or prunable plain model) evaluated per subnet on held-out batches, cached."""
 
     def __init__(self, checkpoint: str | Path, data: ProxyData, *, model: str, table_size: tuple[int, int],
