@@ -268,7 +268,9 @@ NESTED = "nested 20000 levels deep"
 DIGITS = "--data digits --input-size 32 --train-limit 64 --val-limit 32 --epochs 1 --batch-size 16 " \
          "--threads 1"
 RUN = "--data digits --train-limit 64 --val-limit 32 --device cpu --train-threads 1"
-VERIFY = "verify {fx}/m.onnx --target cpu-ort --torch convnext_atto --weights {fx}/w1000.pt --numerics-only"
+# --threads 1: no settings probe (24 timed processes) before a numerics-only verify
+VERIFY = ("verify {fx}/m.onnx --target cpu-ort --torch convnext_atto --weights {fx}/w1000.pt --numerics-only "
+          "--threads 1")
 EXPORT = "export convnext_atto --input-size 32"
 SEARCH = "search --table {fx}/atto.csv --budget 0.9"
 TABLE = "table {fx}/variant"
@@ -612,7 +614,7 @@ def test_profile_force_keeps_the_old_table_until_the_new_one_is_complete(fx, tmp
     child = subprocess.Popen(
         [sys.executable, "-m", "deploykit.cli", "profile", "--target", "cpu-ort", "--model", "convnext_atto",
          "--input-size", "32", "--batch", "1", "--force", "--out", str(table), "--min-time", "0.01",
-         "--warmup-time", "0", "--min-iters", "3", "--warmup-iters", "1"],
+         "--warmup-time", "0", "--min-iters", "3", "--warmup-iters", "1", "--threads", "1"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

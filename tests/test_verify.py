@@ -26,6 +26,9 @@ from deploykit.models import create_model
 from deploykit.verify import VerifyReport
 
 TINY = ["--min-time", "0.05", "--warmup-time", "0.01", "--min-iters", "5", "--warmup-iters", "2"]
+# The run settings given: no settings probe (24 timed processes) before the check; the probe has tests of
+# its own, and none of these claims depends on which settings verify runs with.
+THREADS = ["--threads", "1"]
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_TABLE = "latency_tables/cpu-ort/convnext_tiny_224_b1.csv"
 
@@ -52,7 +55,7 @@ def test_verify_passes_on_a_correct_export(models, capsys):
     report_path = models / "report.json"
     code = main(["verify", str(models / "m.onnx"), "--target", "cpu-ort",
                  "--torch", str(models / "merged.safetensors"), "--reference", str(models / "ref.onnx"),
-                 "--inputs", "2", "--rounds", "2", "--out", str(report_path), *TINY])
+                 "--inputs", "2", "--rounds", "2", "--out", str(report_path), *TINY, *THREADS])
     out = capsys.readouterr().out
     assert code == 0, out
     report = VerifyReport.read(report_path)
@@ -83,7 +86,7 @@ def test_verify_fails_on_a_tampered_onnx(models, capsys):
     onnx.save(model, str(models / "tampered.onnx"))
     report_path = models / "tampered.json"
     code = main(["verify", str(models / "tampered.onnx"), "--target", "cpu-ort", "--torch",
-                 str(models / "merged.safetensors"), "--numerics-only", "--out", str(report_path)])
+                 str(models / "merged.safetensors"), "--numerics-only", "--out", str(report_path), *THREADS])
     assert code == 1
     assert "numerics: FAIL" in capsys.readouterr().out
     report = VerifyReport.read(report_path)
@@ -92,7 +95,8 @@ def test_verify_fails_on_a_tampered_onnx(models, capsys):
 
 def test_verify_numerics_on_openvino_cpu_in_fp32(models, capsys):
     code = main(["verify", str(models / "m.onnx"), "--target", "cpu-openvino", "--torch",
-                 str(models / "merged.safetensors"), "--numerics-only", "--inputs", "1", "--format", "json"])
+                 str(models / "merged.safetensors"), "--numerics-only", "--inputs", "1", "--format", "json",
+                 *THREADS])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["passed"] is True and report["runtime"] == "openvino"
     assert "INFERENCE_PRECISION_HINT f32" in report["numerics"]["how"]
