@@ -215,3 +215,23 @@ def test_verify_runs_with_the_settings_file_and_refuses_other_explicit_ones(tmp_
     target, how = settled_target(load_target("cpu-ort"), onnx_file, (1, 3, 32, 32), protocol=Protocol(),
                                  table=table, host=None, progress=None)
     assert target.settings == RunSettings(threads=2, spinning=OFF)  # the table's win over the file's
+
+
+def test_a_numerics_only_verify_runs_no_settings_probe(tmp_path, monkeypatch):
+    """Nothing is timed, so what a target leaves to auto stays the runtime's choice: no probe processes."""
+    from deploykit.latency import probe
+    from deploykit.verify.check import settled_target
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the settings probe ran for a verify that times nothing")
+
+    monkeypatch.setattr(probe, "settle", no_probe)
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"")
+    target, how = settled_target(load_target("cpu-ort"), onnx_file, (1, 3, 32, 32), protocol=Protocol(),
+                                 table=None, host=None, progress=None, timed=False)
+    assert target.auto_settings == () and target.settings == RunSettings()
+    assert how == "the runtime's defaults for auto (nothing timed)"
+    with pytest.raises(AssertionError, match="the settings probe ran"):  # timed: the probe is asked
+        settled_target(load_target("cpu-ort"), onnx_file, (1, 3, 32, 32), protocol=Protocol(), table=None,
+                       host=None, progress=None)

@@ -54,7 +54,7 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
     notes: list[str] = []
     protocol = protocol or Protocol()
     target, how = settled_target(target, path, shape, protocol=protocol, table=table, host=host,
-                                  progress=progress)
+                                  progress=progress, timed=measure_latency)
     notes.append(f"run settings: {target.settings.describe()} ({how})")
 
     predicted = mismatches = None
@@ -98,10 +98,12 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
         device_url=host.url)
 
 
-def settled_target(target, path: Path, shape, *, protocol, table, host, progress: Progress | None):
+def settled_target(target, path: Path, shape, *, protocol, table, host, progress: Progress | None,
+                   timed: bool = True):
     """``target`` with the run settings to verify with, and where they come from: the table's (a table
     is used only with its own), else ``MODEL.settings.json`` beside the file, else the probe's choice
-    for what the target leaves to ``auto``. An explicit setting that differs from the table's or the
+    for what the target leaves to ``auto`` — no probe where nothing is ``timed`` (numerics only: what
+    ``auto`` leaves, the runtime decides). An explicit setting that differs from the table's or the
     file's is a ConfigError."""
     from deploykit.deployment import read_settings, settings_path
     from deploykit.latency.identity import with_table_settings
@@ -120,6 +122,8 @@ def settled_target(target, path: Path, shape, *, protocol, table, host, progress
     target = protocol.apply_settings(target)
     if not target.auto_settings:
         return target.with_settings(target.settings), "the target's"
+    if not timed:
+        return target.with_settings(target.settings), "the runtime's defaults for auto (nothing timed)"
     settled, _ = settle(target, path, input_shape=shape, protocol=protocol, host=host,
                         say=progress or (lambda line: None))
     return settled, "chosen by the settings probe"
