@@ -328,11 +328,12 @@ def _add_lut(sub) -> None:
     check.add_argument("--force-store", action="store_true",
                        help="store the calibration even when the unpruned model now measures more than 25%% "
                             "off the table's own end-to-end row")
-    check.add_argument("--paired", action="store_true",
+    check.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
                        help="time each subnet as a ratio to the unpruned model in the same process (short "
                             "alternating slices); its ms = that ratio × the unpruned model's median over all "
                             "the check's processes. Steadier where fresh processes land in different states; "
-                            "this machine only (a device agent measures one file per request)")
+                            "this machine only (a device agent measures one file per request). Default: "
+                            "paired where the table's target runs on more than one CPU thread")
     check.add_argument("--no-plot", action="store_true", help="write no PNG")
     check.add_argument("--format", choices=("text", "json"), default="text",
                        help="output format (default: text)")

@@ -9,9 +9,10 @@ state, and their ratio is far steadier than either figure.
 
 :func:`measure_paired` times the slices (order A B B A …, so neither model always goes first) and keeps
 one ratio per pair: the model's slice median over the reference's. Sampling follows the
-:class:`~deploykit.protocol.Protocol`: warm-up for each model, rounds of at least ``min_time_s`` and
-``min_iters`` runs per model, stopping when the confidence interval of the median *ratio* is within
-``max_ci`` (or at ``max_repeats`` / ``max_time_s``).
+:class:`~deploykit.protocol.Protocol`: warm-up for each model, rounds of at least ``min_time_s`` (both
+models together: a paired measurement costs about what one model alone does) and ``min_iters`` runs per
+model, stopping when the confidence interval of the median *ratio* is within ``max_ci`` (or at
+``max_repeats`` / ``max_time_s``).
 
 Milliseconds come from the ratio and the reference measured over many processes
 (:func:`anchored_ms`): ``ms = ratio × median(reference medians over processes)``. Every paired process
@@ -97,10 +98,10 @@ def measure_paired(run_model: Callable[[], None], run_reference: Callable[[], No
 def _sample_round(run_model: Callable[[], None], run_reference: Callable[[], None], protocol: Protocol,
                   slice_s: float, clock: Callable[[], float], model: list[float], reference: list[float],
                   ratios: list[float]) -> None:
-    """Slice pairs until each model has ``min_iters`` runs and ``min_time_s`` of them, and at least
-    :data:`MIN_PAIRS` pairs were taken this round."""
+    """Slice pairs until each model has ``min_iters`` runs, both together ``min_time_s`` of them, and at
+    least :data:`MIN_PAIRS` pairs were taken this round."""
     runs, seconds, pairs = [0, 0], [0.0, 0.0], 0
-    while pairs < MIN_PAIRS or min(runs) < protocol.min_iters or min(seconds) < protocol.min_time_s:
+    while pairs < MIN_PAIRS or min(runs) < protocol.min_iters or sum(seconds) < protocol.min_time_s:
         order = ((0, run_model), (1, run_reference))
         if pairs % 2:  # A B, then B A: neither model always runs first
             order = order[::-1]

@@ -63,7 +63,7 @@ def test_a_machine_that_slows_down_mid_measurement_leaves_the_ratio_alone():
     """Both models 3× slower from the 40th run on: their own medians move, their ratio does not (but in
     the one pair whose slices straddle the change)."""
     result = measured(Scripted(3.0, 4.0, slow_after=40, factor=3.0),
-                      Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.2, min_iters=1, max_repeats=1))
+                      Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.4, min_iters=1, max_repeats=1))
     off = [r for r in result.ratios if not math.isclose(r, 0.75)]
     assert len(result.ratios) > 10 and len(off) <= 1 and result.ratio == pytest.approx(0.75)
     samples = result.model.samples_ms
@@ -168,3 +168,17 @@ def test_a_paired_check_anchors_every_ratio_on_the_median_reference(tmp_path):
     again = check_table(tmp_path / "t.csv", samples=7, seed=3, measure=PairedPlanted(table), store=False,
                         plot=False)
     assert again.reused == 7 and again.anchor_ms == 11.0
+
+
+def test_pairing_is_the_default_where_the_target_runs_on_several_cpu_threads_here():
+    from deploykit.latency.options import pairs_by_default
+    from deploykit.runsettings import RunSettings
+    from deploykit.targets import load_target
+
+    ort = load_target("cpu-ort")
+    two, one = ort.with_settings(RunSettings(threads=2)), ort.with_settings(RunSettings(threads=1))
+    assert pairs_by_default(two, local=True) and pairs_by_default(ort.with_settings(RunSettings()), local=True)
+    assert not pairs_by_default(one, local=True)  # one thread measured steady alone
+    assert not pairs_by_default(two, local=False)  # a device agent measures one file per request
+    with registered(FakeBackend()):  # not the CPU's threads (an accelerator)
+        assert not pairs_by_default(fake_target(), local=True)

@@ -9,7 +9,8 @@ process):
   :func:`deploykit.latency.predictor.fit_predictor` fits ``base + Σ δ_i + Σ δ_{i,i+1}`` toward the
   isolated entries;
 - ``holdout`` further random subnets that no fit ever sees, each measured in :data:`HOLDOUT_PROCESSES`
-  fresh processes (one export; the median kept), on which the table's prediction (the fitted
+  fresh processes (one export; the median kept; paired: one, the process's state cancels in the
+  ratio), on which the table's prediction (the fitted
   predictor, or the isolated sum for ``isolated``) is compared with the measurement: Spearman ρ,
   Kendall τ, the share within ±5 % / ±10 %, MAPE, bias and max error go into the metadata
   (``fidelity``).
@@ -80,7 +81,9 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
     plan = plan_end_to_end(groups, fit_samples=options.fit_samples, holdout=options.holdout,
                            seed=options.seed, designed=kind == "fitted")
     known = {} if fresh else _read_points(points_file, say)
-    timings, anchor = anchor_timings(_measure(plan, measure, known, points_file, say, load))
+    holdout_processes = 1 if options.paired else HOLDOUT_PROCESSES
+    measured = _measure(plan, measure, known, points_file, say, load, holdout_processes)
+    timings, anchor = anchor_timings(measured)
     if anchor is not None:
         say(f"paired: every subnet's ms = its ratio to the unpruned model × {anchor:.3f} ms, the unpruned "
             f"model's median over the phase's {len(timings)} subnets' processes")
@@ -109,7 +112,7 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
 
 
 def _measure(plan: EndToEndPlan, measure: Measurer, known: dict, points_file: Path, say: Progress,
-             load: Callable[[], float]) -> dict[tuple[int, ...], SubnetTiming]:
+             load: Callable[[], float], holdout_processes: int) -> dict[tuple[int, ...], SubnetTiming]:
     timings: dict[tuple[int, ...], SubnetTiming] = {}
     width = len(str(len(plan.order)))
     for number, (phase, subset) in enumerate(plan.order, 1):
@@ -120,7 +123,7 @@ def _measure(plan: EndToEndPlan, measure: Measurer, known: dict, points_file: Pa
             say(f"{head} {known[subset].measured_ms:.3f} ms (already measured)")
             continue
         began = time.perf_counter()
-        timing = _median_timing(subset, measure, HOLDOUT_PROCESSES if phase == "holdout" else 1, load)
+        timing = _median_timing(subset, measure, holdout_processes if phase == "holdout" else 1, load)
         timings[subset] = timing
         _write_points(points_file, plan, timings, None)
         spread = f" (cv {timing.cv * 100:.0f}%)" if not math.isnan(timing.cv) else ""

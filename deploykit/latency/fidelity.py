@@ -164,7 +164,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
                 measure: Measurer | None = None, out_dir: str | Path | None = None,
                 allow_mismatch: bool = False, fresh: bool = False, store: bool = True, plot: bool = True,
                 force_store: bool = False, model: Any = None, host: MeasureHost | None = None,
-                progress: Progress | None = None, paired: bool = False) -> CheckResult:
+                progress: Progress | None = None, paired: bool | None = None) -> CheckResult:
     """Measure ``samples`` random subnets end to end, compare with the table, fit and store a calibration.
 
     ``measure`` times one subnet (its pruned indices); by default each subnet is built from the table's
@@ -181,7 +181,8 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: in
     this machine; a device agent with ``--device URL``: then "this machine" above is the device).
     With ``paired`` each subnet is timed as a ratio to the unpruned model in the same process
     (:mod:`deploykit.paired`) and its milliseconds are that ratio × the unpruned model's median over all
-    the check's processes.
+    the check's processes; None: as :func:`deploykit.latency.options.pairs_by_default` says for the
+    table's target and run settings.
     """
     started = time.perf_counter()
     say = progress or silent
@@ -298,15 +299,18 @@ def _require_checkable(table: LatencyTable) -> None:
 
 
 def _default_measurer(table: LatencyTable, work: Path, allow_mismatch: bool, model: Any, host: MeasureHost,
-                      say: Progress, *, paired: bool = False
+                      say: Progress, *, paired: bool | None = None
                       ) -> tuple[Measurer, str, tuple[float, float] | None, int | None]:
     """Refuse a table from another machine than ``host``'s (unless re-anchored for it, or
     ``allow_mismatch``), then build the subnet measurer on the table's target there; also the rescaling
     to compare with, if re-anchored, and the measuring machine's logical CPUs."""
     from deploykit.latency.identity import anchor_command, judge, measuring_setup
+    from deploykit.latency.options import pairs_by_default
 
     meta = table.meta
     target, protocol = measuring_setup(table, doing="check", host=host)
+    if paired is None:
+        paired = pairs_by_default(protocol.apply_settings(target), local=host.url is None)
     here = host.fingerprint(target, threads=meta.threads)
     verdict = judge(table, here)
     machine = "this one" if host.url is None else host.describe()

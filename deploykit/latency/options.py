@@ -27,14 +27,15 @@ class EndToEndOptions:
     designed subnets would exceed :data:`MAX_DESIGNED`. Either way ``holdout`` further random subnets,
     never used in fitting, give the fidelity figures stored in the table (0: none). ``paired`` times
     each subnet as a ratio to the unpruned model in the same process (:mod:`deploykit.paired`), its
-    milliseconds that ratio × the unpruned model's median over all the phase's processes.
+    milliseconds that ratio × the unpruned model's median over all the phase's processes; None (auto):
+    paired where :func:`pairs_by_default` says the measurement needs it.
     """
 
     predictor: str = "auto"
     fit_samples: int = DEFAULT_FIT_SAMPLES
     holdout: int = DEFAULT_HOLDOUT
     seed: int = 0
-    paired: bool = False  # each subnet timed as a ratio to the unpruned model in one process
+    paired: bool | None = None  # each subnet timed as a ratio to the unpruned model in one process
 
     def __post_init__(self) -> None:
         if self.predictor not in PREDICTORS:
@@ -56,7 +57,18 @@ class EndToEndOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EndToEndOptions:
         return cls(predictor=args.predictor, fit_samples=args.fit_samples, holdout=args.holdout,
-                   paired=bool(getattr(args, "paired", False)))
+                   paired=getattr(args, "paired", None))
+
+
+def pairs_by_default(target, *, local: bool) -> bool:
+    """Whether an end-to-end measurement on ``target`` is paired when not told: on this machine's CPU
+    with more than one thread (or the runtime's default, all cores). Measured (docs/latency.md): two
+    spinning threads on a sub-millisecond model gave held-out ρ 0.16 unpaired, 0.99 paired; one thread
+    was as good unpaired (ρ 1.00, MAPE 0.4 %) at 60 % of the cost. A device agent measures one file per
+    request, so it is never paired by default."""
+    from deploykit.runtimes import check_target
+
+    return local and target.threads != 1 and check_target(target).runs_on_cpu_threads(target)
 
 
 def add_end_to_end_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,8 +89,9 @@ def add_end_to_end_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--holdout", type=int, default=DEFAULT_HOLDOUT, metavar="N",
                        help="random subnets never used in fitting, on which the stored fidelity figures "
                             f"are measured; 0: none (default: {DEFAULT_HOLDOUT})")
-    group.add_argument("--paired", action="store_true",
+    group.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
                        help="time each end-to-end subnet as a ratio to the unpruned model in the same "
                             "process (alternating short slices), its ms = that ratio × the unpruned "
                             "model's median over the phase's processes: steadier where fresh processes land "
-                            "in different states (this machine only)")
+                            "in different states (this machine only). Default: paired where the target "
+                            "runs on more than one CPU thread, measured here (docs/latency.md)")

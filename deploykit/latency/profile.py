@@ -47,7 +47,7 @@ from deploykit.latency.endtoend import finish_profile, points_path
 from deploykit.latency.estimate import Roofline, estimate_onnx
 from deploykit.latency.fingerprint import Fingerprint, differences
 from deploykit.latency.host import MeasureHost, host_or_local
-from deploykit.latency.options import EndToEndOptions
+from deploykit.latency.options import EndToEndOptions, pairs_by_default
 from deploykit.latency.probe import ProbeResult, settle
 from deploykit.latency.sentinel import Sentinel, SentinelPolicy
 from deploykit.latency.subnets import Measurer, SubnetMeasurer
@@ -416,6 +416,8 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
             changes = _measure_watched(runner, todo, model_name, target, protocol, size, batch, model,
                                        sentinel or SentinelPolicy(), anchor_rounds, say, host)
             table = save(runner.table, **changes)
+            if measure_subnet is None:  # an injected measurer pairs or not by itself
+                options = replace(options, paired=_paired(options, target, host, say))
             measure = measure_subnet or _LazySubnets(lambda: SubnetMeasurer(
                 model_name, input_size=size, batch=batch, work=Path(folder), model=model,
                 time_onnx=lambda onnx, shape: host.measure(onnx, target=target, protocol=protocol,
@@ -543,6 +545,17 @@ def _anchors(runner: _Runner, model_name: str, target: Any, protocol, size: tupl
                        time_onnx=lambda path: host.measure(path, target=target, protocol=protocol,
                                                            input_shape=shape))
     return anchor_figures(runs, pruned=pruned)
+
+
+def _paired(options: EndToEndOptions, target, host: MeasureHost, say: Progress) -> bool:
+    """Whether the end-to-end phase is paired: as told, else :func:`pairs_by_default`."""
+    if options.paired is not None:
+        return options.paired
+    paired = pairs_by_default(target, local=host.url is None)
+    if paired:
+        say(f"end-to-end phase paired ({target.settings.describe()} on this machine's CPU: fresh processes "
+            "land in different states; --no-paired times each subnet alone)")
+    return paired
 
 
 class _LazySubnets:

@@ -146,6 +146,11 @@ class RuntimeBackend(ABC):
         that sets another one is refused. ``threads`` is taken everywhere (GPU runtimes ignore it)."""
         return ("threads",)
 
+    def runs_on_cpu_threads(self, target: Target) -> bool:
+        """Whether ``target`` runs on this machine's CPU threads (a thread pool whose placement and wait
+        policy differ from process to process); False for accelerators."""
+        return False
+
     def settings_problem(self, target: Target) -> tuple[str, str] | None:
         """``(key, message)`` for a run setting ``target`` sets (or leaves to ``auto``) that this
         backend does not apply, else None."""

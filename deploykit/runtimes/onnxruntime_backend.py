@@ -120,7 +120,10 @@ class OnnxRuntimeBackend(RuntimeBackend):
 
     def setting_keys(self, target: Target) -> tuple[str, ...]:
         # the wait policy is the CPU provider's thread pool; other providers run their own
-        return ("threads", "spinning") if (target.provider or CPU) == CPU else ("threads",)
+        return ("threads", "spinning") if self.runs_on_cpu_threads(target) else ("threads",)
+
+    def runs_on_cpu_threads(self, target: Target) -> bool:
+        return (target.provider or CPU) == CPU
 
     def _unavailable_reason(self, target: Target) -> str | None:
         try:

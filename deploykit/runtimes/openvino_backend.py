@@ -48,7 +48,10 @@ class OpenVINOBackend(RuntimeBackend):
         return None
 
     def setting_keys(self, target: Target) -> tuple[str, ...]:
-        return ("threads", "streams", "pinning") if _device(target).startswith("CPU") else ("threads",)
+        return ("threads", "streams", "pinning") if self.runs_on_cpu_threads(target) else ("threads",)
+
+    def runs_on_cpu_threads(self, target: Target) -> bool:
+        return _device(target).startswith("CPU")
 
     def _unavailable_reason(self, target: Target) -> str | None:
         try:
