@@ -177,7 +177,8 @@ def test_pairing_is_the_default_where_the_target_runs_on_several_cpu_threads_her
 
     ort = load_target("cpu-ort")
     two, one = ort.with_settings(RunSettings(threads=2)), ort.with_settings(RunSettings(threads=1))
-    assert pairs_by_default(two, local=True) and pairs_by_default(ort.with_settings(RunSettings()), local=True)
+    assert pairs_by_default(two, local=True)
+    assert pairs_by_default(ort.with_settings(RunSettings()), local=True)  # the runtime's default: all cores
     assert not pairs_by_default(one, local=True)  # one thread measured steady alone
     assert not pairs_by_default(two, local=False)  # a device agent measures one file per request
     with registered(FakeBackend()):  # not the CPU's threads (an accelerator)

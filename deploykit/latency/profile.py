@@ -417,14 +417,9 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
                                        sentinel or SentinelPolicy(), anchor_rounds, say, host)
             table = save(runner.table, **changes)
             if measure_subnet is None:  # an injected measurer pairs or not by itself
-                options = replace(options, paired=_paired(options, target, host, say))
-            measure = measure_subnet or _LazySubnets(lambda: SubnetMeasurer(
-                model_name, input_size=size, batch=batch, work=Path(folder), model=model,
-                time_onnx=lambda onnx, shape: host.measure(onnx, target=target, protocol=protocol,
-                                                           input_shape=shape),
-                time_paired=(lambda onnx, reference, shape: host.measure_paired(
-                    onnx, reference, target=target, protocol=protocol, input_shape=shape))
-                if options.paired else None))
+                options = replace(options, paired=_paired(options, target, host))
+            measure = measure_subnet or _LazySubnets(lambda: _subnet_measurer(
+                model_name, size, batch, Path(folder), model, target, protocol, host, options.paired, say))
             table = finish_profile(table, options=options, measure=measure,
                                    points_file=points_path(work_path), progress=say, load=host.load_1min)
         else:  # estimates are additive by construction; nothing to measure end to end
@@ -547,15 +542,22 @@ def _anchors(runner: _Runner, model_name: str, target: Any, protocol, size: tupl
     return anchor_figures(runs, pruned=pruned)
 
 
-def _paired(options: EndToEndOptions, target, host: MeasureHost, say: Progress) -> bool:
+def _paired(options: EndToEndOptions, target, host: MeasureHost) -> bool:
     """Whether the end-to-end phase is paired: as told, else :func:`pairs_by_default`."""
-    if options.paired is not None:
-        return options.paired
-    paired = pairs_by_default(target, local=host.url is None)
+    return options.paired if options.paired is not None else pairs_by_default(target, local=host.url is None)
+
+
+def _subnet_measurer(model_name: str, size, batch: int, work: Path, model, target, protocol,
+                     host: MeasureHost, paired: bool, say: Progress) -> SubnetMeasurer:
+    """The end-to-end phase's measurer, built when its first subnet is measured."""
     if paired:
-        say(f"end-to-end phase paired ({target.settings.describe()} on this machine's CPU: fresh processes "
-            "land in different states; --no-paired times each subnet alone)")
-    return paired
+        say(f"end-to-end phase paired ({target.settings.describe()}; each subnet timed as a ratio to the "
+            "unpruned model in its process; --no-paired times each subnet alone)")
+    return SubnetMeasurer(
+        model_name, input_size=size, batch=batch, work=work, model=model,
+        time_onnx=lambda onnx, shape: host.measure(onnx, target=target, protocol=protocol, input_shape=shape),
+        time_paired=(lambda onnx, reference, shape: host.measure_paired(
+            onnx, reference, target=target, protocol=protocol, input_shape=shape)) if paired else None)
 
 
 class _LazySubnets:
