@@ -36,6 +36,7 @@ from deploykit.errors import ConfigError
 from deploykit.fileio import check_output_files, read_json, write_bytes_atomic, write_text_atomic
 from deploykit.verify import VerifyReport
 from deploykit.verify.rounds import RoundRobin
+from deploykit.verify.timing import DEFAULT_ROUNDS
 
 RESULT_FILE = "result.json"
 REPORT_GLOB = "verify*.json"
@@ -520,8 +521,8 @@ def _measured_columns(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 # --- one measurement of every variant ---------------------------------------------------------------
 
-def measure_variants(paths: Sequence[str | Path], *, target, protocol, rounds: int, out: str | Path | None,
-                     table=None, host=None, progress=None) -> Path:
+def measure_variants(paths: Sequence[str | Path], *, target, protocol, rounds: int = DEFAULT_ROUNDS,
+                     out: str | Path | None = None, table=None, host=None, progress=None) -> Path:
     """Time every variant's ``model.onnx`` under ``paths`` in one round-robin measurement on ``target``
     (:func:`deploykit.verify.rounds.measure_models`), speed-ups against the first unpruned variant;
     write it to ``out`` (default: ``latency-TARGET.json`` in the first RUN directory). The path."""

@@ -101,7 +101,7 @@ def test_an_os_error_the_library_did_not_anticipate_is_still_one_line(monkeypatc
     def fails(args):
         raise error
 
-    monkeypatch.setattr("deploykit.cli._run_blocks", fails)
+    monkeypatch.setattr("deploykit.cli.model.run_blocks", fails)
     assert main(["blocks"]) == 2
     assert capsys.readouterr().err == f"deploykit blocks: error: {message}\n"
 
@@ -112,6 +112,6 @@ def test_an_error_without_a_message_is_still_a_line(monkeypatch, capsys):
     def fails(args):
         raise ConfigError("")
 
-    monkeypatch.setattr("deploykit.cli._run_blocks", fails)
+    monkeypatch.setattr("deploykit.cli.model.run_blocks", fails)
     assert main(["blocks"]) == 2
     assert capsys.readouterr().err == "deploykit blocks: error: ConfigError\n"

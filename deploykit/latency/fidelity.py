@@ -38,6 +38,7 @@ from deploykit.checks import require_int
 from deploykit.errors import TableError
 from deploykit.fileio import check_output_files
 from deploykit.latency.host import MeasureHost, host_or_local
+from deploykit.latency.options import CHECK_SAMPLES, CHECK_SEED
 from deploykit.latency.plot import plot_fidelity
 from deploykit.latency.sampling import plan_subnets
 from deploykit.latency.stats import Figures, fit_calibration, leave_one_out
@@ -160,7 +161,7 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: int = 0,
+def check_table(table: LatencyTable | str | Path, *, samples: int = CHECK_SAMPLES, seed: int = CHECK_SEED,
                 measure: Measurer | None = None, out_dir: str | Path | None = None,
                 allow_mismatch: bool = False, fresh: bool = False, store: bool = True, plot: bool = True,
                 force_store: bool = False, model: Any = None, host: MeasureHost | None = None,
