@@ -558,6 +558,14 @@ def run_measurements(paths: Sequence[str | Path], *, except_targets: Iterable[st
     return list(found.values())
 
 
+def table_measurements(paths: Sequence[str | Path], measured: str | Path | None = None) -> list[Path]:
+    """The round-robin files a table of ``paths`` shows: ``measured`` (the one this command just took)
+    first, then :func:`run_measurements` for every other target."""
+    if measured is None:
+        return run_measurements(paths)
+    return [Path(measured), *run_measurements(paths, except_targets=[RoundRobin.read(measured).target])]
+
+
 # --- the command ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

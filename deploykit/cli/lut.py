@@ -8,7 +8,7 @@ from deploykit.progress import to_stderr
 
 
 def add_lut(sub) -> None:
-    from deploykit.latency.options import ANCHOR_ROUNDS, CHECK_SAMPLES, CHECK_SEED
+    from deploykit.latency.options import ANCHOR_ROUNDS, CHECK_SAMPLES, CHECK_SEED, DRIFT_LIMIT
 
     p = sub.add_parser(
         "lut", help="latency tables: check a table end to end, re-anchor it for this machine, predict",
@@ -42,8 +42,8 @@ def add_lut(sub) -> None:
     check.add_argument("--no-store", action="store_true",
                        help="report only; leave the table's calibration as it is")
     check.add_argument("--force-store", action="store_true",
-                       help="store the calibration even when the unpruned model now measures more than 25%% "
-                            "off the table's own end-to-end row")
+                       help="store the calibration even when the unpruned model now measures more than "
+                            f"{DRIFT_LIMIT:.0%}% off the table's own end-to-end row")
     check.add_argument("--paired", action="store_true",
                        help="time each subnet as a ratio to the unpruned model in the same process (short "
                             "alternating slices); its ms = that ratio × the unpruned model's median over all "

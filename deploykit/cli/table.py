@@ -50,23 +50,20 @@ def add_table(sub) -> None:
 
 
 def run_table(args) -> int:
-    from deploykit.results_table import measure_variants, run_measurements, write_speed_accuracy
+    from deploykit.latency.table import LatencyTable
+    from deploykit.results_table import measure_variants, table_measurements, write_speed_accuracy
+    from deploykit.targets import load_target
 
-    measured = []
+    measured = None
     if args.measure is not None:
-        from deploykit.latency.table import LatencyTable
-        from deploykit.targets import load_target
-
         table = LatencyTable.read(args.latency_table) if args.latency_table else None
-        target = load_target(args.measure)
-        path = measure_variants(args.runs, target=target,
-                                protocol=protocol_from_args(args), rounds=args.rounds,
-                                out=args.latency_out, table=table, host=measuring_host(args),
-                                progress=to_stderr)
-        print(f"wrote {path}")
-        measured.append(path)
-    measured += run_measurements(args.runs, except_targets=[target.name] if measured else [])
-    written = write_speed_accuracy(args.runs, out=args.out, plot=args.plot, measurements=measured)
+        measured = measure_variants(args.runs, target=load_target(args.measure),
+                                    protocol=protocol_from_args(args), rounds=args.rounds,
+                                    out=args.latency_out, table=table, host=measuring_host(args),
+                                    progress=to_stderr)
+        print(f"wrote {measured}")
+    written = write_speed_accuracy(args.runs, out=args.out, plot=args.plot,
+                                   measurements=table_measurements(args.runs, measured))
     print(written.markdown if written.table_path is None else f"wrote {written.table_path}")
     if written.plot_path is not None:
         print(f"wrote {written.plot_path}")

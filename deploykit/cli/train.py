@@ -87,11 +87,10 @@ def add_train(sub) -> None:
 
 
 def run_train(args) -> int:
-    import os
-
     from deploykit.checkpoints import folder_config, model_name
     from deploykit.subnet import choose_subnet, parse_block_list
     from deploykit.training import train_baseline, train_subnet, train_supernet
+    from deploykit.training.distributed import is_main_process
 
     from_weights_folder = args.stage != "subnet" or (args.prune is not None and folder_config(args.weights))
     if args.model is None and from_weights_folder:
@@ -99,7 +98,6 @@ def run_train(args) -> int:
     if args.stage == "baseline":
         result = train_baseline(args.model, data=data_config(args), weights=args.weights,
                                 run=run_config(args, "baseline", args.model), optim=optim_config(args))
-        summary = f"baseline top-1 {result.top1:.2f}%: {result.weights_path}"
     elif args.stage == "supernet":
         candidates = parse_block_list(args.candidates) if args.candidates is not None else None
         config = SupernetConfig(max_pruned=args.max_pruned, candidates=candidates,
@@ -107,7 +105,6 @@ def run_train(args) -> int:
         result = train_supernet(args.model, weights=args.weights, data=data_config(args),
                                 run=run_config(args, "supernet", args.model), config=config,
                                 optim=optim_config(args), distill=distill_config(args))
-        summary = f"supernet top-1 {result.top1:.2f}% (none pruned): {result.supernet_path}"
     else:
         size = data_config(args).input_size if args.subnet is None else args.input_size
         chosen = choose_subnet(path=args.subnet, prune=args.prune, model=args.model, input_size=size)
@@ -115,10 +112,8 @@ def run_train(args) -> int:
         result = train_subnet(chosen, weights=args.weights, data=data_config(args, chosen.input_size),
                               run=run_config(args, "subnet", chosen.model), optim=optim_config(args),
                               config=config, distill=distill_config(args))
-        summary = (f"subnet ({result.method}) top-1 {result.top1_unmerged:.2f}% unmerged, "
-                   f"{result.top1_merged:.2f}% merged: {result.merged_path}")
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(summary)
+    if is_main_process():
+        print(result.summary())
     return 0
 
 

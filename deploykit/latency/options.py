@@ -18,6 +18,10 @@ DEFAULT_HOLDOUT = 10
 MAX_DESIGNED = 50         # auto: beyond this many designed subnets (groups + 2), the isolated predictor
 CHECK_SAMPLES = 40        # `lut check`: random subnets measured end to end
 CHECK_SEED = 0            # `lut check`: seed of that sample
+# `lut check`: the largest relative difference between the unpruned model measured by the check and the
+# table's own end-to-end row (measured during the profile) for which a calibration is stored without
+# --force-store.
+DRIFT_LIMIT = 0.25
 ANCHOR_ROUNDS = 3         # `lut anchor`: interleaved measurements of each anchor model (the median is kept)
 
 
