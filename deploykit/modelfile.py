@@ -263,7 +263,6 @@ def convert_model(spec: str | Path, out: str | Path, *, weights: str | Path | No
     return save_model(loaded.module, out, record), record
 
 
-
 @dataclass(frozen=True)
 class ExportResult:
     """What :func:`export_model` wrote and counted; :meth:`lines` is ``deploykit export``'s report."""
@@ -304,8 +303,8 @@ def export_model(spec: str | Path, out: str | Path, *, weights: str | Path | Non
     hears the loader's notes as they come."""
     require_int("--batch", batch, least=1, rule="≥ 1")
     loaded = load_module(spec, weights=weights, input_size=input_size, unsafe_pickle=unsafe_pickle)
-    for text in loaded.notes:
-        (note or _ignore)(text)
+    for text in loaded.notes if note is not None else ():
+        note(text)
     size = input_size or loaded.input_size or DEFAULT_INPUT_SIZE
     shape = (batch, 3, *size)
     params = count_params(loaded.module)  # before the file is written: a failure here leaves nothing behind
@@ -319,9 +318,6 @@ def export_model(spec: str | Path, out: str | Path, *, weights: str | Path | Non
                         macs=macs, summary=onnx_summary(path), warnings=said, deployment=deployment,
                         settings_path=written)
 
-
-def _ignore(_: str) -> None:
-    pass
 
 def _from_timm(name: str | None, *, weights: str | Path | None, input_size) -> LoadedModule:
     notes: list[str] = []

@@ -96,7 +96,6 @@ def open_table(source: LatencyTable | str | Path, *, budget_unit: str | None = N
     return table_for_this_machine(table, budget_unit=budget_unit, say=say, host=host)
 
 
-
 @dataclass(frozen=True)
 class SubnetPrediction:
     """``deploykit lut predict``'s answer: what opening the table said (``notes``: machine identity, for
@@ -128,6 +127,7 @@ def predict_subnet(table_file: str | Path, *, prune: str | None = None,
         f"({meta.mode}, {how}): pruned {list(chosen.pruned)} → {predicted:.3f} ms; "
         f"unpruned {unpruned:.3f} ms; speed-up {unpruned / predicted:.2f}×",
         table.fidelity_line()))
+
 
 def table_for_this_machine(table: LatencyTable, *, budget_unit: str | None = None,
                            say: Progress | None = None, here: Fingerprint | None = None,

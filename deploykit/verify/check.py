@@ -100,7 +100,6 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
         device_url=host.url)
 
 
-
 def check_torch_options(*, torch_model: str | Path | None, weights: str | Path | None,
                         numerics_only: bool) -> None:
     """The options that need a PyTorch model to compare with (``--torch``), checked before anything
@@ -144,9 +143,8 @@ def verify_files(onnx_path: str | Path, *, target, table_file: str | Path | None
             size = onnx_input_shape(onnx_path, batch=batch, default_batch=target.batch,
                                     default_size=target.input_size)[2:]
         loaded = load_module(torch_model, weights=weights, input_size=size, unsafe_pickle=unsafe_pickle)
-        for text in loaded.notes:
-            if note is not None:
-                note(text)
+        for text in loaded.notes if note is not None else ():
+            note(text)
         module, name = loaded.module, loaded.description
     return verify(onnx_path, target=target, torch_module=module, torch_name=name, table=table,
                   pruned=blocks, measure_latency=not numerics_only, batch=batch, input_size=input_size,
