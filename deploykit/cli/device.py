@@ -120,7 +120,7 @@ def run_device(args) -> int:
     if args.measure is None:
         if args.target is not None:
             raise ConfigError("--target goes with --measure MODEL.onnx")
-        info = {"health": client.health(), "targets": client.targets(), "fingerprint": client.fingerprint()}
+        info = client.info()
         print(json.dumps(info, indent=2) if args.format == "json" else describe_device(client.url, **info))
         return 0
     if args.target is None:
