@@ -83,10 +83,13 @@ def add_export(sub) -> None:
 
 
 def run_export(args) -> int:
-    from deploykit.latency.table import read_deployment
     from deploykit.modelfile import export_model
 
-    deployment = read_deployment(args.table) if args.table else None
+    deployment = None
+    if args.table:  # the run settings it was measured with go beside the ONNX file
+        from deploykit.latency.table import read_deployment
+
+        deployment = read_deployment(args.table)
     result = export_model(args.checkpoint, args.out, weights=args.weights, input_size=args.input_size,
                           batch=args.batch, opset=args.opset, dynamic_batch=args.dynamic_batch,
                           unsafe_pickle=args.unsafe_pickle, deployment=deployment,
