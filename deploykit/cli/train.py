@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 
 def add_train(sub) -> None:
-
     p = sub.add_parser(
         "train", help="train the original (baseline), the supernet, or a pruned subnet (progressive)",
         description="Training stages, on one process or many (torchrun --nproc_per_node N deploykit "
