@@ -45,10 +45,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import package_version  # noqa: E402
 from deploykit import __version__  # noqa: E402
+from deploykit.cli.args import add_protocol_arguments, protocol_from_args  # noqa: E402
 from deploykit.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from deploykit.latency.host import LocalHost  # noqa: E402
 from deploykit.progress import to_stderr as say  # noqa: E402
-from deploykit.protocol import Protocol, add_protocol_arguments  # noqa: E402
+from deploykit.protocol import Protocol  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     from deploykit.targets import load_target
 
     target = load_target(args.target)
-    protocol = QUICK_PROTOCOL if args.quick else Protocol.from_args(args)
+    protocol = QUICK_PROTOCOL if args.quick else protocol_from_args(args)
     suffix = "_quick" if args.quick else ""
     csv_path = args.results / f"remote_overhead{suffix}.csv"
     rows = [] if args.fresh or not csv_path.is_file() else pd.read_csv(csv_path).to_dict("records")
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    from deploykit.shapes import size_argument
+    from deploykit.cli.args import size_argument
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="convnext_tiny",

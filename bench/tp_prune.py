@@ -223,10 +223,10 @@ def count(model, input_size) -> tuple[int, int]:
 def run_match(args) -> int:
     import torch
 
+    from deploykit.cli.args import protocol_from_args
     from deploykit.data import DataConfig, eval_loader, load_datasets
     from deploykit.export import export_onnx
     from deploykit.fileio import write_json_atomic
-    from deploykit.protocol import Protocol
     from deploykit.targets import load_target
     from deploykit.training.evaluation import evaluate
     from deploykit.verify import measure_interleaved
@@ -237,7 +237,7 @@ def run_match(args) -> int:
     (out / "steps").mkdir(parents=True, exist_ok=True)
     base, meta = load_baseline(args.weights)
     size = tuple(meta["input_size"])
-    target, protocol = load_target(args.target), Protocol.from_args(args)
+    target, protocol = load_target(args.target), protocol_from_args(args)
     shape = (1, 3, *size)
     pruned: dict[float, object] = {}
     steps: list[dict] = []
@@ -340,7 +340,7 @@ def run_finetune(args) -> int:
 # --- command line ------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from deploykit.protocol import add_protocol_arguments
+    from deploykit.cli.args import add_protocol_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)

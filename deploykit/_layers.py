@@ -21,10 +21,9 @@ from __future__ import annotations
 # Top first. Each tuple is one layer; its names are units that know nothing of each other unless
 # SIDEWAYS lets them.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("cli",),  # parses, calls one library function, prints
-    # `deploykit train`'s argparse options, kept beside the configs they fill; only the CLI uses them
-    # (the pipeline and the Python API take the configs themselves).
-    ("training.options",),
+    # parses, calls one library function, prints; the only place with argparse (the pipeline and the
+    # Python API take the config objects themselves)
+    ("cli",),
     ("pipeline",),  # `deploykit run`: the stages in order
     # The stages. A stage gets what another stage would compute as an argument (search's accuracy
     # proxies take an evaluation function; they never import training).

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,12 +46,14 @@ from deploykit.checkpoints import (
     safetensors_metadata,
 )
 from deploykit.checks import is_int, require_int
+from deploykit.deployment import DeploymentSettings, write_settings
 from deploykit.errors import ConfigError, ModelError, one_line
+from deploykit.export import export_onnx, onnx_summary
 from deploykit.fileio import atomic_path, parse_json
-from deploykit.macs import eval_mode
+from deploykit.macs import count_macs, count_params, eval_mode
 from deploykit.models import MAX_CLASSES, MAX_IN_CHANS, MAX_SIDE, create_model
 from deploykit.prune import PrunableNet, prunable
-from deploykit.shapes import check_input_size
+from deploykit.shapes import DEFAULT_BATCH, DEFAULT_INPUT_SIZE, check_input_size
 
 FORMAT = "deploykit-model/1"
 RECORD_KEY = MODEL_RECORD_KEY  # the safetensors metadata key that holds the record (JSON)
@@ -210,7 +213,7 @@ def infer_record(module: nn.Module, *, input_size: tuple[int, int] | None = None
     if not isinstance(name, str) or not isinstance(num_classes, int):
         raise ModelError(f"cannot tell which timm model this {type(module).__name__} is (timm models carry "
                          "their name in pretrained_cfg); only timm models can be saved as model files")
-    size = check_input_size(input_size or _fixed_input_size(module) or (224, 224), error=ModelError)
+    size = check_input_size(input_size or _fixed_input_size(module) or DEFAULT_INPUT_SIZE, error=ModelError)
     original = create_model(name, num_classes=num_classes, input_size=size)
     pruned, dropped = [], []
     for info in _blocks(original, size):
@@ -258,6 +261,62 @@ def convert_model(spec: str | Path, out: str | Path, *, weights: str | Path | No
     loaded = load_module(spec, weights=weights, input_size=input_size, unsafe_pickle=unsafe_pickle)
     record = loaded.record or infer_record(loaded.module, input_size=input_size or loaded.input_size)
     return save_model(loaded.module, out, record), record
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_model` wrote and counted; :meth:`lines` is ``deploykit export``'s report."""
+
+    path: Path
+    description: str
+    input_size: tuple[int, int]
+    params: int
+    macs: int
+    summary: dict[str, Any]  # export.onnx_summary of the written file
+    warnings: tuple[str, ...] = ()  # the exporter's RuntimeWarnings (a dynamic batch onnxsim would fix)
+    deployment: DeploymentSettings | None = None
+    settings_path: Path | None = None
+
+    def lines(self) -> list[str]:
+        info = self.summary
+        inputs = ", ".join(f"{name} {list(dims)}" for name, dims in info["inputs"].items())
+        lines = [f"exported {self.description} → {self.path}",
+                 f"  input {inputs}; opset {info['opset'].get('ai.onnx', '?')}",
+                 f"  nodes {info['nodes']}; params {self.params / 1e6:.3f} M ({self.params} in PyTorch, "
+                 f"{info['initializer_values']} ONNX initializer values)",
+                 f"  MACs {self.macs / 1e6:.2f} M per image at {self.input_size[0]}x{self.input_size[1]}",
+                 f"  file size {info['size_bytes'] / 1e6:.2f} MB ({info['size_bytes']} bytes)"]
+        if self.deployment is not None:
+            lines.append(f"  run settings {self.deployment.settings.describe()} (as "
+                         f"{self.deployment.measured_by} was measured) → {self.settings_path}")
+        return lines
+
+
+def export_model(spec: str | Path, out: str | Path, *, weights: str | Path | None = None,
+                 input_size: tuple[int, int] | None = None, batch: int = DEFAULT_BATCH,
+                 opset: int | None = None, dynamic_batch: bool = False, unsafe_pickle: bool = False,
+                 deployment: DeploymentSettings | None = None,
+                 note: Callable[[str], None] | None = None) -> ExportResult:
+    """Anything :func:`load_module` takes, exported to one checked ONNX file at ``out``
+    (:func:`deploykit.export.export_onnx`) at ``input_size`` (default: a model file's own, else
+    224x224); ``deployment``: the run settings to write beside it (``OUT.settings.json``). ``note``
+    hears the loader's notes as they come."""
+    require_int("--batch", batch, least=1, rule="≥ 1")
+    loaded = load_module(spec, weights=weights, input_size=input_size, unsafe_pickle=unsafe_pickle)
+    for text in loaded.notes if note is not None else ():
+        note(text)
+    size = input_size or loaded.input_size or DEFAULT_INPUT_SIZE
+    shape = (batch, 3, *size)
+    params = count_params(loaded.module)  # before the file is written: a failure here leaves nothing behind
+    macs = count_macs(loaded.module, shape[1:])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        path = export_onnx(loaded.module, shape, out, opset=opset, dynamic_batch=dynamic_batch)
+    said = tuple(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
+    written = write_settings(path, deployment) if deployment is not None else None
+    return ExportResult(path=path, description=loaded.description, input_size=tuple(size), params=params,
+                        macs=macs, summary=onnx_summary(path), warnings=said, deployment=deployment,
+                        settings_path=written)
 
 
 def _from_timm(name: str | None, *, weights: str | Path | None, input_size) -> LoadedModule:

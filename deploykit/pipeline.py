@@ -77,6 +77,7 @@ from deploykit.progress import Progress, silent
 from deploykit.protocol import Protocol
 from deploykit.shapes import check_input_size
 from deploykit.training.config import METHODS, RunConfig, SubnetConfig
+from deploykit.verify.timing import DEFAULT_ROUNDS
 
 if TYPE_CHECKING:
     from deploykit.latency.host import MeasureHost
@@ -119,7 +120,7 @@ class PipelineConfig:
     device: str = RunConfig.device
     train_threads: int | None = RunConfig.threads
     latency_batch: int | None = None          # None: the target's batch
-    rounds: int = 3
+    rounds: int = DEFAULT_ROUNDS
     protocol: Protocol = field(default_factory=Protocol)
     end_to_end: EndToEndOptions = field(default_factory=EndToEndOptions)   # how the profile ends (its fit)
     table: str | None = None                  # a table measured elsewhere, used instead of profiling

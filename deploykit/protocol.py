@@ -13,7 +13,6 @@ tested exactly with a scripted clock. It sits at the bottom of the import graph 
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -89,13 +88,6 @@ class Protocol:
                               f"known: {', '.join(sorted(known))}")
         return cls(**values)
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Protocol:
-        """Build from the options declared by :func:`add_protocol_arguments` (missing ones: defaults)."""
-        values = {f.name: getattr(args, f.name) for f in fields(cls)
-                  if getattr(args, f.name, None) is not None}
-        return cls(**values)
-
     def explicit_settings(self) -> RunSettings:
         """The run settings this protocol fixes (``--threads``, ``--spinning``); None fields: the target's."""
         return RunSettings(threads=self.threads, spinning=self.spinning)
@@ -113,47 +105,6 @@ class Protocol:
     def resolve_threads(self, target_threads: int | None) -> int | None:
         """The thread count to run with: this protocol's, else the target's, else None (runtime default)."""
         return self.threads if self.threads is not None else target_threads
-
-
-
-def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``--warmup-time --warmup-iters --min-time --min-iters --max-ci --max-repeats --max-time
-    --threads``."""
-    d = Protocol()
-    group = parser.add_argument_group(
-        "measurement protocol",
-        "warm up, then sample rounds of at least a time and a count until the confidence interval of "
-        "the median is narrow enough, or a bound is hit")
-    group.add_argument("--warmup-time", dest="warmup_s", type=float, default=d.warmup_s, metavar="S",
-                       help=f"minimum warm-up time in seconds, runs discarded (default: {d.warmup_s})")
-    group.add_argument("--warmup-iters", dest="warmup_iters", type=int, default=d.warmup_iters, metavar="N",
-                       help=f"minimum number of warm-up runs (default: {d.warmup_iters})")
-    group.add_argument("--min-time", dest="min_time_s", type=float, default=d.min_time_s, metavar="S",
-                       help=f"minimum time of one sampling round in seconds (default: {d.min_time_s})")
-    group.add_argument("--min-iters", dest="min_iters", type=int, default=d.min_iters, metavar="N",
-                       help=f"minimum number of timed runs in one round (default: {d.min_iters})")
-    group.add_argument("--max-ci", dest="max_ci", type=float, default=d.max_ci, metavar="F",
-                       help="steady when the 95%% confidence interval of the median has a half-width of "
-                            "at most this fraction of the median; else sample another round "
-                            f"(default: {d.max_ci})")
-    group.add_argument("--max-repeats", dest="max_repeats", type=int, default=d.max_repeats, metavar="N",
-                       help=f"most sampling rounds per measurement (default: {d.max_repeats})")
-    group.add_argument("--max-time", dest="max_time_s", type=float, default=d.max_time_s, metavar="S",
-                       help="no new sampling round once this many seconds were spent sampling "
-                            f"(default: {d.max_time_s})")
-    group.add_argument("--threads", dest="threads", type=int, default=None, metavar="N",
-                       help="intra-op CPU threads (default: the target's setting; `auto` in a target "
-                            "is chosen by a short probe when a profile starts)")
-    group.add_argument("--spinning", dest="spinning", type=_on_off, default=None, metavar="on|off",
-                       help="onnxruntime CPU: idle intra-op threads spin (on) or sleep (off) "
-                            "(default: the target's setting)")
-
-
-def _on_off(text: str) -> bool:
-    value = {"on": True, "off": False, "true": True, "false": False}.get(text.strip().lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-    return value
 
 
 # --- the confidence interval of a median -----------------------------------------------------------

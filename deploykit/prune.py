@@ -13,11 +13,11 @@ from deploykit.blocks.registry import family_of
 from deploykit.checks import is_int
 from deploykit.errors import BlockSelectionError, MergeError, ModelError
 from deploykit.macs import count_macs, eval_mode
-from deploykit.shapes import check_input_size
+from deploykit.shapes import DEFAULT_INPUT_SIZE, check_input_size
 from deploykit.subnet import format_block_ranges
 
 
-def prunable(model: nn.Module, *, input_size: int | tuple[int, int] = (224, 224),
+def prunable(model: nn.Module, *, input_size: int | tuple[int, int] = DEFAULT_INPUT_SIZE,
              in_chans: int = 3) -> PrunableNet:
     """Wrap a timm model so any subset of its blocks can run in pruned form and be merged."""
     return PrunableNet(model, input_size=input_size, in_chans=in_chans)
@@ -29,7 +29,7 @@ class PrunableNet(nn.Module):
     ``blocks`` lists every block of a registered family in execution order, prunable or not.
     """
 
-    def __init__(self, model: nn.Module, *, input_size: int | tuple[int, int] = (224, 224),
+    def __init__(self, model: nn.Module, *, input_size: int | tuple[int, int] = DEFAULT_INPUT_SIZE,
                  in_chans: int = 3):
         super().__init__()
         self.input_size = check_input_size(input_size, error=ModelError)

@@ -36,6 +36,7 @@ from deploykit.errors import ConfigError
 from deploykit.fileio import check_output_files, read_json, write_bytes_atomic, write_text_atomic
 from deploykit.verify import VerifyReport
 from deploykit.verify.rounds import RoundRobin
+from deploykit.verify.timing import DEFAULT_ROUNDS
 
 RESULT_FILE = "result.json"
 REPORT_GLOB = "verify*.json"
@@ -520,8 +521,8 @@ def _measured_columns(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 # --- one measurement of every variant ---------------------------------------------------------------
 
-def measure_variants(paths: Sequence[str | Path], *, target, protocol, rounds: int, out: str | Path | None,
-                     table=None, host=None, progress=None) -> Path:
+def measure_variants(paths: Sequence[str | Path], *, target, protocol, rounds: int = DEFAULT_ROUNDS,
+                     out: str | Path | None = None, table=None, host=None, progress=None) -> Path:
     """Time every variant's ``model.onnx`` under ``paths`` in one round-robin measurement on ``target``
     (:func:`deploykit.verify.rounds.measure_models`), speed-ups against the first unpruned variant;
     write it to ``out`` (default: ``latency-TARGET.json`` in the first RUN directory). The path."""
@@ -555,6 +556,14 @@ def run_measurements(paths: Sequence[str | Path], *, except_targets: Iterable[st
             if target not in skip:
                 found.setdefault(target, file)
     return list(found.values())
+
+
+def table_measurements(paths: Sequence[str | Path], measured: str | Path | None = None) -> list[Path]:
+    """The round-robin files a table of ``paths`` shows: ``measured`` (the one this command just took)
+    first, then :func:`run_measurements` for every other target."""
+    if measured is None:
+        return run_measurements(paths)
+    return [Path(measured), *run_measurements(paths, except_targets=[RoundRobin.read(measured).target])]
 
 
 # --- the command ------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ size, so bools are refused everywhere, as are zeros, negatives, floats and strin
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +14,8 @@ from deploykit.checks import is_int
 from deploykit.errors import ConfigError, DeployKitError
 
 SIZE_RULE = "a positive integer or [height, width] of positive integers"
+DEFAULT_INPUT_SIZE = (224, 224)  # a model's input size where neither a file, a target nor the user gives one
+DEFAULT_BATCH = 1  # an exported model's batch where the user gives none
 
 
 def input_size_or_none(value: Any) -> tuple[int, int] | None:
@@ -45,14 +46,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if size is None:
         raise ConfigError(f"expected a size like 224 or 96x128, got {text!r}")
     return size
-
-
-def size_argument(text: str) -> tuple[int, int]:
-    """:func:`parse_size` as an argparse ``type``: argparse prints the message as a usage error."""
-    try:
-        return parse_size(text)
-    except ConfigError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def check_input_shape(value: Any) -> tuple[int, ...]:

@@ -323,9 +323,9 @@ def test_a_missing_name_is_found(tmp_path):
     ("search.engine", "latency.table", True),  # SIDEWAYS
     ("latency.table", "search.engine", False),
     ("search.proxies", "training", False),
-    ("pipeline", "training.options", False),  # the argparse options are the command layer's
-    ("cli", "training.options", True),
-    ("training.options", "training.config", True),
+    ("pipeline", "cli.train", False),  # the argparse options are the command layer's
+    ("cli", "cli.train", True),
+    ("cli.train", "training.config", True),
     ("latency.measure", "remote.client", True),  # the client sits at the bottom
     ("remote.device", "latency.measure", True),
     ("runtimes.base", "latency.measure", False),

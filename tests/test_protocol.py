@@ -8,11 +8,11 @@ import statistics
 
 import pytest
 
+from deploykit.cli.args import add_protocol_arguments, protocol_from_args
 from deploykit.errors import ConfigError, TableError
 from deploykit.protocol import (
     Measurement,
     Protocol,
-    add_protocol_arguments,
     measure,
     median_ci,
     median_ci_ranks,
@@ -185,14 +185,14 @@ def test_protocol_defaults_and_validation():
 def test_cli_arguments_set_every_field():
     parser = argparse.ArgumentParser()
     add_protocol_arguments(parser)
-    assert Protocol.from_args(parser.parse_args([])) == Protocol()
+    assert protocol_from_args(parser.parse_args([])) == Protocol()
     args = parser.parse_args(["--warmup-time", "0.5", "--warmup-iters", "2", "--min-time", "3",
                               "--min-iters", "7", "--max-ci", "0.05", "--max-repeats", "4",
                               "--max-time", "6", "--threads", "2"])
-    assert Protocol.from_args(args) == Protocol(warmup_s=0.5, warmup_iters=2, min_time_s=3.0, min_iters=7,
+    assert protocol_from_args(args) == Protocol(warmup_s=0.5, warmup_iters=2, min_time_s=3.0, min_iters=7,
                                                 max_ci=0.05, max_repeats=4, max_time_s=6.0, threads=2)
     with pytest.raises(ConfigError, match="min_iters"):
-        Protocol.from_args(parser.parse_args(["--min-iters", "0"]))
+        protocol_from_args(parser.parse_args(["--min-iters", "0"]))
     text = parser.format_help()
     assert "--max-cv" not in text and "confidence interval of the median" in text
 

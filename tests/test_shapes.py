@@ -8,6 +8,7 @@ import pytest
 import timm
 import yaml
 
+from deploykit.cli.args import size_argument
 from deploykit.data import DataConfig
 from deploykit.errors import ConfigError, DeployKitError, ModelError, TableError
 from deploykit.latency.table import TableMeta
@@ -20,7 +21,6 @@ from deploykit.shapes import (
     format_shape,
     input_size_or_none,
     parse_size,
-    size_argument,
 )
 from deploykit.subnet import Subnet
 from deploykit.targets import load_target, targets_dir

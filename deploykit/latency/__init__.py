@@ -7,7 +7,6 @@ the runtimes use them); they are re-exported here for convenience.
 
 from deploykit.latency.host import LocalHost, MeasureHost
 from deploykit.latency.measure import measure_onnx, runtime_info
-from deploykit.protocol import Measurement, Protocol, add_protocol_arguments
+from deploykit.protocol import Measurement, Protocol
 
-__all__ = ["LocalHost", "MeasureHost", "Measurement", "Protocol", "add_protocol_arguments", "measure_onnx",
-           "runtime_info"]
+__all__ = ["LocalHost", "MeasureHost", "Measurement", "Protocol", "measure_onnx", "runtime_info"]

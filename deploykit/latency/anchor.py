@@ -29,12 +29,12 @@ from deploykit.fileio import write_json_atomic
 from deploykit.latency.fingerprint import Fingerprint, differences
 from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.identity import describe_record, fit_rescale, measuring_setup, table_anchors
+from deploykit.latency.options import ANCHOR_ROUNDS
 from deploykit.latency.table import LatencyTable, meta_path, read_meta
 from deploykit.progress import Progress, silent
 from deploykit.protocol import Measurement
 
 TimeOnnx = Callable[[Path], Measurement]
-ANCHOR_ROUNDS = 3
 
 
 

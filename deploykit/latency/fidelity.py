@@ -38,6 +38,7 @@ from deploykit.checks import require_int
 from deploykit.errors import TableError
 from deploykit.fileio import check_output_files
 from deploykit.latency.host import MeasureHost, host_or_local
+from deploykit.latency.options import CHECK_SAMPLES, CHECK_SEED, DRIFT_LIMIT
 from deploykit.latency.plot import plot_fidelity
 from deploykit.latency.sampling import plan_subnets
 from deploykit.latency.stats import Figures, fit_calibration, leave_one_out
@@ -56,9 +57,6 @@ from deploykit.shapes import format_shape
 from deploykit.subnet import format_block_ranges, format_indices, parse_indices
 
 NOTE_PREFIX = "lut check:"
-# Largest relative difference between the unpruned model measured by the check and the table's own
-# end-to-end row (measured during the profile) for which a calibration is stored without --force-store.
-DRIFT_LIMIT = 0.25
 POINT_COLUMNS = ("sample", "k", "pruned", "predicted_ms", "calibrated_ms", "measured_ms", "p90_ms", "cv", "n",
                  "error_pct", "calibrated_error_pct", "load_1min", "seed", "measured_on",
                  "ratio", "reference_ms")
@@ -160,7 +158,7 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def check_table(table: LatencyTable | str | Path, *, samples: int = 40, seed: int = 0,
+def check_table(table: LatencyTable | str | Path, *, samples: int = CHECK_SAMPLES, seed: int = CHECK_SEED,
                 measure: Measurer | None = None, out_dir: str | Path | None = None,
                 allow_mismatch: bool = False, fresh: bool = False, store: bool = True, plot: bool = True,
                 force_store: bool = False, model: Any = None, host: MeasureHost | None = None,

@@ -96,6 +96,39 @@ def open_table(source: LatencyTable | str | Path, *, budget_unit: str | None = N
     return table_for_this_machine(table, budget_unit=budget_unit, say=say, host=host)
 
 
+@dataclass(frozen=True)
+class SubnetPrediction:
+    """``deploykit lut predict``'s answer: what opening the table said (``notes``: machine identity, for
+    stderr) and the prediction with the table's stored fidelity (``lines``)."""
+
+    notes: tuple[str, ...]
+    lines: tuple[str, ...]
+
+
+def predict_subnet(table_file: str | Path, *, prune: str | None = None,
+                   subnet: str | Path | None = None) -> SubnetPrediction:
+    """The latency the table at ``table_file`` predicts, as used here (:func:`open_table`), for the subnet
+    given as a block list ``prune`` (of the table's model) or a ``subnet`` file, with the unpruned
+    prediction, the speed-up and the held-out fidelity the table stores. Bad input is an error before
+    any note is given."""
+    from deploykit.subnet import choose_subnet
+
+    notes: list[str] = []
+    table = open_table(table_file, budget_unit=None, say=notes.append)
+    meta = table.meta
+    chosen = choose_subnet(path=subnet, prune=prune, model=meta.model if prune else None,
+                           input_size=meta.input_size if prune else None)
+    predicted, unpruned = table.predict_subnet(chosen), table.predict(())
+    how = "fitted predictor" if meta.predictor is not None else "isolated sum"
+    if meta.calibration:
+        how += ", calibrated: {:.4f}·x {:+.3f} ms".format(*meta.calibration)
+    return SubnetPrediction(tuple(notes), (
+        f"{meta.model} at {meta.input_size[0]}x{meta.input_size[1]} b{meta.batch} on {meta.target} "
+        f"({meta.mode}, {how}): pruned {list(chosen.pruned)} → {predicted:.3f} ms; "
+        f"unpruned {unpruned:.3f} ms; speed-up {unpruned / predicted:.2f}×",
+        table.fidelity_line()))
+
+
 def table_for_this_machine(table: LatencyTable, *, budget_unit: str | None = None,
                            say: Progress | None = None, here: Fingerprint | None = None,
                            host: MeasureHost | None = None) -> LatencyTable:

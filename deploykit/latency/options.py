@@ -1,11 +1,12 @@
-"""How a measured profile ends (its end-to-end phase): the options and their command-line arguments.
+"""The options of the latency commands' library calls and their defaults: how a measured profile ends
+(its end-to-end phase), how many subnets a fidelity check measures, how many rounds re-anchor a table.
 
-Kept apart from :mod:`deploykit.latency.endtoend` so that building the command line imports nothing heavy.
+Kept apart from :mod:`deploykit.latency.endtoend`, :mod:`~deploykit.latency.fidelity` and
+:mod:`~deploykit.latency.anchor` so that the command line reads these defaults without loading pandas.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 from deploykit.checks import require_int
@@ -15,6 +16,13 @@ PREDICTORS = ("auto", "fitted", "isolated")
 DEFAULT_FIT_SAMPLES = 10
 DEFAULT_HOLDOUT = 10
 MAX_DESIGNED = 50         # auto: beyond this many designed subnets (groups + 2), the isolated predictor
+CHECK_SAMPLES = 40        # `lut check`: random subnets measured end to end
+CHECK_SEED = 0            # `lut check`: seed of that sample
+# `lut check`: the largest relative difference between the unpruned model measured by the check and the
+# table's own end-to-end row (measured during the profile) for which a calibration is stored without
+# --force-store.
+DRIFT_LIMIT = 0.25
+ANCHOR_ROUNDS = 3         # `lut anchor`: interleaved measurements of each anchor model (the median is kept)
 
 
 @dataclass(frozen=True)
@@ -54,11 +62,6 @@ class EndToEndOptions:
         return {"predictor": self.predictor, "fit_samples": self.fit_samples, "holdout": self.holdout,
                 "seed": self.seed, "paired": self.paired}
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> EndToEndOptions:
-        return cls(predictor=args.predictor, fit_samples=args.fit_samples, holdout=args.holdout,
-                   paired=getattr(args, "paired", None))
-
 
 def pairs_by_default(target, *, local: bool) -> bool:
     """Whether an end-to-end measurement on ``target`` is paired when not told: on this machine's CPU
@@ -69,29 +72,3 @@ def pairs_by_default(target, *, local: bool) -> bool:
     from deploykit.runtimes import check_target
 
     return local and target.threads != 1 and check_target(target).runs_on_cpu_threads(target)
-
-
-def add_end_to_end_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``--predictor --fit-samples --holdout``."""
-    group = parser.add_argument_group(
-        "end-to-end phase (measured tables)",
-        "after the isolated entries, whole subnets are measured: the predictor is fitted on designed and "
-        "random ones, and its fidelity measured on held-out ones stored in the table")
-    group.add_argument("--predictor", choices=PREDICTORS, default="auto",
-                       help="fitted: base + per-block + adjacent-pair terms fitted end to end, the isolated "
-                            "entries as prior; isolated: the plain sum of entries (huge spaces); auto: "
-                            f"fitted unless the model has more than {MAX_DESIGNED - 2} distinct prunable "
-                            "blocks (default: auto)")
-    group.add_argument("--fit-samples", type=int, default=DEFAULT_FIT_SAMPLES, metavar="N",
-                       help="random subnets measured for the fit, besides the designed ones: the unpruned "
-                            "model, each identical-block group merged alone, all merged "
-                            f"(default: {DEFAULT_FIT_SAMPLES})")
-    group.add_argument("--holdout", type=int, default=DEFAULT_HOLDOUT, metavar="N",
-                       help="random subnets never used in fitting, on which the stored fidelity figures "
-                            f"are measured; 0: none (default: {DEFAULT_HOLDOUT})")
-    group.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
-                       help="time each end-to-end subnet as a ratio to the unpruned model in the same "
-                            "process (alternating short slices), its ms = that ratio × the unpruned "
-                            "model's median over the phase's processes: steadier where fresh processes land "
-                            "in different states (this machine only). Default: paired where the target "
-                            "runs on more than one CPU thread, measured here (docs/latency.md)")

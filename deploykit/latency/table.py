@@ -201,6 +201,12 @@ def read_meta(path: str | Path) -> TableMeta:
         raise TableError(f"{meta_file}: {error}") from None
 
 
+def read_deployment(path: str | Path):
+    """The run settings the table at ``path`` was measured with, as the
+    :class:`deploykit.deployment.DeploymentSettings` an exported model carries beside it."""
+    return read_meta(path).deployment(measured_by=str(path))
+
+
 def meta_path(path: str | Path) -> Path:
     """``foo.csv`` → ``foo.meta.json``."""
     path = Path(path)

@@ -205,6 +205,11 @@ class DeviceClient:
         self._listing = {row["name"]: row for row in rows}
         return rows
 
+    def info(self) -> dict:
+        """What ``deploykit device URL`` shows: ``health``, ``targets`` and ``fingerprint`` (see
+        :func:`describe_device`)."""
+        return {"health": self.health(), "targets": self.targets(), "fingerprint": self.fingerprint()}
+
     def fingerprint(self) -> dict:
         """The device's machine fingerprint (host, CPU, OS, runtime and device per served target); one
         without the machine's architecture, OS and targets is a DeviceError."""

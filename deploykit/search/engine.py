@@ -36,11 +36,12 @@ from deploykit.latency.table import LatencyTable, predict_subnet
 from deploykit.progress import Progress, silent
 from deploykit.search.budget import Budget
 from deploykit.search.chain import Chain
+from deploykit.search.options import STRATEGIES, SearchOptions
 from deploykit.search.proxies import Proxy
 from deploykit.search.space import MAX_ENUMERATED_BITS, LatencySpace, subset_sums
 from deploykit.subnet import Subnet
 
-STRATEGIES = ("auto", "exhaustive", "evolutionary")
+OPTIONS = SearchOptions()  # the defaults
 EXHAUSTIVE_BITS_EVALUATED = 16    # the bound for proxies evaluated on data, subnet by subnet
 BUDGET_SLACK = 1e-9               # relative: a budget equal to a prediction admits it despite rounding
 
@@ -106,7 +107,8 @@ class Searcher:
     """One table, one proxy, one candidate set; :meth:`solve` answers any budget, reusing work."""
 
     def __init__(self, table: LatencyTable, proxy: Proxy, *, candidates: Iterable[int] | None = None,
-                 strategy: str = "auto", seed: int = 0, population: int = 24, generations: int = 12,
+                 strategy: str = OPTIONS.strategy, seed: int = OPTIONS.seed,
+                 population: int = OPTIONS.population, generations: int = OPTIONS.generations,
                  progress: Progress | None = None):
         check_options(strategy, population, generations)
         self.say = progress or silent
@@ -367,7 +369,8 @@ class SearchResult:
 
 
 def search(table: LatencyTable, budget: Budget, proxy: Proxy, *, candidates: Iterable[int] | None = None,
-           strategy: str = "auto", seed: int = 0, population: int = 24, generations: int = 12,
+           strategy: str = OPTIONS.strategy, seed: int = OPTIONS.seed,
+           population: int = OPTIONS.population, generations: int = OPTIONS.generations,
            progress: Progress | None = None) -> SearchResult:
     """The subnet maximizing ``proxy`` with ``table.predict(subnet) ≤ budget`` (see the module docstring).
 
@@ -460,7 +463,8 @@ class ParetoResult:
 
 
 def pareto(table: LatencyTable, proxy: Proxy, points: int, *, candidates: Iterable[int] | None = None,
-           strategy: str = "auto", seed: int = 0, population: int = 24, generations: int = 12,
+           strategy: str = OPTIONS.strategy, seed: int = OPTIONS.seed,
+           population: int = OPTIONS.population, generations: int = OPTIONS.generations,
            progress: Progress | None = None) -> ParetoResult:
     """The best subnet for ``points`` budgets evenly spaced from the smallest achievable latency to the
     unpruned one, duplicates dropped, fastest first."""

@@ -33,6 +33,7 @@ from deploykit.search.budget import Budget, parse_budget
 from deploykit.search.chain import JointChain
 from deploykit.search.engine import (
     BUDGET_SLACK,
+    OPTIONS,
     Evolution,
     ParetoResult,
     check_options,
@@ -135,8 +136,9 @@ class JointSearcher:
     """Several tables of one model, one proxy, one candidate set; :meth:`solve` answers any limits."""
 
     def __init__(self, tables: Sequence[LatencyTable], proxy: Proxy, *,
-                 candidates: Iterable[int] | None = None, strategy: str = "auto", seed: int = 0,
-                 population: int = 24, generations: int = 12, progress: Progress | None = None):
+                 candidates: Iterable[int] | None = None, strategy: str = OPTIONS.strategy,
+                 seed: int = OPTIONS.seed, population: int = OPTIONS.population,
+                 generations: int = OPTIONS.generations, progress: Progress | None = None):
         if len(tables) < 1:
             raise ConfigError("a joint search needs at least one latency table")
         check_options(strategy, population, generations)
@@ -338,9 +340,9 @@ class JointResult:
 
 
 def joint_search(tables: Sequence[LatencyTable], budgets: Sequence[Budget], proxy: Proxy, *,
-                 candidates: Iterable[int] | None = None, strategy: str = "auto", seed: int = 0,
-                 population: int = 24, generations: int = 12,
-                 progress: Progress | None = None) -> JointResult:
+                 candidates: Iterable[int] | None = None, strategy: str = OPTIONS.strategy,
+                 seed: int = OPTIONS.seed, population: int = OPTIONS.population,
+                 generations: int = OPTIONS.generations, progress: Progress | None = None) -> JointResult:
     """The subnet maximizing ``proxy`` with every ``tables[i].predict(subnet) ≤ budgets[i]``.
 
     Budgets pair with tables in order (a fraction is of that table's unpruned prediction). A budget no
@@ -420,8 +422,9 @@ class JointParetoResult(ParetoResult):
 
 
 def joint_pareto(tables: Sequence[LatencyTable], held: Sequence[Budget], proxy: Proxy, points: int, *,
-                 candidates: Iterable[int] | None = None, strategy: str = "auto", seed: int = 0,
-                 population: int = 24, generations: int = 12,
+                 candidates: Iterable[int] | None = None, strategy: str = OPTIONS.strategy,
+                 seed: int = OPTIONS.seed, population: int = OPTIONS.population,
+                 generations: int = OPTIONS.generations,
                  progress: Progress | None = None) -> JointParetoResult:
     """The best subnet for ``points`` budgets on the first table, evenly spaced from the smallest first-table
     latency any subnet within the other tables' ``held`` budgets reaches to the latency of the best subnet

@@ -43,6 +43,9 @@ class BaselineResult:
     wall_s: float
     history: tuple[dict[str, Any], ...]
 
+    def summary(self) -> str:
+        return f"baseline top-1 {self.top1:.2f}%: {self.weights_path}"
+
 
 def train_baseline(model: str, *, data: DataConfig, run: RunConfig, optim: OptimConfig | None = None,
                    weights: str | Path | None = None, distill: DistillConfig | None = None,

@@ -40,6 +40,11 @@ class DistContext:
             print(message, file=sys.stderr, flush=True)
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun job, or runs alone: the one that reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` → the local CUDA device if there is one, else the CPU. One GPU per process: a local
     rank without a GPU of its own is a ConfigError (sharing one would fail inside NCCL)."""

@@ -98,6 +98,10 @@ class SubnetResult:
     wall_s: float
     history: tuple[dict[str, Any], ...]
 
+    def summary(self) -> str:
+        return (f"subnet ({self.method}) top-1 {self.top1_unmerged:.2f}% unmerged, "
+                f"{self.top1_merged:.2f}% merged: {self.merged_path}")
+
 
 def train_subnet(subnet: Subnet, *, weights: str | Path | None, data: DataConfig, run: RunConfig,
                  config: SubnetConfig | None = None, optim: OptimConfig | None = None,

@@ -77,6 +77,9 @@ class SupernetResult:
     wall_s: float
     history: tuple[dict[str, Any], ...]
 
+    def summary(self) -> str:
+        return f"supernet top-1 {self.top1:.2f}% (none pruned): {self.supernet_path}"
+
 
 def train_supernet(model: str, *, weights: str | Path | None, data: DataConfig, run: RunConfig,
                    config: SupernetConfig | None = None, optim: OptimConfig | None = None,

@@ -23,11 +23,11 @@
   error = (predicted − measured) / measured × 100 %.
 """
 
-from deploykit.verify.check import verify
+from deploykit.verify.check import check_torch_options, verify, verify_files
 from deploykit.verify.files import file_sha256, onnx_input_shape
 from deploykit.verify.numerics import TOLERANCES, check_numerics, seeded_inputs
 from deploykit.verify.report import VerifyReport
 from deploykit.verify.timing import measure_interleaved
 
-__all__ = ["TOLERANCES", "VerifyReport", "check_numerics", "file_sha256",
-           "measure_interleaved", "onnx_input_shape", "seeded_inputs", "verify"]
+__all__ = ["TOLERANCES", "VerifyReport", "check_numerics", "check_torch_options", "file_sha256",
+           "measure_interleaved", "onnx_input_shape", "seeded_inputs", "verify", "verify_files"]

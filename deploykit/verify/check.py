@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from deploykit.errors import ConfigError, ModelError, RuntimeUnavailableError
 from deploykit.progress import Progress
 from deploykit.verify.files import file_sha256, onnx_input_shape
 from deploykit.verify.numerics import check_numerics
 from deploykit.verify.report import VerifyReport
-from deploykit.verify.timing import measure_interleaved
+from deploykit.verify.timing import DEFAULT_ROUNDS, measure_interleaved
 
 
 def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Path | None = None,
            torch_module=None, torch_name: str | None = None, table=None,
            pruned: Sequence[int] | None = None, allow_mismatch: bool = False, n_inputs: int = 4,
-           seed: int = 0, rounds: int = 3, measure_latency: bool = True,
+           seed: int = 0, rounds: int = DEFAULT_ROUNDS, measure_latency: bool = True,
            batch: int | None = None, input_size: tuple[int, int] | None = None,
            progress: Progress | None = None, host=None) -> VerifyReport:
     """Verify ``onnx_path`` on ``target``; see :mod:`deploykit.verify`. ``table`` is a LatencyTable.
@@ -96,6 +98,57 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
         predicted_ms=predicted, prediction_error_pct=error_pct, table_mismatches=tuple(mismatches or ()),
         speedup=speedup, passed=None if numerics is None else numerics["passed"], notes=tuple(notes),
         device_url=host.url)
+
+
+def check_torch_options(*, torch_model: str | Path | None, weights: str | Path | None,
+                        numerics_only: bool) -> None:
+    """The options that need a PyTorch model to compare with (``--torch``), checked before anything
+    is opened."""
+    if weights is not None and torch_model is None:
+        raise ConfigError("--weights goes with --torch MODEL_NAME")
+    if numerics_only and torch_model is None:
+        raise ConfigError("--numerics-only needs --torch (the model to compare with)")
+
+
+def verify_files(onnx_path: str | Path, *, target, table_file: str | Path | None = None,
+                 subnet_file: str | Path | None = None, pruned: str | None = None,
+                 torch_model: str | Path | None = None, weights: str | Path | None = None,
+                 unsafe_pickle: bool = False, numerics_only: bool = False,
+                 batch: int | None = None, input_size: tuple[int, int] | None = None,
+                 note: Callable[[str], None] | None = None, **options: Any) -> VerifyReport:
+    """:func:`verify` from what ``deploykit verify`` is given: the latency table's file, the pruned
+    blocks as a ``subnet_file`` (of the table's model) or a block list ``pruned`` (``''``: none), and
+    the PyTorch model to compare with as anything :func:`deploykit.modelfile.load_module` takes (built
+    for the ONNX file's input size unless ``input_size``); ``note`` hears the loader's notes.
+    ``numerics_only`` measures no latency; ``options`` go to :func:`verify` as they are."""
+    from deploykit.latency.table import LatencyTable
+    from deploykit.subnet import Subnet, parse_block_list
+
+    check_torch_options(torch_model=torch_model, weights=weights, numerics_only=numerics_only)
+    table = LatencyTable.read(table_file) if table_file is not None else None  # verify opens it for use
+    blocks = None
+    if subnet_file is not None:
+        subnet = Subnet.read(subnet_file)
+        if table is not None and subnet.model != table.meta.model:
+            raise ConfigError(f"{subnet_file} is for {subnet.model}, the table for {table.meta.model}")
+        blocks = subnet.pruned
+    elif pruned is not None:
+        blocks = parse_block_list(pruned)
+    module = name = None
+    if torch_model is not None:
+        from deploykit.modelfile import load_module
+
+        size = input_size
+        if size is None and os.path.isfile(onnx_path):  # a timm ViT is built for the file's size
+            size = onnx_input_shape(onnx_path, batch=batch, default_batch=target.batch,
+                                    default_size=target.input_size)[2:]
+        loaded = load_module(torch_model, weights=weights, input_size=size, unsafe_pickle=unsafe_pickle)
+        for text in loaded.notes if note is not None else ():
+            note(text)
+        module, name = loaded.module, loaded.description
+    return verify(onnx_path, target=target, torch_module=module, torch_name=name, table=table,
+                  pruned=blocks, measure_latency=not numerics_only, batch=batch, input_size=input_size,
+                  **options)
 
 
 def settled_target(target, path: Path, shape, *, protocol, table, host, progress: Progress | None,

@@ -10,9 +10,11 @@ from typing import Any
 from deploykit.errors import ConfigError
 from deploykit.progress import Progress
 
+DEFAULT_ROUNDS = 3  # measurements per file, interleaved with the others; the median over rounds is kept
+
 
 def measure_interleaved(model_path: Path, reference_path: Path | None, *, target, protocol,
-                        input_shape: Sequence[int], rounds: int = 3,
+                        input_shape: Sequence[int], rounds: int = DEFAULT_ROUNDS,
                         progress: Progress | None = None, host=None) -> dict[str, Any]:
     """Time the model (and the reference) ``rounds`` times each, alternating, each in a fresh process
     where ``host`` measures (default: this machine)."""
