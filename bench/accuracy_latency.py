@@ -561,7 +561,7 @@ def finish_rows(rows: dict[str, dict], model: str, data: str, seed: int, cell: P
 def environment(study_command: str) -> dict:
     import importlib.metadata as md
 
-    from deploykit.latency.measure import runtime_info
+    from deploykit.measure.client import runtime_info
     from deploykit.targets import load_target
 
     def version(name: str) -> str:

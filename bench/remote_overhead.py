@@ -3,8 +3,8 @@
 On one machine, a `deploykit serve` is started on localhost (a subprocess, a fresh token) and every entry
 of a model's latency table (each block signature in original and merged form, the fixed parts and the
 whole model, exported to ONNX once, as `deploykit profile` does) is measured both ways, through the
-measuring hook every stage uses (:class:`deploykit.latency.host.MeasureHost`): locally with
-:class:`~deploykit.latency.host.LocalHost` and remotely with
+measuring hook every stage uses (:class:`deploykit.measure.host.MeasureHost`): locally with
+:class:`~deploykit.measure.host.LocalHost` and remotely with
 :class:`deploykit.remote.host.RemoteHost` (what ``--device URL`` gives; the agent measures with
 ``measure_onnx`` itself, and every reply's fingerprint is checked against the first). The two are
 interleaved, entry by entry and round by round, alternating which goes first, so the machine's drift hits
@@ -47,7 +47,7 @@ from bench.machine import package_version  # noqa: E402
 from deploykit import __version__  # noqa: E402
 from deploykit.cli.args import add_protocol_arguments, protocol_from_args  # noqa: E402
 from deploykit.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from deploykit.latency.host import LocalHost  # noqa: E402
+from deploykit.measure.host import LocalHost  # noqa: E402
 from deploykit.progress import to_stderr as say  # noqa: E402
 from deploykit.protocol import Protocol  # noqa: E402
 from deploykit.runtimes.hostinfo import cpu_name  # noqa: E402

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import load_average, package_version
 
 from deploykit.clock import utc_now
-from deploykit.latency.contention import GuardPolicy
-from deploykit.latency.host import LocalHost
+from deploykit.measure.contention import GuardPolicy
+from deploykit.measure.host import LocalHost
 from deploykit.protocol import Protocol
 from deploykit.runsettings import RunSettings
 from deploykit.runtimes import hostinfo

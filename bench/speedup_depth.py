@@ -451,7 +451,7 @@ def batch_prediction(model: str, target, batch: int, pruned: tuple[int, ...],
 
 def measure_row(files: ModelFiles, target, table: LatencyTable, choice: Choice, batch: int, plan: Plan,
                 env: dict, say: Say) -> dict[str, Any]:
-    from deploykit.latency.measure import runtime_info
+    from deploykit.measure.client import runtime_info
     from deploykit.verify import measure_interleaved
 
     head = f"[{files.name} {target.name} b{batch}] k={choice.k}"

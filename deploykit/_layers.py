@@ -2,7 +2,7 @@
 
 deploykit is built in layers, top first in :data:`LAYERS`. Every module belongs to one *unit*: the
 longest name in :data:`LAYERS` that is the module's dotted name (relative to ``deploykit``) or a
-package above it, so ``latency.table`` is in the unit ``latency`` and ``remote.client`` in its own.
+package above it, so ``latency.table`` is in the unit ``latency`` and ``measure.host`` in ``measure``.
 The package's ``__init__`` is the unit ``__init__``. A module may import
 
 - any module of its own unit (a package is free inside; cycles are still refused);
@@ -34,11 +34,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("blocks",),  # one module per family, the λ blends, the registry
     ("reparam",),  # pure tensor math
     # The bottom: services any layer above may use; they know nothing of pruning.
-    ("remote.local",),  # a device agent in a subprocess, for tests and trials
-    # The device agent's client: a stage measures through it as it would through a runtime, so it
-    # sits beside the runtimes, below latency (which it serves) and below the agent (remote).
-    ("remote.client",),
-    ("remote.wire",),  # what travels between agent and client
+    # The measuring service: one ONNX file timed on a target in a fresh process, the machine's
+    # fingerprint, the contention guard, the measuring host. latency measures through it, and the
+    # device agent (remote) serves the same measurements on its machine.
+    ("measure",),
     ("runtimes", "export", "models", "data"),
     ("paired",),  # a model timed as a ratio to a reference in one process, on protocol's rules
     ("targets", "protocol", "subnet", "checkpoints", "macs", "deployment"),
@@ -48,15 +47,17 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 
 # Stage → the stages of its own layer it may import. Everything else in a layer is independent.
+# Each entry is one stage reading another stage's artifact. Ranking the read stage a layer lower
+# instead would let every other stage import it too (training and remote would then reach latency,
+# search would reach verify), so the stages stay one layer and these arrows are named one by one.
 SIDEWAYS: dict[str, tuple[str, ...]] = {
-    # search reads the latency table and its predictor; latency never searches.
+    # search reads the latency table and its predictor (the budget); latency never searches.
     "search": ("latency",),
-    # verify times with latency.measure and checks a table's identity; latency never verifies.
+    # verify compares the measured latency with a table's prediction and checks the table's
+    # identity; latency never verifies.
     "verify": ("latency",),
-    # the results table reads verify reports.
+    # the results table reads verify reports; verify never builds a results table.
     "results_table": ("verify",),
-    # the agent measures with latency.measure: the same measurement as a local one.
-    "remote": ("latency",),
 }
 
 

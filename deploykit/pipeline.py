@@ -41,7 +41,7 @@ that writes it starts: ``--fresh`` deletes those (names deploykit writes, nothin
 user's other files in the folder.
 
 Where it measures: the profile and verify stages measure through one
-:class:`deploykit.latency.host.MeasureHost` — this machine, or a device agent (``--device URL``,
+:class:`deploykit.measure.host.MeasureHost` — this machine, or a device agent (``--device URL``,
 ``deploykit serve`` on the target machine); training, search and export stay here. With ``--table
 TABLE`` (a table measured elsewhere, for this model, input size, batch and target) the profile stage
 copies it into the run instead of measuring; the verify stages still need the target, here or through
@@ -80,7 +80,7 @@ from deploykit.training.config import METHODS, RunConfig, SubnetConfig
 from deploykit.verify.timing import DEFAULT_ROUNDS
 
 if TYPE_CHECKING:
-    from deploykit.latency.host import MeasureHost
+    from deploykit.measure.host import MeasureHost
     from deploykit.search.budget import Budget
 
 RUN_FILE = "run.json"
@@ -335,8 +335,8 @@ class Pipeline:
 
     def __init__(self, config: PipelineConfig, out: str | Path | None = None, *, fresh: bool = False,
                  progress: Progress | None = None, host: MeasureHost | None = None):
-        from deploykit.latency.host import host_or_local
         from deploykit.latency.profile import default_table_path
+        from deploykit.measure.host import host_or_local
         from deploykit.runtimes import check_target
         from deploykit.targets import load_target
 

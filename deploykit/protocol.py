@@ -169,7 +169,7 @@ class Measurement:
     interpolation (numpy's default). ``repeats`` is how many sampling rounds were taken (1 when the
     first was steady). ``compile_s`` and ``first_run_ms`` are filled by the runtime backend and are
     never part of the samples. ``others_cpu`` and ``contended`` are the contention guard's
-    (:mod:`deploykit.latency.contention`).
+    (:mod:`deploykit.measure.contention`).
     """
 
     median_ms: float
@@ -185,7 +185,7 @@ class Measurement:
     ci_low_ms: float = math.nan
     ci_high_ms: float = math.nan
     ci_half_width: float = math.nan
-    # The contention guard's reading (deploykit.latency.contention): other processes' CPU, in cores,
+    # The contention guard's reading (deploykit.measure.contention): other processes' CPU, in cores,
     # around the measurement (nan: not watched), and whether that was more than the measurement allowed.
     others_cpu: float = math.nan
     contended: bool = False

@@ -33,8 +33,8 @@ TRAINING_STACK = ("torch", "torchvision", "timm", "onnxsim", "onnxscript", "pand
                   "safetensors")
 # What the agent's command line and the measuring worker load (deploykit.cli is what `deploykit` runs).
 AGENT_MODULES = ("deploykit.cli", "deploykit.remote.server", "deploykit.remote.device",
-                 "deploykit.latency.host", "deploykit.latency.measure", "deploykit.latency.worker",
-                 "deploykit.latency.fingerprint")
+                 "deploykit.measure.host", "deploykit.measure.client", "deploykit.measure.worker",
+                 "deploykit.measure.fingerprint")
 TINY = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.01, min_iters=5, max_repeats=1)
 
 
@@ -107,7 +107,7 @@ def test_an_agent_on_a_board_measures(tmp_path, board_env):
     assert served["runtime"] == "onnxruntime"
     processes = Path(board_env["DEPLOYKIT_TEST_ABSENT_LOG"]).read_text().splitlines()
     assert any("deploykit.cli serve" in line for line in processes)  # the agent ran on the board
-    assert any("deploykit.latency.worker" in line for line in processes)  # and so did its worker
+    assert any("deploykit.measure.worker" in line for line in processes)  # and so did its worker
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/remote.md"])

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from deploykit.errors import ConfigError
-from deploykit.latency.contention import ContentionGuard, GuardPolicy, policy_from_env
+from deploykit.measure.contention import ContentionGuard, GuardPolicy, policy_from_env
 from deploykit.protocol import Measurement
 
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -13,9 +13,9 @@ from torch import nn
 
 from deploykit.errors import ConfigError, TableError
 from deploykit.latency.estimate import Roofline, estimate_onnx
-from deploykit.latency.host import LocalHost
 from deploykit.latency.profile import profile
 from deploykit.latency.table import LatencyTable, TableMeta
+from deploykit.measure.host import LocalHost
 from deploykit.targets import load_target
 
 UNIT = Roofline(peak_flops=1e9, bandwidth=1e9, op_overhead_s=1e-6, bytes_per_element=4, precision="fp32",

@@ -11,7 +11,10 @@ import timm
 
 from deploykit.cli import main
 from deploykit.errors import TableError
-from deploykit.latency.fingerprint import (
+from deploykit.latency.identity import fit_rescale, judge, table_for_this_machine
+from deploykit.latency.profile import find_entries
+from deploykit.latency.table import LatencyTable, TableMeta
+from deploykit.measure.fingerprint import (
     Fingerprint,
     differences,
     for_target,
@@ -19,9 +22,6 @@ from deploykit.latency.fingerprint import (
     memory_gib,
     physical_cores,
 )
-from deploykit.latency.identity import fit_rescale, judge, table_for_this_machine
-from deploykit.latency.profile import find_entries
-from deploykit.latency.table import LatencyTable, TableMeta
 from deploykit.protocol import Protocol
 from deploykit.runtimes import availability
 from deploykit.targets import load_target

@@ -326,9 +326,13 @@ def test_a_missing_name_is_found(tmp_path):
     ("pipeline", "cli.train", False),  # the argparse options are the command layer's
     ("cli", "cli.train", True),
     ("cli.train", "training.config", True),
-    ("latency.measure", "remote.client", True),  # the client sits at the bottom
-    ("remote.device", "latency.measure", True),
-    ("runtimes.base", "latency.measure", False),
+    ("measure.client", "remote.client", False),  # the measuring service sits below the agent's client
+    ("remote.client", "measure.outputs", True),
+    ("remote.device", "measure.client", True),
+    ("latency.profile", "measure.host", True),
+    ("latency.table", "remote.client", False),  # latency and remote are independent stages
+    ("remote.server", "latency.sentinel", False),
+    ("runtimes.base", "measure.client", False),
     ("targets", "runtimes", False),
     ("latency.table", "latency.predictor", True),  # inside one unit
 ])

@@ -20,7 +20,8 @@ from deploykit.errors import (
     RuntimeUnavailableError,
     TableError,
 )
-from deploykit.latency import Measurement, Protocol, measure_onnx, runtime_info, worker
+from deploykit.measure import measure_onnx, runtime_info, worker
+from deploykit.protocol import Measurement, Protocol
 from deploykit.targets import load_target
 
 SHORT = Protocol(warmup_s=0.05, warmup_iters=3, min_time_s=0.05, min_iters=10, max_repeats=2)
@@ -76,7 +77,7 @@ def test_missing_file_and_bad_shape_fail_before_any_process(tmp_path):
 
 
 def test_a_worker_that_gives_no_reply_is_a_deploykit_error(model, monkeypatch):
-    from deploykit.latency import measure as measure_module
+    from deploykit.measure import client as measure_module
 
     monkeypatch.setattr(measure_module, "WORKER_MODULE", "deploykit_no_such_worker_module")
     with pytest.raises(DeployKitError, match=r"gave no reply .*No module named deploykit_no_such_worker"):
@@ -91,7 +92,7 @@ def test_a_worker_that_gives_no_reply_is_a_deploykit_error(model, monkeypatch):
 ])
 def test_worker_errors_keep_their_type(model, monkeypatch, reply, error, text):
     def check_request(command, payload):
-        assert command[1:] == ["-m", "deploykit.latency.worker"]
+        assert command[1:] == ["-m", "deploykit.measure.worker"]
         request = json.loads(payload)
         assert request["target"]["name"] == "cpu-ort" and request["input_shape"] == list(SHAPE)
 
@@ -155,7 +156,7 @@ def test_the_worker_process_pins_itself_to_one_cpu_per_thread(model):
                "protocol": one.as_dict(), "input_shape": list(SHAPE)}
     root = str(Path(worker.__file__).resolve().parents[2])  # the folder that holds deploykit/
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run([sys.executable, "-m", "deploykit.latency.worker"], input=json.dumps(request),
+    done = subprocess.run([sys.executable, "-m", "deploykit.measure.worker"], input=json.dumps(request),
                           capture_output=True, text=True, timeout=300, check=False, env=env)
     reply = json.loads(done.stdout.strip().splitlines()[-1])
     assert reply["ok"], reply
@@ -179,6 +180,6 @@ def test_runtime_info_names_runtime_version_and_device():
 
 
 def test_the_measure_module_is_not_shadowed():
-    import deploykit.latency.measure as module
+    import deploykit.measure.client as module
 
     assert module.measure_onnx is measure_onnx

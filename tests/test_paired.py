@@ -12,8 +12,8 @@ import pytest
 
 from deploykit.errors import ConfigError, TableError
 from deploykit.latency.fidelity import check_table
-from deploykit.latency.host import MeasureHost
-from deploykit.latency.worker import handle
+from deploykit.measure.host import MeasureHost
+from deploykit.measure.worker import handle
 from deploykit.paired import MIN_PAIRS, PairedMeasurement, anchored_ms, measure_paired
 from deploykit.protocol import Measurement, Protocol
 from tests.fake_backend import FakeBackend, ScriptedClock, fake_target, registered

@@ -16,14 +16,14 @@ from torch import nn
 
 from deploykit import cli
 from deploykit.errors import ConfigError, RuntimeUnavailableError, TableError
-from deploykit.latency import fingerprint as fingerprint_module
-from deploykit.latency import measure as measure_module
 from deploykit.latency import profile as profile_module
-from deploykit.latency.host import LocalHost
 from deploykit.latency.options import EndToEndOptions
 from deploykit.latency.profile import find_entries, profile
 from deploykit.latency.sentinel import SentinelPolicy
 from deploykit.latency.table import LatencyTable
+from deploykit.measure import client as measure_module
+from deploykit.measure import fingerprint as fingerprint_module
+from deploykit.measure.host import LocalHost
 from deploykit.protocol import Measurement, Protocol
 from deploykit.runsettings import RunSettings
 from deploykit.runtimes import availability, hostinfo

@@ -19,8 +19,8 @@ import pytest
 from onnx_fixtures import tiny_onnx
 
 from deploykit.errors import AuthError, ConfigError, DeviceError, ModelError, RuntimeUnavailableError
-from deploykit.latency.fingerprint import for_target
-from deploykit.latency.measure import measure_onnx, runtime_info
+from deploykit.measure.client import measure_onnx, runtime_info
+from deploykit.measure.fingerprint import for_target
 from deploykit.protocol import Protocol
 from deploykit.remote.client import DeviceClient, RetryPolicy, describe_measurement
 from deploykit.remote.device import ServedTargets, check_onnx_upload
@@ -208,7 +208,7 @@ def test_a_measurement_without_an_interval_travels_as_nan(agent, tiny, cpu_ort):
 def test_run_on_seeded_inputs_returns_the_outputs_of_a_local_run(agent, tiny, cpu_ort):
     import numpy as np
 
-    from deploykit.latency.outputs import run_seeded
+    from deploykit.measure.outputs import run_seeded
 
     remote = agent.client().run_remote(tiny, target=cpu_ort, input_shape=SHAPE, seed=3, n_inputs=2)
     local = run_seeded(tiny, target=cpu_ort, input_shape=SHAPE, seed=3, n_inputs=2)
@@ -509,7 +509,7 @@ def test_run_request_round_trip_and_refusals():
 def test_arrays_travel_as_numbers_only():
     import numpy as np
 
-    from deploykit.remote.wire import decode_array, encode_array
+    from deploykit.measure.outputs import decode_array, encode_array
 
     for array in (np.arange(12, dtype=np.float32).reshape(3, 4) / 7, np.array([[True, False]]),
                   np.zeros((0, 5), dtype=np.int64), np.float16([1.5, -2.25])):

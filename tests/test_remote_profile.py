@@ -22,8 +22,8 @@ import pytest
 
 from deploykit.cli import main
 from deploykit.errors import ConfigError, DeviceError
-from deploykit.latency.fingerprint import Fingerprint
 from deploykit.latency.table import LatencyTable
+from deploykit.measure.fingerprint import Fingerprint
 from deploykit.protocol import Protocol
 from deploykit.remote.host import NOT_SERVED, RemoteHost, measuring_host
 from deploykit.remote.local import LocalAgent
@@ -342,7 +342,7 @@ def test_numerics_refuse_outputs_of_other_inputs(tmp_path):
     import torch
     from onnx_fixtures import tiny_onnx
 
-    from deploykit.latency.host import LocalHost
+    from deploykit.measure.host import LocalHost
     from deploykit.verify import check_numerics
 
     class OtherStream(LocalHost):

@@ -41,7 +41,7 @@ from deploykit.training import ProxyData
 # --- fake tables -----------------------------------------------------------------------------------
 
 def this_machine() -> dict:
-    from deploykit.latency.fingerprint import for_target
+    from deploykit.measure.fingerprint import for_target
     from deploykit.targets import load_target
 
     return for_target(load_target("cpu-ort"), threads=None).stored()

@@ -7,14 +7,8 @@ import os
 import pytest
 
 from deploykit.errors import ConfigError
-from deploykit.latency.sentinel import (
-    Sentinel,
-    SentinelPolicy,
-    busiest,
-    own_tree,
-    parse_stat,
-    process_snapshot,
-)
+from deploykit.latency.sentinel import Sentinel, SentinelPolicy
+from deploykit.measure.processes import busiest, own_tree, parse_stat, process_snapshot
 from deploykit.runtimes import hostinfo
 
 TICKS = os.sysconf("SC_CLK_TCK")

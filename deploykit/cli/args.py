@@ -67,7 +67,7 @@ def on_off(text: str) -> bool:
 def add_device_arguments(parser: argparse.ArgumentParser, *, what: str) -> None:
     """Declare ``--device URL --token-file FILE --device-ca FILE --wait-quiet S``: measure on a device
     agent, or wait for quiet here."""
-    from deploykit.latency.contention import DEFAULT_WAIT_QUIET_S, WAIT_QUIET_ENV
+    from deploykit.measure.contention import DEFAULT_WAIT_QUIET_S, WAIT_QUIET_ENV
     from deploykit.remote.wire import DEFAULT_PORT
 
     group = parser.add_argument_group(

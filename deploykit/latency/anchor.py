@@ -26,11 +26,11 @@ from deploykit.checks import require_int
 from deploykit.clock import utc_now
 from deploykit.errors import TableError
 from deploykit.fileio import write_json_atomic
-from deploykit.latency.fingerprint import Fingerprint, differences
-from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.identity import describe_record, fit_rescale, measuring_setup, table_anchors
 from deploykit.latency.options import ANCHOR_ROUNDS
 from deploykit.latency.table import LatencyTable, meta_path, read_meta
+from deploykit.measure.fingerprint import Fingerprint, differences
+from deploykit.measure.host import MeasureHost, host_or_local
 from deploykit.progress import Progress, silent
 from deploykit.protocol import Measurement
 
@@ -69,7 +69,7 @@ def export_anchor_models(model_name: str, *, input_size: tuple[int, int], batch:
     """The unpruned and the all-merged model as ONNX files in ``work`` (random weights: timing does
     not depend on them), built like ``lut check`` builds its subnets; ``unpruned`` reuses a file
     already exported. Returns the files and the merged block indices."""
-    from deploykit.latency.fidelity import SubnetMeasurer
+    from deploykit.latency.subnets import SubnetMeasurer
 
     subnets = SubnetMeasurer(model_name, input_size=tuple(input_size), batch=batch, work=work, model=model,
                              time_onnx=_no_timing)

@@ -37,7 +37,6 @@ import numpy as np
 from deploykit.checks import require_int
 from deploykit.errors import TableError
 from deploykit.fileio import check_output_files
-from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.options import CHECK_SAMPLES, CHECK_SEED, DRIFT_LIMIT
 from deploykit.latency.plot import plot_fidelity
 from deploykit.latency.sampling import plan_subnets
@@ -51,6 +50,7 @@ from deploykit.latency.subnets import (
     write_points,
 )
 from deploykit.latency.table import LatencyTable, meta_path
+from deploykit.measure.host import MeasureHost, host_or_local
 from deploykit.paired import PairedMeasurement, anchored_ms
 from deploykit.progress import Progress, silent
 from deploykit.shapes import format_shape

@@ -15,7 +15,7 @@ Estimated (roofline) tables are not measurements of any machine and pass unchang
 label them as estimates already.
 
 "This machine" is the machine the command measures on: with ``--device URL`` the device agent's
-(``host``, a :class:`deploykit.latency.host.MeasureHost`), whose fingerprint the agent reports.
+(``host``, a :class:`deploykit.measure.host.MeasureHost`), whose fingerprint the agent reports.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploykit.errors import ConfigError, DeployKitError, RuntimeUnavailableError, TableError
-from deploykit.latency.fingerprint import NOT_INSTALLED, Fingerprint, differences, for_target, this_machine
 from deploykit.latency.table import LatencyTable, TableMeta
+from deploykit.measure.fingerprint import NOT_INSTALLED, Fingerprint, differences, for_target, this_machine
 from deploykit.progress import Progress, silent
 from deploykit.runsettings import RunSettings, require_same
 
 if TYPE_CHECKING:
-    from deploykit.latency.host import MeasureHost
+    from deploykit.measure.host import MeasureHost
 BUDGET_UNITS = ("ms", "fraction", None)
 # Below this spread between the unpruned and the all-merged anchor (relative to the unpruned one) the
 # two points do not pin a slope down: the rescaling is the ratio of the unpruned anchors instead.
@@ -180,7 +180,7 @@ def measuring_setup(table: LatencyTable, *, doing: str, host: MeasureHost | None
     whose runtime or hardware is not there a RuntimeUnavailableError. ``doing`` names the command for
     the messages (``check``, ``anchor``).
     """
-    from deploykit.latency.host import host_or_local
+    from deploykit.measure.host import host_or_local
     from deploykit.protocol import Protocol
     from deploykit.targets import load_target
 

@@ -17,7 +17,7 @@ interrupted profile resumes where it stopped. A measured profile then ends with 
 (:mod:`deploykit.latency.endtoend`): whole subnets measured, the predictor fitted, its held-out
 fidelity stored — resumable too.
 
-Every measurement goes through one :class:`deploykit.latency.host.MeasureHost` (``host``): this
+Every measurement goes through one :class:`deploykit.measure.host.MeasureHost` (``host``): this
 machine, or a device agent (``--device URL``), whose runtime, device string and fingerprint the table
 then records, with the agent's URL (``device_url``) — never the client's.
 """
@@ -45,8 +45,6 @@ from deploykit.fileio import check_output_files
 from deploykit.latency.anchor import anchor_figures, export_anchor_models, interleaved
 from deploykit.latency.endtoend import finish_profile, points_path
 from deploykit.latency.estimate import Roofline, estimate_onnx
-from deploykit.latency.fingerprint import Fingerprint, differences
-from deploykit.latency.host import MeasureHost, host_or_local
 from deploykit.latency.options import EndToEndOptions, pairs_by_default
 from deploykit.latency.probe import ProbeResult, settle
 from deploykit.latency.sentinel import Sentinel, SentinelPolicy
@@ -62,6 +60,8 @@ from deploykit.latency.table import (
     table_path,
 )
 from deploykit.macs import count_macs, eval_mode
+from deploykit.measure.fingerprint import Fingerprint, differences
+from deploykit.measure.host import MeasureHost, host_or_local
 from deploykit.progress import Progress, silent
 from deploykit.prune import prunable
 from deploykit.runsettings import RunSettings

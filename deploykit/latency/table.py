@@ -97,7 +97,7 @@ class TableMeta:
     predictor: Mapping[str, Any] | None = None       # Predictor.as_dict(); None: the isolated sum
     fidelity: Mapping[str, Any] | None = None        # held-out figures of the prediction (profile)
     layout: Mapping[str, Any] | None = None          # what the model has: blocks, prunable, fixed parts
-    # Identity (see deploykit.latency.fingerprint and .identity): the machine that measured the table,
+    # Identity (see deploykit.measure.fingerprint and .identity): the machine that measured the table,
     # its speed anchors (unpruned and all-merged model end to end), the rescalings `lut anchor` stored
     # for other machines (by fingerprint id), and the conditions of the profile (affinity, load, drift).
     fingerprint: Mapping[str, Any] | None = None

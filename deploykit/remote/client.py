@@ -1,6 +1,6 @@
 """The client of a device agent (``deploykit serve``), standard library only.
 
-:meth:`DeviceClient.measure` has the call signature of :func:`deploykit.latency.measure.measure_onnx`,
+:meth:`DeviceClient.measure` has the call signature of :func:`deploykit.measure.client.measure_onnx`,
 so a stage that measures can be pointed at a remote device by swapping that one function;
 :meth:`DeviceClient.runtime_info` and :meth:`DeviceClient.fingerprint` say what a table measured there
 must record (the device's runtime and machine, never the client's).
@@ -34,6 +34,7 @@ from deploykit.errors import (
     error_class,
 )
 from deploykit.fileio import parse_json
+from deploykit.measure.outputs import SeededOutputs
 from deploykit.protocol import Measurement, Protocol
 from deploykit.remote.wire import (
     API_VERSION,
@@ -42,7 +43,6 @@ from deploykit.remote.wire import (
     REQUEST_HEADER,
     MeasureRequest,
     RunRequest,
-    SeededOutputs,
     measurement_from_wire,
     token_from,
 )
@@ -223,7 +223,7 @@ class DeviceClient:
         return fingerprint
 
     def runtime_info(self, target: Target) -> dict[str, str]:
-        """As :func:`deploykit.latency.measure.runtime_info`, for ``target`` on the device."""
+        """As :func:`deploykit.measure.client.runtime_info`, for ``target`` on the device."""
         row = self.served_row(target)
         return {"runtime": row["runtime"], "runtime_version": row["runtime_version"],
                 "device": row["device_here"]}
@@ -248,7 +248,7 @@ class DeviceClient:
     def run_remote(self, onnx_path: str | Path, *, target: Target, input_shape: Sequence[int], seed: int,
                    n_inputs: int, timeout_s: float | None = None) -> RemoteOutputs:
         """Run ``onnx_path`` on ``target`` on the device on ``n_inputs`` inputs drawn from ``seed``: the
-        first output of each run (:func:`deploykit.latency.outputs.run_seeded`, there)."""
+        first output of each run (:func:`deploykit.measure.outputs.run_seeded`, there)."""
         path = Path(onnx_path)
         order = RunRequest(target=target.name, input_shape=tuple(input_shape), seed=seed, n_inputs=n_inputs,
                            timeout_s=timeout_s, name=path.name)

@@ -83,16 +83,16 @@ class ServedTargets:
 
 def machine_fingerprint(targets: Iterable[Target], *, environ: Mapping[str, str] | None = None) -> dict:
     """What identifies this machine's measurements: host, CPU, OS, and for each target the runtime, its
-    version, the device it runs on (:func:`deploykit.latency.measure.runtime_info`) and the machine's
-    :class:`deploykit.latency.fingerprint.Fingerprint` at the target's threads (``fingerprint``, as
+    version, the device it runs on (:func:`deploykit.measure.client.runtime_info`) and the machine's
+    :class:`deploykit.measure.fingerprint.Fingerprint` at the target's threads (``fingerprint``, as
     :meth:`Fingerprint.stored` keeps it): the same fingerprint a local profile records, so a table
     measured through the agent carries the device's.
 
     Test-only: ``$DEPLOYKIT_TEST_DOCTORED_FINGERPRINT`` (a JSON object of fingerprint fields) replaces
     those fields in every target's fingerprint (:func:`doctored_fields`)."""
     from deploykit import __version__
-    from deploykit.latency.fingerprint import for_target
-    from deploykit.latency.measure import runtime_info
+    from deploykit.measure.client import runtime_info
+    from deploykit.measure.fingerprint import for_target
     from deploykit.runtimes import hostinfo
 
     doctored = doctored_fields(os.environ if environ is None else environ)
@@ -116,7 +116,7 @@ def doctored_fields(environ: Mapping[str, str]) -> dict:
     """The fingerprint fields ``$DEPLOYKIT_TEST_DOCTORED_FINGERPRINT`` overrides (test-only), else {}."""
     from dataclasses import fields
 
-    from deploykit.latency.fingerprint import Fingerprint
+    from deploykit.measure.fingerprint import Fingerprint
 
     text = environ.get(DOCTORED_FINGERPRINT_ENV, "").strip()
     if not text:

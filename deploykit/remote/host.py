@@ -1,6 +1,6 @@
 """A device agent as the place where the stages measure: :class:`RemoteHost` (``--device URL``).
 
-It implements :class:`deploykit.latency.host.MeasureHost` with a :class:`DeviceClient`: availability,
+It implements :class:`deploykit.measure.host.MeasureHost` with a :class:`DeviceClient`: availability,
 runtime, device and fingerprint are the device's (asked of the agent), measurements and seeded runs
 happen there. It also guards what "one table, one machine" needs: the device's fingerprint for a target
 is pinned the first time it is seen, and a reply from a machine with another fingerprint (another agent
@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploykit.errors import ConfigError, DeviceError
-from deploykit.latency.fingerprint import settings_text
-from deploykit.latency.host import LocalHost, MeasureHost
+from deploykit.measure.fingerprint import settings_text
+from deploykit.measure.host import LocalHost, MeasureHost
 from deploykit.remote.client import DeviceClient, RetryPolicy
 
 NOT_SERVED = "not served by the device"
 
 if TYPE_CHECKING:
-    from deploykit.latency.fingerprint import Fingerprint
+    from deploykit.measure.fingerprint import Fingerprint
+    from deploykit.measure.outputs import SeededOutputs
     from deploykit.protocol import Measurement, Protocol
-    from deploykit.remote.wire import SeededOutputs
     from deploykit.targets import Target
 
 
@@ -94,7 +94,7 @@ class RemoteHost(MeasureHost):
 
     def _device_fingerprint(self, name: str, machine: dict) -> Fingerprint:
         from deploykit.errors import TableError
-        from deploykit.latency.fingerprint import Fingerprint
+        from deploykit.measure.fingerprint import Fingerprint
 
         try:
             return Fingerprint.from_dict(machine["targets"][name]["fingerprint"])
@@ -103,7 +103,7 @@ class RemoteHost(MeasureHost):
                               f"({error}); install the same deploykit version on both machines") from None
 
     def _pin(self, target: Target, fingerprint: Fingerprint) -> None:
-        from deploykit.latency.fingerprint import differences
+        from deploykit.measure.fingerprint import differences
 
         pinned = self._pinned.setdefault(target.name, fingerprint)
         if pinned.id != fingerprint.id:
@@ -129,7 +129,7 @@ def measuring_host(device: str | None, *, token_file: str | Path | None = None,
             raise ConfigError("--token-file and --device-ca go with --device URL")
         if wait_quiet_s is None:
             return LocalHost()
-        from deploykit.latency.contention import GuardPolicy
+        from deploykit.measure.contention import GuardPolicy
 
         return LocalHost(GuardPolicy(wait_quiet_s=wait_quiet_s))
     options = {"retry": retry} if retry is not None else {}

@@ -10,10 +10,10 @@ Endpoints (every request needs ``Authorization: Bearer <token>``; every reply is
 - ``POST /measure``: body = the ONNX file, header ``X-DeployKit-Request`` = a
   :class:`deploykit.remote.wire.MeasureRequest`. The body is streamed to a private temporary directory
   and refused as soon as it passes the size limit; the file must pass the ONNX checker before a worker
-  starts; the measurement is :func:`deploykit.latency.measure.measure_onnx` (a fresh worker process,
+  starts; the measurement is :func:`deploykit.measure.client.measure_onnx` (a fresh worker process,
   killed at the timeout) under a lock, so concurrent clients queue and never share the machine;
 - ``POST /run``: the same with a :class:`deploykit.remote.wire.RunRequest`: the file run on inputs drawn
-  from a seed, in a fresh worker process (:func:`deploykit.latency.measure.run_outputs`), under the same
+  from a seed, in a fresh worker process (:func:`deploykit.measure.client.run_outputs`), under the same
   lock; the reply holds the first output of each run as encoded arrays (verify's numerics).
 
 Errors are ``{"error": one line, "type": DeployKitError subclass}`` with 401 (token), 404 (unknown or
@@ -389,7 +389,7 @@ async def _in_turn(agent: Agent, request, order: MeasureRequest | RunRequest, ta
 
 async def _run_worker(agent: Agent, request, order: MeasureRequest, target, path: Path, *, size: int,
                       queued_s: float) -> dict:
-    from deploykit.latency.measure import measure_onnx
+    from deploykit.measure.client import measure_onnx
 
     what = f"{order.name} on {target.name}, input {format_shape(order.input_shape)}"
 
@@ -406,7 +406,7 @@ async def _run_worker(agent: Agent, request, order: MeasureRequest, target, path
 
 async def _run_outputs(agent: Agent, request, order: RunRequest, target, path: Path, *, size: int,
                        queued_s: float) -> dict:
-    from deploykit.latency.measure import run_outputs
+    from deploykit.measure.client import run_outputs
 
     what = (f"{order.name} on {target.name}, {order.n_inputs} seeded input(s) "
             f"{format_shape(order.input_shape)}")
@@ -427,7 +427,7 @@ async def _in_worker(agent: Agent, request, order: MeasureRequest | RunRequest, 
     worker past the timeout is a 504; one whose client went away is killed at once."""
     from starlette.concurrency import run_in_threadpool
 
-    from deploykit.latency.measure import WorkerCancelled
+    from deploykit.measure.client import WorkerCancelled
 
     timeout = min(order.timeout_s or agent.config.timeout_s, agent.config.timeout_s)
     agent.log(f"{verb} {what} (queued {queued_s:.1f} s)")
@@ -454,7 +454,7 @@ async def _in_worker(agent: Agent, request, order: MeasureRequest | RunRequest, 
 async def _cancel_on_disconnect(request, cancel: threading.Event) -> None:
     """Set ``cancel`` as soon as the client of ``request`` disconnects (polled: starlette reports a
     disconnect only when asked)."""
-    from deploykit.latency.measure import CANCEL_POLL_S
+    from deploykit.measure.client import CANCEL_POLL_S
 
     while not await request.is_disconnected():
         await asyncio.sleep(CANCEL_POLL_S)
@@ -470,7 +470,7 @@ def _identity(agent: Agent, order: MeasureRequest | RunRequest, target) -> dict:
 
 
 def _load_average() -> list[float] | None:
-    from deploykit.latency.sentinel import load_average
+    from deploykit.measure.processes import load_average
 
     return load_average()
 

@@ -3,14 +3,13 @@
 A measure request is one POST whose body is the ONNX file and whose ``X-DeployKit-Request`` header is
 the JSON of :class:`MeasureRequest`; a run request (verify's numerics: the file's outputs on seeded
 inputs, drawn from the seed on both sides) the same with :class:`RunRequest`, answered with the
-outputs as encoded arrays (:class:`SeededOutputs`; numbers only). Every error reply is ``{"error": one
-line, "type": DeployKitError subclass name}``; the client raises the same subclass again
-(:func:`deploykit.errors.error_class`).
+outputs as encoded arrays (:class:`deploykit.measure.outputs.SeededOutputs`; numbers only). Every
+error reply is ``{"error": one line, "type": DeployKitError subclass name}``; the client raises the
+same subclass again (:func:`deploykit.errors.error_class`).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
@@ -20,11 +19,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
-from deploykit.checks import require_int, require_number
-from deploykit.errors import ConfigError, DeployKitError, DeviceError, one_line
+from deploykit.checks import require_number
+from deploykit.errors import ConfigError, DeployKitError, one_line
 from deploykit.fileio import parse_json
+from deploykit.measure.outputs import check_run_request
 from deploykit.protocol import Measurement, Protocol
 from deploykit.shapes import check_input_shape
 
@@ -152,67 +150,6 @@ def measurement_from_wire(data: Mapping[str, Any]) -> Measurement:
     numbers = {f.name for f in fields(Measurement) if f.type in ("float", float)}
     return Measurement.from_dict({key: math.nan if key in numbers and value is None else value
                                   for key, value in data.items()})
-
-
-# --- verify's numerics: outputs on seeded inputs, as numbers ------------------------------------------
-
-# The dtypes an output may travel as; anything else is refused rather than reinterpreted.
-_DTYPES = ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool")
-MAX_INPUTS = 64
-
-
-@dataclass(frozen=True)
-class SeededOutputs:
-    """The first output of the model for each of ``n_inputs`` seeded inputs, and how they were run."""
-
-    outputs: tuple[np.ndarray, ...]
-    how: str                 # the session's label and details, and where it ran
-    inputs_sha256: str       # of the inputs the runtime was fed (both sides must have drawn the same)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"outputs": [encode_array(y) for y in self.outputs], "how": self.how,
-                "inputs_sha256": self.inputs_sha256}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, what: str) -> SeededOutputs:
-        try:
-            outputs = tuple(decode_array(item) for item in data["outputs"])
-            return cls(outputs=outputs, how=str(data["how"]), inputs_sha256=str(data["inputs_sha256"]))
-        except (KeyError, TypeError) as error:
-            raise DeviceError(f"{what} sent malformed outputs ({error!r})") from None
-
-
-def check_run_request(n_inputs: Any, seed: Any, *, most: int | None = MAX_INPUTS) -> None:
-    """A ConfigError for an input count or seed that cannot be used (``most``: the largest count, for
-    a run whose outputs travel back; None: no bound)."""
-    require_int("--inputs", n_inputs, least=1, most=most)
-    require_int("--seed", seed, least=0)
-
-
-def encode_array(array: np.ndarray) -> dict[str, Any]:
-    """``{"dtype", "shape", "data"}``: the array's little-endian bytes in base64."""
-    array = np.asarray(array)
-    if array.dtype.name not in _DTYPES:
-        raise ConfigError(f"an output of dtype {array.dtype} cannot be sent (known: {', '.join(_DTYPES)})")
-    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": base64.b64encode(data).decode()}
-
-
-def decode_array(item: Mapping[str, Any]) -> np.ndarray:
-    """Inverse of :func:`encode_array`; a TypeError for anything that is not one."""
-    if not isinstance(item, Mapping) or item.get("dtype") not in _DTYPES:
-        raise TypeError("not an encoded array")
-    shape = item.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise TypeError("bad array shape")
-    try:
-        raw = base64.b64decode(str(item.get("data", "")), validate=True)
-    except ValueError as error:
-        raise TypeError(f"bad array data: {error}") from None
-    dtype = np.dtype(item["dtype"]).newbyteorder("<")
-    if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-        raise TypeError("array data does not fit its shape")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def error_reply(error: DeployKitError) -> dict[str, str]:

@@ -223,7 +223,7 @@ class RuntimeBackend(ABC):
     def profile_paired(self, onnx_path: str | Path, reference_path: str | Path, *, target: Target,
                        protocol: Protocol, input_shape: Sequence[int]) -> PairedMeasurement:
         """Both files open at once in this process, each first run timed apart, then timed alternately in
-        short slices (:func:`deploykit.latency.paired.measure_paired`). Refuses what :meth:`session` does."""
+        short slices (:func:`deploykit.paired.measure_paired`). Refuses what :meth:`session` does."""
         from deploykit.paired import measure_paired
 
         target = protocol.apply_settings(target)

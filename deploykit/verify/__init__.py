@@ -13,7 +13,7 @@
   With ``--device URL`` it runs on the device agent instead (a fresh worker there, the inputs drawn
   from the seed on both sides and checked by digest, the outputs sent back as arrays); PyTorch runs here.
 - **latency** (:mod:`.timing`): end to end under the measurement protocol, each measurement in a fresh
-  worker process (:class:`deploykit.latency.host.MeasureHost`: here, or on the device), interleaved
+  worker process (:class:`deploykit.measure.host.MeasureHost`: here, or on the device), interleaved
   with the reference when one is given (model, reference, model, reference, …). A file's
   ``median_ms`` is the median of its rounds' medians (p90, mean, cv and n come from all its samples
   pooled); the speed-up is the median over rounds of reference median / model median within the

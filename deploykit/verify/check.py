@@ -22,10 +22,10 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
            batch: int | None = None, input_size: tuple[int, int] | None = None,
            progress: Progress | None = None, host=None) -> VerifyReport:
     """Verify ``onnx_path`` on ``target``; see :mod:`deploykit.verify`. ``table`` is a LatencyTable.
-    ``host`` (a :class:`deploykit.latency.host.MeasureHost`) is where the file runs and is timed:
+    ``host`` (a :class:`deploykit.measure.host.MeasureHost`) is where the file runs and is timed:
     this machine by default, or a device agent (``--device URL``); PyTorch runs here either way."""
-    from deploykit.latency.host import host_or_local
     from deploykit.latency.identity import open_table
+    from deploykit.measure.host import host_or_local
     from deploykit.protocol import Protocol
 
     host = host_or_local(host)

@@ -1,6 +1,6 @@
 """Numerics: the ONNX file on the target's runtime against the PyTorch module, on seeded inputs.
 
-The file runs where the measuring host runs it (:meth:`deploykit.latency.host.MeasureHost.outputs`):
+The file runs where the measuring host runs it (:meth:`deploykit.measure.host.MeasureHost.outputs`):
 in this process, or on a device agent (``--device``), which draws the same inputs from the seed and
 sends the outputs back as arrays; PyTorch always runs here.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.errors import ConfigError, DeviceError, ModelError
-from deploykit.latency.outputs import inputs_digest, seeded_inputs
+from deploykit.measure.outputs import inputs_digest, seeded_inputs
 
 TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2}  # precision → largest max_rel that passes
 
@@ -26,7 +26,7 @@ def check_numerics(onnx_path: str | Path, module, *, target, input_shape: Sequen
     """Run ``onnx_path`` in a session of ``target``'s runtime (in this process, any backend; or on the
     device agent of ``host``) and ``module`` in PyTorch (fp32, here) on the same seeded inputs; the
     errors and the verdict as a dict (see :class:`~deploykit.verify.report.VerifyReport`)."""
-    from deploykit.latency.host import host_or_local
+    from deploykit.measure.host import host_or_local
 
     if target.precision not in TOLERANCES:
         raise ConfigError(f"no numerics tolerance for precision {target.precision} "

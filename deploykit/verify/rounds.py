@@ -128,7 +128,7 @@ def measure_models(files: Mapping[str, Path], *, reference: str | None, target, 
     machine), with the run settings verify would use for the reference (the table's, else the
     reference's ``MODEL.settings.json``, else the settings probe's choice); input shape from the
     reference (else the first file)."""
-    from deploykit.latency.host import host_or_local
+    from deploykit.measure.host import host_or_local
     from deploykit.verify.check import settled_target
     from deploykit.verify.files import onnx_input_shape
 

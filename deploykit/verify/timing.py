@@ -18,7 +18,7 @@ def measure_interleaved(model_path: Path, reference_path: Path | None, *, target
                         progress: Progress | None = None, host=None) -> dict[str, Any]:
     """Time the model (and the reference) ``rounds`` times each, alternating, each in a fresh process
     where ``host`` measures (default: this machine)."""
-    from deploykit.latency.host import host_or_local
+    from deploykit.measure.host import host_or_local
     from deploykit.protocol import Measurement
 
     host = host_or_local(host)

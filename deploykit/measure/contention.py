@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from deploykit.checks import require_number
 from deploykit.errors import ConfigError
-from deploykit.latency.sentinel import Snapshot, busiest, process_snapshot
+from deploykit.measure.processes import Snapshot, busiest, process_snapshot
 from deploykit.progress import Progress, to_stderr
 
 if TYPE_CHECKING:

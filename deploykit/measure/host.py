@@ -3,7 +3,7 @@
 :class:`MeasureHost` times a file, runs it on seeded inputs, and says what the measurements must be
 labelled with (runtime, device, machine fingerprint). Profile entries, the sentinel, the speed anchors,
 the end-to-end phase, ``lut check``, ``lut anchor``, verify and the pipeline all measure through one.
-:class:`LocalHost` measures on this machine (:func:`deploykit.latency.measure.measure_onnx`: a fresh
+:class:`LocalHost` measures on this machine (:func:`deploykit.measure.client.measure_onnx`: a fresh
 worker process per measurement); ``deploykit.remote.host.RemoteHost`` on a device agent (``deploykit
 serve``). The CLI chooses one (``--device URL``) and passes it down; every stage defaults to this
 machine (:func:`host_or_local`).
@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from deploykit.latency.contention import ContentionGuard, GuardPolicy
-    from deploykit.latency.fingerprint import Fingerprint
+    from deploykit.measure.contention import ContentionGuard, GuardPolicy
+    from deploykit.measure.fingerprint import Fingerprint
+    from deploykit.measure.outputs import SeededOutputs
     from deploykit.paired import PairedMeasurement
     from deploykit.protocol import Measurement, Protocol
-    from deploykit.remote.wire import SeededOutputs
     from deploykit.targets import Target
 
 
@@ -96,8 +96,8 @@ class MeasureHost(ABC):
 
 class LocalHost(MeasureHost):
     """This machine: every measurement in a fresh worker process here, behind the contention guard
-    (:mod:`deploykit.latency.contention`: wait for quiet, flag what was not); outputs in this process.
-    ``guard``: a guard policy (default: :func:`deploykit.latency.contention.policy_from_env`)."""
+    (:mod:`deploykit.measure.contention`: wait for quiet, flag what was not); outputs in this process.
+    ``guard``: a guard policy (default: :func:`deploykit.measure.contention.policy_from_env`)."""
 
     def __init__(self, guard: GuardPolicy | None = None):
         self._policy = guard
@@ -106,7 +106,7 @@ class LocalHost(MeasureHost):
     @property
     def guard(self) -> ContentionGuard:
         if self._guard is None:
-            from deploykit.latency.contention import ContentionGuard, policy_from_env
+            from deploykit.measure.contention import ContentionGuard, policy_from_env
 
             self._guard = ContentionGuard(self._policy or policy_from_env())
         return self._guard
@@ -121,7 +121,7 @@ class LocalHost(MeasureHost):
 
     def measure(self, onnx_path: str | Path, *, target: Target, protocol: Protocol,
                 input_shape: Sequence[int], timeout_s: float | None = None) -> Measurement:
-        from deploykit.latency.measure import measure_onnx
+        from deploykit.measure.client import measure_onnx
 
         threads = protocol.apply_settings(target).threads
         return self.guard.measure(
@@ -134,7 +134,7 @@ class LocalHost(MeasureHost):
                        timeout_s: float | None = None) -> PairedMeasurement:
         from dataclasses import replace
 
-        from deploykit.latency.measure import measure_paired_onnx
+        from deploykit.measure.client import measure_paired_onnx
 
         threads = protocol.apply_settings(target).threads
         paired, others_cpu, contended = self.guard.watch(
@@ -148,28 +148,28 @@ class LocalHost(MeasureHost):
                 n_inputs: int) -> SeededOutputs:
         from dataclasses import replace
 
-        from deploykit.latency.outputs import run_seeded
+        from deploykit.measure.outputs import run_seeded
 
         result = run_seeded(onnx_path, target=target, input_shape=input_shape, seed=seed, n_inputs=n_inputs)
         return replace(result, how=f"{result.how}, in-process")
 
     def runtime_info(self, target: Target) -> dict[str, str]:
-        from deploykit.latency import measure
+        from deploykit.measure import client
 
-        return measure.runtime_info(target)
+        return client.runtime_info(target)
 
     def fingerprint(self, target: Target, *, threads: int | None) -> Fingerprint:
-        from deploykit.latency.fingerprint import for_target
+        from deploykit.measure.fingerprint import for_target
 
         return for_target(target, threads=threads)
 
     def load_average(self) -> list[float] | None:
-        from deploykit.latency.sentinel import load_average
+        from deploykit.measure.processes import load_average
 
         return load_average()
 
     def process_snapshot(self) -> dict:
-        from deploykit.latency.sentinel import process_snapshot
+        from deploykit.measure.processes import process_snapshot
 
         return process_snapshot()
 

@@ -1,10 +1,10 @@
 """Measure an ONNX file on a target, each measurement in a fresh worker process.
 
-Every model or block is timed in its own ``python -m deploykit.latency.worker`` process: no session,
+Every model or block is timed in its own ``python -m deploykit.measure.worker`` process: no session,
 allocator, thread pool or JIT cache carries over from one measurement to the next, and each runtime
 lives in a process of its own (onnxruntime, OpenVINO, TensorRT and MIGraphX never share one). The
 stages do not call this module directly: they measure through a
-:class:`deploykit.latency.host.MeasureHost` (this machine, or a device agent), whose local kind calls
+:class:`deploykit.measure.host.MeasureHost` (this machine, or a device agent), whose local kind calls
 :func:`measure_onnx`, as the device agent does on its machine.
 """
 
@@ -21,12 +21,12 @@ from pathlib import Path
 
 from deploykit.errors import ConfigError, DeployKitError, ModelError, error_class, last_line
 from deploykit.fileio import parse_json
+from deploykit.measure.outputs import SeededOutputs, check_run_request
 from deploykit.paired import PairedMeasurement
 from deploykit.protocol import Measurement, Protocol
-from deploykit.remote.wire import SeededOutputs
 from deploykit.targets import Target
 
-WORKER_MODULE = "deploykit.latency.worker"
+WORKER_MODULE = "deploykit.measure.worker"
 CANCEL_POLL_S = 0.2  # how often a cancellable worker's caller is asked whether it still wants the result
 WORKER_REPLY_BYTES = 2**31  # a run's outputs travel in the reply; the worker is ours, the bound a backstop
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory that holds deploykit/
@@ -73,8 +73,7 @@ def measure_paired_onnx(onnx_path: str | Path, reference_path: str | Path, *, ta
 def run_outputs(onnx_path: str | Path, *, target: Target, input_shape: Sequence[int], seed: int,
                 n_inputs: int, timeout_s: float | None = None, cancel: threading.Event | None = None,
                 workdir: Path | None = None) -> SeededOutputs:
-    """:func:`deploykit.latency.outputs.run_seeded` in a fresh worker process (what a device agent runs)."""
-    from deploykit.remote.wire import check_run_request
+    """:func:`deploykit.measure.outputs.run_seeded` in a fresh worker process (what a device agent runs)."""
     from deploykit.runtimes.base import check_input_shape
 
     check_run_request(n_inputs, seed)

@@ -1,16 +1,16 @@
-"""The latency worker: ``python -m deploykit.latency.worker`` times one ONNX file and exits.
+"""The latency worker: ``python -m deploykit.measure.worker`` times one ONNX file and exits.
 
 Reads one JSON request on stdin (``onnx_path``, ``target`` as :meth:`Target.as_dict`, ``protocol`` as
 :meth:`Protocol.as_dict`, ``input_shape``) and writes one JSON line on stdout: ``{"ok": true,
 "measurement": {...}, "runtime_version": ..., "device": ..., "affinity": [cpus] or null}`` or
 ``{"ok": false, "type": "<DeployKitError subclass>", "error": "<one line>"}``. A request with
 ``"action": "run"`` (and ``seed``, ``n_inputs`` instead of ``protocol``) runs the file on seeded inputs
-instead and replies with :meth:`deploykit.remote.wire.SeededOutputs.as_dict` (verify's numerics on a
-device agent, :func:`deploykit.latency.measure.run_outputs`). A request with ``"reference_path"`` times
+instead and replies with :meth:`deploykit.measure.outputs.SeededOutputs.as_dict` (verify's numerics on a
+device agent, :func:`deploykit.measure.client.run_outputs`). A request with ``"reference_path"`` times
 the file as a ratio to that reference in the same process (:mod:`deploykit.paired`) and replies with
 ``"paired"`` (:meth:`PairedMeasurement.as_dict`) in place of ``"measurement"``. Whatever the runtimes
 print goes to stderr, so stdout carries the reply only. Started by
-:func:`deploykit.latency.measure.measure_onnx`.
+:func:`deploykit.measure.client.measure_onnx`.
 
 Before the runtime starts its thread pool, the process pins itself to a fixed CPU set matching the
 thread count (:func:`deploykit.runtimes.hostinfo.pinned_cores`), so every measurement runs on the same
@@ -59,7 +59,7 @@ def handle(request: dict, *, pin: bool = False) -> dict:
 
 
 def _run(target, onnx_path: str, input_shape: tuple[int, ...], seed, n_inputs) -> dict:
-    from deploykit.latency.outputs import run_seeded
+    from deploykit.measure.outputs import run_seeded
 
     result = run_seeded(onnx_path, target=target, input_shape=input_shape, seed=seed, n_inputs=n_inputs)
     return {"ok": True, **result.as_dict()}

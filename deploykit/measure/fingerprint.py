@@ -130,7 +130,7 @@ def for_target(target: Any, *, threads: int | None) -> Fingerprint:
     """This machine's fingerprint when it runs ``target`` with ``threads``. A runtime that is not
     installed here gets runtime version ``not installed`` (so it differs from any measuring machine)."""
     from deploykit.errors import DeployKitError
-    from deploykit.latency.measure import runtime_info
+    from deploykit.measure.client import runtime_info
 
     try:
         info = runtime_info(target)
