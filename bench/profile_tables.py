@@ -101,7 +101,8 @@ def fidelity_columns(table: LatencyTable) -> dict[str, Any]:
             "within_10": fidelity.get("within_10"), "mape_pct": fidelity.get("mape"),
             "max_error_pct": fidelity.get("max_error"), "repeat_n": repeat.get("n"),
             "repeat_within_5": repeat.get("within_5"), "repeat_robust_cv": repeat.get("robust_cv"),
-            "downweighted_points": (table.meta.predictor or {}).get("fit", {}).get("downweighted_points")}
+            "downweighted_points": (table.meta.predictor or {}).get("fit", {}).get("downweighted_points"),
+            "paired": bool(fidelity.get("paired", False))}
 
 
 def refit_one(row: dict[str, Any], say) -> dict[str, Any]:
