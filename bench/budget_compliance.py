@@ -19,6 +19,11 @@ original measured in the same rounds, and
 - for fraction budgets also ``within_relative``: measured / original-measured ≤ 1.03 × fraction, which
   does not depend on the machine being exactly as fast as when the table was profiled.
 
+A table whose end-to-end phase was paired (its fidelity says ``paired``; ``--paired on|off`` overrides)
+is checked the same way: each round is one fresh process timing the subnet as a ratio to the original
+in alternating short slices (:mod:`deploykit.paired`), and measured = the median ratio × the original's
+median over the rounds — the figure the table's predictor was fitted to.
+
 Writes ``bench/results/budget_compliance.csv`` (one row per table and budget, with the machine, the load
 average before and after, versions, protocol, the command and the UTC time) and prints the shares per
 table. ``--quick`` is a smoke test: one table (convnext_tiny on cpu-ort), one budget (0.7), a tiny
@@ -35,6 +40,7 @@ import argparse
 import os
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -55,6 +61,7 @@ from deploykit.fileio import write_text_atomic  # noqa: E402
 from deploykit.latency.identity import with_table_settings  # noqa: E402
 from deploykit.latency.subnets import SubnetMeasurer  # noqa: E402
 from deploykit.latency.table import LatencyTable  # noqa: E402
+from deploykit.measure.host import LocalHost  # noqa: E402
 from deploykit.progress import to_stderr  # noqa: E402
 from deploykit.protocol import Protocol  # noqa: E402
 from deploykit.runtimes import availability  # noqa: E402
@@ -92,8 +99,27 @@ def environment(seed: int) -> dict[str, Any]:
             "command": shlex.join(["python", script, *sys.argv[1:]])}
 
 
+def measure_paired_rounds(subnet: Path, original: Path, *, target, protocol: Protocol, shape,
+                          rounds: int) -> dict[str, Any]:
+    """``rounds`` fresh processes, each timing the subnet as a ratio to the original: the subnet's ms is
+    the median ratio × the original's median over the rounds (as the paired end-to-end phase does)."""
+    host = LocalHost()
+    pairs = [host.measure_paired(subnet, original, target=target, protocol=protocol, input_shape=shape)
+             for _ in range(rounds)]
+    reference = statistics.median(pair.reference.median_ms for pair in pairs)
+    ratio = statistics.median(r for pair in pairs for r in pair.ratios)
+    return {"model": {"median_ms": ratio * reference,
+                      "round_medians_ms": [pair.ratio * reference for pair in pairs]},
+            "reference": {"median_ms": reference}, "ratio": ratio}
+
+
+def paired_mode(table: LatencyTable, asked: str) -> bool:
+    """``--paired auto``: as the table's end-to-end phase was measured."""
+    return asked == "on" or (asked == "auto" and bool((table.meta.fidelity or {}).get("paired")))
+
+
 def check_table(path: str, *, fractions: list[str], with_ms: bool, rounds: int, protocol: Protocol | None,
-                seed: int, say) -> list[dict[str, Any]]:
+                seed: int, say, paired: str = "auto") -> list[dict[str, Any]]:
     table = LatencyTable.read(ROOT / path)
     meta = table.meta
     target = with_table_settings(load_target(meta.target), table)  # the settings the table measured with
@@ -118,8 +144,12 @@ def check_table(path: str, *, fractions: list[str], with_ms: bool, rounds: int, 
             pruned = result.subnet.pruned
             subnet = builder.export(pruned, Path(work) / "subnet.onnx")
             load_before, began = load_average(), time.perf_counter()
-            timing = measure_interleaved(subnet, original, target=target, protocol=used, input_shape=shape,
-                                         rounds=rounds)
+            if paired_mode(table, paired):
+                timing = measure_paired_rounds(subnet, original, target=target, protocol=used, shape=shape,
+                                               rounds=rounds)
+            else:
+                timing = measure_interleaved(subnet, original, target=target, protocol=used,
+                                             input_shape=shape, rounds=rounds)
             measured, reference = timing["model"]["median_ms"], timing["reference"]["median_ms"]
             row = {"table": path, "model": meta.model, "target": meta.target, "table_date": meta.date,
                    "predictor": "fitted" if meta.predictor is not None else "isolated sum",
@@ -132,8 +162,8 @@ def check_table(path: str, *, fractions: list[str], with_ms: bool, rounds: int, 
                    "within_relative": (measured / reference <= TOLERANCE * budget.value)
                    if budget.unit == "fraction" else None,
                    "prediction_error_pct": (result.predicted_ms - measured) / measured * 100,
-                   "rounds": rounds, "round_medians_ms": " ".join(f"{v:.4f}" for v in
-                                                                  timing["model"]["round_medians_ms"]),
+                   "paired": "ratio" in timing, "rounds": rounds,
+                   "round_medians_ms": " ".join(f"{v:.4f}" for v in timing["model"]["round_medians_ms"]),
                    "protocol": used.as_dict(), "load_before": load_before, "load_after": load_average(),
                    "wall_s": round(time.perf_counter() - began, 1),
                    "date": utc_now()}
@@ -155,6 +185,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-ms", action="store_true", help="leave out the two millisecond budgets")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurements per model (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    p.add_argument("--paired", choices=("auto", "on", "off"), default="auto",
+                   help="time each subnet as a ratio to the original in one process per round (auto: where "
+                        "the table's end-to-end phase was paired)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: convnext_tiny on cpu-ort, budget 0.7, tiny protocol, 1 round, "
                         "into bench/results/quick/")
@@ -172,7 +205,8 @@ def main(argv=None) -> int:
     for path in args.tables or shipped_tables():
         say(f"== {path}")
         for row in check_table(path, fractions=args.fractions, with_ms=not args.no_ms, rounds=args.rounds,
-                               protocol=QUICK_PROTOCOL if args.quick else None, seed=args.seed, say=say):
+                               protocol=QUICK_PROTOCOL if args.quick else None, seed=args.seed, say=say,
+                               paired=args.paired):
             rows.append({**row, **common})
     if not rows:
         say("nothing was measured")

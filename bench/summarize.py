@@ -81,7 +81,10 @@ def stored() -> str:
         "target": frame["target"], "model": frame["model"], "size": frame["input_size"],
         "settings": frame.get("settings", pd.Series(index=frame.index, dtype=object)).fillna(
             "runtime defaults"),
-        "predictor": frame["predictor"], "n": frame["holdout_n"], "ρ": frame["spearman"].round(3),
+        "predictor": frame["predictor"],
+        "end to end": frame.get("paired", pd.Series(False, index=frame.index)).map(
+            lambda paired: "paired" if paired is True or paired == "True" else "alone"),
+        "n": frame["holdout_n"], "ρ": frame["spearman"].round(3),
         "±5%": (frame["within_5"] * 100).round(0).astype(int).astype(str) + "%",
         "±10%": (frame["within_10"] * 100).round(0).astype(int).astype(str) + "%",
         "MAPE": frame["mape_pct"].round(1).astype(str) + "%",
