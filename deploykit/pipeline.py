@@ -53,8 +53,9 @@ Several targets (``--target cpu-ort,cpu-openvino``): one subnet per budget that 
 search over all the tables (:func:`deploykit.search.joint_search`, exact; subnet.json says which
 target's budget binds), one training and one export; every ONNX is verified on every target
 (``verify … on <target>``, each with its own table's run settings) and the table stage measures every
-target round-robin (``latency-<target>.json`` each). A device agent serves one target, so such a run
-measures here, and ``--table`` (one target's table) does not apply. Beside each ONNX, one
+target round-robin (``latency-<target>.json`` each). A device agent serves one target: ``--device
+TARGET=URL[,TARGET=URL]`` names the agent of each target measured on one, the others are measured here;
+``--table`` (one target's table) does not apply. Beside each ONNX, one
 ``model.TARGET.settings.json`` per target holds the run settings of that target's table.
 """
 
@@ -63,7 +64,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,7 @@ from deploykit.latency.options import EndToEndOptions
 from deploykit.progress import Progress, silent
 from deploykit.protocol import Protocol
 from deploykit.shapes import check_input_size
+from deploykit.targets import load_target
 from deploykit.training.config import METHODS, RunConfig, SubnetConfig
 from deploykit.verify.timing import DEFAULT_ROUNDS
 
@@ -210,11 +212,41 @@ def budget_label(budget: Budget) -> str:
     return f"{budget.value:g}ms" if budget.unit == "ms" else f"{budget.value:g}"
 
 
-def check_device(config: PipelineConfig, device: str | None) -> None:
-    """A device agent serves one target: a run of several measures here (checked before connecting)."""
-    if device is not None and len(config.targets) > 1:
-        raise ConfigError(f"a device agent (--device {device}) serves one target; with several targets "
-                          f"({config.target}) the run measures here: drop --device, or run one target")
+def device_urls(config: PipelineConfig, device: str | None) -> dict[str, str | None]:
+    """Which device agent measures which target, from ``--device``: one ``URL`` (a run of one target),
+    or ``TARGET=URL[,TARGET=URL…]``, each naming one of the run's targets; every target of the run →
+    its agent's URL, None where it is measured here (``{}`` without ``--device``). Checked before
+    connecting: a one-line ConfigError names what is wrong."""
+    if device is None:
+        return {}
+    names = {name: load_target(name).name for name in config.targets}
+    urls: dict[str, str | None] = dict.fromkeys(names.values())
+    items = [item.strip() for item in device.split(",")]
+    if len(items) == 1 and not _names_a_target(items[0]):
+        if len(config.targets) > 1:
+            raise _agent_unnamed(config, items[0])
+        return dict.fromkeys(names.values(), items[0])
+    for item in items:
+        key, _, url = (part.strip() for part in item.partition("="))
+        target = names.get(key) or (key if key in urls else None)
+        if not _names_a_target(item) or target is None or not url:
+            raise ConfigError(f"--device {device}: {item!r} is not TARGET=URL for a target of this run "
+                              f"({', '.join(config.targets)})")
+        if urls[target] is not None:
+            raise ConfigError(f"--device {device} names target {target} twice")
+        urls[target] = url
+    return urls
+
+
+def _agent_unnamed(config: PipelineConfig, url: str) -> ConfigError:
+    return ConfigError(f"a device agent serves one target: with several targets ({config.target}) name "
+                       f"the one it measures, --device TARGET={url} (the others are measured here)")
+
+
+def _names_a_target(item: str) -> bool:
+    """``TARGET=URL`` rather than a bare URL (whose query may hold ``=`` after its ``://``)."""
+    head, sep, _ = item.partition("=")
+    return bool(sep) and "://" not in head
 
 
 def default_run_dir(config: PipelineConfig) -> Path:
@@ -334,19 +366,17 @@ class Pipeline:
     """The stages of one run (see the module docstring). ``run()`` executes the ones not yet done."""
 
     def __init__(self, config: PipelineConfig, out: str | Path | None = None, *, fresh: bool = False,
-                 progress: Progress | None = None, host: MeasureHost | None = None):
+                 progress: Progress | None = None,
+                 host: MeasureHost | Mapping[str, MeasureHost] | None = None):
         from deploykit.latency.profile import default_table_path
-        from deploykit.measure.host import host_or_local
         from deploykit.runtimes import check_target
-        from deploykit.targets import load_target
 
         self.config = config
         self.say = progress or silent
-        check_device(config, host.url if host is not None else None)
-        self.host = host_or_local(host)
         self.targets = [load_target(name) for name in config.targets]
         for target in self.targets:
             check_target(target)
+        self.hosts = self._hosts_by_target(host)
         self.target = self.targets[0]
         self.batch = config.latency_batch or self._common_batch()
         root = Path(out) if out is not None else default_run_dir(config)
@@ -354,6 +384,25 @@ class Pipeline:
         self.layout = RunLayout(root=root, config=config, target_name=self.target.name, table_name=table_name)
         self.fresh = fresh
         self._cache: dict[str, Any] = {}
+
+    def _hosts_by_target(self, host) -> dict[str, MeasureHost]:
+        """Where each target is measured: ``host`` for every target (this machine when None; an agent
+        for a run of one target only), or a mapping target name → host (unnamed targets: here)."""
+        from deploykit.measure.host import host_or_local
+
+        if not isinstance(host, Mapping):
+            if host is not None and host.url is not None and len(self.targets) > 1:
+                raise _agent_unnamed(self.config, host.url)
+            return {target.name: host_or_local(host) for target in self.targets}
+        unknown = sorted(set(host) - {target.name for target in self.targets})
+        if unknown:
+            raise ConfigError(f"hosts for {', '.join(unknown)}, not a target of this run "
+                              f"({self.config.target})")
+        return {target.name: host_or_local(host.get(target.name)) for target in self.targets}
+
+    def host_for(self, target) -> MeasureHost:
+        """Where ``target`` (a Target or its name) is measured."""
+        return self.hosts[getattr(target, "name", target)]
 
     # -- orchestration --
 
@@ -510,13 +559,14 @@ class Pipeline:
     def _require_target(self, target) -> None:
         """The profile and verify stages measure on the target: it must be available where they measure
         (here, or on the device agent); the error says what is missing."""
-        ok, reason = self.host.availability(target)
+        host = self.host_for(target)
+        ok, reason = host.availability(target)
         if ok:
             return
         name = target.name
-        if self.host.url is not None:
+        if host.url is not None:
             stages = "verify stages measure" if self.config.table else "profile and verify stages measure"
-            raise ConfigError(f"the {stages} on {self.host.describe()}, which cannot run target {name} "
+            raise ConfigError(f"the {stages} on {host.describe()}, which cannot run target {name} "
                               f"({reason}): serve it on the {target.device} machine (deploykit serve "
                               f"--targets {name}) or give the --device URL of an agent that does")
         if self.config.table is not None:
@@ -524,8 +574,9 @@ class Pipeline:
                               f"{name}, which cannot run here ({reason}): give --device URL of a device "
                               f"agent (`deploykit serve` on the {target.device} machine)")
         if self.several:
-            raise ConfigError(f"target {name} (of {self.config.target}) cannot run here: {reason}. A run "
-                              "of several targets profiles and verifies each on this machine")
+            raise ConfigError(f"target {name} (of {self.config.target}) cannot run here: {reason}. Give "
+                              f"--device {name}=URL of a device agent (`deploykit serve` on the "
+                              f"{target.device} machine); the targets not named are measured here")
         raise ConfigError(f"target {name} cannot run here: {reason}. `deploykit run` profiles and verifies "
                           "on the target: run it on that machine, or give --device URL of a device agent "
                           "(`deploykit serve`) there; --table TABLE uses a table measured there instead of "
@@ -625,7 +676,7 @@ class Pipeline:
             self._cache[key] = open_table(
                 self.layout.table_of(name),
                 budget_unit="ms" if "ms" in units else "fraction",
-                say=lambda line: self.say(f"  {line}"), host=self.host)
+                say=lambda line: self.say(f"  {line}"), host=self.host_for(name))
         return self._cache[key]
 
     def latency_tables(self) -> list:
@@ -701,8 +752,8 @@ class Pipeline:
 
         result = profile(self.config.model, self._target(target), input_size=self.config.input_size,
                          batch=self.batch, out=self.layout.table_of(target), protocol=self.config.protocol,
-                         model=self.original_module(), end_to_end=self.config.end_to_end, host=self.host,
-                         progress=lambda line: self.say(f"  {line}"))
+                         model=self.original_module(), end_to_end=self.config.end_to_end,
+                         host=self.host_for(target), progress=lambda line: self.say(f"  {line}"))
         self._cache.pop(f"table {target}", None)
         self._cache.pop("candidates", None)
         whole = result.table.model_latency()
@@ -879,7 +930,7 @@ class Pipeline:
         report = verify(self.layout.onnx(folder), target=target, protocol=self.config.protocol,
                         reference=reference, torch_module=module, torch_name=str(folder),
                         table=self.latency_table(target.name), pruned=pruned, seed=self.config.seed,
-                        rounds=self.config.rounds, host=self.host,
+                        rounds=self.config.rounds, host=self.host_for(target),
                         progress=lambda line: self.say(f"  {line}"))
         report.write(path)
         if report.passed is False:
@@ -918,7 +969,7 @@ class Pipeline:
             return path
         robin = measure_models(files, reference=lay.baseline.name, target=target,
                                protocol=self.config.protocol, rounds=self.config.rounds,
-                               table=self.latency_table(target.name), host=self.host,
+                               table=self.latency_table(target.name), host=self.host_for(target),
                                progress=lambda line: self.say(f"  {line}"))
         return robin.write(path)
 
