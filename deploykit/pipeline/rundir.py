@@ -102,7 +102,8 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def earlier_outputs(path: Path, layout: RunLayout) -> list[str]:
     """The run directory entries an earlier run's run.json says it wrote, each one a name deploykit
-    writes (a doctored manifest cannot name a user's file); see :meth:`deploykit.pipeline.runner.Pipeline._remove_earlier_run`."""
+    writes (a doctored manifest cannot name a user's file); see
+    :meth:`deploykit.pipeline.runner.Pipeline._remove_earlier_run`."""
     try:
         state = read_state(path)
     except ConfigError:
