@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     write_text_atomic(out, frame.to_csv(index=False, float_format="%.4f"))
     shown = frame[["model", "target", "mode", "spearman", "within_5", "mape", "max_error",
                    "unpruned_within_5", "wall_s"]]
-    print(shown.to_markdown(index=False))
+    print(shown.to_string(index=False))  # to_markdown needs tabulate, which is not a dependency
     print(f"wrote {out}")
     return 0
 

@@ -202,14 +202,14 @@ def _valid_run_state() -> dict[str, Any]:
     JSON_VALUES, RAW_TEXT))
 def test_a_run_file(data):
     """run.json as a resumed run reads it: the state, its settings, and what --fresh would delete."""
-    from deploykit.pipeline import PipelineConfig, RunLayout, _earlier_outputs, _read_state
+    from deploykit.pipeline.rundir import PipelineConfig, RunLayout, earlier_outputs, read_state
 
     def read(path: Path):
         layout = RunLayout(root=path.parent, config=PipelineConfig(data="digits"), target_name="cpu-ort",
                            table_name="t.csv")
-        names = _earlier_outputs(path, layout)
+        names = earlier_outputs(path, layout)
         assert all("/" not in name and name not in ("", ".", "..") for name in names)
-        state = _read_state(path)
+        state = read_state(path)
         return PipelineConfig.from_dict(state["config"], source=str(path))
 
     content = data if isinstance(data, str) else as_json(data)

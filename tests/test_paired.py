@@ -4,8 +4,12 @@ reply through the fake backend, and `lut check --paired` arithmetic with an inje
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import subprocess
+import sys
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -16,6 +20,8 @@ from deploykit.measure.host import MeasureHost
 from deploykit.measure.worker import handle
 from deploykit.paired import MIN_PAIRS, PairedMeasurement, anchored_ms, measure_paired
 from deploykit.protocol import Measurement, Protocol
+from deploykit.runtimes import onnxruntime_backend as ort_backend
+from deploykit.targets import load_target
 from tests.fake_backend import FakeBackend, ScriptedClock, fake_target, registered
 from tests.onnx_fixtures import tiny_onnx
 from tests.test_fidelity import fake_table
@@ -183,3 +189,46 @@ def test_pairing_is_the_default_where_the_target_runs_on_several_cpu_threads_her
     assert not pairs_by_default(two, local=False)  # a device agent measures one file per request
     with registered(FakeBackend()):  # not the CPU's threads (an accelerator)
         assert not pairs_by_default(fake_target(), local=True)
+
+
+SHARED_POOL_SCRIPT = """
+import json, sys
+from dataclasses import replace
+from deploykit.errors import RuntimeUnavailableError
+from deploykit.protocol import Protocol
+from deploykit.runtimes import onnxruntime_backend as ort_backend
+from deploykit.targets import load_target
+
+model, reference = sys.argv[1:3]
+short = Protocol(warmup_s=0.0, warmup_iters=1, min_time_s=0.02, min_iters=2, max_repeats=1)
+cpu, backend, seen = load_target("cpu-ort"), ort_backend.OnnxRuntimeBackend(), {}
+for threads in (2, 2, 1):
+    target = replace(cpu, threads=threads, spinning=True, auto_settings=())
+    try:
+        paired = backend.profile_paired(model, reference, target=target, protocol=short,
+                                        input_shape=(1, 3, 16, 16))
+        seen.setdefault("pools", []).append([list(ort_backend._global_pool_threads), paired.ratio > 0])
+    except RuntimeUnavailableError as error:
+        seen["refused"] = str(error)
+print(json.dumps(seen))
+"""
+
+
+def test_onnxruntime_pairs_spinning_sessions_on_one_shared_pool(two_files):
+    """Two spinning per-session pools in one process fight over the cores (docs/latency.md): where
+    threads may spin, both sessions run on the process's global pool, sized once; in a fresh process,
+    as the worker gives each paired measurement."""
+    done = subprocess.run([sys.executable, "-c", SHARED_POOL_SCRIPT, *map(str, two_files)],
+                          capture_output=True, text=True, check=True)
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["pools"] == [[[2], True], [[2], True]]
+    assert "global thread pool in this process has 2 threads, not 1" in seen["refused"]
+
+
+def test_onnxruntime_pairs_sleeping_threads_on_a_pool_per_session(two_files, monkeypatch):
+    shared = []
+    monkeypatch.setattr(ort_backend, "share_global_pool", shared.append)
+    target = replace(load_target("cpu-ort"), threads=2, spinning=False, auto_settings=())
+    paired = ort_backend.OnnxRuntimeBackend().profile_paired(*two_files, target=target, protocol=SHORT,
+                                                             input_shape=(1, 3, 16, 16))
+    assert paired.ratio > 0 and shared == []

@@ -12,7 +12,8 @@ import pytest
 
 from deploykit.cli import main
 from deploykit.errors import ConfigError
-from deploykit.pipeline import Pipeline, PipelineConfig
+from deploykit.measure.host import LocalHost
+from deploykit.pipeline import Pipeline, PipelineConfig, device_urls
 from deploykit.results_table import render_pareto_png, run_measurements, speed_accuracy_frame
 from deploykit.search import DepthProxy
 from deploykit.verify.rounds import ModelRounds, RoundRobin
@@ -33,13 +34,57 @@ def one_line_error(capsys) -> str:
     (["--target", "cpu-ort,no-such-target"], "unknown target 'no-such-target'"),
     (["--target", TWO, "--budgets", "0.8,12ms"], "budget 12ms is in milliseconds"),
     (["--target", TWO, "--table", "x.csv"], "--table gives one target's latency table"),
-    (["--target", TWO, "--device", "http://127.0.0.1:9"], "a device agent (--device http://127.0.0.1:9) "
-                                                         "serves one target"),
+    (["--target", TWO, "--device", "http://127.0.0.1:9"], "name the one it measures, --device "
+                                                         "TARGET=http://127.0.0.1:9"),
+    (["--target", TWO, "--device", "cpu-ort=http://a:9,cpu-ort=http://b:9"], "names target cpu-ort twice"),
+    (["--target", TWO, "--device", "arm-cortex-a76=http://a:9"], "'arm-cortex-a76=http://a:9' is not "
+                                                                  "TARGET=URL for a target of this run"),
+    (["--target", TWO, "--device", "cpu-ort="], "is not TARGET=URL"),
 ])
 def test_bad_target_lists_are_one_line_errors_before_anything_is_written(tmp_path, capsys, argv, message):
     assert main(["run", "--out", str(tmp_path / "r"), "--data", "digits", *argv]) == 2
     assert message in one_line_error(capsys)
     assert not (tmp_path / "r").exists()
+
+
+def test_device_urls_name_each_targets_agent():
+    one, two = PipelineConfig(data="digits"), PipelineConfig(data="digits", target=TWO)
+    assert device_urls(one, None) == {} and device_urls(two, None) == {}
+    assert device_urls(one, "https://board:8765/?a=b") == {"cpu-ort": "https://board:8765/?a=b"}
+    assert device_urls(one, "cpu-ort=https://board:8765") == {"cpu-ort": "https://board:8765"}
+    assert device_urls(two, " cpu-openvino = https://server:8765 ") == {
+        "cpu-ort": None, "cpu-openvino": "https://server:8765"}
+    assert device_urls(two, "cpu-ort=http://a:1,cpu-openvino=http://b:2") == {
+        "cpu-ort": "http://a:1", "cpu-openvino": "http://b:2"}
+
+
+class AgentStandIn(LocalHost):
+    """A device agent as the pipeline sees it: a URL, and a runtime it does not serve."""
+
+    url = "http://server:8765"
+
+    def availability(self, target):
+        return False, "the agent serves cpu-ort only"
+
+    def describe(self) -> str:
+        return f"the device agent at {self.url}"
+
+
+def test_each_target_is_measured_where_its_device_says(tmp_path):
+    agent = AgentStandIn()
+    pipeline = Pipeline(PipelineConfig(data="digits", target=TWO), tmp_path / "run",
+                        host={"cpu-openvino": agent})
+    assert pipeline.host_for("cpu-openvino") is agent
+    here = pipeline.host_for(pipeline.targets[0])
+    assert here.url is None and isinstance(here, LocalHost)
+    with pytest.raises(ConfigError, match="measure on the device agent at http://server:8765, which cannot "
+                                          "run target cpu-openvino"):
+        pipeline._require_target(pipeline.targets[1])
+    pipeline._require_target(pipeline.targets[0])  # onnxruntime runs here
+    with pytest.raises(ConfigError, match="hosts for arm-cortex-a76, not a target of this run"):
+        Pipeline(PipelineConfig(data="digits", target=TWO), tmp_path / "r2", host={"arm-cortex-a76": agent})
+    with pytest.raises(ConfigError, match="name the one it measures"):
+        Pipeline(PipelineConfig(data="digits", target=TWO), tmp_path / "r3", host=agent)
 
 
 def test_one_target_keeps_its_stage_names_and_paths(tmp_path):

@@ -64,7 +64,7 @@ def on_off(text: str) -> bool:
 
 # --- the measuring device (--device URL) --------------------------------------------------------------
 
-def add_device_arguments(parser: argparse.ArgumentParser, *, what: str) -> None:
+def add_device_arguments(parser: argparse.ArgumentParser, *, what: str, per_target: bool = False) -> None:
     """Declare ``--device URL --token-file FILE --device-ca FILE --wait-quiet S``: measure on a device
     agent, or wait for quiet here."""
     from deploykit.measure.contention import DEFAULT_WAIT_QUIET_S, WAIT_QUIET_ENV
@@ -74,9 +74,13 @@ def add_device_arguments(parser: argparse.ArgumentParser, *, what: str) -> None:
         "measuring device", f"{what} on a device agent (`deploykit serve` on the target machine) instead "
                             "of this machine; the table or report then records the device's runtime and "
                             "machine fingerprint and its URL")
+    several = ("; with several targets, TARGET=URL for each target measured on an agent, comma-separated "
+               f"(cpu-openvino=https://server:{DEFAULT_PORT}); the others are measured here")
+    several = several if per_target else ""
     group.add_argument("--device", default=None, metavar="URL",
                        help=f"the agent, e.g. https://board:{DEFAULT_PORT}, or "
-                            f"http://127.0.0.1:{DEFAULT_PORT} through an SSH tunnel (default: measure here)")
+                            f"http://127.0.0.1:{DEFAULT_PORT} through an SSH tunnel{several} "
+                            "(default: measure here)")
     group.add_argument("--token-file", default=None, metavar="FILE",
                        help="file holding the agent's token (default: $DEPLOYKIT_DEVICE_TOKEN)")
     group.add_argument("--device-ca", default=None, metavar="FILE",
@@ -93,6 +97,16 @@ def measuring_host(args: argparse.Namespace):
     from deploykit.remote.host import measuring_host as host
 
     return host(args.device, token_file=args.token_file, ca_file=args.device_ca, wait_quiet_s=args.wait_quiet)
+
+
+def measuring_hosts(args: argparse.Namespace, urls: dict[str, str | None]) -> dict:
+    """Where each target is measured (``urls`` from :func:`deploykit.pipeline.device_urls`): its agent,
+    or this machine where its URL is None; the token and CA files go to the agents."""
+    from deploykit.remote.host import measuring_host as host
+
+    return {name: host(url, token_file=args.token_file if url else None,
+                       ca_file=args.device_ca if url else None, wait_quiet_s=args.wait_quiet)
+            for name, url in urls.items()}
 
 
 # --- the measurement protocol -------------------------------------------------------------------------

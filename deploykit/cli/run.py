@@ -11,6 +11,7 @@ from deploykit.cli.args import (
     add_strict_images_argument,
     end_to_end_from_args,
     measuring_host,
+    measuring_hosts,
     protocol_from_args,
     size_argument,
     size_text,
@@ -90,12 +91,12 @@ def add_run(sub) -> None:
                          help=f"interleaved measurements per model when verifying (default: {d.rounds})")
     add_end_to_end_arguments(p)
     add_protocol_arguments(p)
-    add_device_arguments(p, what="run the profile and verify stages (training stays here)")
+    add_device_arguments(p, what="run the profile and verify stages (training stays here)", per_target=True)
     p.set_defaults(func=run_run)
 
 
 def run_run(args) -> int:
-    from deploykit.pipeline import Pipeline, PipelineConfig, check_device
+    from deploykit.pipeline import Pipeline, PipelineConfig, device_urls
     from deploykit.training.config import DEVICES
 
     if args.device in DEVICES:  # `run --device cpu` named the training device before --train-device
@@ -110,8 +111,9 @@ def run_run(args) -> int:
         seed=args.seed, device=args.train_device, train_threads=args.train_threads, latency_batch=args.batch,
         rounds=args.rounds, protocol=protocol_from_args(args), end_to_end=end_to_end_from_args(args),
         table=args.table)
-    check_device(config, args.device)  # before connecting to it
-    pipeline = Pipeline(config, args.out, fresh=args.fresh, host=measuring_host(args), progress=to_stderr)
+    urls = device_urls(config, args.device)  # checked before connecting to any
+    hosts = measuring_hosts(args, urls) or measuring_host(args)
+    pipeline = Pipeline(config, args.out, fresh=args.fresh, host=hosts, progress=to_stderr)
     result = pipeline.run()
     print(result.summary())
     return 0

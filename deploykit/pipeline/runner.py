@@ -1,307 +1,35 @@
-"""``deploykit run``: every stage in order, in one run directory, resumable (docs/method.md).
-
-Each stage writes its artifact atomically and is skipped when that artifact is already there, so a run
-that was interrupted continues where it stopped (an interrupted training resumes from its last
-finished epoch, an interrupted profile from its last entry)::
-
-    baseline          RUN/baseline/model.pt, result.json      train the original (or evaluate --weights)
-    profile           RUN/profile/<model>_<size>_b<B>.csv     block latency table on the target
-    budgets           (nothing written)                       every budget reachable, per the table
-    supernet          RUN/supernet/supernet.pt                weight-sharing supernet over the blocks
-                                                              whose merged form the table says is faster
-    export original   RUN/baseline/model.onnx
-    verify original   RUN/baseline/verify-<target>.json      numerics, latency, table prediction
-    for each budget B:
-      search B        RUN/budget-B/subnet.json                best supernet top-1 within the budget
-      train B         RUN/budget-B/merged.safetensors         progressive subnet training, merged
-                      RUN/budget-B/result.json                (a model file: tensors + architecture)
-      export B        RUN/budget-B/model.onnx
-      verify B        RUN/budget-B/verify-<target>.json      … and speed-up against the original,
-                                                              measured interleaved in the same run
-    continue original RUN/original-continued/model.pt, …      the equal-budget reference: the original
-                                                              trained subnet-epochs more with subnet
-                                                              training's recipe (distillation from
-                                                              itself, same lr), nothing pruned
-    export continued  RUN/original-continued/model.onnx
-    verify continued  RUN/original-continued/verify-<target>.json
-    table             RUN/table.md, table.csv, pareto.png     speed vs accuracy; each Δ top-1 against
-                                                              the unpruned model of equal budget
-
-Why "original, continued": the pruned variants start from the original's weights and train
-``subnet_epochs`` more (the supernet only chooses the blocks; its weights are not reused), so comparing
-them with the original as it was credits pruning with what those extra epochs give. The reference
-trains the same weights for the same epochs with the same loss (cross-entropy + distillation from the
-original), learning rate and seed — everything as for a pruned variant except the pruning — so its Δ
-measures pruning alone. (Plain cross-entropy would change the loss as well as the architecture.)
-
-``RUN/run.json`` holds the settings and each stage's wall time. A rerun with other settings is
-refused (choose another ``--out``, or ``--fresh`` to start over), except that budgets may be added.
-Its ``outputs`` list names each entry of the run directory the run created, recorded before the stage
-that writes it starts: ``--fresh`` deletes those (names deploykit writes, nothing else) and never a
-user's other files in the folder.
-
-Where it measures: the profile and verify stages measure through one
-:class:`deploykit.measure.host.MeasureHost` — this machine, or a device agent (``--device URL``,
-``deploykit serve`` on the target machine); training, search and export stay here. With ``--table
-TABLE`` (a table measured elsewhere, for this model, input size, batch and target) the profile stage
-copies it into the run instead of measuring; the verify stages still need the target, here or through
-``--device``. Which of those is missing is said before anything is written.
-
-Several targets (``--target cpu-ort,cpu-openvino``): one subnet per budget that fits the budget on
-*every* target. Each target is profiled (``RUN/profile/<target>/<table>.csv``, stage ``profile on
-<target>``); each budget (a fraction, applied to every target's own unpruned prediction) is one joint
-search over all the tables (:func:`deploykit.search.joint_search`, exact; subnet.json says which
-target's budget binds), one training and one export; every ONNX is verified on every target
-(``verify … on <target>``, each with its own table's run settings) and the table stage measures every
-target round-robin (``latency-<target>.json`` each). A device agent serves one target, so such a run
-measures here, and ``--table`` (one target's table) does not apply. Beside each ONNX, one
-``model.TARGET.settings.json`` per target holds the run settings of that target's table.
-"""
+"""The :class:`Pipeline`: the stages of ``deploykit run`` in order, each skipped when its artifact is
+there (the package docstring lists them)."""
 
 from __future__ import annotations
 
-import re
-import shutil
 import time
-from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploykit.checks import require_int
 from deploykit.clock import utc_now
-from deploykit.errors import ConfigError, MergeError, one_line
+from deploykit.errors import ConfigError, MergeError
 from deploykit.fileio import check_writable_dir, read_json, write_json_atomic
-from deploykit.latency.options import EndToEndOptions
+from deploykit.pipeline.config import PipelineConfig, default_run_dir, unnamed_agent_error
+from deploykit.pipeline.rundir import (
+    OUTPUTS_KEY,
+    RUN_FILE,
+    RunLayout,
+    Stage,
+    earlier_outputs,
+    read_state,
+    remove_entry,
+)
 from deploykit.progress import Progress, silent
-from deploykit.protocol import Protocol
-from deploykit.shapes import check_input_size
-from deploykit.training.config import METHODS, RunConfig, SubnetConfig
-from deploykit.verify.timing import DEFAULT_ROUNDS
+from deploykit.targets import load_target
 
 if TYPE_CHECKING:
     from deploykit.measure.host import MeasureHost
-    from deploykit.search.budget import Budget
 
-RUN_FILE = "run.json"
-OUTPUTS_KEY = "outputs"   # run.json's manifest: the entries of the run directory the run created
-_FIXED_OUTPUTS = ("baseline", "profile", "supernet", "original-continued", "table.md", "table.csv",
-                  "pareto.png")
-_BUDGET_FOLDER = re.compile(r"budget-[0-9][0-9.e+-]*(ms)?")
 EXHAUSTIVE_PROXY_BITS = 9     # evaluate every subnet on data up to 2^9 of them; evolve beyond
 SEARCH_POPULATION, SEARCH_GENERATIONS = 12, 6   # ≤ ~85 evaluations per budget, shared through a cache
-
-
-# --- settings --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """What ``deploykit run`` does. The defaults are the embedded demo: a small ConvNeXt on the bundled
-    MNIST subset at 32×32 on this machine's onnxruntime CPU target (a few minutes on 2 cores). Training
-    settings it does not name (learning rates, warm-up, distillation) are the training stages' defaults
-    (:mod:`deploykit.training.config`)."""
-
-    model: str = "convnext_atto"
-    target: str = "cpu-ort"
-    data: str = "mnist5k"
-    strict_images: bool = False               # an undecodable image is an error, not skipped
-    input_size: tuple[int, int] = (32, 32)
-    budgets: tuple[str, ...] = ("0.8", "0.6")
-    weights: str | None = None
-    baseline_epochs: int = 4
-    supernet_epochs: int = 2
-    subnet_epochs: int = 2
-    method: str = SubnetConfig.method
-    batch_size: int = RunConfig.batch_size
-    train_limit: int | None = None
-    val_limit: int | None = None
-    proxy_val_limit: int | None = 256
-    seed: int = RunConfig.seed
-    device: str = RunConfig.device
-    train_threads: int | None = RunConfig.threads
-    latency_batch: int | None = None          # None: the target's batch
-    rounds: int = DEFAULT_ROUNDS
-    protocol: Protocol = field(default_factory=Protocol)
-    end_to_end: EndToEndOptions = field(default_factory=EndToEndOptions)   # how the profile ends (its fit)
-    table: str | None = None                  # a table measured elsewhere, used instead of profiling
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "input_size", check_input_size(self.input_size))
-        from deploykit.search.budget import parse_budget
-
-        object.__setattr__(self, "target", ",".join(_target_names(self.target)))
-        budgets = tuple(str(b).strip() for b in self.budgets)
-        if not budgets or not all(budgets):
-            raise ConfigError("give at least one budget, e.g. --budgets 0.8,0.6")
-        parsed = [parse_budget(b) for b in budgets]
-        labels = [budget_label(b) for b in parsed]
-        if len(set(labels)) != len(labels):
-            raise ConfigError(f"a budget is listed twice: {', '.join(budgets)}")
-        object.__setattr__(self, "budgets", budgets)
-        if len(self.targets) > 1:
-            self._check_several_targets(parsed)
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        for name in ("baseline_epochs", "supernet_epochs", "subnet_epochs", "batch_size", "rounds"):
-            require_int(name.replace("_", " "), getattr(self, name), least=1)
-        for name in ("train_limit", "val_limit", "proxy_val_limit", "train_threads", "latency_batch"):
-            if getattr(self, name) is not None:
-                require_int(name.replace("_", " "), getattr(self, name), least=1)
-        if not isinstance(self.protocol, Protocol):
-            object.__setattr__(self, "protocol", Protocol.from_dict(self.protocol))
-        if not isinstance(self.end_to_end, EndToEndOptions):
-            try:
-                object.__setattr__(self, "end_to_end", EndToEndOptions(**dict(self.end_to_end)))
-            except TypeError as error:
-                raise ConfigError(f"malformed end_to_end settings: {error}") from None
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        """The target names, in the order given (``--target a,b``)."""
-        return tuple(self.target.split(","))
-
-    def _check_several_targets(self, budgets: list[Budget]) -> None:
-        """What a joint run cannot take: milliseconds (each target has its own) and one target's table."""
-        for text, budget in zip(self.budgets, budgets):
-            if budget.unit == "ms":
-                raise ConfigError(f"budget {text} is in milliseconds, but {len(self.targets)} targets "
-                                  f"({self.target}) each have their own: give fractions of each target's "
-                                  "unpruned latency (0.8) or percentages (80%)")
-        if self.table is not None:
-            raise ConfigError(f"--table gives one target's latency table; with several targets "
-                              f"({self.target}) each is profiled: drop --table, or run one target")
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["input_size"], data["budgets"] = list(self.input_size), list(self.budgets)
-        data["protocol"] = self.protocol.as_dict()
-        data["end_to_end"] = self.end_to_end.as_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str) -> PipelineConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        budgets = data.get("budgets", [])
-        if not isinstance(budgets, list):
-            raise ConfigError(f"{source}: budgets must be a list, got {budgets!r}")
-        try:
-            return cls(**{**data, "budgets": tuple(budgets)})
-        except (TypeError, ValueError, AttributeError) as error:  # a setting of the wrong JSON type
-            raise ConfigError(f"{source}: malformed settings: {one_line(error, 200)}") from None
-
-    def differences(self, other: PipelineConfig) -> list[str]:
-        """Settings that differ, budgets aside (a run may gain budgets)."""
-        mine, theirs = self.as_dict(), other.as_dict()
-        return [f"{key} {theirs[key]!r} → {mine[key]!r}" for key in mine
-                if key != "budgets" and mine[key] != theirs[key]]
-
-
-def demo_defaults() -> dict[str, Any]:
-    """The default settings, without validating them (cheap: for ``--help`` texts)."""
-    return {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
-            for f in fields(PipelineConfig)}
-
-
-def budget_label(budget: Budget) -> str:
-    """A folder-safe name: 0.8 → ``0.8``, 12 ms → ``12ms``."""
-    return f"{budget.value:g}ms" if budget.unit == "ms" else f"{budget.value:g}"
-
-
-def check_device(config: PipelineConfig, device: str | None) -> None:
-    """A device agent serves one target: a run of several measures here (checked before connecting)."""
-    if device is not None and len(config.targets) > 1:
-        raise ConfigError(f"a device agent (--device {device}) serves one target; with several targets "
-                          f"({config.target}) the run measures here: drop --device, or run one target")
-
-
-def default_run_dir(config: PipelineConfig) -> Path:
-    data = re.sub(r"[^A-Za-z0-9.-]+", "_", config.data).strip("_")
-    return Path("runs") / f"{config.model}-{data}-{config.target.replace(',', '+')}"
-
-
-def _target_names(text: Any) -> list[str]:
-    """``a,b`` → [a, b]: no empty name, none twice (a one-line ConfigError otherwise)."""
-    if not isinstance(text, str):
-        raise ConfigError(f"target must be a name or a comma-separated list of names, got {text!r}")
-    names = [name.strip() for name in text.split(",")]
-    if not all(names):
-        raise ConfigError(f"--target {text!r} has an empty name: give targets as a,b")
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise ConfigError(f"--target {text} lists {', '.join(twice)} twice: give each target once")
-    return names
-
-
-# --- the run directory -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Where every artifact of a run lives."""
-
-    root: Path
-    config: PipelineConfig
-    target_name: str              # the first (or only) target
-    table_name: str
-
-    @property
-    def several(self) -> bool:
-        return len(self.config.targets) > 1
-
-    @property
-    def baseline(self) -> Path:
-        return self.root / "baseline"
-
-    @property
-    def weights(self) -> Path:
-        return self.baseline / "model.pt"
-
-    @property
-    def table(self) -> Path:
-        return self.table_of(self.target_name)
-
-    def table_of(self, target: str) -> Path:
-        """A run of one target keeps its table in profile/; one of several, in profile/<target>/."""
-        folder = self.root / "profile"
-        return (folder / target if self.several else folder) / self.table_name
-
-    @property
-    def supernet(self) -> Path:
-        return self.root / "supernet" / "supernet.pt"
-
-    @property
-    def continued(self) -> Path:
-        """The equal-budget reference: the original trained on like the pruned variants."""
-        return self.root / "original-continued"
-
-    def onnx(self, folder: Path) -> Path:
-        return folder / "model.onnx"
-
-    def report(self, folder: Path, target: str | None = None) -> Path:
-        return folder / f"verify-{target or self.target_name}.json"
-
-    def budget(self, text: str) -> Path:
-        from deploykit.search.budget import parse_budget
-
-        return self.root / f"budget-{budget_label(parse_budget(text))}"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One step: its name, whether its artifact is already there, and what runs it (→ one-line summary)."""
-
-    name: str
-    is_done: Callable[[], bool]
-    run: Callable[[], str]
-    artifact: Path | None = None
-    also: tuple[Path, ...] = ()  # other files it writes outside its artifact's folder
-
-    def writes(self, root: Path) -> list[str]:
-        """The entries of the run directory this stage writes in (its manifest entries)."""
-        paths = [self.artifact, *self.also] if self.artifact is not None else list(self.also)
-        return [path.relative_to(root).parts[0] for path in paths]
 
 
 @dataclass(frozen=True)
@@ -334,19 +62,17 @@ class Pipeline:
     """The stages of one run (see the module docstring). ``run()`` executes the ones not yet done."""
 
     def __init__(self, config: PipelineConfig, out: str | Path | None = None, *, fresh: bool = False,
-                 progress: Progress | None = None, host: MeasureHost | None = None):
+                 progress: Progress | None = None,
+                 host: MeasureHost | Mapping[str, MeasureHost] | None = None):
         from deploykit.latency.profile import default_table_path
-        from deploykit.measure.host import host_or_local
         from deploykit.runtimes import check_target
-        from deploykit.targets import load_target
 
         self.config = config
         self.say = progress or silent
-        check_device(config, host.url if host is not None else None)
-        self.host = host_or_local(host)
         self.targets = [load_target(name) for name in config.targets]
         for target in self.targets:
             check_target(target)
+        self.hosts = self._hosts_by_target(host)
         self.target = self.targets[0]
         self.batch = config.latency_batch or self._common_batch()
         root = Path(out) if out is not None else default_run_dir(config)
@@ -354,6 +80,25 @@ class Pipeline:
         self.layout = RunLayout(root=root, config=config, target_name=self.target.name, table_name=table_name)
         self.fresh = fresh
         self._cache: dict[str, Any] = {}
+
+    def _hosts_by_target(self, host) -> dict[str, MeasureHost]:
+        """Where each target is measured: ``host`` for every target (this machine when None; an agent
+        for a run of one target only), or a mapping target name → host (unnamed targets: here)."""
+        from deploykit.measure.host import host_or_local
+
+        if not isinstance(host, Mapping):
+            if host is not None and host.url is not None and len(self.targets) > 1:
+                raise unnamed_agent_error(self.config, host.url)
+            return {target.name: host_or_local(host) for target in self.targets}
+        unknown = sorted(set(host) - {target.name for target in self.targets})
+        if unknown:
+            raise ConfigError(f"hosts for {', '.join(unknown)}, not a target of this run "
+                              f"({self.config.target})")
+        return {target.name: host_or_local(host.get(target.name)) for target in self.targets}
+
+    def host_for(self, target) -> MeasureHost:
+        """Where ``target`` (a Target or its name) is measured."""
+        return self.hosts[getattr(target, "name", target)]
 
     # -- orchestration --
 
@@ -510,13 +255,14 @@ class Pipeline:
     def _require_target(self, target) -> None:
         """The profile and verify stages measure on the target: it must be available where they measure
         (here, or on the device agent); the error says what is missing."""
-        ok, reason = self.host.availability(target)
+        host = self.host_for(target)
+        ok, reason = host.availability(target)
         if ok:
             return
         name = target.name
-        if self.host.url is not None:
+        if host.url is not None:
             stages = "verify stages measure" if self.config.table else "profile and verify stages measure"
-            raise ConfigError(f"the {stages} on {self.host.describe()}, which cannot run target {name} "
+            raise ConfigError(f"the {stages} on {host.describe()}, which cannot run target {name} "
                               f"({reason}): serve it on the {target.device} machine (deploykit serve "
                               f"--targets {name}) or give the --device URL of an agent that does")
         if self.config.table is not None:
@@ -524,8 +270,9 @@ class Pipeline:
                               f"{name}, which cannot run here ({reason}): give --device URL of a device "
                               f"agent (`deploykit serve` on the {target.device} machine)")
         if self.several:
-            raise ConfigError(f"target {name} (of {self.config.target}) cannot run here: {reason}. A run "
-                              "of several targets profiles and verifies each on this machine")
+            raise ConfigError(f"target {name} (of {self.config.target}) cannot run here: {reason}. Give "
+                              f"--device {name}=URL of a device agent (`deploykit serve` on the "
+                              f"{target.device} machine); the targets not named are measured here")
         raise ConfigError(f"target {name} cannot run here: {reason}. `deploykit run` profiles and verifies "
                           "on the target: run it on that machine, or give --device URL of a device agent "
                           "(`deploykit serve`) there; --table TABLE uses a table measured there instead of "
@@ -542,9 +289,9 @@ class Pipeline:
             raise ConfigError(f"--fresh would delete {root}, which is not a deploykit run directory "
                               f"(no {RUN_FILE}); choose another --out")
         if path.is_file():
-            state = _read_state(path)
+            state = read_state(path)
             if not isinstance(state.get(OUTPUTS_KEY), list):  # a run from before the manifest: adopt
-                state[OUTPUTS_KEY] = [name for name in _earlier_outputs(path, self.layout)
+                state[OUTPUTS_KEY] = [name for name in earlier_outputs(path, self.layout)
                                       if (root / name).exists()]
             before = PipelineConfig.from_dict(state["config"], source=str(path))
             changed = self.config.differences(before)
@@ -587,8 +334,8 @@ class Pipeline:
         user's other files in the folder stay. A run.json from before the manifest (or one that
         cannot be read) stands for the entries its settings (or these) make deploykit write."""
         root = self.layout.root
-        names = _earlier_outputs(root / RUN_FILE, self.layout)
-        removed = [name for name in names if _remove_entry(root / name)]
+        names = earlier_outputs(root / RUN_FILE, self.layout)
+        removed = [name for name in names if remove_entry(root / name)]
         (root / RUN_FILE).unlink(missing_ok=True)
         kept = sorted(entry.name for entry in root.iterdir())
         self.say(f"--fresh: removed the earlier run's {', '.join(removed) or 'nothing'} and {RUN_FILE} "
@@ -625,7 +372,7 @@ class Pipeline:
             self._cache[key] = open_table(
                 self.layout.table_of(name),
                 budget_unit="ms" if "ms" in units else "fraction",
-                say=lambda line: self.say(f"  {line}"), host=self.host)
+                say=lambda line: self.say(f"  {line}"), host=self.host_for(name))
         return self._cache[key]
 
     def latency_tables(self) -> list:
@@ -701,8 +448,8 @@ class Pipeline:
 
         result = profile(self.config.model, self._target(target), input_size=self.config.input_size,
                          batch=self.batch, out=self.layout.table_of(target), protocol=self.config.protocol,
-                         model=self.original_module(), end_to_end=self.config.end_to_end, host=self.host,
-                         progress=lambda line: self.say(f"  {line}"))
+                         model=self.original_module(), end_to_end=self.config.end_to_end,
+                         host=self.host_for(target), progress=lambda line: self.say(f"  {line}"))
         self._cache.pop(f"table {target}", None)
         self._cache.pop("candidates", None)
         whole = result.table.model_latency()
@@ -879,7 +626,7 @@ class Pipeline:
         report = verify(self.layout.onnx(folder), target=target, protocol=self.config.protocol,
                         reference=reference, torch_module=module, torch_name=str(folder),
                         table=self.latency_table(target.name), pruned=pruned, seed=self.config.seed,
-                        rounds=self.config.rounds, host=self.host,
+                        rounds=self.config.rounds, host=self.host_for(target),
                         progress=lambda line: self.say(f"  {line}"))
         report.write(path)
         if report.passed is False:
@@ -918,7 +665,7 @@ class Pipeline:
             return path
         robin = measure_models(files, reference=lay.baseline.name, target=target,
                                protocol=self.config.protocol, rounds=self.config.rounds,
-                               table=self.latency_table(target.name), host=self.host,
+                               table=self.latency_table(target.name), host=self.host_for(target),
                                progress=lambda line: self.say(f"  {line}"))
         return robin.write(path)
 
@@ -954,58 +701,3 @@ def _verified(path: Path) -> bool:
     from deploykit.verify import VerifyReport
 
     return path.is_file() and VerifyReport.read(path).passed is True
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        state = read_json(path, what="run file", kind=None)
-    except ConfigError as error:
-        raise ConfigError(f"{error}; pass --fresh to start the run over") from None
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-        raise ConfigError(f"{path} is not a deploykit run file; pass --fresh to start the run over")
-    state.setdefault("stages", {})
-    return state
-
-
-def _earlier_outputs(path: Path, layout: RunLayout) -> list[str]:
-    """The run directory entries an earlier run's run.json says it wrote, each one a name deploykit
-    writes (a doctored manifest cannot name a user's file); see :meth:`Pipeline._remove_earlier_run`."""
-    try:
-        state = _read_state(path)
-    except ConfigError:
-        state = {}
-    listed = state.get(OUTPUTS_KEY)
-    if isinstance(listed, list):
-        names = [name for name in listed if isinstance(name, str)]
-    else:
-        names = list(_FIXED_OUTPUTS) + _budget_folders(layout, layout.config.budgets)
-        config = state.get("config")
-        if isinstance(config, dict) and isinstance(config.get("budgets"), list):
-            names += _budget_folders(layout, config["budgets"])
-    return [name for name in dict.fromkeys(names) if _is_run_entry(name)]
-
-
-def _budget_folders(layout: RunLayout, budgets: Any) -> list[str]:
-    folders = []
-    for text in budgets:
-        try:
-            folders.append(layout.budget(str(text)).name)
-        except ConfigError:
-            continue
-    return folders
-
-
-def _is_run_entry(name: str) -> bool:
-    """A name the pipeline writes directly in its run directory (and nothing that leads outside it)."""
-    return name in _FIXED_OUTPUTS or _BUDGET_FOLDER.fullmatch(name) is not None
-
-
-def _remove_entry(path: Path) -> bool:
-    """Delete the file or folder ``path`` (a link itself, never what it points to); False if absent."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-    else:
-        return False
-    return True
