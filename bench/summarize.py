@@ -3,7 +3,7 @@ by hand).
 
     .venv/bin/python bench/summarize.py            # every section to stdout
     .venv/bin/python bench/summarize.py speedup    # one section: speedup, bapp, fidelity, stored, accuracy,
-                                                   # recovery, costs
+                                                   # recovery, costs, compliance
 """
 
 from __future__ import annotations
@@ -97,6 +97,26 @@ def stored() -> str:
     return markdown(shown)
 
 
+def compliance() -> str:
+    """Budget compliance per table: the share within 1.03 × budget, absolute and relative to the original
+    measured alongside, next to when the table was profiled (a table older than the machine's state
+    misses in milliseconds while its ratios hold)."""
+    frame = pd.read_csv(RESULTS / "budget_compliance.csv")
+    rows = []
+    for table, group in frame.groupby("table", sort=True):
+        relative = group["within_relative"].dropna().astype(bool)
+        drift = (group["original_measured_ms"] / group["original_predicted_ms"]).median()
+        within = group["within_budget"].astype(bool)
+        rows.append({"table": table.removeprefix("latency_tables/").removesuffix("_b1.csv"),
+                     "profiled": str(group["table_date"].iloc[0])[:16],
+                     "within 1.03 × budget": f"{within.mean():.0%} of {len(within)}",
+                     "relative": f"{relative.mean():.0%} of {len(relative)}" if len(relative) else "",
+                     "original measured / predicted": f"{drift:.2f}",
+                     "unused, median": f"{group['unused_pct'].median():+.1f}%",
+                     "measured": str(group["date"].max())[:16]})
+    return markdown(pd.DataFrame(rows))
+
+
 def accuracy() -> str:
     frame = pd.read_csv(RESULTS / "accuracy_latency_summary.csv")
     rows = []
@@ -185,7 +205,7 @@ def _total(stage: dict[str, float], prefix: str) -> float:
 
 SECTIONS: dict[str, Callable[[], str]] = {"speedup": speedup, "bapp": bapp, "fidelity": fidelity,
                                           "stored": stored, "accuracy": accuracy, "recovery": recovery,
-                                          "costs": costs}
+                                          "costs": costs, "compliance": compliance}
 
 
 def main(argv: list[str]) -> int:

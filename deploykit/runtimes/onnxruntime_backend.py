@@ -177,8 +177,8 @@ class OnnxRuntimeBackend(RuntimeBackend):
         """As the base class; where the CPU provider's threads may spin, both sessions run on one shared
         (global) thread pool. Two sessions with spinning pools of their own, alternated in one process,
         spin against each other: measured on a 2-vCPU VM (resnet34, 2 threads), a model timed against an
-        identical copy gave ratios 1.12–1.29 (95 % interval ±50 %) and both ran 1.5× slower than alone;
-        on one shared pool, 0.999–1.010 (±1 %) at the speed of one session alone (docs/latency.md)."""
+        identical copy gave ratios 1.03–1.23 (95 % interval ±48 %) and both ran 1.5× slower than alone;
+        on one shared pool, 0.995–1.006 (±0.9 %) at the speed of one session alone (docs/latency.md)."""
         settings = protocol.apply_settings(target)
         if not self.runs_on_cpu_threads(settings) or settings.spinning is False:
             return super().profile_paired(onnx_path, reference_path, target=target, protocol=protocol,
