@@ -62,11 +62,12 @@ out=$("$deploykit" blocks convnext_atto)
 grep -q "^convnext_atto at 224x224: 12 blocks" <<<"$out" || fail "deploykit blocks: $(head -1 <<<"$out")"
 
 # The smallest real profile: timm's test_vit at 32x32 (6 entries), one short round per entry, isolated
-# sums (no fit, no held-out subnets), the sentinel only at the start and the end and never a re-measure.
+# sums (no fit, no held-out subnets), the sentinel only at the start and the end and never a re-measure,
+# explicit run settings (no settings probe).
 step "deploykit profile (test_vit at 32x32)"
 "$deploykit" profile --target cpu-ort --model test_vit --input-size 32 --out tiny.csv --predictor isolated \
     --fit-samples 0 --holdout 0 --warmup-time 0 --warmup-iters 1 --min-time 0 --min-iters 3 --max-repeats 1 \
-    --sentinel-every 0 --max-drift 1 >"$work/profile.log" 2>&1 \
+    --sentinel-every 0 --max-drift 1 --threads 1 --spinning off >"$work/profile.log" 2>&1 \
     || { tail -20 "$work/profile.log"; fail "deploykit profile"; }
 [[ -s tiny.csv && -s tiny.meta.json ]] || fail "deploykit profile wrote no table"
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from deploykit import cli
 from deploykit.errors import ConfigError, RuntimeUnavailableError, TableError
+from deploykit.latency import probe
 from deploykit.latency import profile as profile_module
 from deploykit.latency.options import EndToEndOptions
 from deploykit.latency.profile import find_entries, profile
@@ -447,14 +448,16 @@ def test_real_onnxruntime_cpu_table(killed_and_resumed):
 
 
 @pytest.mark.openvino
-def test_real_openvino_cpu_table(tmp_path):
+def test_real_openvino_cpu_table(tmp_path, monkeypatch):
     openvino = pytest.importorskip("openvino")
     target = load_target("cpu-openvino")
     ok, reason = availability(target)
     if not ok:
         pytest.skip(reason)
-    # the settings probe runs (the one real OpenVINO probe); the sentinel at the start and the end only,
-    # never redoing entries (a loaded CI machine drifts; the number of measurements is not checked here)
+    # the settings probe runs (the one real OpenVINO probe, 3 processes a candidate to keep CI short);
+    # the sentinel at the start and the end only, never redoing entries (a loaded CI machine drifts; the
+    # number of measurements is not checked here)
+    monkeypatch.setattr(probe, "PROBE_PROCESSES", 3)
     profile("tiny", target, input_size=32, out=tmp_path / "ov.csv", protocol=TINY_PROTOCOL,
             model=tiny(), end_to_end=ISOLATED,
             sentinel=SentinelPolicy(every=0, interval_s=1e9, max_drift=100.0))

@@ -120,9 +120,10 @@ def choose(rows: Sequence[ProbeRow]) -> tuple[RunSettings, str]:
 
 
 def run_probe(settings: Sequence[RunSettings], measure: Callable[[RunSettings], float], *,
-              processes: int = PROBE_PROCESSES, say: Callable[[str], None] | None = None) -> ProbeResult:
-    """Measure each candidate in ``processes`` fresh processes (``measure``: one process, its median
-    ms), interleaved round by round, and choose (:func:`choose`)."""
+              processes: int | None = None, say: Callable[[str], None] | None = None) -> ProbeResult:
+    """Measure each candidate in ``processes`` fresh processes (default :data:`PROBE_PROCESSES`;
+    ``measure``: one process, its median ms), interleaved round by round, and choose (:func:`choose`)."""
+    processes = processes or PROBE_PROCESSES
     medians: dict[RunSettings, list[float]] = {s: [] for s in settings}
     for round_index in range(processes):
         for candidate in settings:
