@@ -13,6 +13,7 @@ finished. Each profile's output goes to ``bench/results/logs/``.
     .venv/bin/python bench/profile_tables.py                            # every shipped table
     .venv/bin/python bench/profile_tables.py --targets cpu-ort --models convnext_tiny
     .venv/bin/python bench/profile_tables.py --extra convnext_atto:32   # the demo's regime too
+    .venv/bin/python bench/profile_tables.py --targets cpu-ort --models mobilenetv2_100 --threads 1
     .venv/bin/python bench/profile_tables.py --refit    # fit the profiled tables again, measuring nothing
     .venv/bin/python bench/profile_tables.py --quick    # smoke: convnext_atto 32×32 on cpu-ort, short
                                                         # protocol, into bench/results/quick/ (~1 min)
@@ -142,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", help="only these models")
     p.add_argument("--extra", nargs="*", default=[], metavar="MODEL:SIZE",
                    help="also profile MODEL at SIZE×SIZE on each target (e.g. convnext_atto:32)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="profile with N threads instead of the probe's choice (what a profile's drift "
+                        "warning advises)")
+    p.add_argument("--paired", action="store_true",
+                   help="pair the end-to-end phase whatever the settings (`deploykit profile --paired`)")
     p.add_argument("--out", type=Path, default=None, help="default: bench/results/profile_tables.csv")
     p.add_argument("--quick", action="store_true",
                    help="smoke: convnext_atto 32×32 on cpu-ort, a short protocol, into bench/results/quick/")
@@ -175,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("nothing to profile: no shipped table matches --targets/--models")
     rows: list[dict[str, Any]] = []
     for target, model, size in plan:
-        rows.append(profile_one(target, model, size, say))
+        extra = ([] if args.threads is None else ["--threads", str(args.threads)]) + \
+            (["--paired"] if args.paired else [])
+        rows.append(profile_one(target, model, size, say, extra=extra))
         save(rows, args.out)
     print(pd.DataFrame(rows)[["target", "model", "input_size", "wall_s", "spearman", "within_5", "mape_pct",
                               "repeat_within_5"]].to_string(index=False))

@@ -43,7 +43,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {
     "cpu-ort": [RunSettings(threads=1), RunSettings(threads=2, spinning=True),
                 RunSettings(threads=2, spinning=False)],
-    "cpu-openvino": [RunSettings(threads=1), RunSettings(threads=2)],
+    "cpu-openvino": [RunSettings(threads=1), RunSettings(threads=2), RunSettings(threads=1, pinning=False),
+                     RunSettings(threads=2, pinning=False)],
 }
 MODELS = {"convnext_atto_224": ("convnext_atto", 224), "mobilenetv2_100_224": ("mobilenetv2_100", 224),
           "convnext_atto_32": ("convnext_atto", 32)}

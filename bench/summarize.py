@@ -3,7 +3,7 @@ by hand).
 
     .venv/bin/python bench/summarize.py            # every section to stdout
     .venv/bin/python bench/summarize.py speedup    # one section: speedup, bapp, fidelity, stored, accuracy,
-                                                   # recovery, costs, compliance
+                                                   # recovery, costs, compliance, anchored
 """
 
 from __future__ import annotations
@@ -97,24 +97,32 @@ def stored() -> str:
     return markdown(shown)
 
 
-def compliance() -> str:
+def compliance(name: str = "budget_compliance.csv") -> str:
     """Budget compliance per table: the share within 1.03 × budget, absolute and relative to the original
     measured alongside, next to when the table was profiled (a table older than the machine's state
-    misses in milliseconds while its ratios hold)."""
-    frame = pd.read_csv(RESULTS / "budget_compliance.csv")
+    misses in milliseconds while its ratios hold); with ``--anchor`` rows, the map each table got."""
+    frame = pd.read_csv(RESULTS / name)
     rows = []
     for table, group in frame.groupby("table", sort=True):
         relative = group["within_relative"].dropna().astype(bool)
         drift = (group["original_measured_ms"] / group["original_predicted_ms"]).median()
         within = group["within_budget"].astype(bool)
-        rows.append({"table": table.removeprefix("latency_tables/").removesuffix("_b1.csv"),
-                     "profiled": str(group["table_date"].iloc[0])[:16],
-                     "within 1.03 × budget": f"{within.mean():.0%} of {len(within)}",
+        row = {"table": table.removeprefix("latency_tables/").removesuffix("_b1.csv"),
+               "profiled": str(group["table_date"].iloc[0])[:16]}
+        anchored = group["anchored"].dropna() if "anchored" in group.columns else pd.Series(dtype=str)
+        if len(anchored):
+            row["re-anchored: here ="] = str(anchored.iloc[0])
+        rows.append({**row, "within 1.03 × budget": f"{within.mean():.0%} of {len(within)}",
                      "relative": f"{relative.mean():.0%} of {len(relative)}" if len(relative) else "",
                      "original measured / predicted": f"{drift:.2f}",
                      "unused, median": f"{group['unused_pct'].median():+.1f}%",
                      "measured": str(group["date"].max())[:16]})
     return markdown(pd.DataFrame(rows))
+
+
+def anchored_compliance() -> str:
+    """As :func:`compliance`, for ``bench/budget_compliance.py --anchor``."""
+    return compliance("budget_compliance_anchored.csv")
 
 
 def accuracy() -> str:
@@ -205,7 +213,8 @@ def _total(stage: dict[str, float], prefix: str) -> float:
 
 SECTIONS: dict[str, Callable[[], str]] = {"speedup": speedup, "bapp": bapp, "fidelity": fidelity,
                                           "stored": stored, "accuracy": accuracy, "recovery": recovery,
-                                          "costs": costs, "compliance": compliance}
+                                          "costs": costs, "compliance": compliance,
+                                          "anchored": anchored_compliance}
 
 
 def main(argv: list[str]) -> int:

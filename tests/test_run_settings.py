@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 from deploykit.errors import ConfigError
 from deploykit.latency.identity import with_table_settings
-from deploykit.latency.probe import ProbeRow, candidates, choose, run_probe
+from deploykit.latency.probe import ProbeResult, ProbeRow, candidates, choose, drift_warning, run_probe
 from deploykit.latency.table import LatencyTable, TableMeta
 from deploykit.protocol import Protocol
 from deploykit.runsettings import RunSettings, differing
@@ -136,6 +136,24 @@ def test_the_probe_measures_candidates_interleaved():
     assert result.chosen == RunSettings(threads=1)
     assert [row.medians_ms for row in result.rows] == [(13.0, 13.1, 13.2), (8.0, 15.0, 11.0)]
     assert "<- chosen" in result.table().splitlines()[1]
+
+
+def test_a_profile_that_drifted_past_the_probe_names_the_steadier_setting():
+    one = ProbeRow(RunSettings(threads=1), (8.9, 8.6, 8.9, 8.8))
+    two = ProbeRow(RunSettings(threads=2, spinning=OFF), (5.8, 5.7, 5.6, 5.6))
+    probe = ProbeResult(rows=(one, two), chosen=two.settings, reason="fastest").as_dict()
+    warning = drift_warning(0.4, 43, probe, two.settings)
+    assert warning.startswith("warning: with 2 threads, spinning off the unpruned model was 40% within ±5%")
+    assert "43 fresh processes" in warning
+    assert warning.endswith("profile with --threads 1 (1 thread: 8.850 ms in the probe, 100% within ±5%)")
+    assert drift_warning(0.9, 43, probe, two.settings) is None          # the goal met: nothing to say
+    # one thread already, or no probe: the warning without a setting to try
+    assert "--threads" not in drift_warning(0.5, 10, probe, one.settings)
+    assert "--threads" not in drift_warning(0.5, 10, None, two.settings)
+    # a candidate with fewer threads that was not repeatable in the probe is not offered
+    shaky = ProbeRow(RunSettings(threads=1), (8.0, 9.0, 10.0, 8.9))
+    probe = ProbeResult(rows=(shaky, two), chosen=two.settings, reason="fastest").as_dict()
+    assert "--threads" not in drift_warning(0.4, 43, probe, two.settings)
 
 
 def _table(run_settings):

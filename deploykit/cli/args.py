@@ -184,7 +184,7 @@ def add_end_to_end_arguments(parser: argparse.ArgumentParser) -> None:
                             "process (alternating short slices), its ms = that ratio × the unpruned "
                             "model's median over the phase's processes: steadier where fresh processes land "
                             "in different states (this machine only). Default: paired where the target "
-                            "runs on more than one CPU thread, measured here (docs/latency.md)")
+                            "runs on this machine's CPU threads, measured here (docs/latency.md)")
 
 
 def end_to_end_from_args(args: argparse.Namespace):

@@ -51,7 +51,7 @@ def add_lut(sub) -> None:
                             "alternating slices); its ms = that ratio × the unpruned model's median over all "
                             "the check's processes. Steadier where fresh processes land in different states; "
                             "this machine only (a device agent measures one file per request). Default: "
-                            "paired where the table's target runs on more than one CPU thread")
+                            "paired where the table's target runs on this machine's CPU threads")
     check.add_argument("--no-plot", action="store_true", help="write no PNG")
     check.add_argument("--format", choices=("text", "json"), default="text",
                        help="output format (default: text)")

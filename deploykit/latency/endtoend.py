@@ -31,6 +31,7 @@ from typing import Any
 from deploykit.clock import utc_now
 from deploykit.latency.options import MAX_DESIGNED, EndToEndOptions
 from deploykit.latency.predictor import Prior, fit_predictor
+from deploykit.latency.probe import drift_warning
 from deploykit.latency.sampling import EndToEndPlan, plan_end_to_end
 from deploykit.latency.stats import Figures, Repeatability
 from deploykit.latency.subnets import (
@@ -100,7 +101,7 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
     _write_points(points_file, plan, timings, predict)
     fidelity = _fidelity(plan, timings, predict, kind, options, points_file, say)
     if fidelity is not None:
-        fidelity = _with_repeatability(fidelity, whole_model_repeats(table, timings), say)
+        fidelity = _with_repeatability(fidelity, whole_model_repeats(table, timings), table, say)
         if anchor is not None:
             fidelity = {**fidelity, "paired": True, "anchor_ms": anchor}
     notes = table.meta.notes
@@ -174,11 +175,17 @@ def whole_model_repeats(table: LatencyTable, timings: dict) -> list[float]:
     return values
 
 
-def _with_repeatability(fidelity: dict[str, Any], values: list[float], say: Progress) -> dict[str, Any]:
+def _with_repeatability(fidelity: dict[str, Any], values: list[float], table: LatencyTable,
+                        say: Progress) -> dict[str, Any]:
     repeat = Repeatability.of(values)
     if repeat is None:
         return fidelity
     say(repeat.line())
+    meta = table.meta
+    if meta.mode == "measured" and meta.run_settings is not None:
+        warning = drift_warning(repeat.within_5, repeat.n, meta.settings_probe, meta.measured_with())
+        if warning:
+            say(warning)
     return {**fidelity, "repeatability": repeat.as_dict()}
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -165,3 +165,27 @@ def settle(target: Any, onnx_file: Any, *, input_shape: Sequence[int], protocol:
     say(result.table())
     say(f"run settings: {result.chosen.describe()} ({result.reason})")
     return target.with_settings(result.chosen), result
+
+
+def drift_warning(within_5: float, measurements: int, probe: Mapping[str, Any] | None,
+                  used: RunSettings) -> str | None:
+    """A warning when the unpruned model, measured ``measurements`` times through the whole profile, was
+    less repeatable (``within_5``: the share within ±5 % of the median) than :data:`MIN_SHARE`; None
+    otherwise. The probe's window is seconds, a profile's minutes: a setting steady in the probe can
+    drift with the machine over minutes (measured here with several threads that wait for work). The
+    warning names the probe's steadiest candidate with fewer threads, the one to profile with instead."""
+    if within_5 >= MIN_SHARE:
+        return None
+    head = (f"warning: with {used.describe()} the unpruned model was {within_5:.0%} within ±{WITHIN:.0%} of "
+            f"its median over the profile's {measurements} fresh processes (goal {MIN_SHARE:.0%}): the "
+            "table's ratios hold, its milliseconds only for the machine's speed when each was measured "
+            "(`deploykit lut anchor` re-anchors them)")
+    fewer = [ProbeRow(RunSettings.from_dict(row["settings"]), tuple(row["medians_ms"]))
+             for row in (probe or {}).get("rows", [])]
+    fewer = [row for row in fewer if (row.settings.threads or 0) < (used.threads or 0) and row.repeatable]
+    if not fewer:
+        return head
+    steadiest = max(fewer, key=lambda row: (row.share_within, -row.spread))
+    return (f"{head}; for steadier milliseconds profile with --threads {steadiest.settings.threads} "
+            f"({steadiest.settings.describe()}: {steadiest.median_ms:.3f} ms in the probe, "
+            f"{steadiest.share_within:.0%} within ±{WITHIN:.0%})")
