@@ -241,8 +241,10 @@ def test_real_profile_with_its_fit_then_lut_check_on_cpu_onnxruntime(tmp_path, c
     ok, reason = availability(target)
     if not ok:
         pytest.skip(reason)
+    # Unpaired (pairing has tests of its own in test_paired.py): each subnet alone in its processes.
     profiled = profile("convnext_atto", target, input_size=32, batch=1, out=tmp_path / "atto.csv",
-                       protocol=TINY_PROTOCOL, end_to_end=EndToEndOptions(fit_samples=0, holdout=2),
+                       protocol=TINY_PROTOCOL,
+                       end_to_end=EndToEndOptions(fit_samples=0, holdout=2, paired=False),
                        sentinel=SentinelPolicy(every=0, interval_s=1e9, max_drift=100.0))
     meta = profiled.table.meta
     assert meta.complete and meta.layout["blocks"] == 12 and len(meta.layout["fixed"]) == 5
@@ -258,7 +260,7 @@ def test_real_profile_with_its_fit_then_lut_check_on_cpu_onnxruntime(tmp_path, c
     assert "held-out subnets): ρ" in profiled.summary()
     # three timed runs per entry make the table's end-to-end row too rough for the drift guard: force
     code = main(["lut", "check", str(profiled.path), "--samples", "2", "--seed", "1", "--format", "json",
-                 "--force-store"])
+                 "--force-store", "--no-paired"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)
