@@ -20,6 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from deploykit.errors import DeployKitError
+from deploykit.latency.anchor import interleaved
 from deploykit.latency.subnets import SubnetMeasurer
 from deploykit.measure.host import LocalHost
 from deploykit.protocol import Protocol
@@ -38,23 +40,27 @@ def main(argv=None) -> int:
                    help='pruned blocks per subnet, comma-separated ("" for the unpruned model)')
     p.add_argument("--rounds", type=int, default=4)
     args = p.parse_args(argv)
+    try:
+        runs = recheck(args)
+    except DeployKitError as error:
+        p.exit(2, f"subnet_recheck: {error}\n")
+    for name, results in runs.items():
+        print(f"{name:>24}: " + " ".join(f"{r.median_ms:.2f}" for r in results) + " ms")
+    return 0
+
+
+def recheck(args) -> dict:
     target = load_target(args.target).with_settings(RunSettings(threads=args.threads))
     shape = (1, 3, args.input_size, args.input_size)
     host = LocalHost()
     with tempfile.TemporaryDirectory(prefix="deploykit-recheck-") as work:
         torch.manual_seed(0)
         builder = SubnetMeasurer(args.model, input_size=(args.input_size,) * 2, batch=1, work=Path(work))
-        files = {text or "unpruned": builder.export(parse_indices(text.replace(",", ";")) if text else (),
+        files = {text or "unpruned": builder.export(parse_indices(text.replace(",", ";")),
                                                    Path(work) / f"subnet{number}.onnx")
                  for number, text in enumerate(args.subnets)}
-        medians: dict[str, list[float]] = {name: [] for name in files}
-        for _ in range(args.rounds):
-            for name, path in files.items():
-                medians[name].append(host.measure(path, target=target, protocol=Protocol(min_time_s=0.5),
-                                                  input_shape=shape).median_ms)
-    for name, values in medians.items():
-        print(f"{name:>24}: " + " ".join(f"{v:.2f}" for v in values) + " ms")
-    return 0
+        return interleaved(files, rounds=args.rounds, time_onnx=lambda path: host.measure(
+            path, target=target, protocol=Protocol(min_time_s=0.5), input_shape=shape))
 
 
 if __name__ == "__main__":

@@ -180,9 +180,9 @@ def drift_warning(within_5: float, measurements: int, probe: Mapping[str, Any] |
             f"its median over the profile's {measurements} fresh processes (goal {MIN_SHARE:.0%}): the "
             "table's ratios hold, its milliseconds only for the machine's speed when each was measured "
             "(`deploykit lut anchor` re-anchors them)")
-    fewer = [ProbeRow(RunSettings.from_dict(row["settings"]), tuple(row["medians_ms"]))
-             for row in (probe or {}).get("rows", [])]
-    fewer = [row for row in fewer if (row.settings.threads or 0) < (used.threads or 0) and row.repeatable]
+    rows = (ProbeRow(RunSettings.from_dict(row["settings"]), tuple(row["medians_ms"]))
+            for row in (probe or {}).get("rows", []))
+    fewer = [row for row in rows if (row.settings.threads or 0) < (used.threads or 0) and row.repeatable]
     if not fewer:
         return head
     steadiest = max(fewer, key=lambda row: (row.share_within, -row.spread))
