@@ -374,20 +374,40 @@ def test_more_ranks_than_gpus_is_a_one_line_error(two_gpus):
         distributed.pick_device("cuda", 2)
 
 
-def test_process_group_is_bound_to_the_rank_gpu(two_gpus, monkeypatch):
-    calls = {}
+def fake_group(monkeypatch, calls: dict, backend: str) -> None:
+    """torch.distributed as rank 1 of 2 sees it, recording what the context asks of it, in order."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.setdefault("set_device", device))
     fake = {"is_initialized": lambda: False, "init_process_group": lambda **kw: calls.setdefault("init", kw),
-            "get_rank": lambda: 1, "get_world_size": lambda: 2, "get_backend": lambda: "nccl",
-            "destroy_process_group": lambda: calls.setdefault("destroyed", True)}
+            "get_rank": lambda: 1, "get_world_size": lambda: 2, "get_backend": lambda: backend,
+            "barrier": lambda: calls.setdefault("order", []).append("barrier"),
+            "destroy_process_group": lambda: calls.setdefault("order", []).append("destroy")}
     for name, value in fake.items():
         monkeypatch.setattr(distributed.dist, name, value)
+
+
+def test_process_group_is_bound_to_the_rank_gpu(two_gpus, monkeypatch):
+    calls = {}
+    fake_group(monkeypatch, calls, "nccl")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.setdefault("set_device", device))
     with distributed.distributed("auto") as ctx:
         assert ctx.device == torch.device("cuda", 1) and ctx.world == 2
     assert calls["init"] == {"backend": "nccl", "device_id": torch.device("cuda", 1)}
-    assert calls["set_device"] == torch.device("cuda", 1) and calls["destroyed"]
+    assert calls["set_device"] == torch.device("cuda", 1) and "destroy" in calls["order"]
+
+
+def test_ranks_leave_the_group_together_only_after_success(monkeypatch):
+    """A rank that tore gloo down while rank 0 still wrote its result aborted at exit (CI, 2026-12-06);
+    after an error, a barrier could wait for a rank that never comes."""
+    calls = {}
+    fake_group(monkeypatch, calls, "gloo")
+    with distributed.distributed("cpu"):
+        pass
+    assert calls["order"] == ["barrier", "destroy"]
+    calls.clear()
+    with pytest.raises(ValueError, match="stage failed"), distributed.distributed("cpu"):
+        raise ValueError("stage failed")
+    assert calls["order"] == ["destroy"]
 
 
 def test_bf16_only_where_the_gpu_has_it(monkeypatch):

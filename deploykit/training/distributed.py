@@ -3,6 +3,7 @@ few collective operations training needs. Without ``torchrun`` everything degrad
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -82,9 +83,20 @@ def distributed(device: str = "auto") -> Iterator[DistContext]:
     try:
         yield DistContext(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank,
                           device=target, backend=dist.get_backend())
+        if created:
+            _leave_together()
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def _leave_together() -> None:
+    """End a stage that succeeded on every rank: free what still holds the group (DDP's reducer in a
+    reference cycle), then wait for every rank. A rank that tears its group down while a peer is still
+    working (rank 0 writing the result) can abort at exit in gloo ("terminate called without an active
+    exception"), failing a run whose work is done. Not after an error: the other ranks may never come."""
+    gc.collect()
+    dist.barrier()
 
 
 def all_reduce_sum(values: Tensor, ctx: DistContext) -> Tensor:
