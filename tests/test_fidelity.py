@@ -93,6 +93,13 @@ def test_figures_and_calibration_fit():
         fit_calibration([2, 2], [3, 4])
 
 
+def test_rounding_below_a_nanosecond_does_not_rank_equal_subnets():
+    # a fitted predictor recovers 7.5 ms twice, once a rounding below and once above
+    figures = Figures.compare([7.5 - 1e-12, 7.5 + 1e-12, 9.0], [7.5, 7.5, 9.0])
+    assert figures.spearman == pytest.approx(1.0) and figures.kendall == pytest.approx(1.0)
+    assert Figures.compare([7.5, 7.5005, 9.0], [7.5, 7.5, 9.0]).spearman < 1.0  # a µs apart still ranks
+
+
 def test_repeatability_is_the_spread_of_one_model_measured_again():
     repeat = Repeatability.of([1.0, 1.02, 0.97, 1.3, 0.5])
     assert repeat.n == 5 and repeat.median_ms == pytest.approx(1.0)

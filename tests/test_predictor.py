@@ -127,11 +127,36 @@ def test_held_out_subnets_never_overlap_the_fit_set(seed):
     assert made == plan_end_to_end(groups, fit_samples=12, holdout=10, seed=seed)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_held_out_subnets_spread_evenly_over_the_prediction(seed):
+    """Blocks of very different cost (block i costs 1.5^i ms): drawn by k alone, held-out subnets bunch
+    together in prediction; spread by it, consecutive ones are at least half an even step apart."""
+    groups = tuple((i,) for i in range(12))
+
+    def predict(subset):
+        return 100.0 - sum(1.5 ** i for i in subset)
+
+    def gaps(plan):
+        predicted = np.sort([predict(s) for s in plan.holdout])
+        return np.diff(predicted), predicted[-1] - predicted[0]
+
+    by_k = plan_end_to_end(groups, fit_samples=12, holdout=10, seed=seed)
+    spread = plan_end_to_end(groups, fit_samples=12, holdout=10, seed=seed, spread_by=predict)
+    steps, width = gaps(spread)
+    assert len(spread.holdout) == len(set(spread.holdout)) == 10
+    assert steps.min() >= 0.5 * width / 9 and width >= 0.8 * (sum(1.5 ** i for i in range(12)) - 2 * 1.5 ** 0)
+    assert gaps(by_k)[0].min() < 0.5 * gaps(by_k)[1] / 9  # what the spread is for
+    assert not set(spread.holdout) & set(spread.fit) and all(0 < len(s) < 12 for s in spread.holdout)
+    assert spread == plan_end_to_end(groups, fit_samples=12, holdout=10, seed=seed, spread_by=predict)
+
+
 def test_a_small_space_gives_the_held_out_subnets_first():
     made = plan_end_to_end(((0, 1, 2),), fit_samples=10, holdout=10, seed=0)  # 8 subnets, 2 designed
     assert made.designed == ((), (0, 1, 2)) and len(made.holdout) == 6 and made.random == ()
     isolated = plan_end_to_end(((0, 1), (2,)), fit_samples=10, holdout=3, seed=0, designed=False)
     assert isolated.fit == () and len(isolated.holdout) == 3
+    spread = plan_end_to_end(((0, 1, 2),), fit_samples=10, holdout=10, seed=0, spread_by=len)
+    assert sorted(spread.holdout) == sorted(made.holdout)  # all 6 there are, whatever the prediction
     with pytest.raises(ConfigError, match="--holdout must be an integer"):
         plan_end_to_end(((0,),), fit_samples=1, holdout=-1, seed=0)
 

@@ -8,10 +8,11 @@ process):
   merged alone, everything merged) and ``fit_samples`` random ones, on which
   :func:`deploykit.latency.predictor.fit_predictor` fits ``base + Σ δ_i + Σ δ_{i,i+1}`` toward the
   isolated entries;
-- ``holdout`` further random subnets that no fit ever sees, each measured in :data:`HOLDOUT_PROCESSES`
-  fresh processes (one export; the median kept; paired: one, the process's state cancels in the
-  ratio), on which the table's prediction (the fitted
-  predictor, or the isolated sum for ``isolated``) is compared with the measurement: Spearman ρ,
+- ``holdout`` further subnets that no fit ever sees, spread evenly over the range of the isolated-sum
+  prediction (:func:`deploykit.latency.sampling.spread_by_prediction`), each measured in
+  :data:`HOLDOUT_PROCESSES` fresh processes (one export; the median kept; paired: one, the process's
+  state cancels in the ratio), on which the table's prediction (the fitted predictor, or the isolated
+  sum for ``isolated``) is compared with the measurement: Spearman ρ,
   Kendall τ, the share within ±5 % / ±10 %, MAPE, bias and max error go into the metadata
   (``fidelity``).
 
@@ -51,6 +52,8 @@ MIN_HOLDOUT = 10          # fewer held-out subnets than this: the figures are st
 # processes and the median kept, so that one process landing 30 % slow is not counted as the table's
 # error (the fit is robust to such points; the figures are not).
 HOLDOUT_PROCESSES = 3
+# How the held-out subnets were chosen, stored with the figures (tables without it drew them by k alone)
+HOLDOUT_DRAW = "spread evenly over the isolated-sum prediction"
 POINT_COLUMNS = ("phase", "k", "pruned", "measured_ms", "p90_ms", "cv", "n", "load_1min", "predicted_ms",
                  "measured_at", "ratio", "reference_ms")
 
@@ -80,7 +83,7 @@ def finish_profile(table: LatencyTable, *, options: EndToEndOptions, measure: Me
         say(f"predictor: isolated ({len(groups)} identical-block groups; the fitted predictor would need "
             f"{len(groups) + 2} designed subnets, more than {MAX_DESIGNED})")
     plan = plan_end_to_end(groups, fit_samples=options.fit_samples, holdout=options.holdout,
-                           seed=options.seed, designed=kind == "fitted")
+                           seed=options.seed, designed=kind == "fitted", spread_by=table.isolated_sum)
     known = {} if fresh else _read_points(points_file, say)
     holdout_processes = 1 if options.paired else HOLDOUT_PROCESSES
     measured = _measure(plan, measure, known, points_file, say, load, holdout_processes)
@@ -150,7 +153,7 @@ def _fidelity(plan: EndToEndPlan, timings: dict, predict: Callable, kind: str, o
         return None
     figures = Figures.compare([predict(s) for s in held], [timings[s].measured_ms for s in held])
     record = {**figures.as_dict(), "predictor": "fitted" if kind == "fitted" else "isolated sum",
-              "seed": options.seed, "points_file": points_file.name,
+              "seed": options.seed, "holdout_draw": HOLDOUT_DRAW, "points_file": points_file.name,
               "date": utc_now()}
     if figures.n < MIN_HOLDOUT:
         record["note"] = f"only {figures.n} held-out subnets: rough figures"

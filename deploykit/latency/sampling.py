@@ -7,7 +7,7 @@ A subnet is the sorted tuple of its pruned block indices.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,11 +86,14 @@ class EndToEndPlan:
 
 
 def plan_end_to_end(groups: Sequence[Sequence[int]], *, fit_samples: int, holdout: int, seed: int,
-                    designed: bool = True) -> EndToEndPlan:
+                    designed: bool = True, spread_by: Callable[[Subset], float] | None = None,
+                    ) -> EndToEndPlan:
     """Plan the end-to-end measurements of a profile over prunable ``groups`` (block indices that share
     a table entry). ``designed=False`` (the isolated predictor) plans only the held-out subnets.
     Random and held-out subnets prune k = 1..n−1 blocks, stratified; where the space is too small
-    for all of them, the held-out ones are drawn first."""
+    for all of them, the held-out ones are drawn first. With ``spread_by`` (a prediction known before
+    any end-to-end measurement: the isolated sum), the held-out subnets are instead spread evenly over
+    the predicted range (:func:`spread_by_prediction`)."""
     for name, value in (("--fit-samples", fit_samples), ("--holdout", holdout)):
         require_int(name, value, least=0)
     blocks = tuple(sorted({int(i) for group in groups for i in group}))
@@ -100,7 +103,10 @@ def plan_end_to_end(groups: Sequence[Sequence[int]], *, fit_samples: int, holdou
         candidates = [(), *(tuple(sorted(group)) for group in groups), blocks]
         planned = list(dict.fromkeys(candidates))
     taken = set(planned) | {(), blocks}   # held-out and random subnets are neither extreme
-    held = _stratified(blocks, holdout, taken, rng)
+    if spread_by is None:
+        held = _stratified(blocks, holdout, taken, rng)
+    else:
+        held = spread_by_prediction(blocks, holdout, taken, rng, spread_by)
     taken |= set(held)
     extra = _stratified(blocks, fit_samples if designed else 0, taken, rng)
     order = [("fit", s) for s in (*planned, *extra)] + [("holdout", s) for s in held]
@@ -122,4 +128,35 @@ def _stratified(blocks: tuple[int, ...], count: int, taken: set, rng: np.random.
             break
         taken.add(subset)
         chosen.append(subset)
+    return chosen
+
+
+# Candidates drawn per held-out subnet when spreading by prediction: enough that every point of an even
+# grid over the predicted range has a subnet near it.
+POOL_PER_PICK = 50
+
+
+def spread_by_prediction(blocks: tuple[int, ...], count: int, taken: set, rng: np.random.Generator,
+                         predict: Callable[[Subset], float]) -> list[Subset]:
+    """Up to ``count`` unused subsets whose ``predict`` values are spread evenly over the range that a
+    k-stratified pool of random subsets spans, from the lightest pruning to the heaviest.
+
+    Why: drawn by k alone, held-out subnets of a model whose blocks differ in cost land within 0.1 % of
+    each other, a difference no measurement repeatable to ±2 % can order; their rank correlation then
+    measures the machine's noise, not the table. Evenly spread, they test the range a search chooses
+    across. ``taken`` is not changed."""
+    pool = _stratified(blocks, count * POOL_PER_PICK, set(taken), rng)
+    if len(pool) <= count:
+        return pool
+    predicted = np.array([predict(subset) for subset in pool])
+    # one subset per predicted value where there are enough values: a tie cannot be ranked
+    _, distinct = np.unique(predicted.round(9), return_index=True)
+    if len(distinct) >= count:
+        pool, predicted = [pool[i] for i in sorted(distinct)], predicted[sorted(distinct)]
+    free = np.ones(len(pool), dtype=bool)
+    chosen: list[Subset] = []
+    for target in np.linspace(predicted.min(), predicted.max(), count):
+        nearest = int(np.argmin(np.where(free, np.abs(predicted - target), np.inf)))
+        free[nearest] = False
+        chosen.append(pool[nearest])
     return chosen
