@@ -117,6 +117,21 @@ def test_the_sample_covers_every_depth_and_is_deterministic():
     assert plan[0] == () and len(set(plan)) == 14
     assert {len(s) for s in plan} == set(range(13))  # 14 samples over k = 0..12: every depth
     assert len(plan_subnets((0, 1, 2), 40, seed=0)) == 8  # the whole space when it is smaller
+    assert len(plan_subnets((0, 1, 2), 40, seed=0, spread_by=len)) == 8
+
+
+def test_the_check_spreads_its_subnets_over_the_prediction():
+    costs = {i: 1.5 ** i for i in range(12)}  # blocks of very different cost
+
+    def predict(subset):
+        return 100.0 - sum(costs[i] for i in subset)
+
+    plan = plan_subnets(tuple(costs), 12, seed=3, spread_by=predict)
+    assert plan[0] == () and len(set(plan)) == 12 and plan == plan_subnets(tuple(costs), 12, 3, predict)
+    assert tuple(costs) in plan  # both ends of the range: unpruned and all merged
+    predicted = np.sort([predict(s) for s in plan if 0 < len(s) < len(costs)])
+    width = predicted[-1] - predicted[0]
+    assert np.diff(predicted).min() >= 0.5 * width / 9 and width >= 0.8 * sum(costs.values())
 
 
 # --- the check with an injected measurer ------------------------------------------------------------
@@ -175,7 +190,7 @@ def test_an_interrupted_check_resumes_without_measuring_twice(tmp_path):
     second = Planted(table)
     result = check_table(tmp_path / "t.csv", samples=10, seed=2, measure=second)
     assert (result.reused, result.measured_now) == (4, 6)
-    assert second.calls == plan_subnets(table.prunable_indices, 10, seed=2)[4:]
+    assert second.calls == plan_subnets(table.prunable_indices, 10, seed=2, spread_by=table.isolated_sum)[4:]
     assert check_table(tmp_path / "t.csv", samples=10, seed=2, measure=Planted(table), fresh=True).reused == 0
 
 

@@ -7,8 +7,9 @@ them with the prediction that ``search`` uses, fits ``measured ≈ a · predicte
 and stores ``(a, b)`` as the table's calibration (:attr:`TableMeta.calibration`, applied by
 :meth:`LatencyTable.predict` after the predictor or sum).
 
-Sampling (:func:`deploykit.latency.sampling.plan_subnets`): stratified over the number of pruned blocks,
-the unpruned model always in, measured in a shuffled order so that a slow drift of the machine's load
+Sampling (:func:`deploykit.latency.sampling.plan_subnets`): the unpruned model, and subnets spread
+evenly over the range of the isolated sum's prediction (as a profile's held-out subnets), measured in
+a shuffled order so that a slow drift of the machine's load
 does not line up with depth. Each subnet is built with random weights, merged at λ = 1, exported and
 timed in a fresh process (:class:`deploykit.latency.subnets.SubnetMeasurer`). The points file is
 written after every sample, so an interrupted check resumes where it stopped.
@@ -192,7 +193,7 @@ def check_table(table: LatencyTable | str | Path, *, samples: int = CHECK_SAMPLE
     require_int("--samples", samples, least=2, rule="an integer ≥ 2 (a calibration fits two parameters)")
     raw = table.with_meta(calibration=None)
     anchored_note = None
-    plan = plan_subnets(table.prunable_indices, samples, seed)
+    plan = plan_subnets(table.prunable_indices, samples, seed, spread_by=table.isolated_sum)
     if len(plan) < samples:
         say(f"the table's model has only {len(plan)} distinct subnets; checking all of them")
     folder = Path(out_dir) if out_dir is not None else table.path.parent

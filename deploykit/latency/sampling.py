@@ -17,19 +17,33 @@ from deploykit.checks import require_int
 Subset = tuple[int, ...]
 
 
-def plan_subnets(prunable: Sequence[int], samples: int, seed: int) -> list[Subset]:
+def plan_subnets(prunable: Sequence[int], samples: int, seed: int,
+                 spread_by: Callable[[Subset], float] | None = None) -> list[Subset]:
     """``samples`` distinct subnets (pruned index tuples), stratified over k = 0..n, in measuring order.
 
     The unpruned model is always in. Where a stratum has no unused subset left (k = 0 or k = n twice),
     the nearest k that has one is taken. Fewer than ``samples`` come back only when the whole space
-    (2^n subnets) is smaller.
+    (2^n subnets) is smaller. With ``spread_by``, the all-merged model is in too and the others are
+    spread evenly over that prediction (:func:`spread_by_prediction`), as a profile's held-out subnets.
     """
     require_int("--samples", samples, least=1)
     blocks = tuple(sorted(prunable))
     n = len(blocks)
     rng = np.random.default_rng(seed)
-    total = 2 ** n if n < 63 else samples
-    count = min(samples, total)
+    space = 2 ** n if n < 63 else math.inf
+    count = int(min(samples, space))
+    if spread_by is not None and count < space:  # else every subnet is measured: nothing to choose
+        ends = [(), blocks][:count]  # the unpruned and the all-merged model: the ends of the range
+        plan = [*ends, *spread_by_prediction(blocks, count - len(ends), set(ends), rng, spread_by)]
+    else:
+        plan = _stratified_from_zero(blocks, count, rng)
+    first, rest = plan[:1], plan[1:]
+    order = rng.permutation(len(rest))
+    return first + [rest[i] for i in order]
+
+
+def _stratified_from_zero(blocks: tuple[int, ...], count: int, rng: np.random.Generator) -> list[Subset]:
+    n = len(blocks)
     taken: set[Subset] = set()
     plan: list[Subset] = []
     for i in range(count):
@@ -38,9 +52,7 @@ def plan_subnets(prunable: Sequence[int], samples: int, seed: int) -> list[Subse
             break
         taken.add(subset)
         plan.append(subset)
-    first, rest = plan[:1], plan[1:]
-    order = rng.permutation(len(rest))
-    return first + [rest[i] for i in order]
+    return plan
 
 
 def _nearest(blocks: tuple[int, ...], k: int, taken: set, rng: np.random.Generator) -> Subset | None:
