@@ -7,10 +7,10 @@ them with the prediction that ``search`` uses, fits ``measured ≈ a · predicte
 and stores ``(a, b)`` as the table's calibration (:attr:`TableMeta.calibration`, applied by
 :meth:`LatencyTable.predict` after the predictor or sum).
 
-Sampling (:func:`deploykit.latency.sampling.plan_subnets`): the unpruned model, and subnets spread
-evenly over the range of the isolated sum's prediction (as a profile's held-out subnets), measured in
-a shuffled order so that a slow drift of the machine's load
-does not line up with depth. Each subnet is built with random weights, merged at λ = 1, exported and
+Sampling (:func:`deploykit.latency.sampling.plan_subnets`): the unpruned and the all-merged model, and
+subnets spread evenly over the isolated sum's prediction between them (as a profile's held-out
+subnets), measured in a shuffled order so that a slow drift of the machine's load does not line up
+with depth. Each subnet is built with random weights, merged at λ = 1, exported and
 timed in a fresh process (:class:`deploykit.latency.subnets.SubnetMeasurer`). The points file is
 written after every sample, so an interrupted check resumes where it stopped.
 
