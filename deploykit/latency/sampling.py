@@ -164,7 +164,8 @@ def spread_by_prediction(blocks: tuple[int, ...], count: int, taken: set, rng: n
     # one subset per predicted value where there are enough values: a tie cannot be ranked
     _, distinct = np.unique(predicted.round(9), return_index=True)
     if len(distinct) >= count:
-        pool, predicted = [pool[i] for i in sorted(distinct)], predicted[sorted(distinct)]
+        keep = np.sort(distinct)
+        pool, predicted = [pool[i] for i in keep], predicted[keep]
     free = np.ones(len(pool), dtype=bool)
     chosen: list[Subset] = []
     for target in np.linspace(predicted.min(), predicted.max(), count):
