@@ -3,7 +3,7 @@ by hand).
 
     .venv/bin/python bench/summarize.py            # every section to stdout
     .venv/bin/python bench/summarize.py speedup    # one section: speedup, bapp, fidelity, stored, accuracy,
-                                                   # recovery, costs, compliance, anchored
+                                                   # recovery, costs, compliance, anchored, pairing
 """
 
 from __future__ import annotations
@@ -207,6 +207,22 @@ def costs() -> str:
     return "\n\n".join(parts)
 
 
+def pairing() -> str:
+    """bench/table_pairing.py: per mode, how far apart the same architecture measured in the table."""
+    frame = pd.read_csv(RESULTS / "table_pairing.csv")
+    rows = []
+    for mode, group in frame.groupby("mode", sort=False):
+        gaps, base = group["continued_gap"], group["baseline_ms"]
+        rows.append({"mode": mode, "measurements": len(group),
+                     "baseline vs continued: median gap": f"{gaps.median():.1%}",
+                     "largest gap": f"{gaps.max():.1%}", "within ±5 %": f"{(gaps <= 0.05).mean():.0%}",
+                     "faster by speed-up, not in ms": int(group["faster_not_smaller"].sum()),
+                     "baseline ms (range)": f"{base.min():.3f}–{base.max():.3f}",
+                     "wall s (median)": f"{group['wall_s'].median():.1f}"})
+    when = f"{str(frame['measured_at'].min())[:16]} – {str(frame['measured_at'].max())[11:16]}"
+    return f"Measured {when}, {frame['settings'].iloc[0]}:\n\n" + markdown(pd.DataFrame(rows))
+
+
 def _total(stage: dict[str, float], prefix: str) -> float:
     return round(sum(v for k, v in stage.items() if k.startswith(prefix)), 1)
 
@@ -214,7 +230,7 @@ def _total(stage: dict[str, float], prefix: str) -> float:
 SECTIONS: dict[str, Callable[[], str]] = {"speedup": speedup, "bapp": bapp, "fidelity": fidelity,
                                           "stored": stored, "accuracy": accuracy, "recovery": recovery,
                                           "costs": costs, "compliance": compliance,
-                                          "anchored": anchored_compliance}
+                                          "anchored": anchored_compliance, "pairing": pairing}
 
 
 def main(argv: list[str]) -> int:

@@ -522,9 +522,11 @@ def _measured_columns(frame: pd.DataFrame) -> list[tuple[str, str]]:
 # --- one measurement of every variant ---------------------------------------------------------------
 
 def measure_variants(paths: Sequence[str | Path], *, target, protocol, rounds: int = DEFAULT_ROUNDS,
-                     out: str | Path | None = None, table=None, host=None, progress=None) -> Path:
+                     out: str | Path | None = None, table=None, host=None, paired: bool | None = None,
+                     progress=None) -> Path:
     """Time every variant's ``model.onnx`` under ``paths`` in one round-robin measurement on ``target``
-    (:func:`deploykit.verify.rounds.measure_models`), speed-ups against the first unpruned variant;
+    (:func:`deploykit.verify.rounds.measure_models`; ``paired`` as there), speed-ups against the first
+    unpruned variant;
     write it to ``out`` (default: ``latency-TARGET.json`` in the first RUN directory). The path."""
     from deploykit.verify.rounds import FILE_PATTERN, measure_models
 
@@ -536,7 +538,7 @@ def measure_variants(paths: Sequence[str | Path], *, target, protocol, rounds: i
     path = Path(out) if out is not None else Path(paths[0]) / FILE_PATTERN.format(target=target.name)
     check_output_files(path)
     robin = measure_models(files, reference=reference, target=target, protocol=protocol, rounds=rounds,
-                           table=table, host=host, progress=progress)
+                           table=table, host=host, paired=paired, progress=progress)
     return robin.write(path)
 
 

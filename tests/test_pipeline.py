@@ -157,6 +157,9 @@ def test_the_table_has_the_originals_and_one_row_per_budget(completed):
     assert list(robin.models) == list(frame["variant"]) and robin.reference == "baseline"
     assert all(len(m.round_medians_ms) == robin.rounds for m in robin.models.values())
     assert robin.models["baseline"].speedup == pytest.approx(1.0)
+    # on this machine's CPU every variant is timed as a ratio to the baseline in one process per round
+    assert robin.paired and all(len(robin.models[v].round_ratios) == robin.rounds for v in robin.models
+                                if v != "baseline")
     for budget in ("0.95", "0.9"):
         result = json.loads((run / f"budget-{budget}" / "result.json").read_text())
         report = VerifyReport.read(run / f"budget-{budget}" / "verify-cpu-ort.json")

@@ -369,3 +369,45 @@ def test_round_robin_arithmetic_with_a_scripted_clock():
     with pytest.raises(ConfigError, match="reference 'other'"):
         measure_round_robin({"a": Path("a")}, reference="other", rounds=1, time_file=time_file, target="t",
                             settings={})
+
+
+def test_paired_round_robin_arithmetic_with_scripted_processes():
+    """Each process lands fast or slow (the reference 2.0 or 3.0 ms); within a process the ratio holds,
+    so the same architecture measures the same and every ms agrees with its speed-up."""
+    from deploykit.paired import PairedMeasurement
+    from deploykit.protocol import Measurement
+    from deploykit.verify.rounds import RoundRobin, measure_paired_round_robin
+
+    # (model ms, reference ms) per process, in the order the rounds time them
+    scripted = iter([(2.0, 2.0), (1.0, 2.0),      # round 1: fast processes
+                     (3.0, 3.0), (1.5, 3.0),      # round 2: slow processes
+                     (2.2, 2.0), (1.1, 2.0)])     # round 3: fast; the copy is 10 % slower in its process
+    order = []
+
+    def time_pair(model, reference):
+        order.append((model.name, reference.name))
+        model_ms, reference_ms = next(scripted)
+        return PairedMeasurement(model=Measurement.from_samples([model_ms]),
+                                 reference=Measurement.from_samples([reference_ms]),
+                                 ratios=(model_ms / reference_ms,))
+
+    files = {"orig": Path("orig.onnx"), "copy": Path("copy.onnx"), "pruned": Path("pruned.onnx")}
+    robin = measure_paired_round_robin(files, reference="orig", rounds=3, time_pair=time_pair, target="t",
+                                       settings={"threads": 2})
+    assert order == [("copy.onnx", "orig.onnx"), ("pruned.onnx", "orig.onnx")] * 3
+    assert robin.paired and list(robin.models) == ["orig", "copy", "pruned"]
+    orig, copy, pruned = (robin.models[name] for name in ("orig", "copy", "pruned"))
+    assert orig.round_medians_ms == pytest.approx((2.0, 3.0, 2.0)) and orig.median_ms == pytest.approx(2.0)
+    assert orig.speedup == pytest.approx(1.0)
+    # the anchor (2.0 ms) × each round's ratio: the slow round does not move the copy
+    assert copy.round_ratios == pytest.approx((1.0, 1.0, 1.1))
+    assert copy.round_medians_ms == pytest.approx((2.0, 2.0, 2.2)) and copy.median_ms == pytest.approx(2.0)
+    assert pruned.round_medians_ms == pytest.approx((1.0, 1.0, 1.1)) and pruned.speedup == pytest.approx(2.0)
+    assert pruned.median_ms * pruned.speedup == pytest.approx(orig.median_ms)
+    assert RoundRobin.from_dict(robin.as_dict(), source="x") == robin
+    with pytest.raises(ConfigError, match="besides the reference"):
+        measure_paired_round_robin({"orig": Path("o")}, reference="orig", rounds=1, time_pair=time_pair,
+                                   target="t", settings={})
+    with pytest.raises(ConfigError, match="reference 'other'"):
+        measure_paired_round_robin(files, reference="other", rounds=1, time_pair=time_pair, target="t",
+                                   settings={})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from deploykit.cli.args import (
     add_device_arguments,
     add_protocol_arguments,
@@ -42,6 +44,11 @@ def add_table(sub) -> None:
                        help=f"rounds (default: {DEFAULT_ROUNDS})")
     group.add_argument("--table", dest="latency_table", default=None, metavar="TABLE",
                        help="measure with the run settings this latency table was measured with")
+    group.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
+                       help="time each variant as a ratio to the original in one process per round (short "
+                            "alternating slices); its ms = that ratio × the original's median over the "
+                            "rounds, so a fresh process's fast or slow state cancels out. This machine only. "
+                            "Default: paired where the target runs on this machine's CPU threads")
     group.add_argument("--latency-out", default=None, metavar="JSON",
                        help="where the measurement goes (default: latency-TARGET.json in the first RUN)")
     add_protocol_arguments(p)
@@ -60,7 +67,7 @@ def run_table(args) -> int:
         measured = measure_variants(args.runs, target=load_target(args.measure),
                                     protocol=protocol_from_args(args), rounds=args.rounds,
                                     out=args.latency_out, table=table, host=measuring_host(args),
-                                    progress=to_stderr)
+                                    paired=args.paired, progress=to_stderr)
         print(f"wrote {measured}")
     written = write_speed_accuracy(args.runs, out=args.out, plot=args.plot,
                                    measurements=table_measurements(args.runs, measured))

@@ -8,6 +8,14 @@ measurement: every model is timed once per round, round-robin (each in a fresh p
 speed-up is the median over rounds of reference / model *within the round*, with its range — a burst
 of load that slows one round cancels out of the ratio. :class:`RoundRobin` is written beside the
 run (``latency-TARGET.json``) and read by the results table.
+
+Where the measurement is *paired* (:func:`measure_paired_round_robin`; by default on this machine's CPU,
+as for a profile's end-to-end points), each round times every other model as a ratio to the reference
+in one fresh process (:mod:`deploykit.paired`), and its milliseconds are that ratio × the reference's
+median over the rounds. Round-robin alone was not enough on a sub-millisecond model with two spinning
+threads: a fresh process lands fast or slow (0.42 or 0.65 ms), and one run's table showed the baseline
+at 0.422 ms and the same architecture, continued, at 0.644 ms. A ratio within one process does not
+carry that state, and the milliseconds and speed-ups then agree by construction.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ class ModelRounds:
     round_medians_ms: tuple[float, ...]
     round_speedups: tuple[float, ...] = ()
     contended_rounds: int = 0
+    round_ratios: tuple[float, ...] = ()  # paired: model / reference in one process, one per round
 
     @property
     def median_ms(self) -> float:
@@ -54,13 +63,14 @@ class ModelRounds:
         return {"round_medians_ms": list(self.round_medians_ms), "median_ms": self.median_ms,
                 "range_ms": list(self.range_ms), "round_speedups": list(self.round_speedups),
                 "speedup": self.speedup, "speedup_range": list(self.speedup_range or []) or None,
-                "contended_rounds": self.contended_rounds}
+                "contended_rounds": self.contended_rounds, "round_ratios": list(self.round_ratios)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelRounds:
         return cls(round_medians_ms=tuple(float(x) for x in data["round_medians_ms"]),
                    round_speedups=tuple(float(x) for x in data.get("round_speedups") or ()),
-                   contended_rounds=int(data.get("contended_rounds", 0)))
+                   contended_rounds=int(data.get("contended_rounds", 0)),
+                   round_ratios=tuple(float(x) for x in data.get("round_ratios") or ()))
 
 
 @dataclass(frozen=True)
@@ -72,17 +82,20 @@ class RoundRobin:
     rounds: int
     reference: str | None
     models: Mapping[str, ModelRounds] = field(default_factory=dict)
+    paired: bool = False  # every other model timed as a ratio to the reference in one process
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "settings": dict(self.settings), "rounds": self.rounds,
-                "reference": self.reference, "models": {k: v.as_dict() for k, v in self.models.items()}}
+                "reference": self.reference, "paired": self.paired,
+                "models": {k: v.as_dict() for k, v in self.models.items()}}
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str) -> RoundRobin:
         try:
             return cls(target=str(data["target"]), settings=dict(data.get("settings") or {}),
                        rounds=int(data["rounds"]), reference=data.get("reference"),
-                       models={str(k): ModelRounds.from_dict(v) for k, v in data["models"].items()})
+                       models={str(k): ModelRounds.from_dict(v) for k, v in data["models"].items()},
+                       paired=bool(data.get("paired", False)))
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ConfigError(f"{source} is not a deploykit round-robin measurement ({error!r})") from None
 
@@ -122,12 +135,60 @@ def measure_round_robin(files: Mapping[str, Path], *, reference: str | None, rou
                       models=models)
 
 
+def measure_paired_round_robin(files: Mapping[str, Path], *, reference: str, rounds: int,
+                               time_pair: Callable[[Path, Path], Any], target: str,
+                               settings: Mapping[str, Any], progress: Progress | None = None) -> RoundRobin:
+    """Per round, every model in ``files`` but ``reference`` timed as a ratio to it in one fresh process
+    (``time_pair(model, reference)``: a :class:`deploykit.paired.PairedMeasurement`), in order, for
+    ``rounds`` rounds. The reference's round median is the median of its in-process medians that round;
+    the anchor is the median of those over rounds, and every other model's round figure is its ratio ×
+    the anchor (its speed-up: 1 / ratio)."""
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be ≥ 1, got {rounds}")
+    if reference not in files:
+        raise ConfigError(f"the reference {reference!r} is not among the models measured")
+    others = [name for name in files if name != reference]
+    if not others:
+        raise ConfigError(f"a paired measurement needs a model besides the reference {reference!r}")
+    ratios: dict[str, list[float]] = {name: [] for name in others}
+    contended: dict[str, int] = dict.fromkeys(files, 0)
+    reference_rounds: list[float] = []
+    for index in range(rounds):
+        reference_ms, busy = [], False
+        for name in others:
+            paired = time_pair(files[name], files[reference])
+            ratios[name].append(paired.ratio)
+            reference_ms.append(paired.reference.median_ms)
+            contended[name] += bool(getattr(paired.model, "contended", False))
+            busy = busy or bool(getattr(paired.reference, "contended", False))
+            if progress:
+                progress(f"round {index + 1}/{rounds}: {name}: {paired.ratio:.4f} × {reference} in one "
+                         f"process ({paired.model.median_ms:.3f} / {paired.reference.median_ms:.3f} ms)")
+        reference_rounds.append(statistics.median(reference_ms))
+        contended[reference] += busy
+    anchor = statistics.median(reference_rounds)
+    models = {}
+    for name in files:
+        if name == reference:
+            models[name] = ModelRounds(tuple(reference_rounds), (1.0,) * rounds, contended[name])
+        else:
+            models[name] = ModelRounds(tuple(r * anchor for r in ratios[name]),
+                                       tuple(1.0 / r for r in ratios[name]), contended[name],
+                                       round_ratios=tuple(ratios[name]))
+    return RoundRobin(target=target, settings=dict(settings), rounds=rounds, reference=reference,
+                      models=models, paired=True)
+
+
 def measure_models(files: Mapping[str, Path], *, reference: str | None, target, protocol, rounds: int,
-                   table=None, host=None, progress: Progress | None = None) -> RoundRobin:
+                   table=None, host=None, paired: bool | None = None,
+                   progress: Progress | None = None) -> RoundRobin:
     """:func:`measure_round_robin` of ``files`` on ``target`` where ``host`` measures (default: this
     machine), with the run settings verify would use for the reference (the table's, else the
     reference's ``MODEL.settings.json``, else the settings probe's choice); input shape from the
-    reference (else the first file)."""
+    reference (else the first file). ``paired`` (default: where a profile's end-to-end points would be,
+    :func:`deploykit.latency.options.pairs_by_default`) measures with :func:`measure_paired_round_robin`
+    instead, where there is a reference and another model."""
+    from deploykit.latency.options import pairs_by_default
     from deploykit.measure.host import host_or_local
     from deploykit.verify.check import settled_target
     from deploykit.verify.files import onnx_input_shape
@@ -139,6 +200,17 @@ def measure_models(files: Mapping[str, Path], *, reference: str | None, target, 
     shape = onnx_input_shape(first, default_batch=target.batch, default_size=target.input_size)
     target, how = settled_target(target, first, shape, protocol=protocol, table=table, host=host,
                                  progress=progress)
+    if paired is None:
+        paired = pairs_by_default(target, local=host.url is None)
+    if paired and reference is not None and len(files) > 1:
+        if progress:
+            progress(f"one interleaved measurement of {len(files)} models on {target.name}, {rounds} rounds, "
+                     f"each paired with {reference} in one process ({target.settings.describe()}: {how})")
+        return measure_paired_round_robin(
+            files, reference=reference, rounds=rounds, target=target.name,
+            settings=target.settings.as_dict(), progress=progress,
+            time_pair=lambda path, ref: host.measure_paired(path, ref, target=target, protocol=protocol,
+                                                            input_shape=shape))
     if progress:
         progress(f"one interleaved measurement of {len(files)} models on {target.name}, {rounds} rounds "
                  f"({target.settings.describe()}: {how})")
