@@ -625,9 +625,11 @@ def test_a_held_out_subnet_is_the_median_of_three_processes_of_one_export(tmp_pa
 
 def test_an_auto_target_is_probed_first_and_the_table_records_the_choice(tmp_path, monkeypatch):
     runtime = FakeRuntime(monkeypatch)
-    by_settings = {RunSettings(threads=1): iter([9.0, 9.1, 8.9, 9.0, 9.2, 9.1, 9.0, 8.9]),
+    # eight probe processes each, then the choice and one thread three more each, confirming the choice
+    by_settings = {RunSettings(threads=1): iter([9.0, 9.1, 8.9, 9.0, 9.2, 9.1, 9.0, 8.9, 9.0, 9.1, 9.0]),
                    RunSettings(threads=2, spinning=True): iter([5.0, 9.0, 7.0, 5.1, 5.0, 5.0, 5.1, 5.0]),
-                   RunSettings(threads=2, spinning=False): iter([6.0, 6.1, 5.9, 6.0, 6.2, 6.0, 6.1, 6.0])}
+                   RunSettings(threads=2, spinning=False): iter([6.0, 6.1, 5.9, 6.0, 6.2, 6.0, 6.1, 6.0,
+                                                                 6.1, 6.0, 6.2])}
 
     def measure(host, onnx_file, *, target, protocol, input_shape):
         if onnx_file.parent.name.startswith("deploykit-probe-"):
@@ -649,6 +651,8 @@ def test_an_auto_target_is_probed_first_and_the_table_records_the_choice(tmp_pat
     assert all(len(r["medians_ms"]) == 8 for r in rows)
     assert [r["repeatable"] for r in rows] == [True, False, True]
     assert any("<- chosen" in line and "2 threads, spinning off" in line for line in lines)
+    confirmation = table.meta.settings_probe["confirmation"]
+    assert [r["medians_ms"] for r in confirmation] == [[6.1, 6.0, 6.2], [9.0, 9.1, 9.0]]
     # a resumed profile keeps the table's settings without probing again
     again = profile("tiny", load_target("cpu-ort"), **options)
     assert again.done_now == 0 and all(next(it, None) is None for it in by_settings.values())

@@ -9,7 +9,15 @@ from onnx import TensorProto, helper
 
 from deploykit.errors import ConfigError
 from deploykit.latency.identity import with_table_settings
-from deploykit.latency.probe import ProbeResult, ProbeRow, candidates, choose, drift_warning, run_probe
+from deploykit.latency.probe import (
+    ProbeResult,
+    ProbeRow,
+    candidates,
+    choose,
+    confirm,
+    drift_warning,
+    run_probe,
+)
 from deploykit.latency.table import LatencyTable, TableMeta
 from deploykit.protocol import Protocol
 from deploykit.runsettings import RunSettings, differing
@@ -136,6 +144,49 @@ def test_the_probe_measures_candidates_interleaved():
     assert result.chosen == RunSettings(threads=1)
     assert [row.medians_ms for row in result.rows] == [(13.0, 13.1, 13.2), (8.0, 15.0, 11.0)]
     assert "<- chosen" in result.table().splitlines()[1]
+
+
+def _scripted(values):
+    order, scripted = [], {k: iter(v) for k, v in values.items()}
+
+    def measure(settings):
+        order.append(settings.threads)
+        return next(scripted[settings])
+    return order, measure
+
+
+ONE, SPIN = RunSettings(threads=1), RunSettings(threads=2, spinning=ON)
+SLEEP = RunSettings(threads=2, spinning=OFF)
+PROBED = ProbeResult(rows=(ProbeRow(ONE, (0.61, 0.62, 0.60)), ProbeRow(SPIN, (0.42, 0.43, 0.42)),
+                           ProbeRow(SLEEP, (0.77, 0.70, 0.81))), chosen=SPIN, reason="the fastest")
+
+
+def test_a_choice_whose_speed_did_not_hold_right_after_the_probe_falls_back_to_fewer_threads():
+    # the demo's case: two spinning threads at 0.42 ms in the probe, 0.61 ms seconds later; one thread held
+    order, measure = _scripted({SPIN: [0.61, 0.63, 0.43], ONE: [0.62, 0.61, 0.60]})
+    result = confirm(PROBED, measure)
+    assert order == [2, 1, 2, 1, 2, 1]              # interleaved, three processes each
+    assert result.chosen == ONE
+    assert result.reason.startswith("2 threads, spinning on was fastest in the probe but measured +45% right")
+    assert [row.medians_ms for row in result.confirmation] == [(0.61, 0.63, 0.43), (0.62, 0.61, 0.60)]
+    assert result.table().splitlines()[-2].startswith("again: 2 threads, spinning on")
+    assert result.as_dict()["confirmation"][1]["median_ms"] == pytest.approx(0.61)
+
+
+def test_a_choice_that_held_or_a_machine_that_moved_keeps_the_choice():
+    _, held = _scripted({SPIN: [0.43, 0.44, 0.42], ONE: [0.62, 0.61, 0.60]})
+    result = confirm(PROBED, held)
+    assert result.chosen == SPIN
+    assert result.reason == ("the fastest; measured again right after: 2 threads, spinning on +2.4%, "
+                             "1 thread +0.0%")
+    # everything 30 % slower: the machine changed, not the setting
+    _, slow_window = _scripted({SPIN: [0.55, 0.56, 0.54], ONE: [0.79, 0.80, 0.81]})
+    assert confirm(PROBED, slow_window).chosen == SPIN
+    # nothing with fewer threads was repeatable (or the choice is one thread): nothing is measured
+    order, measure = _scripted({})
+    assert confirm(ProbeResult(rows=PROBED.rows, chosen=ONE, reason="r"), measure).confirmation == ()
+    shaky = ProbeResult(rows=(ProbeRow(ONE, (0.5, 0.6, 0.7)), PROBED.rows[1]), chosen=SPIN, reason="r")
+    assert confirm(shaky, measure) == shaky and order == []
 
 
 def test_a_profile_that_drifted_past_the_probe_names_the_steadier_setting():
