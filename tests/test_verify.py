@@ -55,10 +55,11 @@ def test_verify_passes_on_a_correct_export(models, capsys):
     report_path = models / "report.json"
     code = main(["verify", str(models / "m.onnx"), "--target", "cpu-ort",
                  "--torch", str(models / "merged.safetensors"), "--reference", str(models / "ref.onnx"),
-                 "--inputs", "2", "--rounds", "2", "--out", str(report_path), *TINY, *THREADS])
+                 "--inputs", "2", "--rounds", "2", "--out", str(report_path), "--no-paired", *TINY, *THREADS])
     out = capsys.readouterr().out
     assert code == 0, out
     report = VerifyReport.read(report_path)
+    assert "paired" not in report.latency
     assert report.passed is True and report.numerics["passed"] and report.numerics["n_inputs"] == 2
     assert report.numerics["max_rel"] <= 1e-4 and report.numerics["tolerance"] == 1e-4
     assert report.runtime == "onnxruntime" and report.provider == "CPUExecutionProvider"
@@ -74,6 +75,22 @@ def test_verify_passes_on_a_correct_export(models, capsys):
     assert "numerics: PASS" in out and "speed-up vs reference" in out and "verdict: PASSED" in out
     assert VerifyReport.from_dict(json.loads(report_path.read_text())) == report
     assert not list(models.glob(".report.json.*"))
+
+
+def test_verify_on_this_machines_cpu_pairs_the_model_with_its_reference(models, capsys):
+    report_path = models / "paired.json"
+    code = main(["verify", str(models / "m.onnx"), "--target", "cpu-ort", "--reference",
+                 str(models / "ref.onnx"), "--rounds", "2", "--out", str(report_path), *TINY, *THREADS])
+    assert code == 0, capsys.readouterr().out
+    report = VerifyReport.read(report_path)
+    latency = report.latency
+    ratios, reference = latency["round_ratios"], latency["reference"]
+    assert latency["paired"] and len(ratios) == 2 and len(reference["round_medians_ms"]) == 2
+    # one process per round: the model's ms is its ratio × the reference's median over the rounds
+    assert latency["model"]["round_medians_ms"] == pytest.approx([r * reference["median_ms"] for r in ratios])
+    assert latency["model"]["median_ms"] == pytest.approx(sum(ratios) / 2 * reference["median_ms"])
+    assert report.speedup == pytest.approx((1 / ratios[0] + 1 / ratios[1]) / 2)
+    assert any(note.startswith("latency paired") for note in report.notes)
 
 
 def test_verify_fails_on_a_tampered_onnx(models, capsys):

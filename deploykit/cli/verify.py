@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -67,6 +68,11 @@ def add_verify(sub) -> None:
     p.add_argument("--rounds", type=int, default=rounds, metavar="R",
                    help="latency measurements per file, alternating model and reference; the speed-up is "
                         f"the median over rounds of the within-round ratio (default: {rounds})")
+    p.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the model beside --reference in one process per round (short alternating "
+                        "slices); its ms = that ratio × the reference's median over the rounds, so a fresh "
+                        "process's fast or slow state cancels out. This machine only. Default: paired "
+                        "where the target runs on this machine's CPU threads")
     p.add_argument("--numerics-only", action="store_true", help="check the numerics only; measure no latency")
     p.add_argument("--out", default=None, metavar="PATH", help="write the report as JSON here")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
@@ -86,7 +92,7 @@ def run_verify(args) -> int:
         unsafe_pickle=args.unsafe_pickle, numerics_only=args.numerics_only, batch=args.batch,
         input_size=args.input_size, note=note_printer("verify"), protocol=protocol_from_args(args),
         reference=args.reference, allow_mismatch=args.allow_mismatch, n_inputs=args.inputs, seed=args.seed,
-        rounds=args.rounds, progress=to_stderr)
+        rounds=args.rounds, paired=args.paired, progress=to_stderr)
     print(json.dumps(report.as_dict(), indent=2) if args.format == "json" else report.summary())
     if args.out is not None:
         print(f"wrote {report.write(args.out)}", file=sys.stderr)

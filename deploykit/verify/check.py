@@ -20,11 +20,14 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
            pruned: Sequence[int] | None = None, allow_mismatch: bool = False, n_inputs: int = 4,
            seed: int = 0, rounds: int = DEFAULT_ROUNDS, measure_latency: bool = True,
            batch: int | None = None, input_size: tuple[int, int] | None = None,
-           progress: Progress | None = None, host=None) -> VerifyReport:
+           progress: Progress | None = None, host=None, paired: bool | None = None) -> VerifyReport:
     """Verify ``onnx_path`` on ``target``; see :mod:`deploykit.verify`. ``table`` is a LatencyTable.
     ``host`` (a :class:`deploykit.measure.host.MeasureHost`) is where the file runs and is timed:
-    this machine by default, or a device agent (``--device URL``); PyTorch runs here either way."""
+    this machine by default, or a device agent (``--device URL``); PyTorch runs here either way.
+    ``paired`` times the model beside the reference in one process per round (default: where a
+    profile's end-to-end points would be, :func:`deploykit.latency.options.pairs_by_default`)."""
     from deploykit.latency.identity import open_table
+    from deploykit.latency.options import pairs_by_default
     from deploykit.measure.host import host_or_local
     from deploykit.protocol import Protocol
 
@@ -77,8 +80,14 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
 
     latency = speedup = error_pct = None
     if measure_latency:
+        if paired is None:
+            paired = ref_path is not None and pairs_by_default(target, local=host.url is None)
         latency = measure_interleaved(path, ref_path, target=target, protocol=protocol,
-                                      input_shape=shape, rounds=rounds, progress=progress, host=host)
+                                      input_shape=shape, rounds=rounds, progress=progress, host=host,
+                                      paired=bool(paired))
+        if latency.get("paired"):
+            notes.append("latency paired: the model timed as a ratio to the reference in one process per "
+                         "round; its ms = that ratio × the reference's median over the rounds")
         model_ms = latency["model"]["median_ms"]
         speedup = latency["speedup"]
         if predicted is not None and model_ms > 0:

@@ -18,7 +18,8 @@ class VerifyReport:
     ``numerics``: ``{max_abs, max_rel, tolerance, passed, n_inputs, seed, how}`` or None (no PyTorch
     module given). ``latency``: ``{"model": stats, "reference": stats or None, "rounds": R}`` with
     stats ``{median_ms, p90_ms, mean_ms, cv, n, round_medians_ms, compile_s}`` and the per-round
-    ``round_speedups`` and their median ``speedup``, or None when not measured.
+    ``round_speedups`` and their median ``speedup``, or None when not measured; measured paired, also
+    ``paired: true`` and the per-round ``round_ratios`` (the model's ms are those × the reference's median).
     ``passed``: the numerics verdict, None when numerics were not checked. ``device_url``: the device
     agent the file ran and was timed on (``--device``); None: this machine.
     """
@@ -110,8 +111,9 @@ class VerifyReport:
                                  f"({lat['rounds']} round(s), {name})")
         if self.speedup is not None:
             rounds = ", ".join(f"{r:.2f}" for r in (self.latency or {}).get("round_speedups", ()))
-            lines.append(f"  speed-up vs reference: {self.speedup:.2f}× (median of rounds: {rounds}; "
-                         "same run, interleaved)")
+            how = ("paired in one process per round" if (self.latency or {}).get("paired")
+                   else "same run, interleaved")
+            lines.append(f"  speed-up vs reference: {self.speedup:.2f}× (median of rounds: {rounds}; {how})")
         if self.predicted_ms is not None:
             error = (f", error {self.prediction_error_pct:+.1f}%"
                      if self.prediction_error_pct is not None else "")
