@@ -16,10 +16,11 @@ steadiest; the table records the choice and the probe.
 Twenty seconds of evidence can miss a change of the machine that comes minutes later. Measured here on
 the demo (convnext_atto 32): all eight probe processes with two spinning threads at 0.42–0.44 ms, the
 whole model 0.61 ms seconds later, and 42 % of the profile's 43 measurements within ±5 %. So a choice
-with more threads than the fastest repeatable one-thread-fewer candidate is *confirmed*
-(:func:`confirm`): both are measured again, interleaved, in :data:`CONFIRM_PROCESSES` fresh processes
-each. When the chosen one moved by more than ±5 % while the other held, its speed did not hold and the
-other is taken; when both moved, the machine changed, not the setting, and the choice stands.
+with more threads than a repeatable candidate is *confirmed* (:func:`confirm`): it and the fastest
+repeatable candidate with fewer threads are measured again, interleaved, in :data:`CONFIRM_PROCESSES`
+fresh processes each. When the chosen one moved by more than ±5 % while the other held, its speed did
+not hold and the other is taken; when both moved, the machine changed, not the setting, and the choice
+stands.
 """
 
 from __future__ import annotations
@@ -203,6 +204,7 @@ def settle(target: Any, onnx_file: Any, *, input_shape: Sequence[int], protocol:
     say(f"settings probe: {len(options)} candidates ({'; '.join(o.describe() for o in options)}), the whole "
         f"model in {PROBE_PROCESSES} fresh processes each, interleaved")
     short = probe_protocol(protocol)
+
     def measure(settings: RunSettings) -> float:
         return host.measure(onnx_file, target=target.with_settings(settings), protocol=short,
                             input_shape=input_shape).median_ms
