@@ -6,12 +6,16 @@ profile takes — candidates interleaved round by round. Per setting: the median
 the robust cv (1.4826 · MAD / median), the share of processes within ±5 % of their median, the range.
 ``--busy N`` starts N busy-looping processes for the whole run (the "one busy neighbour" case), and
 ``--smt-check`` times one thread pinned to CPU 0 while CPU 1 idles, computes, or spins (``pause``),
-which shows whether the VM's two vCPUs share one physical core of the host.
+which shows whether the VM's two vCPUs share one physical core of the host. ``--timeline`` keeps one row
+per process (when, which setting, its median) with what ``/proc/stat`` says the vCPUs did meanwhile
+(user, system, idle and steal shares): is a slow process one whose vCPUs were stolen or idle?
 
     .venv/bin/python bench/settings_repeatability.py --processes 8
     .venv/bin/python bench/settings_repeatability.py --processes 6 --busy 1 \
         --out bench/results/settings_busy.csv
     .venv/bin/python bench/settings_repeatability.py --smt-check
+    .venv/bin/python bench/settings_repeatability.py --timeline --models convnext_atto_32 --targets cpu-ort \
+        --processes 30 --out bench/results/settings_timeline.csv
 """
 
 from __future__ import annotations
@@ -103,6 +107,42 @@ def run(args) -> list[dict]:
     return rows
 
 
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times() -> list[int]:
+    """The machine's cumulative CPU time per state (the ``cpu`` line of /proc/stat, in ticks)."""
+    with open("/proc/stat") as stat:
+        return [int(v) for v in stat.readline().split()[1:1 + len(CPU_FIELDS)]]
+
+
+def timeline(args) -> list[dict]:
+    """One row per fresh process, settings interleaved, with the vCPUs' time shares during it."""
+    host = LocalHost(GuardPolicy(wait_quiet_s=0.0))
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for key in args.models:
+            name, size = MODELS[key]
+            path = export(name, size, Path(folder))
+            for target_name in args.targets:
+                target = load_target(target_name)
+                for index in range(args.processes):
+                    for settings in SETTINGS[target_name]:
+                        before, started = cpu_times(), time.time()
+                        m = host.measure(path, target=target.with_settings(settings), protocol=Protocol(),
+                                         input_shape=(1, 3, size, size))
+                        spent = [b - a for a, b in zip(before, cpu_times())]
+                        total = sum(spent) or 1
+                        rows.append({"model": key, "target": target_name, "round": index + 1,
+                                     "settings": settings.describe(), "started": round(started, 2),
+                                     "median_ms": round(m.median_ms, 5),
+                                     **{f"{field}_share": round(spent[i] / total, 4)
+                                        for i, field in enumerate(CPU_FIELDS)
+                                        if field in ("user", "system", "idle", "steal")}})
+                        print(rows[-1], flush=True)
+    return rows
+
+
 def smt_check(rounds: int) -> list[dict]:
     """One thread on CPU 0 (a fixed integer loop), while CPU 1 idles or computes."""
     import subprocess
@@ -135,11 +175,13 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=8)
     parser.add_argument("--busy", type=int, default=0, help="busy-looping neighbour processes")
     parser.add_argument("--smt-check", action="store_true")
+    parser.add_argument("--timeline", action="store_true",
+                        help="one row per process with the vCPUs' user/system/idle/steal shares meanwhile")
     parser.add_argument("--out", type=Path, default=RESULTS / "settings_repeatability.csv")
     args = parser.parse_args()
     started = time.perf_counter()
     load_before = load_average()
-    rows = smt_check(5) if args.smt_check else run(args)
+    rows = smt_check(5) if args.smt_check else timeline(args) if args.timeline else run(args)
     stamp = {"date": utc_now(),
              "machine": hostinfo.cpu_name(), "cores": os.cpu_count(),
              "onnxruntime": package_version("onnxruntime"), "openvino": package_version("openvino"),
