@@ -179,12 +179,19 @@ def add_end_to_end_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--holdout", type=int, default=d.holdout, metavar="N",
                        help="random subnets never used in fitting, on which the stored fidelity figures "
                             f"are measured; 0: none (default: {d.holdout})")
-    group.add_argument("--paired", action=argparse.BooleanOptionalAction, default=d.paired,
-                       help="time each end-to-end subnet as a ratio to the unpruned model in the same "
-                            "process (alternating short slices), its ms = that ratio × the unpruned "
-                            "model's median over the phase's processes: steadier where fresh processes land "
-                            "in different states (this machine only). Default: paired where the target "
-                            "runs on this machine's CPU threads, measured here (docs/latency.md)")
+    add_paired_argument(group, timed="each end-to-end subnet", reference="the unpruned model",
+                        over="the phase's processes")
+
+
+def add_paired_argument(group, *, timed: str, reference: str, over: str) -> None:
+    """Declare ``--paired/--no-paired`` (default None: :func:`deploykit.latency.options.pairs_by_default`)
+    for a command that times ``timed`` against ``reference``, anchored on its median ``over``."""
+    group.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"time {timed} as a ratio to {reference} in the same process (alternating short "
+                            f"slices); its ms = that ratio × {reference}'s median over {over}, so a fresh "
+                            "process's fast or slow state cancels out. This machine only (a device agent "
+                            "measures one file per request). Default: paired where the target runs on this "
+                            "machine's CPU threads")
 
 
 def end_to_end_from_args(args: argparse.Namespace):

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import argparse
-
-from deploykit.cli.args import add_device_arguments, measuring_host
+from deploykit.cli.args import add_device_arguments, add_paired_argument, measuring_host
 from deploykit.progress import to_stderr
 
 
@@ -46,12 +44,8 @@ def add_lut(sub) -> None:
     check.add_argument("--force-store", action="store_true",
                        help="store the calibration even when the unpruned model now measures more than "
                             f"{DRIFT_LIMIT:.0%}% off the table's own end-to-end row")
-    check.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
-                       help="time each subnet as a ratio to the unpruned model in the same process (short "
-                            "alternating slices); its ms = that ratio × the unpruned model's median over all "
-                            "the check's processes. Steadier where fresh processes land in different states; "
-                            "this machine only (a device agent measures one file per request). Default: "
-                            "paired where the table's target runs on this machine's CPU threads")
+    add_paired_argument(check, timed="each subnet", reference="the unpruned model",
+                        over="all the check's processes")
     check.add_argument("--no-plot", action="store_true", help="write no PNG")
     check.add_argument("--format", choices=("text", "json"), default="text",
                        help="output format (default: text)")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-
 from deploykit.cli.args import (
     add_device_arguments,
+    add_paired_argument,
     add_protocol_arguments,
     measuring_host,
     protocol_from_args,
@@ -44,11 +43,7 @@ def add_table(sub) -> None:
                        help=f"rounds (default: {DEFAULT_ROUNDS})")
     group.add_argument("--table", dest="latency_table", default=None, metavar="TABLE",
                        help="measure with the run settings this latency table was measured with")
-    group.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
-                       help="time each variant as a ratio to the original in one process per round (short "
-                            "alternating slices); its ms = that ratio × the original's median over the "
-                            "rounds, so a fresh process's fast or slow state cancels out. This machine only. "
-                            "Default: paired where the target runs on this machine's CPU threads")
+    add_paired_argument(group, timed="each variant", reference="the original", over="the rounds")
     group.add_argument("--latency-out", default=None, metavar="JSON",
                        help="where the measurement goes (default: latency-TARGET.json in the first RUN)")
     add_protocol_arguments(p)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -10,6 +9,7 @@ from deploykit.cli.args import (
     UNSAFE_PICKLE_HELP,
     WEIGHTS_FORMATS,
     add_device_arguments,
+    add_paired_argument,
     add_protocol_arguments,
     default_of,
     measuring_host,
@@ -68,11 +68,7 @@ def add_verify(sub) -> None:
     p.add_argument("--rounds", type=int, default=rounds, metavar="R",
                    help="latency measurements per file, alternating model and reference; the speed-up is "
                         f"the median over rounds of the within-round ratio (default: {rounds})")
-    p.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
-                   help="time the model beside --reference in one process per round (short alternating "
-                        "slices); its ms = that ratio × the reference's median over the rounds, so a fresh "
-                        "process's fast or slow state cancels out. This machine only. Default: paired "
-                        "where the target runs on this machine's CPU threads")
+    add_paired_argument(p, timed="the model", reference="the --reference model", over="the rounds")
     p.add_argument("--numerics-only", action="store_true", help="check the numerics only; measure no latency")
     p.add_argument("--out", default=None, metavar="PATH", help="write the report as JSON here")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")

@@ -81,10 +81,10 @@ def verify(onnx_path: str | Path, *, target, protocol=None, reference: str | Pat
     latency = speedup = error_pct = None
     if measure_latency:
         if paired is None:
-            paired = ref_path is not None and pairs_by_default(target, local=host.url is None)
+            paired = pairs_by_default(target, local=host.url is None)
         latency = measure_interleaved(path, ref_path, target=target, protocol=protocol,
                                       input_shape=shape, rounds=rounds, progress=progress, host=host,
-                                      paired=bool(paired))
+                                      paired=paired)
         if latency.get("paired"):
             notes.append("latency paired: the model timed as a ratio to the reference in one process per "
                          "round; its ms = that ratio × the reference's median over the rounds")
