@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deploykit.errors import ConfigError, TableError
-from deploykit.latency.predictor import Predictor, Prior, fit_predictor
+from deploykit.latency.predictor import RIDGE_GRID, Predictor, Prior, fit_predictor
 from deploykit.latency.sampling import plan_end_to_end
 
 GROUPS = ((0, 1), (2,), (3, 4, 5))
@@ -73,6 +73,18 @@ def test_ridge_shrinks_toward_the_isolated_prior():
     # the smallest correction (in group terms) that explains the all-merged point: proportional to group size
     sizes = np.array([2, 2, 1, 3, 3, 3])
     assert moved == pytest.approx(moved[2] * sizes) and (sizes * moved).sum() / 2 < 0
+
+
+def test_two_points_of_one_group_are_fitted_when_leave_one_out_cannot_choose_a_ridge():
+    # a one-group chain measured at its two ends (`--fit-samples 0`), isolated entries whose call overhead
+    # makes merging look worth 0.1 ms a block on a model measured at 0.2 ms: every positive ridge leaves
+    # each single point fitted exactly, and the largest kept δ at the prior (predicting −0.09 ms merged)
+    one_group = Prior(base_ms=1.0, delta_ms={i: -0.1 for i in range(6)}, groups=(tuple(range(6)),))
+    fitted = fit_predictor([((), 0.2), (tuple(range(6)), 0.2)], one_group)
+    assert fitted.predict(()) == pytest.approx(0.2, rel=1e-3)
+    assert fitted.predict(range(6)) == pytest.approx(0.2, rel=1e-3)
+    assert fitted.predict((0, 1, 2)) == pytest.approx(0.2, rel=1e-3)
+    assert fitted.fit["ridge"] == min(w for w in RIDGE_GRID if w > 0)
 
 
 def test_noisy_points_choose_a_ridge_by_cross_validation_and_predict_within_noise():

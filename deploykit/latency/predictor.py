@@ -254,19 +254,30 @@ class _Design:
         return (x[rows] @ theta - self.y[rows]) / self.y[rows]
 
     def cross_validate(self, kept: list[int], grid: Sequence[float]) -> tuple[float, float]:
-        """(leave-one-out RMS relative error, the ridge weight that reaches it); ties → the larger weight."""
+        """(leave-one-out RMS relative error, the ridge weight that reaches it).
+
+        Weights the leave-one-out error cannot tell apart go to the points: the one whose fit on all
+        of them is closest, then the larger. With as many points as unknowns (the unpruned and the
+        all-merged model of a one-group chain), every positive weight leaves each single point fitted
+        exactly; taking the largest of those would keep δ at the prior and miss both points."""
         n = len(self.y)
-        best: tuple[float, float] | None = None
+        scored = []
         for weight in grid:
             errors = np.empty(n)
             for left in range(n):
                 rows = np.delete(np.arange(n), left)
                 theta = self.solve(rows, kept, weight)
                 errors[left] = self.relative_errors(np.array([left]), kept, theta)[0]
-            rms = float(np.sqrt(np.mean(errors ** 2)))
-            if best is None or rms <= best[0] * (1 + 1e-9) + 1e-15:
-                best = (min(rms, best[0]) if best else rms, weight)
-        return best
+            scored.append((float(np.sqrt(np.mean(errors ** 2))), weight))
+        best = min(rms for rms, _ in scored)
+        tied = [weight for rms, weight in scored if rms <= best * (1 + 1e-9) + 1e-15]
+        if len(tied) > 1:
+            rows = np.arange(n)
+            fits = [float(np.sqrt(np.mean(self.relative_errors(rows, kept, self.solve(rows, kept, w)) ** 2)))
+                    for w in tied]
+            closest = min(fits)
+            tied = [w for w, rms in zip(tied, fits) if rms <= closest * (1 + 1e-9) + 1e-12]
+        return best, max(tied)
 
     def predictor(self, theta: np.ndarray, kept: list[int], fit: dict[str, Any]) -> Predictor:
         groups = len(self.prior.groups)
