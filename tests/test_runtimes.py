@@ -98,6 +98,14 @@ def test_onnxruntime_session_reports_its_real_providers(model):
         assert "real providers checked: CPUExecutionProvider" in s.details
 
 
+def test_onnxruntime_cpu_session_writes_no_scratch_folder(model, tmp_path, monkeypatch):
+    # every measuring worker opens sessions; a folder per session outlives a worker that is killed
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with get_backend("onnxruntime").session(model, target=load_target("cpu-ort"), input_shape=SHAPE) as s:
+        s.run(random_input(SHAPE))
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_onnxruntime_threads_come_from_protocol_then_target(model, monkeypatch):
     import onnxruntime
 

@@ -194,10 +194,14 @@ class OnnxRuntimeBackend(RuntimeBackend):
     def _open_session(self, onnx_path: Path, *, target: Target, input_shape: tuple[int, ...],
                       threads: int | None) -> Session:
         provider = target.provider or CPU
-        scratch = tempfile.TemporaryDirectory(prefix="deploykit-ort-")  # the fp16 copy lives as long
+        converts = target.precision == "fp16" and provider in _FP16_BY_CONVERSION
+        # a folder only where a file is written (the fp16 copy, the placement profile): it lives as long
+        # as the session, and a worker killed mid-measurement cannot remove it
+        needs_scratch = converts or provider in _PROFILE_PLACEMENT
+        scratch = tempfile.TemporaryDirectory(prefix="deploykit-ort-") if needs_scratch else None
         try:
             source = onnx_path
-            if target.precision == "fp16" and provider in _FP16_BY_CONVERSION:
+            if converts:
                 source = convert_to_fp16(onnx_path, Path(scratch.name) / "model_fp16.onnx")
             profile = str(Path(scratch.name) / "placement") if provider in _PROFILE_PLACEMENT else None
             session = create_session(source, provider=provider,
@@ -211,7 +215,8 @@ class OnnxRuntimeBackend(RuntimeBackend):
                                       precision=target.precision, device=device_index(target),
                                       scratch=scratch, notes="; ".join(n for n in notes if n))
         except BaseException:
-            scratch.cleanup()
+            if scratch is not None:
+                scratch.cleanup()
             raise
 
 
@@ -219,7 +224,7 @@ class OnnxRuntimeSession(Session):
     """An ``InferenceSession`` on exactly the requested provider (checked by :func:`create_session`)."""
 
     def __init__(self, session, *, path: Path, input_shape: tuple[int, ...], precision: str, device: int,
-                 scratch: tempfile.TemporaryDirectory, notes: str = ""):
+                 scratch: tempfile.TemporaryDirectory | None, notes: str = ""):
         inputs = session.get_inputs()
         providers = session.get_providers()
         provider = providers[0]
@@ -264,7 +269,8 @@ class OnnxRuntimeSession(Session):
 
     def _release(self) -> None:
         self._session = None
-        self._scratch.cleanup()
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
 
 def provider_precisions(provider: str) -> tuple[str, ...]:
