@@ -266,6 +266,34 @@ def test_training_resumes_from_a_checkpoint_inside_a_stage(tmp_path):
     assert pipeline.run_config(folder, 1).resume is True
 
 
+def test_a_budget_whose_search_chose_trained_blocks_reuses_that_training(tmp_path, monkeypatch):
+    from deploykit import training
+    from deploykit.subnet import Subnet
+
+    pipeline = Pipeline(PipelineConfig(data="digits", budgets=("0.8", "0.6", "0.5")), tmp_path / "run")
+    first, same, other = (pipeline.layout.budget(b) for b in ("0.8", "0.6", "0.5"))
+    for folder, pruned in ((first, (0, 2, 3)), (same, (3, 0, 2)), (other, (0, 2))):
+        folder.mkdir(parents=True)
+        Subnet(model="convnext_atto", input_size=(32, 32), pruned=pruned).write(folder / "subnet.json")
+    (first / "merged.safetensors").write_bytes(b"trained weights")
+    (first / "log.csv").write_text("epoch\n1\n")
+    (first / "result.json").write_text(json.dumps({"kind": "subnet", "out": str(first), "top1_merged": 91.5,
+                                                   "merged_path": str(first / "merged.safetensors")}))
+    trained = []
+    monkeypatch.setattr(training, "train_subnet", lambda subnet, **_: trained.append(subnet.pruned) or
+                        pytest.fail("trained the same blocks again"))
+    summary = pipeline._train_subnet(same)
+    assert summary == "the same blocks as budget-0.8: its trained subnet reused, top-1 91.50% merged"
+    assert (same / "merged.safetensors").read_bytes() == b"trained weights"
+    assert (same / "log.csv").read_text() == "epoch\n1\n"
+    result = json.loads((same / "result.json").read_text())
+    assert result == {"kind": "subnet", "out": str(same), "top1_merged": 91.5, "trained_in": str(first),
+                      "merged_path": str(same / "merged.safetensors")}
+    with pytest.raises(pytest.fail.Exception):
+        pipeline._train_subnet(other)  # other blocks: trained
+    assert trained == [(0, 2)]
+
+
 def test_the_default_run_directory_names_model_data_and_target():
     pipeline = Pipeline(PipelineConfig(data="imagefolder:/data/pets"))
     assert pipeline.layout.root == Path("runs") / "convnext_atto-imagefolder_data_pets-cpu-ort"

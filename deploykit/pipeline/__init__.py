@@ -14,7 +14,9 @@ finished epoch, an interrupted profile from its last entry)::
     for each budget B:
       search B        RUN/budget-B/subnet.json                best supernet top-1 within the budget
       train B         RUN/budget-B/merged.safetensors         progressive subnet training, merged
-                      RUN/budget-B/result.json                (a model file: tensors + architecture)
+                      RUN/budget-B/result.json                (a model file: tensors + architecture);
+                                                              copied from another budget that chose
+                                                              the same blocks (same recipe, same weights)
       export B        RUN/budget-B/model.onnx
       verify B        RUN/budget-B/verify-<target>.json      … and speed-up against the original,
                                                               measured interleaved in the same run

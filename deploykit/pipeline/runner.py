@@ -3,6 +3,7 @@ there (the package docstring lists them)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploykit.clock import utc_now
 from deploykit.errors import ConfigError, MergeError
-from deploykit.fileio import check_writable_dir, read_json, write_json_atomic
+from deploykit.fileio import atomic_path, check_writable_dir, read_json, write_json_atomic
 from deploykit.pipeline.config import PipelineConfig, default_run_dir, unnamed_agent_error
 from deploykit.pipeline.rundir import (
     OUTPUTS_KEY,
@@ -593,11 +594,44 @@ class Pipeline:
         from deploykit.training import SubnetConfig, train_subnet
 
         c = self.config
-        result = train_subnet(Subnet.read(folder / "subnet.json"), weights=self.layout.weights,
+        subnet = Subnet.read(folder / "subnet.json")
+        trained = self._trained_alike(folder, subnet.pruned)
+        if trained is not None:
+            return self._reuse_training(trained, folder)
+        result = train_subnet(subnet, weights=self.layout.weights,
                               data=self.data_config(), run=self.run_config(folder, c.subnet_epochs),
                               config=SubnetConfig(method=c.method))
         return (f"{c.method}: top-1 {result.top1_merged:.2f}% merged "
                 f"(logit error {result.merge_rel_error:.1e})")
+
+    def _trained_alike(self, folder: Path, pruned: tuple[int, ...]) -> Path | None:
+        """Another budget's folder whose search chose the same blocks and whose training is done.
+
+        Every budget trains its subnet with the same recipe, seed and data, so a second budget that
+        lands on the same blocks would train the same weights again (half a minute in the demo)."""
+        from deploykit.subnet import Subnet
+
+        for text in self.config.budgets:
+            other = self.layout.budget(text)
+            if other == folder or not _exists(other / "subnet.json", other / "merged.safetensors",
+                                              other / "result.json"):
+                continue
+            if Subnet.read(other / "subnet.json").pruned == pruned:
+                return other
+        return None
+
+    def _reuse_training(self, source: Path, folder: Path) -> str:
+        """Copy ``source``'s trained subnet into ``folder`` (result.json last: it marks the stage done)."""
+        for name in ("merged.safetensors", "log.csv"):
+            if (source / name).is_file():
+                with atomic_path(folder / name) as tmp:
+                    shutil.copyfile(source / name, tmp)
+        result = read_json(source / "result.json", what="training result")
+        result.update(out=str(folder), merged_path=str(folder / "merged.safetensors"),
+                      trained_in=str(source))
+        write_json_atomic(folder / "result.json", result)
+        return (f"the same blocks as {source.name}: its trained subnet reused, top-1 "
+                f"{result.get('top1_merged', float('nan')):.2f}% merged")
 
     def _export(self, load: Callable[[], Any], folder: Path) -> str:
         from deploykit.deployment import write_settings
