@@ -267,6 +267,22 @@ def test_training_resumes_from_a_checkpoint_inside_a_stage(tmp_path):
     assert pipeline.run_config(folder, 1).resume is True
 
 
+@pytest.mark.parametrize("budgets,order", [(("0.8", "0.6", "0.7"), ["0.6", "0.7", "0.8"]),
+                                           (("3ms", "2.5ms"), ["2.5ms", "3ms"]),
+                                           (("0.8", "2ms"), ["0.8", "2ms"])])  # mixed units: as given
+def test_budgets_are_searched_tightest_first_each_starting_from_the_others(tmp_path, budgets, order):
+    from deploykit.subnet import Subnet
+
+    pipeline = Pipeline(PipelineConfig(data="digits", budgets=budgets), tmp_path / "run")
+    searches = [stage.name.removeprefix("search ") for stage in pipeline.stages()
+                if stage.name.startswith("search ")]
+    assert searches == order
+    first, second = (pipeline.layout.budget(text) for text in order[:2])
+    first.mkdir(parents=True)
+    Subnet(model="convnext_atto", input_size=(32, 32), pruned=(1, 4)).write(first / "subnet.json")
+    assert pipeline._other_choices(second) == [(1, 4)] and pipeline._other_choices(first) == []
+
+
 def test_a_budget_whose_search_chose_trained_blocks_reuses_that_training(tmp_path, monkeypatch):
     from deploykit import training
     from deploykit.subnet import Subnet

@@ -275,6 +275,21 @@ def test_non_additive_proxy_exhaustive_and_evolutionary_agree():
     assert again.subnet.pruned == evolutionary.subnet.pruned and again.method == evolutionary.method
 
 
+def test_a_given_start_that_fits_is_never_beaten_by_a_worse_answer():
+    # a short evolution (4 subnets, 1 generation) misses the best subnet of a non-additive proxy; given
+    # it as a start (another budget's choice, in `deploykit run`), it answers it
+    table = random_table(10, seed=2)
+    costs = dict(enumerate(np.random.default_rng(0).uniform(0.1, 1.0, 10).round(3)))
+    budget = Budget(0.75, "fraction")
+    short = dict(strategy="evolutionary", seed=0, population=4, generations=1)
+    best = search(table, budget, Interacting(costs), strategy="auto")
+    alone = search(table, budget, Interacting(costs), **short)
+    assert alone.score < best.score - 0.1
+    started = search(table, budget, Interacting(costs), starts=[best.subnet.pruned, ()], **short)
+    assert started.subnet.pruned == best.subnet.pruned and started.score == best.score
+    assert "and 1 given subnet(s) as seed" in started.method  # the unpruned model does not fit: left out
+
+
 def test_large_space_uses_the_exact_dp():
     table = random_table(30, seed=9)
     result = search(table, parse_budget("0.5"), DepthProxy())

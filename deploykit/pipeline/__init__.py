@@ -11,8 +11,9 @@ finished epoch, an interrupted profile from its last entry)::
                                                               whose merged form the table says is faster
     export original   RUN/baseline/model.onnx
     verify original   RUN/baseline/verify-<target>.json      numerics, latency, table prediction
-    for each budget B:
-      search B        RUN/budget-B/subnet.json                best supernet top-1 within the budget
+    for each budget B (tightest first where the budgets share a unit):
+      search B        RUN/budget-B/subnet.json                best supernet top-1 within the budget,
+                                                              starting from the others' choices too
       train B         RUN/budget-B/merged.safetensors         progressive subnet training, merged
                       RUN/budget-B/result.json                (a model file: tensors + architecture);
                                                               copied from another budget that chose

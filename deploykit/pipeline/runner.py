@@ -136,12 +136,23 @@ class Pipeline:
                   lambda: self._export(self.original_module, lay.baseline), lay.onnx(lay.baseline)),
             *self._verify_stages("verify original", lay.baseline, pruned=(), reference=None),
         ]
-        for text in self.config.budgets:
+        for text in self._budgets_tightest_first():
             stages += self._budget_stages(text)
         stages += self._continued_stages()
         stages.append(Stage("table", lambda: False, self._table, lay.root / "table.md",
                             also=(lay.root / "table.csv", lay.root / "pareto.png")))
         return stages
+
+    def _budgets_tightest_first(self) -> list[str]:
+        """The budgets in the order their stages run: tightest first where they share a unit (the
+        fractions of a demo), so that each looser budget's search starts from the tighter budgets'
+        choices and never settles on a subnet that scores below one of them."""
+        from deploykit.search.budget import parse_budget
+
+        budgets = list(self.config.budgets)
+        if len({parse_budget(text).unit for text in budgets}) > 1:
+            return budgets
+        return sorted(budgets, key=lambda text: parse_budget(text).value)
 
     def _verify_stages(self, name: str, folder: Path, *, pruned: tuple[int, ...] | None,
                        reference: Path | None) -> list[Stage]:
@@ -565,7 +576,7 @@ class Pipeline:
         strategy = "auto" if len(candidates) <= EXHAUSTIVE_PROXY_BITS else "evolutionary"
         options = dict(candidates=candidates, strategy=strategy, seed=self.config.seed,
                        population=SEARCH_POPULATION, generations=SEARCH_GENERATIONS,
-                       progress=lambda line: self.say(f"  {line}"))
+                       progress=lambda line: self.say(f"  {line}"), starts=self._other_choices(folder))
         if self.several:
             return self._joint_search(text, folder, options)
         result = search(self.latency_table(), parse_budget(text), self._proxy(), **options)
@@ -573,6 +584,14 @@ class Pipeline:
         proxy = result.subnet.proxy or {}
         return (f"prune {list(result.subnet.pruned)}: predicted {result.predicted_ms:.3f} ms "
                 f"({result.speedup:.2f}×), supernet {proxy.get('metric')} {proxy.get('value')}")
+
+    def _other_choices(self, folder: Path) -> list[tuple[int, ...]]:
+        """The blocks the other budgets' searches chose so far: where one fits this budget, the search
+        starts from it as well."""
+        from deploykit.subnet import Subnet
+
+        paths = [self.layout.budget(text) / "subnet.json" for text in self.config.budgets]
+        return [Subnet.read(path).pruned for path in paths if path.parent != folder and path.is_file()]
 
     def _joint_search(self, text: str, folder: Path, options: dict[str, Any]) -> str:
         """The best subnet within ``text`` on every target's table at once; which budget binds."""

@@ -21,7 +21,7 @@ strategies agree whenever they find the same candidates. Strategies:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,14 @@ def resolve_strategy(strategy: str, bits: int, proxy: Proxy) -> str:
     return strategy
 
 
+def start_masks(space: LatencySpace, starts: Iterable[Sequence[int]],
+                fits: Callable[[int], bool]) -> list[int]:
+    """The masks of ``starts`` (pruned blocks) that lie within ``space``'s candidates and ``fits``."""
+    candidates = set(space.candidates)
+    masks = [space.mask(pruned) for pruned in starts if set(pruned) <= candidates]
+    return [mask for mask in dict.fromkeys(masks) if fits(mask)]
+
+
 class Searcher:
     """One table, one proxy, one candidate set; :meth:`solve` answers any budget, reusing work."""
 
@@ -138,7 +146,10 @@ class Searcher:
 
     # --- solving ---------------------------------------------------------------------------------
 
-    def solve(self, budget_ms: float) -> Solution:
+    def solve(self, budget_ms: float, starts: Iterable[Sequence[int]] = ()) -> Solution:
+        """The best subnet within ``budget_ms``. ``starts`` (pruned blocks of subnets known to be good,
+        e.g. other budgets' choices) join the evolutionary search's first population where they fit, so
+        its answer scores at least as well as any of them; the exact strategies need none."""
         limit = budget_ms * (1 + BUDGET_SLACK)
         if self.space.min_ms() > limit:
             raise ConfigError(infeasible_message(self.table, self.space, budget_ms))
@@ -149,7 +160,8 @@ class Searcher:
             return self._dynamic(limit)
         if self.strategy == "exhaustive":
             return self._vectorized(limit) if self.proxy.additive else self._enumerated(limit)
-        return self._evolutionary(limit)
+        return self._evolutionary(limit, start_masks(self.space, starts,
+                                                     lambda mask: self.space.latency(mask) <= limit))
 
     def chain(self) -> Chain:
         """The DP over per-block scores (exact for an additive proxy), built once for every budget."""
@@ -193,15 +205,17 @@ class Searcher:
                         method=f"exhaustive over 2^{self.space.bits} = {1 << self.space.bits:,} subnets "
                                f"({len(feasible):,} within the budget evaluated)", feasible=len(feasible))
 
-    def _evolutionary(self, limit: float) -> Solution:
+    def _evolutionary(self, limit: float, starts: list[int]) -> Solution:
         seed = self.chain().best(limit).mask
         evolution = Evolution(WithinBudget(self.space, limit), self.score,
                               block_scores=self.proxy.block_scores(), rng=np.random.default_rng(self.seed),
                               population=self.population, generations=self.generations, say=self.say)
-        masks = evolution.run([seed])
-        return self._solution_of(masks, limit, f"exact DP over per-block scores as seed + evolutionary "
-                                               f"search ({evolution.generations_run} generations, population "
-                                               f"{self.population}, seed {self.seed})")
+        masks = evolution.run([seed, *starts])
+        given = f" and {len(starts)} given subnet(s)" if starts else ""
+        method = (f"exact DP over per-block scores{given} as seed + evolutionary search "
+                  f"({evolution.generations_run} generations, population {self.population}, "
+                  f"seed {self.seed})")
+        return self._solution_of(masks, limit, method)
 
     def _solution_of(self, masks: list[int], limit: float, method: str) -> Solution:
         masks = [m for m in dict.fromkeys(masks) if self.space.latency(m) <= limit]
@@ -371,9 +385,10 @@ class SearchResult:
 def search(table: LatencyTable, budget: Budget, proxy: Proxy, *, candidates: Iterable[int] | None = None,
            strategy: str = OPTIONS.strategy, seed: int = OPTIONS.seed,
            population: int = OPTIONS.population, generations: int = OPTIONS.generations,
-           progress: Progress | None = None) -> SearchResult:
+           progress: Progress | None = None, starts: Iterable[Sequence[int]] = ()) -> SearchResult:
     """The subnet maximizing ``proxy`` with ``table.predict(subnet) ≤ budget`` (see the module docstring).
 
+    ``starts``: subnets (pruned blocks) the evolutionary search starts from as well (:meth:`Searcher.solve`).
     An infeasible budget is a ConfigError naming the smallest achievable latency.
     """
     started = time.perf_counter()
@@ -382,7 +397,7 @@ def search(table: LatencyTable, budget: Budget, proxy: Proxy, *, candidates: Ite
     searcher = Searcher(table, proxy, candidates=candidates, strategy=strategy, seed=seed,
                         population=population, generations=generations, progress=progress)
     budget_ms = reachable_budget_ms(table, searcher.space, budget)
-    return _result(searcher, searcher.solve(budget_ms), budget, budget_ms, started)
+    return _result(searcher, searcher.solve(budget_ms, starts), budget, budget_ms, started)
 
 
 def _result(searcher: Searcher, solution: Solution, budget: Budget | None, budget_ms: float,

@@ -42,6 +42,7 @@ from deploykit.search.engine import (
     reachable_budget_ms,
     resolve_strategy,
     restricted,
+    start_masks,
 )
 from deploykit.search.proxies import Proxy
 from deploykit.search.space import LatencySpace, subset_sums
@@ -183,8 +184,9 @@ class JointSearcher:
     def latencies(self, mask: int) -> tuple[float, ...]:
         return tuple(space.latency(mask) for space in self.spaces)
 
-    def solve(self, budgets_ms: Sequence[float]) -> JointSolution:
-        """The best subnet within ``budgets_ms`` (one per table; inf: not held)."""
+    def solve(self, budgets_ms: Sequence[float], starts: Iterable[Sequence[int]] = ()) -> JointSolution:
+        """The best subnet within ``budgets_ms`` (one per table; inf: not held); ``starts`` as for
+        :meth:`deploykit.search.engine.Searcher.solve`."""
         limits = np.asarray(budgets_ms, dtype=float) * (1 + BUDGET_SLACK)
         if self.fastest(limits) is None:
             raise ConfigError(self.infeasible_message(budgets_ms))
@@ -195,7 +197,8 @@ class JointSearcher:
             return self._dynamic(limits)
         if self.strategy == "exhaustive":
             return self._exhaustive(limits)
-        return self._evolutionary(limits)
+        fits = JointBudgets(self.spaces, limits).fits
+        return self._evolutionary(limits, start_masks(self.spaces[0], starts, fits))
 
     def infeasible_message(self, budgets_ms: Sequence[float]) -> str:
         held = np.asarray(budgets_ms, dtype=float) * (1 + BUDGET_SLACK)
@@ -234,13 +237,13 @@ class JointSearcher:
                              method=f"exhaustive over 2^{self.bits} = {1 << self.bits:,} subnets ({how})",
                              feasible=len(feasible))
 
-    def _evolutionary(self, limits: np.ndarray) -> JointSolution:
+    def _evolutionary(self, limits: np.ndarray, starts: list[int]) -> JointSolution:
         seed = self.chain(self.proxy.block_scores(), limits).best().mask
         constraint = JointBudgets(self.spaces, limits)
         evolution = Evolution(constraint, self.score, block_scores=self.proxy.block_scores(),
                               rng=np.random.default_rng(self.seed), population=self.population,
                               generations=self.generations, say=self.say)
-        masks = [m for m in dict.fromkeys(evolution.run([seed])) if constraint.fits(m)] or [seed]
+        masks = [m for m in dict.fromkeys(evolution.run([seed, *starts])) if constraint.fits(m)] or [seed]
         scores = np.array([self.score(m) for m in masks])
         best = masks[pick(scores, np.array([constraint.latency(m) for m in masks]),
                           np.array(masks, dtype=np.int64))]
@@ -342,8 +345,10 @@ class JointResult:
 def joint_search(tables: Sequence[LatencyTable], budgets: Sequence[Budget], proxy: Proxy, *,
                  candidates: Iterable[int] | None = None, strategy: str = OPTIONS.strategy,
                  seed: int = OPTIONS.seed, population: int = OPTIONS.population,
-                 generations: int = OPTIONS.generations, progress: Progress | None = None) -> JointResult:
-    """The subnet maximizing ``proxy`` with every ``tables[i].predict(subnet) ≤ budgets[i]``.
+                 generations: int = OPTIONS.generations, progress: Progress | None = None,
+                 starts: Iterable[Sequence[int]] = ()) -> JointResult:
+    """The subnet maximizing ``proxy`` with every ``tables[i].predict(subnet) ≤ budgets[i]``; ``starts``
+    as for :func:`deploykit.search.engine.search`.
 
     Budgets pair with tables in order (a fraction is of that table's unpruned prediction). A budget no
     subnet reaches on its own table, or budgets no subnet meets together, is a ConfigError.
@@ -356,7 +361,7 @@ def joint_search(tables: Sequence[LatencyTable], budgets: Sequence[Budget], prox
                              population=population, generations=generations, progress=progress)
     budgets_ms = [_reachable(number, t, s, b) for number, (t, s, b)
                   in enumerate(zip(tables, searcher.spaces, budgets), 1)]
-    solution = searcher.solve(budgets_ms)
+    solution = searcher.solve(budgets_ms, starts)
     return _result(searcher, solution, budgets, budgets_ms, started)
 
 
