@@ -259,7 +259,16 @@ def test_run_with_a_table_from_elsewhere_verifies_on_the_device(scenario, capsys
     assert "is for model test_vit, this run's is convnext_atto" in capsys.readouterr().err
     assert not run.exists()
     before = len(again.measured())
-    code = main(["run", "--model", "test_vit", "--input-size", str(SIZE), "--table", str(work / "vit.csv"),
+    # the table as measured, its merged block entry made clearly faster: measured under this suite's
+    # load, the tiny ViT's merged blocks can land within noise of (or above) the originals, and a budget
+    # no subnet reaches stops the run before it verifies anything (CI saw 0.987 × at best for 0.95)
+    elsewhere = LatencyTable.read(work / "vit.csv")
+    merged = elsewhere.rows["form"] == "merged"
+    for column in ("median_ms", "p90_ms", "ci_low_ms", "ci_high_ms"):
+        if column in elsewhere.rows:
+            elsewhere.rows.loc[merged, column] = elsewhere.rows.loc[merged, column] / 4
+    given = elsewhere.write(work / "vit-elsewhere.csv")
+    code = main(["run", "--model", "test_vit", "--input-size", str(SIZE), "--table", str(given),
                  "--out", str(run), "--device", again.url, "--data", "digits", "--train-limit", "96",
                  "--val-limit", "48", "--baseline-epochs", "1", "--supernet-epochs", "1", "--subnet-epochs",
                  "1", "--proxy-val-limit", "32", "--rounds", "1", "--train-threads", "1", "--train-device",
@@ -268,7 +277,7 @@ def test_run_with_a_table_from_elsewhere_verifies_on_the_device(scenario, capsys
     assert code == 0, captured.err[-3000:]
     assert "profile: copied" in captured.err and f"through {again.url}" in captured.err
     copied = LatencyTable.read(run / "profile" / f"test_vit_{SIZE}_b1.csv")
-    assert copied.rows.equals(LatencyTable.read(work / "vit.csv").rows)
+    assert copied.rows.equals(LatencyTable.read(given).rows)
     for folder in (run / "baseline", run / "original-continued", run / "budget-0.95"):
         report = json.loads((folder / "verify-cpu-ort.json").read_text())
         assert report["device_url"] == again.url and report["passed"] is True
