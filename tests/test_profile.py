@@ -656,6 +656,33 @@ def test_an_auto_target_is_probed_first_and_the_table_records_the_choice(tmp_pat
     # a resumed profile keeps the table's settings without probing again
     again = profile("tiny", load_target("cpu-ort"), **options)
     assert again.done_now == 0 and all(next(it, None) is None for it in by_settings.values())
+    # the chosen settings' processes were steady: the sentinel keeps its ±5 %
+    assert table.meta.conditions["runs"][0]["sentinel"]["policy"]["max_drift"] == 0.05
+    assert not any("drift limit" in line for line in lines)
+
+
+def test_a_noisy_choice_widens_the_sentinels_drift_limit_to_its_own_noise(tmp_path, monkeypatch):
+    runtime = FakeRuntime(monkeypatch)
+    noisy = [7.81, 10.70, 9.11, 11.95, 12.49, 12.36, 13.06, 12.73]  # a demo probe's steadiest, × 10
+    by_settings = {RunSettings(threads=1): iter([9.0, 12.0, 9.1, 14.0, 9.0, 12.5, 8.0, 9.5]),
+                   RunSettings(threads=2, spinning=True): iter([5.0, 9.0, 7.0, 5.1, 6.0, 8.0, 5.1, 5.6]),
+                   RunSettings(threads=2, spinning=False): iter(noisy)}
+
+    def measure(host, onnx_file, *, target, protocol, input_shape):
+        if onnx_file.parent.name.startswith("deploykit-probe-"):
+            ms = next(by_settings[target.settings])
+            return Measurement.from_samples([ms, ms, ms])
+        return runtime(onnx_file, target=target, protocol=protocol, input_shape=input_shape)
+
+    monkeypatch.setattr(LocalHost, "measure", measure)
+    monkeypatch.setattr(fingerprint_module, "physical_cores", lambda cpuinfo: 2)
+    lines: list[str] = []
+    table = profile("tiny", load_target("cpu-ort"), input_size=32, out=tmp_path / "t.csv",
+                    protocol=TINY_PROTOCOL, model=tiny(), end_to_end=ISOLATED, progress=lines.append).table
+    assert table.meta.measured_with() == RunSettings(threads=2, spinning=False)  # the steadiest
+    limit = table.meta.conditions["runs"][0]["sentinel"]["policy"]["max_drift"]
+    assert limit == pytest.approx(2 * 0.09026, abs=2e-4)
+    assert any(line.startswith("sentinel: drift limit ±18%, 2 × the robust cv (9.0%)") for line in lines)
 
 
 class PairedSubnets(Subnets):

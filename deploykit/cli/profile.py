@@ -59,7 +59,9 @@ def add_profile(sub) -> None:
                           help=f"or after S seconds since the last one (default: {d.interval_s:g})")
     sentinel.add_argument("--max-drift", type=float, default=d.max_drift, metavar="F",
                           help="measure the entries since the last good sentinel again when the sentinel "
-                               f"moves more than this fraction from its start value (default: {d.max_drift})")
+                               f"moves more than this fraction from its start value (default: {d.max_drift}; "
+                               "where the settings probe chose the run settings, at least twice the robust "
+                               "cv of their fresh processes)")
     add_end_to_end_arguments(p)
     add_protocol_arguments(p)
     add_device_arguments(p, what="measure every entry and subnet")

@@ -104,6 +104,21 @@ class ProbeResult:
         return "\n".join(lines)
 
 
+def chosen_robust_cv(record: Mapping[str, Any] | None) -> float | None:
+    """The chosen settings' robust cv (1.4826 · MAD / median) across the probe's fresh processes, from a
+    stored probe record (``TableMeta.settings_probe``); None without a probe or a row for the choice."""
+    if not record:
+        return None
+    for row in record.get("rows", []):
+        if row.get("settings") == record.get("chosen"):
+            medians = [float(m) for m in row.get("medians_ms", [])]
+            if len(medians) < 3:
+                return None
+            middle = statistics.median(medians)
+            return 1.4826 * statistics.median(abs(m / middle - 1.0) for m in medians)
+    return None
+
+
 def candidates(fixed: RunSettings, auto: Sequence[str], *, takes: Sequence[str],
                physical_cores: int) -> list[RunSettings]:
     """The settings to try: ``fixed`` with every combination of the ``auto`` keys the backend

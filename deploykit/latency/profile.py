@@ -46,8 +46,8 @@ from deploykit.latency.anchor import anchor_figures, export_anchor_models, inter
 from deploykit.latency.endtoend import finish_profile, points_path
 from deploykit.latency.estimate import Roofline, estimate_onnx
 from deploykit.latency.options import EndToEndOptions, pairs_by_default
-from deploykit.latency.probe import ProbeResult, settle
-from deploykit.latency.sentinel import Sentinel, SentinelPolicy
+from deploykit.latency.probe import ProbeResult, chosen_robust_cv, settle
+from deploykit.latency.sentinel import NOISE_WIDTH, Sentinel, SentinelPolicy, for_process_noise
 from deploykit.latency.subnets import Measurer, SubnetMeasurer
 from deploykit.latency.table import (
     ENVIRONMENT,
@@ -414,7 +414,7 @@ def profile(model_name: str, target: Any, *, input_size: int | tuple[int, int] |
         todo = runner.announce_kept()
         if meta.mode == "measured":
             changes = _measure_watched(runner, todo, model_name, target, protocol, size, batch, model,
-                                       sentinel or SentinelPolicy(), anchor_rounds, say, host)
+                                       _sentinel_policy(sentinel, table.meta, say), anchor_rounds, say, host)
             table = save(runner.table, **changes)
             if measure_subnet is None:  # an injected measurer pairs or not by itself
                 options = replace(options, paired=_paired(options, target, host))
@@ -481,6 +481,18 @@ class _Runner:
         note = " (again)" if again else ""
         self.say(f"{self.head(number, entry)}{note} {_shown_stats(stats, self.mode)} "
                  f"[{time.perf_counter() - began:.1f} s]")
+
+
+def _sentinel_policy(asked: SentinelPolicy | None, meta: TableMeta, say: Progress) -> SentinelPolicy:
+    """The sentinel's policy, its drift limit no tighter than the run settings' own fresh-process noise
+    where the settings probe measured it (:func:`deploykit.latency.sentinel.for_process_noise`)."""
+    policy = asked or SentinelPolicy()
+    noise = chosen_robust_cv(meta.settings_probe)
+    widened = for_process_noise(policy, noise)
+    if widened != policy:
+        say(f"sentinel: drift limit ±{widened.max_drift:.0%}, {NOISE_WIDTH:g} × the robust cv ({noise:.1%}) "
+            f"of the chosen settings' fresh processes in the settings probe (±{policy.max_drift:.0%} asked)")
+    return widened
 
 
 def _measure_watched(runner: _Runner, todo: list[tuple[int, Entry]], model_name: str, target: Any, protocol,

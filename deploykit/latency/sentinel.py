@@ -30,7 +30,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from deploykit.checks import require_int, require_number
@@ -69,6 +69,19 @@ class SentinelPolicy:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+NOISE_WIDTH = 2.0   # a drift must exceed this many robust cvs of the settings' own fresh processes
+
+
+def for_process_noise(policy: SentinelPolicy, robust_cv: float | None) -> SentinelPolicy:
+    """``policy`` with ``max_drift`` at least :data:`NOISE_WIDTH` × ``robust_cv``, the spread of the run
+    settings' fresh processes (the settings probe measured it). The sentinel is one fresh process (two
+    when it drifts); with settings whose processes land ±10 % apart, a ±5 % limit re-measures entries on
+    noise — 35 entries, 70 s in one demo profile whose probe had found no repeatable setting."""
+    if robust_cv is None or NOISE_WIDTH * robust_cv <= policy.max_drift:
+        return policy
+    return replace(policy, max_drift=round(NOISE_WIDTH * robust_cv, 4))
 
 
 @dataclass
