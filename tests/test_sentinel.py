@@ -200,6 +200,7 @@ def test_the_drift_limit_is_no_tighter_than_the_chosen_settings_own_process_nois
     steady = chosen_robust_cv(probe_record(STEADY))
     assert steady < 0.025 and for_process_noise(SentinelPolicy(), steady) == SentinelPolicy()
     assert for_process_noise(SentinelPolicy(max_drift=0.3), noise).max_drift == 0.3  # never narrowed
-    for record in (None, {}, probe_record([1.0, 1.1])):  # no probe, or too few processes: as asked
+    for record in (None, {}, probe_record([1.0, 1.1]), probe_record([0, 0, 0]), {"rows": "x", "chosen": 1},
+                   {"rows": [{"settings": 1, "medians_ms": ["a"]}], "chosen": 1}):  # none, too few, malformed
         assert chosen_robust_cv(record) is None
     assert for_process_noise(SentinelPolicy(), None) == SentinelPolicy()

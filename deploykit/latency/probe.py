@@ -107,16 +107,15 @@ class ProbeResult:
 def chosen_robust_cv(record: Mapping[str, Any] | None) -> float | None:
     """The chosen settings' robust cv (1.4826 · MAD / median) across the probe's fresh processes, from a
     stored probe record (``TableMeta.settings_probe``); None without a probe or a row for the choice."""
-    if not record:
+    try:
+        rows = [row for row in (record or {}).get("rows", []) if row.get("settings") == record.get("chosen")]
+        medians = [float(m) for m in rows[0].get("medians_ms", [])] if rows else []
+    except (AttributeError, TypeError, ValueError):  # a record edited by hand: no noise figure
         return None
-    for row in record.get("rows", []):
-        if row.get("settings") == record.get("chosen"):
-            medians = [float(m) for m in row.get("medians_ms", [])]
-            if len(medians) < 3:
-                return None
-            middle = statistics.median(medians)
-            return 1.4826 * statistics.median(abs(m / middle - 1.0) for m in medians)
-    return None
+    middle = statistics.median(medians) if len(medians) >= 3 else 0.0
+    if not middle > 0:
+        return None
+    return 1.4826 * statistics.median(abs(m / middle - 1.0) for m in medians)
 
 
 def candidates(fixed: RunSettings, auto: Sequence[str], *, takes: Sequence[str],
