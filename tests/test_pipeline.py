@@ -280,7 +280,7 @@ def test_budgets_are_searched_tightest_first_each_starting_from_the_others(tmp_p
     first, second = (pipeline.layout.budget(text) for text in order[:2])
     first.mkdir(parents=True)
     Subnet(model="convnext_atto", input_size=(32, 32), pruned=(1, 4)).write(first / "subnet.json")
-    assert pipeline._other_choices(second) == [(1, 4)] and pipeline._other_choices(first) == []
+    assert pipeline._other_choices(second) == {first: (1, 4)} and pipeline._other_choices(first) == {}
 
 
 def test_a_budget_whose_search_chose_trained_blocks_reuses_that_training(tmp_path, monkeypatch):

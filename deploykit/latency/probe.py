@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from deploykit.latency.stats import Repeatability
 from deploykit.runsettings import RunSettings
 
 # A setting that lands slow in one fresh process of four passes three processes 42 % of the time, five
@@ -112,10 +113,8 @@ def chosen_robust_cv(record: Mapping[str, Any] | None) -> float | None:
         medians = [float(m) for m in rows[0].get("medians_ms", [])] if rows else []
     except (AttributeError, TypeError, ValueError):  # a record edited by hand: no noise figure
         return None
-    middle = statistics.median(medians) if len(medians) >= 3 else 0.0
-    if not middle > 0:
-        return None
-    return 1.4826 * statistics.median(abs(m / middle - 1.0) for m in medians)
+    spread = Repeatability.of(medians)
+    return None if spread is None else spread.robust_cv
 
 
 def candidates(fixed: RunSettings, auto: Sequence[str], *, takes: Sequence[str],

@@ -576,7 +576,8 @@ class Pipeline:
         strategy = "auto" if len(candidates) <= EXHAUSTIVE_PROXY_BITS else "evolutionary"
         options = dict(candidates=candidates, strategy=strategy, seed=self.config.seed,
                        population=SEARCH_POPULATION, generations=SEARCH_GENERATIONS,
-                       progress=lambda line: self.say(f"  {line}"), starts=self._other_choices(folder))
+                       progress=lambda line: self.say(f"  {line}"),
+                       starts=list(self._other_choices(folder).values()))
         if self.several:
             return self._joint_search(text, folder, options)
         result = search(self.latency_table(), parse_budget(text), self._proxy(), **options)
@@ -585,13 +586,14 @@ class Pipeline:
         return (f"prune {list(result.subnet.pruned)}: predicted {result.predicted_ms:.3f} ms "
                 f"({result.speedup:.2f}×), supernet {proxy.get('metric')} {proxy.get('value')}")
 
-    def _other_choices(self, folder: Path) -> list[tuple[int, ...]]:
-        """The blocks the other budgets' searches chose so far: where one fits this budget, the search
-        starts from it as well."""
+    def _other_choices(self, folder: Path) -> dict[Path, tuple[int, ...]]:
+        """The blocks the other budgets' searches chose so far, by budget folder: a search starts from
+        those that fit its budget as well, a training reuses one of the same blocks."""
         from deploykit.subnet import Subnet
 
         paths = [self.layout.budget(text) / "subnet.json" for text in self.config.budgets]
-        return [Subnet.read(path).pruned for path in paths if path.parent != folder and path.is_file()]
+        return {path.parent: Subnet.read(path).pruned for path in paths
+                if path.parent != folder and path.is_file()}
 
     def _joint_search(self, text: str, folder: Path, options: dict[str, Any]) -> str:
         """The best subnet within ``text`` on every target's table at once; which budget binds."""
@@ -628,16 +630,9 @@ class Pipeline:
 
         Every budget trains its subnet with the same recipe, seed and data, so a second budget that
         lands on the same blocks would train the same weights again (half a minute in the demo)."""
-        from deploykit.subnet import Subnet
-
-        for text in self.config.budgets:
-            other = self.layout.budget(text)
-            if other == folder or not _exists(other / "subnet.json", other / "merged.safetensors",
-                                              other / "result.json"):
-                continue
-            if Subnet.read(other / "subnet.json").pruned == pruned:
-                return other
-        return None
+        return next((other for other, chosen in self._other_choices(folder).items()
+                     if chosen == pruned and _exists(other / "merged.safetensors", other / "result.json")),
+                    None)
 
     def _reuse_training(self, source: Path, folder: Path) -> str:
         """Copy ``source``'s trained subnet into ``folder`` (result.json last: it marks the stage done)."""
