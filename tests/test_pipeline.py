@@ -370,3 +370,21 @@ def test_a_resumed_run_from_before_manifests_adopts_its_own_entries(tmp_path):
     run = _earlier_run(tmp_path / "run", manifest=None)
     state = Pipeline(PipelineConfig(data="digits"), run)._open_run_dir()
     assert state["outputs"] == ["baseline", "table.md", "budget-0.8"]
+
+
+def test_a_budget_with_another_budgets_model_shares_its_verify_report_and_measurement(completed):
+    run = completed[0]
+    robin = RoundRobin.read(run / "latency-cpu-ort.json")
+    reports = {b: VerifyReport.read(run / f"budget-{b}" / "verify-cpu-ort.json") for b in ("0.95", "0.9")}
+    assert all(reports[b].model == str(run / f"budget-{b}" / "model.onnx") for b in reports)
+    if reports["0.95"].model_sha256 != reports["0.9"].model_sha256:  # two subnets: each on its own
+        assert robin.same_file_as == {}
+        return
+    # the tighter budget is searched and trained first; the looser one reuses it
+    result = json.loads((run / "budget-0.95" / "result.json").read_text())
+    assert result["trained_in"] == str(run / "budget-0.9")
+    first, second = reports["0.9"], reports["0.95"]
+    assert second.notes[-1].startswith("the same file and weights as budget-0.9,")
+    assert second.numerics == first.numerics and second.latency == first.latency
+    assert robin.same_file_as == {"budget-0.9": "budget-0.95"}  # the table's order: 0.95 first
+    assert robin.models["budget-0.9"] == robin.models["budget-0.95"]

@@ -222,7 +222,7 @@ def test_lut_anchor_and_check_through_another_device(scenario, board_b, capsys, 
                  board_b.url, "--out", str(scenario["work"] / "check")]) == 0
     captured = capsys.readouterr()
     assert "re-anchored for the device at" in captured.err and "2 subnets" in captured.out
-    assert board_b.measured().count("subnet.onnx") == 2
+    assert sum(name.startswith("subnet") for name in board_b.measured()) == 2
 
 
 @pytest.mark.slow

@@ -411,3 +411,50 @@ def test_paired_round_robin_arithmetic_with_scripted_processes():
     with pytest.raises(ConfigError, match="reference 'other'"):
         measure_paired_round_robin(files, reference="other", rounds=1, time_pair=time_pair, target="t",
                                    settings={})
+
+
+def test_files_with_the_same_bytes_are_measured_once_and_share_their_figures(tmp_path):
+    """Two budgets that chose the same subnet share one exported file: the table measures it once."""
+    import shutil
+
+    from onnx_fixtures import tiny_onnx
+
+    from deploykit.measure.host import MeasureHost
+    from deploykit.paired import PairedMeasurement
+    from deploykit.protocol import Measurement, Protocol
+    from deploykit.targets import load_target
+    from deploykit.verify.rounds import RoundRobin, measure_models, same_files
+
+    original = tiny_onnx(tmp_path / "original.onnx")
+    pruned = tmp_path / "pruned.onnx"
+    pruned.write_bytes(original.read_bytes() + b"\0")  # other bytes (a trailing byte onnx ignores)
+    twin = shutil.copy(pruned, tmp_path / "twin.onnx")
+    files = {"baseline": original, "budget-0.8": Path(twin), "budget-0.6": pruned}
+    assert same_files(files, reference="baseline") == {"baseline": "baseline", "budget-0.8": "budget-0.8",
+                                                         "budget-0.6": "budget-0.8"}
+    assert same_files({"a": pruned, "ref": Path(twin)}, reference="ref") == {"a": "ref", "ref": "ref"}
+
+    timed = []
+
+    class Scripted(MeasureHost):
+        describe = availability = outputs = runtime_info = fingerprint = None
+
+        def measure(self, *args, **kwargs):
+            raise AssertionError("paired by default here")
+
+        def measure_paired(self, onnx_path, reference_path, **kwargs):
+            timed.append(Path(onnx_path).name)
+            return PairedMeasurement(model=Measurement.from_samples([1.0]),
+                                     reference=Measurement.from_samples([2.0]), ratios=(0.5,))
+
+    lines = []
+    robin = measure_models(files, reference="baseline", target=load_target("cpu-ort"),
+                           protocol=Protocol(threads=1, spinning=False), rounds=2, host=Scripted(),
+                           paired=True, progress=lines.append)
+    assert timed == ["twin.onnx", "twin.onnx"]          # one pair per round, not two
+    assert list(robin.models) == list(files)
+    assert robin.models["budget-0.6"] == robin.models["budget-0.8"]
+    assert robin.models["budget-0.6"].speedup == pytest.approx(2.0)
+    assert robin.same_file_as == {"budget-0.6": "budget-0.8"}
+    assert any("budget-0.6 as budget-0.8" in line for line in lines)
+    assert RoundRobin.from_dict(robin.as_dict(), source="x") == robin

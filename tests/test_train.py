@@ -438,3 +438,17 @@ def test_a_vit_trains_at_the_data_input_size(tmp_path):
     subnet = train_subnet(Subnet("deit_tiny_patch16_224", SIZE, (3,)), weights=result.weights_path, data=DATA,
                           run=run_config(tmp_path / "s", epochs=1))
     assert math.isfinite(subnet.top1_merged)
+
+
+def test_training_steps_skip_padding_taps_and_leave_the_model_as_it_was(weights, tmp_path):
+    seen, students = [], []
+
+    def look(step, student):
+        students.append(student)
+        convs = [m for m in student.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (7, 7)]
+        seen.append(sum("forward" in conv.__dict__ for conv in convs) / len(convs))
+
+    train_subnet(SUBNET, weights=weights, data=DATA, run=run_config(tmp_path, epochs=1),
+                 config=SubnetConfig(progressive_epochs=0.5), on_step=look)
+    assert seen and set(seen) == {1.0}   # every 7×7 depthwise conv of the student, at every step
+    assert not any("forward" in m.__dict__ for m in students[0].modules())

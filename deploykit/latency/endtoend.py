@@ -16,6 +16,9 @@ process):
   Kendall τ, the share within ±5 % / ±10 %, MAPE, bias and max error go into the metadata
   (``fidelity``).
 
+Subnets are exported in batches, several at once, before the batch is timed
+(:mod:`deploykit.latency.parallel_export`): no export overlaps a measurement.
+
 Every measurement is appended to ``NAME.fit.csv`` beside the table as soon as it is taken, so an
 interrupted profile resumes without measuring a subnet twice; the predictor and figures are written
 into the table only at the end, together with ``complete``.
@@ -31,6 +34,7 @@ from typing import Any
 
 from deploykit.clock import utc_now
 from deploykit.latency.options import MAX_DESIGNED, EndToEndOptions
+from deploykit.latency.parallel_export import export_batches
 from deploykit.latency.predictor import Prior, fit_predictor
 from deploykit.latency.probe import drift_warning
 from deploykit.latency.sampling import EndToEndPlan, plan_end_to_end
@@ -119,6 +123,8 @@ def _measure(plan: EndToEndPlan, measure: Measurer, known: dict, points_file: Pa
              load: Callable[[], float], holdout_processes: int) -> dict[tuple[int, ...], SubnetTiming]:
     timings: dict[tuple[int, ...], SubnetTiming] = {}
     width = len(str(len(plan.order)))
+    todo = [subset for _, subset in plan.order if subset not in known]
+    batches = export_batches(todo, measure)
     for number, (phase, subset) in enumerate(plan.order, 1):
         head = f"[end to end {number:>{width}}/{len(plan.order)}] {phase:<7} k={len(subset):<2} " \
                f"pruned {format_block_ranges(subset)}:"
@@ -127,6 +133,8 @@ def _measure(plan: EndToEndPlan, measure: Measurer, known: dict, points_file: Pa
             say(f"{head} {known[subset].measured_ms:.3f} ms (already measured)")
             continue
         began = time.perf_counter()
+        if subset in batches:
+            measure.export_ahead(batches[subset])
         timing = _median_timing(subset, measure, holdout_processes if phase == "holdout" else 1, load)
         timings[subset] = timing
         _write_points(points_file, plan, timings, None)

@@ -39,6 +39,7 @@ from deploykit.checks import require_int
 from deploykit.errors import TableError
 from deploykit.fileio import check_output_files
 from deploykit.latency.options import CHECK_SAMPLES, CHECK_SEED, DRIFT_LIMIT
+from deploykit.latency.parallel_export import export_batches
 from deploykit.latency.plot import plot_fidelity
 from deploykit.latency.sampling import plan_subnets
 from deploykit.latency.stats import Figures, fit_calibration, leave_one_out
@@ -347,16 +348,20 @@ def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measu
     points: list[Point] = []
     reused = 0
     width = len(str(len(plan)))
+    batches = export_batches([pruned for number, pruned in enumerate(plan)
+                              if _still_valid(known, number, pruned, raw) is None], measure)
     for number, pruned in enumerate(plan):
         predicted = raw.predict(pruned)
         head = f"[{number + 1:>{width}}/{len(plan)}] k={len(pruned):<2} pruned {_blocks(pruned)}:"
-        old = known.get((number, pruned))
-        if old is not None and math.isclose(old.predicted_ms, predicted, rel_tol=1e-6, abs_tol=1e-9):
+        old = _still_valid(known, number, pruned, raw)
+        if old is not None:
             points.append(old)
             reused += 1
             say(f"{head} {old.measured_ms:.3f} ms (reused from {csv_path.name})")
             continue
         began = time.perf_counter()
+        if pruned in batches:
+            measure.export_ahead(batches[pruned])
         point = _point(number, pruned, predicted, measure(pruned), load())
         points.append(point)
         _write_points(csv_path, points, seed, measured_on, calibration=None)
@@ -367,6 +372,14 @@ def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measu
             f"({error:+.1f}%) "
             f"[{time.perf_counter() - began:.1f} s]")
     return points, reused
+
+
+def _still_valid(known: dict, number: int, pruned: tuple[int, ...], raw: LatencyTable) -> Point | None:
+    """An earlier run's point for this plan position, if the table still predicts what it did then."""
+    old = known.get((number, pruned))
+    if old is not None and math.isclose(old.predicted_ms, raw.predict(pruned), rel_tol=1e-6, abs_tol=1e-9):
+        return old
+    return None
 
 
 def _point(number: int, pruned: tuple[int, ...], predicted: float, measured: Any, load: float) -> Point:

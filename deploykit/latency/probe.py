@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -222,9 +223,10 @@ def settle(target: Any, onnx_file: Any, *, input_shape: Sequence[int], protocol:
         return host.measure(onnx_file, target=target.with_settings(settings), protocol=short,
                             input_shape=input_shape).median_ms
 
+    began = time.perf_counter()
     result = confirm(run_probe(options, measure), measure)
     say(result.table())
-    say(f"run settings: {result.chosen.describe()} ({result.reason})")
+    say(f"run settings: {result.chosen.describe()} ({result.reason}) [{time.perf_counter() - began:.1f} s]")
     return target.with_settings(result.chosen), result
 
 

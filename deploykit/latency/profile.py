@@ -579,9 +579,15 @@ class _LazySubnets:
         self.build, self.measurer = build, None
 
     def __call__(self, pruned: tuple[int, ...]):
+        return self._built()(pruned)
+
+    def export_ahead(self, subsets) -> None:
+        self._built().export_ahead(subsets)
+
+    def _built(self) -> Measurer:
         if self.measurer is None:
             self.measurer = self.build()
-        return self.measurer(pruned)
+        return self.measurer
 
 
 def _layout(entries: list[Entry]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class SubnetMeasurer:
         self.work, self.time_onnx, self.time_paired = work, time_onnx, time_paired
         self._exported: tuple[int, ...] | None = None   # the subnet whose ONNX file is in work/
         self._reference: Path | None = None             # the unpruned model's ONNX file, for pairing
+        self._ahead: dict[tuple[int, ...], Path] = {}    # subnets exported by export_ahead
 
     @property
     def prunable_indices(self) -> tuple[int, ...]:
@@ -68,14 +69,29 @@ class SubnetMeasurer:
         subnet is measured in several processes)."""
         if self.time_onnx is None and self.time_paired is None:
             raise TypeError("this SubnetMeasurer was built to export only (no time_onnx)")
-        path = self.work / "subnet.onnx"
-        if self._exported != tuple(pruned) or not path.is_file():
-            self._exported = None
-            self.export(pruned, path)
-            self._exported = tuple(pruned)
+        path = self._ahead.get(tuple(pruned))
+        if path is None or not path.is_file():
+            path = self.work / "subnet.onnx"
+            if self._exported != tuple(pruned) or not path.is_file():
+                self._exported = None
+                self.export(pruned, path)
+                self._exported = tuple(pruned)
         if self.time_paired is None:
             return self.time_onnx(path, self.shape)
         return self.time_paired(path, self._reference_file(), self.shape)
+
+    def export_ahead(self, subsets: Sequence[tuple[int, ...]]) -> None:
+        """Export these subnets now, several at once where this machine allows
+        (:mod:`deploykit.latency.parallel_export`), so that timing them exports nothing; an earlier
+        batch's files are removed first. Call it only while nothing is being measured."""
+        from deploykit.latency.parallel_export import export_in_parallel
+
+        for path in self._ahead.values():
+            path.unlink(missing_ok=True)
+        jobs = [(tuple(subset), self.work / f"subnet-ahead-{number}.onnx")
+                for number, subset in enumerate(subsets)]
+        self._ahead = {}
+        self._ahead = dict(zip((subset for subset, _ in jobs), export_in_parallel(self.export, jobs)))
 
     def _reference_file(self) -> Path:
         """The unpruned model's ONNX file, exported once (every export prunes the net afresh)."""

@@ -21,6 +21,8 @@ finished epoch, an interrupted profile from its last entry)::
       export B        RUN/budget-B/model.onnx
       verify B        RUN/budget-B/verify-<target>.json      … and speed-up against the original,
                                                               measured interleaved in the same run
+                                                              (another budget's report where the file
+                                                              and weights are byte for byte its own)
     continue original RUN/original-continued/model.pt, …      the equal-budget reference: the original
                                                               trained subnet-epochs more with subnet
                                                               training's recipe (distillation from
@@ -28,7 +30,9 @@ finished epoch, an interrupted profile from its last entry)::
     export continued  RUN/original-continued/model.onnx
     verify continued  RUN/original-continued/verify-<target>.json
     table             RUN/table.md, table.csv, pareto.png     speed vs accuracy; each Δ top-1 against
-                                                              the unpruned model of equal budget
+                                                              the unpruned model of equal budget; one
+                                                              round-robin measurement (identical files
+                                                              measured once)
 
 Why "original, continued": the pruned variants start from the original's weights and train
 ``subnet_epochs`` more (the supernet only chooses the blocks; its weights are not reused), so comparing

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -665,12 +665,15 @@ class Pipeline:
         from deploykit.subnet import Subnet
         from deploykit.verify import verify
 
+        path = self.layout.report(folder, target.name)
         if pruned is None:
+            twin = self._verified_twin(folder, target.name)
+            if twin is not None:
+                return self._share_report(twin, folder, path)
             pruned = Subnet.read(folder / "subnet.json").pruned
             module = _merged_module(folder)
         else:
             module = self.original_module(folder)
-        path = self.layout.report(folder, target.name)
         report = verify(self.layout.onnx(folder), target=target, protocol=self.config.protocol,
                         reference=reference, torch_module=module, torch_name=str(folder),
                         table=self.latency_table(target.name), pruned=pruned, seed=self.config.seed,
@@ -685,6 +688,35 @@ class Pipeline:
         speed = f", {report.speedup:.2f}× the original" if report.speedup is not None else ""
         return (f"numerics max rel {report.numerics['max_rel']:.1e}; {measured:.3f} ms measured, "
                 f"{report.predicted_ms:.3f} ms predicted{speed}")
+
+    def _verified_twin(self, folder: Path, target: str) -> Path | None:
+        """Another budget's passed verify report on ``target`` for the same bytes, exported from the same
+        merged weights (budgets that chose one subnet share its training): it applies here as it is."""
+        from deploykit.verify import VerifyReport
+        from deploykit.verify.files import file_sha256
+
+        onnx, weights = self.layout.onnx(folder), folder / "merged.safetensors"
+        for other in (self.layout.budget(text) for text in self.config.budgets):
+            report = self.layout.report(other, target)
+            if other == folder or not (_verified(report) and _exists(other / "merged.safetensors")):
+                continue
+            if (VerifyReport.read(report).model_sha256 == file_sha256(onnx)
+                    and file_sha256(other / "merged.safetensors") == file_sha256(weights)):
+                return report
+        return None
+
+    def _share_report(self, twin: Path, folder: Path, path: Path) -> str:
+        from deploykit.verify import VerifyReport
+
+        report = VerifyReport.read(twin)
+        note = f"the same file and weights as {twin.parent.name}, verified there ({twin.name})"
+        replace(report, model=str(self.layout.onnx(folder)), torch_model=str(folder),
+                notes=(*report.notes, note)).write(path)
+        measured = report.latency["model"]["median_ms"] if report.latency else None
+        figures = f"; {measured:.3f} ms measured there" if measured is not None else ""
+        speed = f", {report.speedup:.2f}× the original" if report.speedup is not None else ""
+        return (f"{note}: numerics max rel {report.numerics['max_rel']:.1e}{figures}{speed} "
+                "(the table stage measures both together)")
 
     def _table(self) -> str:
         from deploykit.fileio import write_text_atomic

@@ -23,6 +23,7 @@ from deploykit.macs import eval_mode
 from deploykit.prune import PrunableNet
 from deploykit.training.checkpoint import read_checkpoint
 from deploykit.training.distributed import DistContext, all_reduce_sum, autocast
+from deploykit.training.padding_taps import skip_padding_taps
 
 
 @torch.no_grad()
@@ -32,7 +33,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, ctx: DistContext | None = 
     device = _device_of(model)
     ctx = ctx or DistContext(device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    with eval_mode(model):
+    with eval_mode(model), skip_padding_taps(model):
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast(ctx, dtype):
@@ -126,10 +127,11 @@ def recalibrated(net: nn.Module, loader: DataLoader, batches: int) -> nn.Module:
         norm.momentum = None
     device = _device_of(copied)
     copied.train()
-    for count, (images, _) in enumerate(loader):
-        if count >= batches:
-            break
-        copied(images.to(device))
+    with skip_padding_taps(copied):
+        for count, (images, _) in enumerate(loader):
+            if count >= batches:
+                break
+            copied(images.to(device))
     return copied.eval()
 
 

@@ -43,6 +43,7 @@ from deploykit.training.distributed import (
     check_agree,
 )
 from deploykit.training.losses import training_loss
+from deploykit.training.padding_taps import skip_padding_taps
 from deploykit.training.schedule import learning_rate
 
 
@@ -138,40 +139,42 @@ def fit(task: Task, *, run: RunConfig, optim: OptimConfig, ctx: DistContext,
     wrapped = _parallel(student, ctx, dynamic=policy.dynamic)
     total_steps = steps_per_epoch * run.epochs
     warmup = round(optim.warmup_epochs * steps_per_epoch)
-    for epoch in range(int(state.get("epoch", 0)), run.epochs):
-        epoch_start = time.perf_counter()
-        loader.sampler.set_epoch(epoch)
-        student.train()
-        sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)
-        logged: dict[str, Any] = {}
-        for batch_index, (images, labels) in enumerate(_progress(loader, ctx, epoch, run.epochs)):
-            step = epoch * steps_per_epoch + batch_index
-            logged = policy.apply(step)
-            if on_step is not None:
-                on_step(step, student)
-            if batch_index == 0:
-                check_agree(policy.digest(), ctx, f"the gates of step {step}")
-            lr = learning_rate(step, base=optim.lr, total_steps=total_steps, warmup_steps=warmup,
-                               min_lr=optim.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = images.to(ctx.device, non_blocking=True)
-            labels = labels.to(ctx.device, non_blocking=True)
-            parts = _step(wrapped, teacher, task.distill, optimizer, scaler, images, labels, ctx, dtype)
-            sums += parts
-            if run.log_steps:
-                step_rows.append(_step_row(step, epoch, lr, logged, parts, ctx))
-        all_reduce_sum(sums, ctx)
-        broadcast_buffers(student, ctx)
-        row = _epoch_row(epoch, steps_per_epoch, sums, logged, optimizer)
-        row.update(task.validate(student, val_loader, ctx, dtype))
-        row["epoch_s"] = round(time.perf_counter() - epoch_start, 3)
-        history.append(row)
-        if ctx.is_main:
-            _write_epoch(run, task, meta, epoch, student, optimizer, scaler, policy, history, step_rows)
-        ctx.log(_summary(row, run.epochs))
-        if on_epoch_end is not None:
-            on_epoch_end(row)
+    # the same sums without their zero terms: a 7×7 kernel on a 1×1 map (padding_taps.py)
+    with skip_padding_taps(student, teacher):
+        for epoch in range(int(state.get("epoch", 0)), run.epochs):
+            epoch_start = time.perf_counter()
+            loader.sampler.set_epoch(epoch)
+            student.train()
+            sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)
+            logged: dict[str, Any] = {}
+            for batch_index, (images, labels) in enumerate(_progress(loader, ctx, epoch, run.epochs)):
+                step = epoch * steps_per_epoch + batch_index
+                logged = policy.apply(step)
+                if on_step is not None:
+                    on_step(step, student)
+                if batch_index == 0:
+                    check_agree(policy.digest(), ctx, f"the gates of step {step}")
+                lr = learning_rate(step, base=optim.lr, total_steps=total_steps, warmup_steps=warmup,
+                                   min_lr=optim.min_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                images = images.to(ctx.device, non_blocking=True)
+                labels = labels.to(ctx.device, non_blocking=True)
+                parts = _step(wrapped, teacher, task.distill, optimizer, scaler, images, labels, ctx, dtype)
+                sums += parts
+                if run.log_steps:
+                    step_rows.append(_step_row(step, epoch, lr, logged, parts, ctx))
+            all_reduce_sum(sums, ctx)
+            broadcast_buffers(student, ctx)
+            row = _epoch_row(epoch, steps_per_epoch, sums, logged, optimizer)
+            row.update(task.validate(student, val_loader, ctx, dtype))
+            row["epoch_s"] = round(time.perf_counter() - epoch_start, 3)
+            history.append(row)
+            if ctx.is_main:
+                _write_epoch(run, task, meta, epoch, student, optimizer, scaler, policy, history, step_rows)
+            ctx.log(_summary(row, run.epochs))
+            if on_epoch_end is not None:
+                on_epoch_end(row)
     return Fit(history=history, student=student, policy=policy, val_loader=val_loader, dtype=dtype,
                wall_s=time.perf_counter() - started, total_steps=total_steps, steps=step_rows)
 

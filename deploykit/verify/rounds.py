@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +83,13 @@ class RoundRobin:
     reference: str | None
     models: Mapping[str, ModelRounds] = field(default_factory=dict)
     paired: bool = False  # every other model timed as a ratio to the reference in one process
+    same_file_as: Mapping[str, str] = field(default_factory=dict)  # model → the model whose figures it shares
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "settings": dict(self.settings), "rounds": self.rounds,
                 "reference": self.reference, "paired": self.paired,
-                "models": {k: v.as_dict() for k, v in self.models.items()}}
+                "models": {k: v.as_dict() for k, v in self.models.items()},
+                **({"same_file_as": dict(self.same_file_as)} if self.same_file_as else {})}
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str) -> RoundRobin:
@@ -95,7 +97,8 @@ class RoundRobin:
             return cls(target=str(data["target"]), settings=dict(data.get("settings") or {}),
                        rounds=int(data["rounds"]), reference=data.get("reference"),
                        models={str(k): ModelRounds.from_dict(v) for k, v in data["models"].items()},
-                       paired=bool(data.get("paired", False)))
+                       paired=bool(data.get("paired", False)),
+                       same_file_as={str(k): str(v) for k, v in (data.get("same_file_as") or {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ConfigError(f"{source} is not a deploykit round-robin measurement ({error!r})") from None
 
@@ -179,6 +182,17 @@ def measure_paired_round_robin(files: Mapping[str, Path], *, reference: str, rou
                       models=models, paired=True)
 
 
+def same_files(files: Mapping[str, Path], *, reference: str | None = None) -> dict[str, str]:
+    """Each name → the first name in ``files`` (``reference`` before all) whose file has the same bytes,
+    itself if none: two budgets that chose the same subnet share one trained, exported model."""
+    from deploykit.verify.files import file_sha256
+
+    first: dict[str, str] = {}
+    order = sorted(files, key=lambda name: name != reference)
+    same = {name: first.setdefault(file_sha256(files[name]), name) for name in order}
+    return {name: same[name] for name in files}
+
+
 def measure_models(files: Mapping[str, Path], *, reference: str | None, target, protocol, rounds: int,
                    table=None, host=None, paired: bool | None = None,
                    progress: Progress | None = None) -> RoundRobin:
@@ -187,7 +201,8 @@ def measure_models(files: Mapping[str, Path], *, reference: str | None, target, 
     reference's ``MODEL.settings.json``, else the settings probe's choice); input shape from the
     reference (else the first file). ``paired`` (default: where a profile's end-to-end points would be,
     :func:`deploykit.latency.options.pairs_by_default`) measures with :func:`measure_paired_round_robin`
-    instead, where there is a reference and another model."""
+    instead, where there is a reference and another model. Files with the same bytes are measured once
+    and share its figures (:func:`same_files`; the run's ``same_file_as``)."""
     from deploykit.latency.options import pairs_by_default
     from deploykit.measure.host import host_or_local
     from deploykit.verify.check import settled_target
@@ -195,6 +210,16 @@ def measure_models(files: Mapping[str, Path], *, reference: str | None, target, 
 
     if not files:
         raise ConfigError("no model to measure: no variant directory holds a model.onnx")
+    same = same_files(files, reference=reference)
+    if len(set(same.values())) < len(files):
+        shared = {name: first for name, first in same.items() if first != name}
+        if progress:
+            progress("the same file, measured once for both: "
+                     + ", ".join(f"{name} as {first}" for name, first in shared.items()))
+        distinct = {name: path for name, path in files.items() if name not in shared}
+        robin = measure_models(distinct, reference=reference, target=target, protocol=protocol,
+                               rounds=rounds, table=table, host=host, paired=paired, progress=progress)
+        return replace(robin, models={name: robin.models[same[name]] for name in files}, same_file_as=shared)
     host = host_or_local(host)
     first = files[reference] if reference is not None and reference in files else next(iter(files.values()))
     shape = onnx_input_shape(first, default_batch=target.batch, default_size=target.input_size)
