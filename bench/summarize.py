@@ -192,7 +192,7 @@ def costs() -> str:
             rows.append({"date": str(r["date"])[:16], "mode": r["mode"], "wall s": r["wall_s"],
                          "baseline": stage.get("baseline"), "profile": stage.get("profile"),
                          "supernet": stage.get("supernet"), "search": _total(stage, "search"),
-                         "train": _total(stage, "train"),
+                         "train": _total(stage, "train"), "continued": stage.get("continue original"),
                          "export + verify": round(_total(stage, "export") + _total(stage, "verify"), 1),
                          "load start/end": f"{r['load_start']}/{r['load_end']}"})
         parts.append("`deploykit run` from nothing (`bench/costs.py --run`; seconds; `run_costs.csv`):\n\n"

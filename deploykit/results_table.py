@@ -508,10 +508,19 @@ def _pareto_panel(axes, xs: list[float], ys: list[float], labels: list[str], hig
     axes.scatter(xs, ys, color="0.55", s=26, label="variant")
     axes.step(*zip(*front_points), where="post", color="tab:red", linewidth=1.2)
     axes.scatter(*zip(*front_points), color="tab:red", s=40, zorder=3, label="Pareto front")
-    for x, y, label in zip(xs, ys, labels):
-        axes.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for (x, y), names in _labels_by_point(xs, ys, labels).items():
+        axes.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     axes.margins(0.15)
     axes.legend(loc="best", fontsize=8)
+
+
+def _labels_by_point(xs: list[float], ys: list[float], labels: list[str]) -> dict[tuple[float, float], list]:
+    """The labels of each distinct point: variants that share one model (two budgets that chose the same
+    subnet) sit on the same spot and get one label naming both, not two drawn over each other."""
+    by_point: dict[tuple[float, float], list[str]] = {}
+    for x, y, label in zip(xs, ys, labels):
+        by_point.setdefault((x, y), []).append(label)
+    return by_point
 
 
 def _measured_columns(frame: pd.DataFrame) -> list[tuple[str, str]]:

@@ -458,3 +458,10 @@ def test_files_with_the_same_bytes_are_measured_once_and_share_their_figures(tmp
     assert robin.same_file_as == {"budget-0.6": "budget-0.8"}
     assert any("budget-0.6 as budget-0.8" in line for line in lines)
     assert RoundRobin.from_dict(robin.as_dict(), source="x") == robin
+
+
+def test_variants_on_the_same_point_get_one_label_naming_both():
+    from deploykit.results_table import _labels_by_point
+
+    labels = _labels_by_point([0.3, 0.3, 0.6], [95.2, 95.2, 93.7], ["budget-0.8", "budget-0.6", "baseline"])
+    assert labels == {(0.3, 95.2): ["budget-0.8", "budget-0.6"], (0.6, 93.7): ["baseline"]}
