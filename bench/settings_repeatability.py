@@ -6,7 +6,9 @@ profile takes — candidates interleaved round by round. Per setting: the median
 the robust cv (1.4826 · MAD / median), the share of processes within ±5 % of their median, the range.
 ``--busy N`` starts N busy-looping processes for the whole run (the "one busy neighbour" case), and
 ``--smt-check`` times one thread pinned to CPU 0 while CPU 1 idles, computes, or spins (``pause``),
-which shows whether the VM's two vCPUs share one physical core of the host. ``--timeline`` keeps one row
+which shows whether the VM's two vCPUs share one physical core of the host. ``--pin`` adds one thread
+with the worker process pinned to each usable CPU (does CPU affinity steady a fresh process?).
+``--timeline`` keeps one row
 per process (when, which setting, its median) with what ``/proc/stat`` says the vCPUs did meanwhile
 (user, system, idle and steal shares): is a slow process one whose vCPUs were stolen or idle?
 
@@ -14,6 +16,8 @@ per process (when, which setting, its median) with what ``/proc/stat`` says the 
     .venv/bin/python bench/settings_repeatability.py --processes 6 --busy 1 \
         --out bench/results/settings_busy.csv
     .venv/bin/python bench/settings_repeatability.py --smt-check
+    .venv/bin/python bench/settings_repeatability.py --pin --models convnext_atto_32 --targets cpu-ort \
+        --processes 16 --out bench/results/settings_pinned.csv
     .venv/bin/python bench/settings_repeatability.py --timeline --models convnext_atto_32 --targets cpu-ort \
         --processes 30 --out bench/results/settings_timeline.csv
 """
@@ -21,6 +25,7 @@ per process (when, which setting, its median) with what ``/proc/stat`` says the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import multiprocessing
 import os
@@ -88,14 +93,16 @@ def run(args) -> list[dict]:
                 size = MODELS[key][1]
                 for target_name in args.targets:
                     target = load_target(target_name)
-                    medians: dict[RunSettings, list[float]] = {s: [] for s in SETTINGS[target_name]}
+                    variants = _variants(target_name, pin=args.pin)
+                    medians: dict[str, list[float]] = {label: [] for label in variants}
                     for _ in range(args.processes):
-                        for settings in medians:
-                            m = host.measure(path, target=target.with_settings(settings), protocol=Protocol(),
-                                             input_shape=(1, 3, size, size))
-                            medians[settings].append(m.median_ms)
-                    for settings, values in medians.items():
-                        row = {"model": key, "target": target_name, "settings": settings.describe(),
+                        for label, (settings, cpus) in variants.items():
+                            with _pinned(cpus):  # the worker process inherits this process's affinity
+                                m = host.measure(path, target=target.with_settings(settings),
+                                                 protocol=Protocol(), input_shape=(1, 3, size, size))
+                            medians[label].append(m.median_ms)
+                    for label, values in medians.items():
+                        row = {"model": key, "target": target_name, "settings": label,
                                "processes": len(values), "busy_neighbours": args.busy,
                                **{k: round(v, 5) for k, v in robust(values).items()},
                                "process_medians_ms": " ".join(f"{v:.4f}" for v in values)}
@@ -105,6 +112,28 @@ def run(args) -> list[dict]:
             for p in neighbours:
                 p.terminate()
     return rows
+
+
+def _variants(target: str, *, pin: bool) -> dict[str, tuple[RunSettings, set[int] | None]]:
+    """The target's settings, and with ``pin`` one thread pinned to each usable CPU in turn."""
+    variants = {settings.describe(): (settings, None) for settings in SETTINGS[target]}
+    if pin:
+        for cpu in sorted(os.sched_getaffinity(0)):
+            variants[f"1 thread, worker pinned to CPU {cpu}"] = (RunSettings(threads=1), {cpu})
+    return variants
+
+
+@contextlib.contextmanager
+def _pinned(cpus: set[int] | None):
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -174,6 +203,8 @@ def main() -> int:
     parser.add_argument("--targets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--processes", type=int, default=8)
     parser.add_argument("--busy", type=int, default=0, help="busy-looping neighbour processes")
+    parser.add_argument("--pin", action="store_true",
+                        help="also one thread with the worker process pinned to each usable CPU in turn")
     parser.add_argument("--smt-check", action="store_true")
     parser.add_argument("--timeline", action="store_true",
                         help="one row per process with the vCPUs' user/system/idle/steal shares meanwhile")
