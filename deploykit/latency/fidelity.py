@@ -348,12 +348,11 @@ def _measure_plan(plan: list[tuple[int, ...]], raw: LatencyTable, measure: Measu
     points: list[Point] = []
     reused = 0
     width = len(str(len(plan)))
-    batches = export_batches([pruned for number, pruned in enumerate(plan)
-                              if _still_valid(known, number, pruned, raw) is None], measure)
-    for number, pruned in enumerate(plan):
+    earlier = [_still_valid(known, number, pruned, raw) for number, pruned in enumerate(plan)]
+    batches = export_batches([pruned for pruned, old in zip(plan, earlier) if old is None], measure)
+    for number, (pruned, old) in enumerate(zip(plan, earlier)):
         predicted = raw.predict(pruned)
         head = f"[{number + 1:>{width}}/{len(plan)}] k={len(pruned):<2} pruned {_blocks(pruned)}:"
-        old = _still_valid(known, number, pruned, raw)
         if old is not None:
             points.append(old)
             reused += 1

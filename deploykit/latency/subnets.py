@@ -88,9 +88,9 @@ class SubnetMeasurer:
 
         for path in self._ahead.values():
             path.unlink(missing_ok=True)
+        self._ahead = {}  # emptied first: a batch that fails leaves no stale entry behind
         jobs = [(tuple(subset), self.work / f"subnet-ahead-{number}.onnx")
                 for number, subset in enumerate(subsets)]
-        self._ahead = {}
         self._ahead = dict(zip((subset for subset, _ in jobs), export_in_parallel(self.export, jobs)))
 
     def _reference_file(self) -> Path:

@@ -695,13 +695,16 @@ class Pipeline:
         from deploykit.verify import VerifyReport
         from deploykit.verify.files import file_sha256
 
-        onnx, weights = self.layout.onnx(folder), folder / "merged.safetensors"
+        onnx_sha, weights_sha = None, None
         for other in (self.layout.budget(text) for text in self.config.budgets):
             report = self.layout.report(other, target)
             if other == folder or not (_verified(report) and _exists(other / "merged.safetensors")):
                 continue
-            if (VerifyReport.read(report).model_sha256 == file_sha256(onnx)
-                    and file_sha256(other / "merged.safetensors") == file_sha256(weights)):
+            onnx_sha = onnx_sha or file_sha256(self.layout.onnx(folder))  # hashed once, and only if needed
+            if VerifyReport.read(report).model_sha256 != onnx_sha:
+                continue
+            weights_sha = weights_sha or file_sha256(folder / "merged.safetensors")
+            if file_sha256(other / "merged.safetensors") == weights_sha:
                 return report
         return None
 
