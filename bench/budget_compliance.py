@@ -20,7 +20,8 @@ original measured in the same rounds, and
   does not depend on the machine being exactly as fast as when the table was profiled.
 
 ``--anchor`` first re-anchors a temporary copy of each table for the machine as it is now (what
-``deploykit lut anchor`` does: the unpruned and the all-merged model measured interleaved, the affine map
+``deploykit lut anchor`` does: the unpruned and the all-merged model measured interleaved — for a paired
+table, the all-merged model as a ratio to the unpruned one in each fresh process — the affine map
 stored for this machine's fingerprint) and searches on that copy: a table's milliseconds are those of the
 machine's state when it was profiled, and a VM that has since become 25 % slower misses every millisecond
 budget of an otherwise faithful table. The shipped table is never touched; the map goes into the rows.

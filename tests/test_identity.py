@@ -11,7 +11,7 @@ import timm
 
 from deploykit.cli import main
 from deploykit.errors import TableError
-from deploykit.latency.identity import fit_rescale, judge, table_for_this_machine
+from deploykit.latency.identity import fit_rescale, judge, table_anchors, table_for_this_machine
 from deploykit.latency.profile import find_entries
 from deploykit.latency.table import LatencyTable, TableMeta
 from deploykit.measure.fingerprint import (
@@ -290,3 +290,88 @@ def test_lut_anchor_measures_here_and_then_ms_budgets_are_accepted(tmp_path, cap
     assert "re-anchored for this one" in captured.err
     subnet = json.loads((tmp_path / "s.json").read_text())
     assert subnet["predicted_ms"] <= budget * (1 + 1e-9)
+
+
+# --- anchors on the paired scale -------------------------------------------------------------------
+
+def test_a_paired_tables_anchors_are_its_own_predictions(tmp_path):
+    alone = atto_table(tmp_path / "a.csv", fp=here_fp())
+    assert table_anchors(alone) == {"unpruned_ms": 10.0, "merged_ms": 6.0, "scale": "alone"}
+    paired = atto_table(tmp_path / "p.csv", fp=here_fp(), fidelity={"paired": True})
+    prunable = paired.prunable_indices
+    anchors = table_anchors(paired)
+    assert anchors["scale"] == "paired" and anchors["unpruned_ms"] == paired.isolated_sum(())
+    # every prunable block is 1 ms original, 0.5 ms merged
+    assert anchors["unpruned_ms"] - anchors["merged_ms"] == pytest.approx(0.5 * len(prunable))
+    # the table's calibration is part of its predictions; a rescaling (what is being fitted) is not
+    calibrated = paired.with_meta(calibration=(2.0, 1.0))
+    assert table_anchors(calibrated)["unpruned_ms"] == pytest.approx(2.0 * anchors["unpruned_ms"] + 1.0)
+    assert table_anchors(paired.with_rescale((3.0, 0.0))) == anchors
+
+
+def _stand_in_anchor_models(tmp_path, monkeypatch, pruned):
+    import deploykit.latency.anchor as anchor_module
+
+    def export(model_name, *, input_size, batch, work, model=None, unpruned=None):
+        files = {"unpruned": work / "anchor_unpruned.onnx", "merged": work / "anchor_merged.onnx"}
+        for path in files.values():
+            path.write_bytes(b"stand-in")
+        return files, tuple(pruned)
+
+    monkeypatch.setattr(anchor_module, "export_anchor_models", export)
+
+
+def test_lut_anchor_pairs_a_paired_table_and_then_predicts_the_paired_figures(tmp_path, monkeypatch):
+    from deploykit.latency.anchor import anchor_table
+    from deploykit.paired import PairedMeasurement
+    from deploykit.protocol import Measurement
+
+    if not availability(load_target("cpu-ort"))[0]:
+        pytest.skip("onnxruntime CPU is not available")
+    table = atto_table(tmp_path / "t.csv", fp=doctored(), fidelity={"paired": True})
+    prunable = table.prunable_indices
+    _stand_in_anchor_models(tmp_path, monkeypatch, prunable)
+    # each process lands in its own state (the unpruned model 20, 26 or 18 ms); the ratio barely moves
+    processes = iter([(20.0, 0.60), (26.0, 0.62), (18.0, 0.61)])
+
+    def time_paired(model, reference):
+        assert (model.name, reference.name) == ("anchor_merged.onnx", "anchor_unpruned.onnx")
+        unpruned, ratio = next(processes)
+        return PairedMeasurement(model=Measurement.from_samples([unpruned * ratio]),
+                                 reference=Measurement.from_samples([unpruned]), ratios=(ratio,))
+
+    def time_alone(path):
+        raise AssertionError(f"{path.name} timed alone: a paired table's anchors are timed paired")
+
+    lines: list[str] = []
+    result = anchor_table(table.path, rounds=3, time_onnx=time_alone, time_paired=time_paired,
+                          progress=lines.append)
+    here = result.record["here"]
+    assert (here["scale"], here["unpruned_ms"], here["merged_ratio"]) == ("paired", 20.0, 0.61)
+    assert here["unpruned_rounds_ms"] == [20.0, 26.0, 18.0] and here["merged_ms"] == pytest.approx(12.2)
+    assert result.record["kind"] == "affine" and result.record["table"] == table_anchors(table)
+    assert any("timed as a ratio to the unpruned one" in line for line in lines)
+    used = table_for_this_machine(LatencyTable.read(table.path), budget_unit="ms")
+    assert used.predict(()) == pytest.approx(20.0) and used.predict(prunable) == pytest.approx(12.2)
+
+
+def test_lut_anchor_times_an_unpaired_tables_anchors_alone(tmp_path, monkeypatch):
+    from deploykit.latency.anchor import anchor_table
+    from deploykit.protocol import Measurement
+
+    if not availability(load_target("cpu-ort"))[0]:
+        pytest.skip("onnxruntime CPU is not available")
+    table = atto_table(tmp_path / "t.csv", fp=doctored())
+    _stand_in_anchor_models(tmp_path, monkeypatch, table.prunable_indices)
+    figures = {"anchor_unpruned": iter([12.0, 14.0]), "anchor_merged": iter([9.0, 7.0])}
+
+    def time_alone(path):
+        return Measurement.from_samples([next(figures[path.stem])])
+
+    def time_paired(model, reference):
+        raise AssertionError("an unpaired table's anchors are timed alone")
+
+    record = anchor_table(table.path, rounds=2, time_onnx=time_alone, time_paired=time_paired).record
+    assert record["here"]["scale"] == "alone"
+    assert (record["here"]["unpruned_ms"], record["here"]["merged_ms"]) == (13.0, 8.0)
+    assert (record["a"], record["b"]) == pytest.approx((5.0 / 4.0, 13.0 - 12.5))  # (10, 6) → (13, 8)

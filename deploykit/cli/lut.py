@@ -67,13 +67,15 @@ def add_lut(sub) -> None:
         description="Measure the table's two speed anchors on this machine — the unpruned model and "
                     "the model with every prunable block merged (random weights), interleaved over "
                     "--rounds rounds, each in a fresh process on the table's target with the table's "
-                    "protocol — and store the affine map from the table's anchors to these in the table's "
+                    "protocol (for a table whose subnets were measured paired: the all-merged model as a "
+                    "ratio to the unpruned one in each process, mapped from the table's own predictions of "
+                    "the two) — and store the affine map from the table's anchors to these in the table's "
                     "metadata, keyed by this machine's fingerprint. search, lut predict, verify --table and "
                     "run then predict this machine's milliseconds and accept millisecond budgets. Two "
                     "measurements do not prove the table's fidelity here: `deploykit lut check` does.")
     anchor.add_argument("table", metavar="TABLE", help="latency table CSV (or its .meta.json)")
     anchor.add_argument("--rounds", type=int, default=ANCHOR_ROUNDS, metavar="R",
-                        help="interleaved measurements of each anchor model; the median is kept "
+                        help="fresh-process measurements of each anchor model (paired: of the pair); the median is kept "
                              f"(default: {ANCHOR_ROUNDS})")
     add_device_arguments(anchor, what="measure the anchors (and key the rescaling by that machine)")
     anchor.set_defaults(func=run_lut_anchor)

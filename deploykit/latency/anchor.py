@@ -3,8 +3,11 @@
 A table records two end-to-end figures of the machine that measured it (:func:`measure_anchors`, at
 the end of ``deploykit profile``): the unpruned model and the model with every prunable block merged.
 ``deploykit lut anchor TABLE`` (:func:`anchor_table`) measures the same two models on another machine,
-interleaved (unpruned, merged, unpruned, merged, …; each in a fresh process), and stores the affine
-map from the table's anchors to this machine's (:func:`deploykit.latency.identity.fit_rescale`) in the
+interleaved (unpruned, merged, unpruned, merged, …; each in a fresh process) — or, for a table whose
+predictions are on the paired scale, paired (:func:`paired_anchor_figures`: the all-merged model as a
+ratio to the unpruned one in each fresh process, the table's anchors its own predictions, see
+:func:`deploykit.latency.identity.table_anchors`) — and stores the affine map from the table's anchors
+to this machine's (:func:`deploykit.latency.identity.fit_rescale`) in the
 table's metadata, keyed by this machine's fingerprint id: the table then predicts this machine's
 milliseconds (:func:`deploykit.latency.identity.table_for_this_machine`). Two measurements do not
 prove the table's fidelity here; ``deploykit lut check`` does. With ``--device URL`` "this machine" is
@@ -26,15 +29,23 @@ from deploykit.checks import require_int
 from deploykit.clock import utc_now
 from deploykit.errors import TableError
 from deploykit.fileio import write_json_atomic
-from deploykit.latency.identity import describe_record, fit_rescale, measuring_setup, table_anchors
+from deploykit.latency.identity import (
+    anchor_scale,
+    describe_record,
+    fit_rescale,
+    measuring_setup,
+    table_anchors,
+)
 from deploykit.latency.options import ANCHOR_ROUNDS
 from deploykit.latency.table import LatencyTable, meta_path, read_meta
 from deploykit.measure.fingerprint import Fingerprint, differences
 from deploykit.measure.host import MeasureHost, host_or_local
+from deploykit.paired import PairedMeasurement
 from deploykit.progress import Progress, silent
 from deploykit.protocol import Measurement
 
 TimeOnnx = Callable[[Path], Measurement]
+TimePaired = Callable[[Path, Path], PairedMeasurement]  # (model, reference) in one fresh process
 
 
 
@@ -56,12 +67,38 @@ def interleaved(files: Mapping[str, Path], *, time_onnx: TimeOnnx, rounds: int,
 def anchor_figures(runs: Mapping[str, list[Measurement]], *, pruned: tuple[int, ...]) -> dict[str, Any]:
     """The anchors from interleaved runs: the median over rounds of each model's median."""
     figures: dict[str, Any] = {"rounds": len(runs["unpruned"]), "pruned": list(pruned),
-                               "measured_at": utc_now()}
+                               "measured_at": utc_now(), "scale": "alone"}
     for name in ("unpruned", "merged"):
         medians = [m.median_ms for m in runs.get(name, [])]
         figures[f"{name}_ms"] = statistics.median(medians) if medians else None
         figures[f"{name}_rounds_ms"] = medians
     return figures
+
+
+def paired_rounds(model: Path, reference: Path, *, time_paired: TimePaired, rounds: int,
+                  say: Progress | None = None) -> list[PairedMeasurement]:
+    """``rounds`` fresh processes, each timing ``model`` as a ratio to ``reference``."""
+    require_int("--rounds", rounds, least=1)
+    pairs = []
+    for number in range(1, rounds + 1):
+        pair = time_paired(model, reference)
+        pairs.append(pair)
+        if say:
+            say(f"round {number}/{rounds}: merged {pair.ratio:.4f} × unpruned in one process "
+                f"({pair.model.median_ms:.3f} / {pair.reference.median_ms:.3f} ms)")
+    return pairs
+
+
+def paired_anchor_figures(pairs: list[PairedMeasurement], *, pruned: tuple[int, ...]) -> dict[str, Any]:
+    """The anchors on the paired scale: the unpruned model's median over the processes (as the
+    reference) and the all-merged model's median ratio to it × that."""
+    unpruned = [pair.reference.median_ms for pair in pairs]
+    ratios = [pair.ratio for pair in pairs]
+    anchor = statistics.median(unpruned)
+    return {"rounds": len(pairs), "pruned": list(pruned), "measured_at": utc_now(), "scale": "paired",
+            "unpruned_ms": anchor, "unpruned_rounds_ms": unpruned,
+            "merged_ratio": statistics.median(ratios), "merged_round_ratios": ratios,
+            "merged_ms": statistics.median(ratios) * anchor}
 
 
 def export_anchor_models(model_name: str, *, input_size: tuple[int, int], batch: int, work: Path,
@@ -113,13 +150,13 @@ class AnchorResult:
 
 
 def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Progress | None = None,
-                 model: Any = None, time_onnx: TimeOnnx | None = None,
+                 model: Any = None, time_onnx: TimeOnnx | None = None, time_paired: TimePaired | None = None,
                  host: MeasureHost | None = None) -> AnchorResult:
     """Measure the table's two anchor models where ``host`` measures (default: this machine) and store
     the rescaling (module docstring).
 
-    ``model`` replaces the timm model the table names; ``time_onnx`` replaces the fresh-process
-    measurement on the table's target (tests).
+    ``model`` replaces the timm model the table names; ``time_onnx`` and ``time_paired`` replace the
+    fresh-process measurements on the table's target (tests).
     """
     require_int("--rounds", rounds, least=1)  # before anything is built
     started = time.perf_counter()
@@ -131,11 +168,14 @@ def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Pro
     mapped = table_anchors(table)
     target, protocol = measuring_setup(table, doing="anchor", host=host)
     here = host.fingerprint(target, threads=meta.threads)
+    shape = (meta.batch, 3, *meta.input_size)
     if time_onnx is None:
-        shape = (meta.batch, 3, *meta.input_size)
-
         def time_onnx(onnx: Path) -> Measurement:
             return host.measure(onnx, target=target, protocol=protocol, input_shape=shape)
+    if time_paired is None:
+        def time_paired(onnx: Path, reference: Path) -> PairedMeasurement:
+            return host.measure_paired(onnx, reference, target=target, protocol=protocol, input_shape=shape)
+    paired = _pairs(table, host, say)
     say(f"building {meta.model} at {meta.input_size[0]}x{meta.input_size[1]}, unpruned and all-merged "
         "(random weights: timing does not depend on them)")
     with tempfile.TemporaryDirectory(prefix="deploykit-anchor-") as work:
@@ -146,8 +186,13 @@ def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Pro
             raise TableError(f"{table.path}'s all-merged anchor merges blocks {list(expected)}, but "
                              f"{meta.model} here has prunable blocks {list(pruned)}: the table is from "
                              "another model definition; profile it again")
-        figures = anchor_figures(interleaved(files, time_onnx=time_onnx, rounds=rounds, say=say),
-                                 pruned=pruned)
+        if paired and "merged" in files:
+            figures = paired_anchor_figures(
+                paired_rounds(files["merged"], files["unpruned"], time_paired=time_paired, rounds=rounds,
+                              say=say), pruned=pruned)
+        else:
+            figures = anchor_figures(interleaved(files, time_onnx=time_onnx, rounds=rounds, say=say),
+                                     pruned=pruned)
     (a, b), kind = fit_rescale(mapped, figures)
     record = {"a": a, "b": b, "kind": kind, "date": figures["measured_at"], "fingerprint": here.stored(),
               "here": figures, "table": mapped}
@@ -157,6 +202,20 @@ def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Pro
     return AnchorResult(path=table.path, fingerprint=here, record=record, differences=found,
                         elapsed_s=time.perf_counter() - started, machine=host.describe(),
                         device_option=f" --device {host.url}" if host.url else "")
+
+
+def _pairs(table: LatencyTable, host: MeasureHost, say: Progress) -> bool:
+    """Whether the anchors are measured paired: where the table predicts on the paired scale and the
+    host can time two models in one process (a device agent times one file per request)."""
+    if anchor_scale(table) != "paired":
+        return False
+    if host.url is not None:
+        say(f"note: {table.path} predicts on the paired scale, but {host.describe()} times one model per "
+            "process: the anchors are timed alone there, a scale that can differ by a few per cent")
+        return False
+    say("the table's subnets were measured paired: the all-merged model is timed as a ratio to the "
+        "unpruned one in each fresh process, and the table's anchors are its own predictions of the two")
+    return True
 
 
 def _require_anchorable(table: LatencyTable) -> None:
