@@ -121,8 +121,15 @@ def compliance(name: str = "budget_compliance.csv") -> str:
 
 
 def anchored_compliance() -> str:
-    """As :func:`compliance`, for ``bench/budget_compliance.py --anchor``."""
-    return compliance("budget_compliance_anchored.csv")
+    """As :func:`compliance`, for each ``bench/budget_compliance.py --anchor`` run on record, with its
+    command."""
+    parts = []
+    for path in sorted(RESULTS.glob("budget_compliance_*anchor*.csv")):
+        command = pd.read_csv(path, usecols=["command"])["command"].iloc[0]
+        parts.append(f"`{command}`\n\n{compliance(path.name)}")
+    if not parts:
+        raise FileNotFoundError(2, "no --anchor run", str(RESULTS / "budget_compliance_*anchor*.csv"))
+    return "\n\n".join(parts)
 
 
 def accuracy() -> str:

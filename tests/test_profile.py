@@ -607,6 +607,19 @@ def test_a_rerun_with_the_fitted_predictor_reuses_points_and_drops_a_calibration
     assert fitted.table.predict((0, 3)) == pytest.approx(chain_latency((0, 3)))
 
 
+def test_a_forced_profile_names_the_points_file_it_leaves_beside_the_table(tmp_path, monkeypatch):
+    FakeRuntime(monkeypatch)
+    torch.manual_seed(0)
+    common = dict(input_size=32, out=tmp_path / "t.csv", protocol=TINY_PROTOCOL, model=TwoStages().eval(),
+                  end_to_end=EndToEndOptions(fit_samples=2, holdout=3))
+    profile("two", load_target("cpu-ort"), measure_subnet=Subnets(), **common)
+    profile("two", load_target("cpu-ort"), measure_subnet=Subnets(), force=True, **common)
+    meta = LatencyTable.read(tmp_path / "t.csv").meta
+    # measured as .t.pending.fit.csv, which the swap renamed
+    assert meta.predictor["fit"]["points_file"] == meta.fidelity["points_file"] == "t.fit.csv"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.fit.csv", "t.meta.json"]
+
+
 def test_a_held_out_subnet_is_the_median_of_three_processes_of_one_export(tmp_path, monkeypatch):
     from deploykit.latency import endtoend
     from deploykit.latency.subnets import SubnetMeasurer

@@ -41,7 +41,7 @@ from torch import Tensor, fx, nn
 from deploykit.checks import require_int
 from deploykit.clock import utc_now
 from deploykit.errors import ConfigError, DeployKitError, ModelError, RuntimeUnavailableError, TableError
-from deploykit.fileio import check_output_files
+from deploykit.fileio import check_output_files, write_json_atomic
 from deploykit.latency.anchor import anchor_figures, export_anchor_models, interleaved
 from deploykit.latency.endtoend import finish_profile, points_path
 from deploykit.latency.estimate import Roofline, estimate_onnx
@@ -780,6 +780,8 @@ def _resume(path: Path, meta: TableMeta, *, allow_mismatch: bool, say: Progress,
 
 def _swap_in(table: LatencyTable, pending: Path, path: Path, say: Progress) -> LatencyTable:
     """Replace the old table by the complete new one: the CSV, then the metadata (each atomically)."""
+    table = table.with_meta(**_points_named_for(table.meta, path))
+    write_json_atomic(meta_path(pending), table.meta.as_dict())
     os.replace(pending, path)
     os.replace(meta_path(pending), meta_path(path))
     if points_path(pending).exists():  # the end-to-end points belong to the new table
@@ -788,6 +790,19 @@ def _swap_in(table: LatencyTable, pending: Path, path: Path, say: Progress) -> L
         points_path(path).unlink(missing_ok=True)
     say(f"--force: the new table replaced {path}")
     return LatencyTable(meta=table.meta, rows=table.rows, path=path)
+
+
+def _points_named_for(meta: TableMeta, path: Path) -> dict[str, Any]:
+    """The metadata records that name the end-to-end points file, naming the one beside ``path``
+    (a ``--force`` profile wrote them under the pending table's name)."""
+    name = points_path(path).name
+    changes: dict[str, Any] = {}
+    if meta.fidelity and "points_file" in meta.fidelity:
+        changes["fidelity"] = {**meta.fidelity, "points_file": name}
+    fit = (meta.predictor or {}).get("fit")
+    if fit and "points_file" in fit:
+        changes["predictor"] = {**meta.predictor, "fit": {**fit, "points_file": name}}
+    return changes
 
 
 def _differences(have: TableMeta, want: TableMeta) -> dict[str, str]:
