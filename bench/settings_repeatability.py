@@ -7,7 +7,10 @@ the robust cv (1.4826 · MAD / median), the share of processes within ±5 % of t
 ``--busy N`` starts N busy-looping processes for the whole run (the "one busy neighbour" case), and
 ``--smt-check`` times one thread pinned to CPU 0 while CPU 1 idles, computes, or spins (``pause``),
 which shows whether the VM's two vCPUs share one physical core of the host. ``--pin`` adds one thread
-with the worker process pinned to each usable CPU (does CPU affinity steady a fresh process?).
+with the worker process pinned to each usable CPU (does CPU affinity steady a fresh process?), and
+``--no-aslr`` one thread with the worker started without address-space layout randomization (Linux
+``personality(ADDR_NO_RANDOMIZE)``, inherited by the worker): do the buffers' addresses, different in
+every process, make a small model faster in some processes than in others?
 ``--timeline`` keeps one row
 per process (when, which setting, its median) with what ``/proc/stat`` says the vCPUs did meanwhile
 (user, system, idle and steal shares): is a slow process one whose vCPUs were stolen or idle?
@@ -18,6 +21,8 @@ per process (when, which setting, its median) with what ``/proc/stat`` says the 
     .venv/bin/python bench/settings_repeatability.py --smt-check
     .venv/bin/python bench/settings_repeatability.py --pin --models convnext_atto_32 --targets cpu-ort \
         --processes 16 --out bench/results/settings_pinned.csv
+    .venv/bin/python bench/settings_repeatability.py --no-aslr --models convnext_atto_32 --targets cpu-ort \
+        --processes 16 --out bench/results/settings_no_aslr.csv
     .venv/bin/python bench/settings_repeatability.py --timeline --models convnext_atto_32 --targets cpu-ort \
         --processes 30 --out bench/results/settings_timeline.csv
 """
@@ -93,11 +98,12 @@ def run(args) -> list[dict]:
                 size = MODELS[key][1]
                 for target_name in args.targets:
                     target = load_target(target_name)
-                    variants = _variants(target_name, pin=args.pin)
+                    variants = _variants(target_name, pin=args.pin, no_aslr=args.no_aslr)
                     medians: dict[str, list[float]] = {label: [] for label in variants}
                     for _ in range(args.processes):
-                        for label, (settings, cpus) in variants.items():
-                            with _pinned(cpus):  # the worker process inherits this process's affinity
+                        for label, (settings, cpus, fixed_layout) in variants.items():
+                            # the worker process inherits this process's affinity and personality
+                            with _pinned(cpus), _without_aslr(fixed_layout):
                                 m = host.measure(path, target=target.with_settings(settings),
                                                  protocol=Protocol(), input_shape=(1, 3, size, size))
                             medians[label].append(m.median_ms)
@@ -114,13 +120,39 @@ def run(args) -> list[dict]:
     return rows
 
 
-def _variants(target: str, *, pin: bool) -> dict[str, tuple[RunSettings, set[int] | None]]:
-    """The target's settings, and with ``pin`` one thread pinned to each usable CPU in turn."""
-    variants = {settings.describe(): (settings, None) for settings in SETTINGS[target]}
+def _variants(target: str, *, pin: bool,
+              no_aslr: bool) -> dict[str, tuple[RunSettings, set[int] | None, bool]]:
+    """The target's settings; with ``pin`` one thread pinned to each usable CPU in turn; with
+    ``no_aslr`` one thread without address-space layout randomization."""
+    variants = {settings.describe(): (settings, None, False) for settings in SETTINGS[target]}
     if pin:
         for cpu in sorted(os.sched_getaffinity(0)):
-            variants[f"1 thread, worker pinned to CPU {cpu}"] = (RunSettings(threads=1), {cpu})
+            variants[f"1 thread, worker pinned to CPU {cpu}"] = (RunSettings(threads=1), {cpu}, False)
+    if no_aslr:
+        variants["1 thread, worker without ASLR"] = (RunSettings(threads=1), None, True)
     return variants
+
+
+ADDR_NO_RANDOMIZE = 0x0040000  # linux/personality.h
+
+
+@contextlib.contextmanager
+def _without_aslr(wanted: bool):
+    """This process's personality with ADDR_NO_RANDOMIZE while the block runs: processes started
+    meanwhile get the same address-space layout every time."""
+    if not wanted:
+        yield
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = libc.personality(0xFFFFFFFF)  # query
+    if before == -1 or libc.personality(before | ADDR_NO_RANDOMIZE) == -1:
+        raise OSError(ctypes.get_errno(), "personality(ADDR_NO_RANDOMIZE) failed")
+    try:
+        yield
+    finally:
+        libc.personality(before)
 
 
 @contextlib.contextmanager
@@ -205,6 +237,8 @@ def main() -> int:
     parser.add_argument("--busy", type=int, default=0, help="busy-looping neighbour processes")
     parser.add_argument("--pin", action="store_true",
                         help="also one thread with the worker process pinned to each usable CPU in turn")
+    parser.add_argument("--no-aslr", action="store_true",
+                        help="also one thread with the worker started without address-space randomization")
     parser.add_argument("--smt-check", action="store_true")
     parser.add_argument("--timeline", action="store_true",
                         help="one row per process with the vCPUs' user/system/idle/steal shares meanwhile")
