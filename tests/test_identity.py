@@ -375,3 +375,24 @@ def test_lut_anchor_times_an_unpaired_tables_anchors_alone(tmp_path, monkeypatch
     assert record["here"]["scale"] == "alone"
     assert (record["here"]["unpruned_ms"], record["here"]["merged_ms"]) == (13.0, 8.0)
     assert (record["a"], record["b"]) == pytest.approx((5.0 / 4.0, 13.0 - 12.5))  # (10, 6) → (13, 8)
+
+
+def test_a_device_agent_times_a_paired_tables_anchors_alone_and_says_so(tmp_path):
+    from deploykit.latency.anchor import _pairs
+    from deploykit.measure.host import LocalHost
+
+    class Device:
+        url = "http://board:8765"
+
+        def describe(self):
+            return f"the device at {self.url}"
+
+    paired = atto_table(tmp_path / "p.csv", fp=doctored(), fidelity={"paired": True})
+    lines: list[str] = []
+    assert _pairs(paired, Device(), lines.append) is False
+    assert lines == [f"note: {paired.path} predicts on the paired scale, but the device at "
+                     "http://board:8765 times one model per process: the anchors are timed alone there, a "
+                     "scale that can differ by a few per cent"]
+    assert _pairs(paired, LocalHost(), lines.append) is True
+    alone = atto_table(tmp_path / "a.csv", fp=doctored())
+    assert _pairs(alone, LocalHost(), lines.append) is False and len(lines) == 2

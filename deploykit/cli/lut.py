@@ -75,8 +75,8 @@ def add_lut(sub) -> None:
                     "measurements do not prove the table's fidelity here: `deploykit lut check` does.")
     anchor.add_argument("table", metavar="TABLE", help="latency table CSV (or its .meta.json)")
     anchor.add_argument("--rounds", type=int, default=ANCHOR_ROUNDS, metavar="R",
-                        help="fresh-process measurements of each anchor model (paired: of the pair); the median is kept "
-                             f"(default: {ANCHOR_ROUNDS})")
+                        help="fresh-process measurements of each anchor model (paired: of the pair); the "
+                             f"median is kept (default: {ANCHOR_ROUNDS})")
     add_device_arguments(anchor, what="measure the anchors (and key the rescaling by that machine)")
     anchor.set_defaults(func=run_lut_anchor)
 
