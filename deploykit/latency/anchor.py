@@ -1,7 +1,7 @@
 """Speed anchors: the unpruned and the all-merged model end to end, and re-anchoring a table elsewhere.
 
-A table records two end-to-end figures of the machine that measured it (:func:`measure_anchors`, at
-the end of ``deploykit profile``): the unpruned model and the model with every prunable block merged.
+A table records two end-to-end figures of the machine that measured it (at the end of
+``deploykit profile``): the unpruned model and the model with every prunable block merged.
 ``deploykit lut anchor TABLE`` (:func:`anchor_table`) measures the same two models on another machine,
 interleaved (unpruned, merged, unpruned, merged, …; each in a fresh process) — or, for a table whose
 predictions are on the paired scale, paired (:func:`paired_anchor_figures`: the all-merged model as a
@@ -94,11 +94,10 @@ def paired_anchor_figures(pairs: list[PairedMeasurement], *, pruned: tuple[int, 
     reference) and the all-merged model's median ratio to it × that."""
     unpruned = [pair.reference.median_ms for pair in pairs]
     ratios = [pair.ratio for pair in pairs]
-    anchor = statistics.median(unpruned)
+    anchor, ratio = statistics.median(unpruned), statistics.median(ratios)
     return {"rounds": len(pairs), "pruned": list(pruned), "measured_at": utc_now(), "scale": "paired",
             "unpruned_ms": anchor, "unpruned_rounds_ms": unpruned,
-            "merged_ratio": statistics.median(ratios), "merged_round_ratios": ratios,
-            "merged_ms": statistics.median(ratios) * anchor}
+            "merged_ratio": ratio, "merged_round_ratios": ratios, "merged_ms": ratio * anchor}
 
 
 def export_anchor_models(model_name: str, *, input_size: tuple[int, int], batch: int, work: Path,

@@ -230,12 +230,12 @@ def table_anchors(table: LatencyTable) -> dict[str, float | None]:
     on the scale its predictions are on, and that ``scale`` (:func:`anchor_scale`).
 
     A table whose end-to-end phase was paired predicts on the paired scale (every point is a ratio to
-    the unpruned model × that model's median as an in-process reference), which differs from a model
-    timed alone by a few per cent, unlike for each model (measured: OpenVINO mobilenetv2_100's all-merged
-    model 0.687 × the unpruned one alone, 0.725 × paired). Its anchors are its own predictions of the two
-    models, so that a rescaling fitted to the two measured paired here makes the table predict exactly
-    those. Other tables: the two models as the profile timed them alone; a table from before anchors
-    has only its end-to-end model row (``merged_ms`` None)."""
+    the unpruned model × that model's median as an in-process reference), a few per cent from models
+    timed alone, and not by the same factor for every model (measured: OpenVINO mobilenetv2_100's
+    all-merged model 0.687 × the unpruned one alone, 0.725 × paired). Its anchors are its own
+    predictions of the two models, so that a rescaling fitted to the two measured paired here makes the
+    table predict exactly those. Other tables: the two models as the profile timed them alone; a table
+    from before anchors has only its end-to-end model row (``merged_ms`` None)."""
     if anchor_scale(table) == "paired":
         return _predicted_anchors(table)
     anchors = table.meta.anchors or {}
