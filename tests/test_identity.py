@@ -323,6 +323,7 @@ def _stand_in_anchor_models(tmp_path, monkeypatch, pruned):
 
 def test_lut_anchor_pairs_a_paired_table_and_then_predicts_the_paired_figures(tmp_path, monkeypatch):
     from deploykit.latency.anchor import anchor_table
+    from deploykit.measure.host import LocalHost
     from deploykit.paired import PairedMeasurement
     from deploykit.protocol import Measurement
 
@@ -334,7 +335,7 @@ def test_lut_anchor_pairs_a_paired_table_and_then_predicts_the_paired_figures(tm
     # each process lands in its own state (the unpruned model 20, 26 or 18 ms); the ratio barely moves
     processes = iter([(20.0, 0.60), (26.0, 0.62), (18.0, 0.61)])
 
-    def time_paired(model, reference):
+    def measure_paired(host, model, reference, **request):
         assert (model.name, reference.name) == ("anchor_merged.onnx", "anchor_unpruned.onnx")
         unpruned, ratio = next(processes)
         return PairedMeasurement(model=Measurement.from_samples([unpruned * ratio]),
@@ -343,9 +344,9 @@ def test_lut_anchor_pairs_a_paired_table_and_then_predicts_the_paired_figures(tm
     def time_alone(path):
         raise AssertionError(f"{path.name} timed alone: a paired table's anchors are timed paired")
 
+    monkeypatch.setattr(LocalHost, "measure_paired", measure_paired)
     lines: list[str] = []
-    result = anchor_table(table.path, rounds=3, time_onnx=time_alone, time_paired=time_paired,
-                          progress=lines.append)
+    result = anchor_table(table.path, rounds=3, time_onnx=time_alone, progress=lines.append)
     here = result.record["here"]
     assert (here["scale"], here["unpruned_ms"], here["merged_ratio"]) == ("paired", 20.0, 0.61)
     assert here["unpruned_rounds_ms"] == [20.0, 26.0, 18.0] and here["merged_ms"] == pytest.approx(12.2)
@@ -357,6 +358,7 @@ def test_lut_anchor_pairs_a_paired_table_and_then_predicts_the_paired_figures(tm
 
 def test_lut_anchor_times_an_unpaired_tables_anchors_alone(tmp_path, monkeypatch):
     from deploykit.latency.anchor import anchor_table
+    from deploykit.measure.host import LocalHost
     from deploykit.protocol import Measurement
 
     if not availability(load_target("cpu-ort"))[0]:
@@ -368,10 +370,11 @@ def test_lut_anchor_times_an_unpaired_tables_anchors_alone(tmp_path, monkeypatch
     def time_alone(path):
         return Measurement.from_samples([next(figures[path.stem])])
 
-    def time_paired(model, reference):
+    def measure_paired(host, model, reference, **request):
         raise AssertionError("an unpaired table's anchors are timed alone")
 
-    record = anchor_table(table.path, rounds=2, time_onnx=time_alone, time_paired=time_paired).record
+    monkeypatch.setattr(LocalHost, "measure_paired", measure_paired)
+    record = anchor_table(table.path, rounds=2, time_onnx=time_alone).record
     assert record["here"]["scale"] == "alone"
     assert (record["here"]["unpruned_ms"], record["here"]["merged_ms"]) == (13.0, 8.0)
     assert (record["a"], record["b"]) == pytest.approx((5.0 / 4.0, 13.0 - 12.5))  # (10, 6) → (13, 8)

@@ -40,12 +40,10 @@ from deploykit.latency.options import ANCHOR_ROUNDS
 from deploykit.latency.table import LatencyTable, meta_path, read_meta
 from deploykit.measure.fingerprint import Fingerprint, differences
 from deploykit.measure.host import MeasureHost, host_or_local
-from deploykit.paired import PairedMeasurement
 from deploykit.progress import Progress, silent
 from deploykit.protocol import Measurement
 
 TimeOnnx = Callable[[Path], Measurement]
-TimePaired = Callable[[Path, Path], PairedMeasurement]  # (model, reference) in one fresh process
 
 
 
@@ -75,28 +73,14 @@ def anchor_figures(runs: Mapping[str, list[Measurement]], *, pruned: tuple[int, 
     return figures
 
 
-def paired_rounds(model: Path, reference: Path, *, time_paired: TimePaired, rounds: int,
-                  say: Progress | None = None) -> list[PairedMeasurement]:
-    """``rounds`` fresh processes, each timing ``model`` as a ratio to ``reference``."""
-    require_int("--rounds", rounds, least=1)
-    pairs = []
-    for number in range(1, rounds + 1):
-        pair = time_paired(model, reference)
-        pairs.append(pair)
-        if say:
-            say(f"round {number}/{rounds}: merged {pair.ratio:.4f} × unpruned in one process "
-                f"({pair.model.median_ms:.3f} / {pair.reference.median_ms:.3f} ms)")
-    return pairs
-
-
-def paired_anchor_figures(pairs: list[PairedMeasurement], *, pruned: tuple[int, ...]) -> dict[str, Any]:
-    """The anchors on the paired scale: the unpruned model's median over the processes (as the
+def paired_anchor_figures(rounds: Mapping[str, Any], *, pruned: tuple[int, ...]) -> dict[str, Any]:
+    """The anchors on the paired scale from :func:`deploykit.verify.timing.measure_paired_rounds` (the
+    all-merged model against the unpruned one): the unpruned model's median over the processes (as the
     reference) and the all-merged model's median ratio to it × that."""
-    unpruned = [pair.reference.median_ms for pair in pairs]
-    ratios = [pair.ratio for pair in pairs]
-    anchor, ratio = statistics.median(unpruned), statistics.median(ratios)
-    return {"rounds": len(pairs), "pruned": list(pruned), "measured_at": utc_now(), "scale": "paired",
-            "unpruned_ms": anchor, "unpruned_rounds_ms": unpruned,
+    anchor, ratios = rounds["reference"]["median_ms"], list(rounds["round_ratios"])
+    ratio = statistics.median(ratios)
+    return {"rounds": len(ratios), "pruned": list(pruned), "measured_at": utc_now(), "scale": "paired",
+            "unpruned_ms": anchor, "unpruned_rounds_ms": list(rounds["reference"]["round_medians_ms"]),
             "merged_ratio": ratio, "merged_round_ratios": ratios, "merged_ms": ratio * anchor}
 
 
@@ -149,14 +133,16 @@ class AnchorResult:
 
 
 def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Progress | None = None,
-                 model: Any = None, time_onnx: TimeOnnx | None = None, time_paired: TimePaired | None = None,
+                 model: Any = None, time_onnx: TimeOnnx | None = None,
                  host: MeasureHost | None = None) -> AnchorResult:
     """Measure the table's two anchor models where ``host`` measures (default: this machine) and store
     the rescaling (module docstring).
 
-    ``model`` replaces the timm model the table names; ``time_onnx`` and ``time_paired`` replace the
-    fresh-process measurements on the table's target (tests).
+    ``model`` replaces the timm model the table names; ``time_onnx`` replaces the fresh-process
+    measurement of one model on the table's target (tests).
     """
+    from deploykit.verify.timing import measure_paired_rounds  # the verify package: not at import
+
     require_int("--rounds", rounds, least=1)  # before anything is built
     started = time.perf_counter()
     say = progress or silent
@@ -171,9 +157,6 @@ def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Pro
     if time_onnx is None:
         def time_onnx(onnx: Path) -> Measurement:
             return host.measure(onnx, target=target, protocol=protocol, input_shape=shape)
-    if time_paired is None:
-        def time_paired(onnx: Path, reference: Path) -> PairedMeasurement:
-            return host.measure_paired(onnx, reference, target=target, protocol=protocol, input_shape=shape)
     paired = _pairs(table, host, say)
     say(f"building {meta.model} at {meta.input_size[0]}x{meta.input_size[1]}, unpruned and all-merged "
         "(random weights: timing does not depend on them)")
@@ -186,9 +169,9 @@ def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Pro
                              f"{meta.model} here has prunable blocks {list(pruned)}: the table is from "
                              "another model definition; profile it again")
         if paired and "merged" in files:
-            figures = paired_anchor_figures(
-                paired_rounds(files["merged"], files["unpruned"], time_paired=time_paired, rounds=rounds,
-                              say=say), pruned=pruned)
+            figures = paired_anchor_figures(measure_paired_rounds(
+                files["merged"], files["unpruned"], target=target, protocol=protocol, input_shape=shape,
+                rounds=rounds, host=host, progress=say), pruned=pruned)
         else:
             figures = anchor_figures(interleaved(files, time_onnx=time_onnx, rounds=rounds, say=say),
                                      pruned=pruned)
