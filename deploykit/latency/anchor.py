@@ -40,6 +40,7 @@ from deploykit.latency.options import ANCHOR_ROUNDS
 from deploykit.latency.table import LatencyTable, meta_path, read_meta
 from deploykit.measure.fingerprint import Fingerprint, differences
 from deploykit.measure.host import MeasureHost, host_or_local
+from deploykit.measure.rounds import measure_paired_rounds
 from deploykit.progress import Progress, silent
 from deploykit.protocol import Measurement
 
@@ -74,7 +75,7 @@ def anchor_figures(runs: Mapping[str, list[Measurement]], *, pruned: tuple[int, 
 
 
 def paired_anchor_figures(rounds: Mapping[str, Any], *, pruned: tuple[int, ...]) -> dict[str, Any]:
-    """The anchors on the paired scale from :func:`deploykit.verify.timing.measure_paired_rounds` (the
+    """The anchors on the paired scale from :func:`deploykit.measure.rounds.measure_paired_rounds` (the
     all-merged model against the unpruned one): the unpruned model's median over the processes (as the
     reference) and the all-merged model's median ratio to it × that."""
     anchor, ratios = rounds["reference"]["median_ms"], list(rounds["round_ratios"])
@@ -141,8 +142,6 @@ def anchor_table(path: str | Path, *, rounds: int = ANCHOR_ROUNDS, progress: Pro
     ``model`` replaces the timm model the table names; ``time_onnx`` replaces the fresh-process
     measurement of one model on the table's target (tests).
     """
-    from deploykit.verify.timing import measure_paired_rounds  # the verify package: not at import
-
     require_int("--rounds", rounds, least=1)  # before anything is built
     started = time.perf_counter()
     say = progress or silent
